@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""The coordinated-ops demo charm: wiring only.
+
+Each event is handed to the module that owns its concern: workload.py runs the demo service,
+restart.py and one restart_<engine>.py per coordination library run the `restart` action.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ops
+import pydantic
+
+import restart
+import workload
+from restart_v0 import V0Engine
+
+logger = logging.getLogger(__name__)
+
+
+class CharmConfig(pydantic.BaseModel):
+    """The charm's config options (config.yaml), validated."""
+
+    port: int = pydantic.Field(ge=1024, le=65535)
+    startup_seconds: float = pydantic.Field(ge=0, le=30)
+
+
+class CoordinatedOpsCharm(ops.CharmBase):
+    """Runs the demo service; restarts it one unit at a time through the chosen engine."""
+
+    def __init__(self, framework: ops.Framework):
+        super().__init__(framework)
+        self.engines: dict[str, restart.Engine] = {engine.name: engine for engine in [V0Engine(self)]}
+        framework.observe(self.on.install, self._on_install)
+        framework.observe(self.on.start, self._on_start)
+        framework.observe(self.on.config_changed, self._on_config_changed)
+        framework.observe(self.on.upgrade_charm, self._on_config_changed)
+        framework.observe(self.on.restart_action, self._on_restart_action)
+        framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
+        framework.observe(self.on.collect_app_status, self._on_collect_app_status)
+
+    def _on_install(self, _: ops.InstallEvent):
+        if not workload.is_installed():
+            workload.install(workload.DEFAULT_VERSION)
+
+    def _on_start(self, _: ops.StartEvent):
+        self.configure_and_run()
+
+    def _on_config_changed(self, _: ops.EventBase):
+        self.configure_and_run()
+
+    def configure_and_run(self) -> None:
+        """Idempotent: install if needed, write the settings, make sure the service runs.
+
+        A settings change is applied by the next coordinated `restart`, never here: restarting in
+        config-changed would restart every unit at once.
+        """
+        config = self._config()
+        if config is None:
+            return
+        if not workload.is_installed():
+            workload.install(workload.DEFAULT_VERSION)
+        workload.ensure_config(config.port, config.startup_seconds)
+        try:
+            workload.start()
+        except workload.WorkloadError as error:
+            logger.error("the demo service did not start: %s", error)
+        version = workload.get_version()
+        if version:
+            self.unit.set_workload_version(version)
+
+    def _config(self) -> CharmConfig | None:
+        try:
+            return self.load_config(CharmConfig)
+        except ValueError as error:
+            logger.error("invalid config: %s", error)
+            return None
+
+    def _on_restart_action(self, event: ops.ActionEvent):
+        try:
+            params = restart.RestartParams(**event.params)
+        except pydantic.ValidationError as error:
+            event.fail(_explain(error))
+            return
+        engine = self.engines.get(params.engine)
+        if engine is None:
+            event.fail(f"engine: unknown engine {params.engine!r}; use one of {sorted(self.engines)}")
+            return
+        busy = [name for name, other in self.engines.items() if other is not engine and other.in_flight()]
+        if busy:
+            event.fail(f"a restart with engine {busy[0]!r} is in flight; wait for it to finish")
+            return
+        try:
+            message = engine.request(params.delay)
+        except restart.EngineNotReady as error:
+            event.fail(str(error))
+            return
+        event.set_results({"engine": engine.name, "delay": params.delay, "message": message})
+
+    def _on_collect_unit_status(self, event: ops.CollectStatusEvent):
+        if self._config() is None:
+            event.add_status(ops.BlockedStatus("invalid config: see `juju debug-log`"))
+        for engine in self.engines.values():
+            status = engine.unit_status()
+            if status is not None:
+                event.add_status(status)
+        if not workload.is_installed():
+            event.add_status(ops.MaintenanceStatus("installing the demo service"))
+        elif workload.health() is None:
+            event.add_status(ops.BlockedStatus("demo service not healthy: run the restart action"))
+        event.add_status(ops.ActiveStatus(f"serving {workload.get_version()}"))
+
+    def _on_collect_app_status(self, event: ops.CollectStatusEvent):
+        busy = [name for name, engine in self.engines.items() if engine.in_flight()]
+        if busy:
+            event.add_status(ops.MaintenanceStatus(f"rolling restart in progress ({busy[0]})"))
+        event.add_status(ops.ActiveStatus())
+
+
+def _explain(error: pydantic.ValidationError) -> str:
+    """One line per bad parameter, naming it: 'delay: Input should be greater than or equal to 0'."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'params'}: {problem['msg']}"
+        for problem in error.errors()
+    )
+
+
+if __name__ == "__main__":  # pragma: nocover
+    ops.main(CoordinatedOpsCharm)

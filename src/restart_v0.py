@@ -1,0 +1,63 @@
+"""Restart engine `v0`: the peer-relation rolling lock of charms.rolling_ops.v0.rollingops."""
+
+from __future__ import annotations
+
+import ops
+from charms.rolling_ops.v0.rollingops import Lock, Locks, RollingOpsManager
+
+import restart
+
+RELATION = "restart"
+
+
+class V0Engine(ops.Object):
+    """Queues restarts on the v0 lock; the lock's callback runs the restart."""
+
+    name = "v0"
+    _stored = ops.StoredState()
+
+    def __init__(self, charm: ops.CharmBase):
+        super().__init__(charm, "restart-engine-v0")
+        self.charm = charm
+        self._stored.set_default(delay=0)
+        self.manager = RollingOpsManager(charm, relation=RELATION, callback=self._restart)
+
+    def request(self, delay: int) -> str:
+        """Ask the leader for the lock; the restart runs when this unit is granted it."""
+        if self.model.get_relation(RELATION) is None:
+            raise restart.EngineNotReady(
+                f"the peer relation '{RELATION}' is not ready yet; run the action again once "
+                "the unit has started"
+            )
+        self._stored.delay = delay
+        self.charm.on[RELATION].acquire_lock.emit()
+        return "restart queued with the v0 rolling lock; units restart one at a time"
+
+    def in_flight(self) -> bool:
+        """Any unit waiting for, holding or releasing the v0 lock."""
+        if self.model.get_relation(RELATION) is None:
+            return False
+        return any(
+            lock.is_pending() or lock.is_held() or lock.release_requested()
+            for lock in Locks(self.manager)
+        )
+
+    def unit_status(self) -> ops.StatusBase | None:
+        """The library's own wording, so operators see the same strings as with Charmhub's v0."""
+        if self.model.get_relation(RELATION) is None:
+            return None
+        lock = Lock(self.manager)
+        if lock.is_held():
+            return ops.MaintenanceStatus(f"Executing {RELATION} operation")
+        if lock.is_pending():
+            return ops.WaitingStatus(f"Awaiting {RELATION} operation")
+        return None
+
+    def _restart(self, event: ops.EventBase) -> None:
+        token = getattr(event, "grant_token", None)
+        restart.run_restart(
+            self.charm,
+            engine=self.name,
+            delay=self._stored.delay,
+            token=int(token) if str(token).isdigit() else None,
+        )
