@@ -8,6 +8,7 @@ restart.py and one restart_<engine>.py per coordination library run the `restart
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import ops
 import pydantic
@@ -31,7 +32,9 @@ class CoordinatedOpsCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        self.engines: dict[str, restart.Engine] = {engine.name: engine for engine in [V0Engine(self)]}
+        self.engines: dict[str, restart.Engine] = {
+            engine.name: engine for engine in [V0Engine(self)]
+        }
         framework.observe(self.on.install, self._on_install)
         framework.observe(self.on.start, self._on_start)
         framework.observe(self.on.config_changed, self._on_config_changed)
@@ -77,6 +80,10 @@ class CoordinatedOpsCharm(ops.CharmBase):
             logger.error("invalid config: %s", error)
             return None
 
+    def journal_dirs(self) -> list[pathlib.Path]:
+        """Where the operation journal goes besides the unit's own file."""
+        return []
+
     def _on_restart_action(self, event: ops.ActionEvent):
         try:
             params = restart.RestartParams(**event.params)
@@ -85,9 +92,15 @@ class CoordinatedOpsCharm(ops.CharmBase):
             return
         engine = self.engines.get(params.engine)
         if engine is None:
-            event.fail(f"engine: unknown engine {params.engine!r}; use one of {sorted(self.engines)}")
+            event.fail(
+                f"engine: unknown engine {params.engine!r}; use one of {sorted(self.engines)}"
+            )
             return
-        busy = [name for name, other in self.engines.items() if other is not engine and other.in_flight()]
+        busy = [
+            name
+            for name, other in self.engines.items()
+            if other is not engine and other.in_flight()
+        ]
         if busy:
             event.fail(f"a restart with engine {busy[0]!r} is in flight; wait for it to finish")
             return
@@ -119,7 +132,7 @@ class CoordinatedOpsCharm(ops.CharmBase):
 
 
 def _explain(error: pydantic.ValidationError) -> str:
-    """One line per bad parameter, naming it: 'delay: Input should be greater than or equal to 0'."""
+    """One clause per bad parameter, naming it: 'delay: Input should be greater than ...'."""
     return "; ".join(
         f"{'.'.join(str(part) for part in problem['loc']) or 'params'}: {problem['msg']}"
         for problem in error.errors()

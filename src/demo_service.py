@@ -8,8 +8,8 @@ local process). Standard library only, so it runs on any Ubuntu Python.
   measurable time and `/health` answers only once the service is really serving.
 - Once listening it reports readiness: `READY=1` to systemd's NOTIFY_SOCKET (Type=notify units), or
   a `READY` line on the file descriptor named by READY_FD (the local process manager).
-- `GET /health` -> 200 `{"status": "ok", "version": ..., "pid": ...}`; `GET /version` -> the version
-  read from VERSION_FILE at start-up.
+- `GET /health` -> 200 `{"status": "ok", "version": ..., "pid": ...}`;
+  `GET /version` -> the version read from VERSION_FILE at start-up.
 
 Environment: PORT (default 8080), BIND (default 0.0.0.0), STARTUP_SECONDS (default 1.0),
 VERSION_FILE (default: VERSION next to this file).
@@ -43,7 +43,7 @@ def _make_handler(version: str):
     body_version = json.dumps({"version": version}).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the name http.server dispatches to)
+        def do_GET(self):
             body = {"/health": body_health, "/version": body_version}.get(self.path)
             if body is None:
                 self.send_error(404)
@@ -54,7 +54,7 @@ def _make_handler(version: str):
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format, *args):  # noqa: A002 (signature of the base class)
+        def log_message(self, format, *args):
             pass
 
     return Handler

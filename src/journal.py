@@ -63,7 +63,7 @@ def _append(entry: dict, paths: Sequence[pathlib.Path]) -> None:
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # One write() of one line on an O_APPEND file: lines from several units do not interleave.
+            # One write() of a line on an O_APPEND file: lines of several units never interleave.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
                 os.write(fd, line)

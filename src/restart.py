@@ -7,6 +7,7 @@ critical section. Each engine lives in its own module (restart_v0.py, ...) and i
 from __future__ import annotations
 
 import logging
+import pathlib
 import threading
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,16 @@ if TYPE_CHECKING:
     import ops
 
 logger = logging.getLogger(__name__)
+
+
+class RestartingCharm(Protocol):
+    """What run_restart needs of the charm."""
+
+    unit: ops.Unit
+
+    def journal_dirs(self) -> list[pathlib.Path]:
+        """Extra directories the journal is also written to (the NFS share when mounted)."""
+        ...
 
 
 class EngineNotReady(Exception):
@@ -58,16 +69,19 @@ def hold_lock_for(seconds: float) -> None:
         threading.Event().wait(seconds)
 
 
-def run_restart(charm: ops.CharmBase, *, engine: str, delay: int, token: int | None = None) -> bool:
+def run_restart(
+    charm: RestartingCharm, *, engine: str, delay: int, token: int | None = None
+) -> bool:
     """The critical section: restart the service, check it is healthy, hold for `delay` seconds.
 
     Returns False (and logs why) when the service did not come back; the journal records the
     operation as failed and the charm's status, derived from /health, shows it. The caller releases
     its lock either way: a failed restart must not wedge the other units.
     """
-    dirs = charm.journal_dirs() if hasattr(charm, "journal_dirs") else ()
     try:
-        with journal.operation(charm.unit.name, "restart", engine, token, dirs=dirs):
+        with journal.operation(
+            charm.unit.name, "restart", engine, token, dirs=charm.journal_dirs()
+        ):
             logger.info("restarting the demo service (engine %s, token %s)", engine, token)
             workload.restart()
             if workload.health() is None:

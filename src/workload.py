@@ -14,6 +14,7 @@ environment file. Two service managers sit behind the same functions:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -123,7 +124,7 @@ def is_running() -> bool:
 def _get(path: str) -> dict | None:
     port = _read_env().get("PORT", "8080")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
             return json.loads(response.read())
     except (OSError, urllib.error.URLError, ValueError):
         return None
@@ -160,6 +161,7 @@ class SystemdManager:
         return _root() / "etc" / "systemd" / "system" / f"{SERVICE_NAME}.service"
 
     def install(self) -> None:
+        """Write the unit file and enable it."""
         directory = install_dir()
         unit = (
             "[Unit]\nDescription=coordinated-ops demo service\nAfter=network.target\n\n"
@@ -181,26 +183,31 @@ class SystemdManager:
             raise WorkloadError(f"systemctl {' '.join(args)} failed: {result.stderr.strip()}")
 
     def start(self) -> None:
+        """Start; returns once the service sent READY=1 (Type=notify)."""
         self._systemctl("start", SERVICE_NAME)
 
     def stop(self) -> None:
+        """Stop; returns once the process has exited."""
         self._systemctl("stop", SERVICE_NAME)
 
     def restart(self) -> None:
+        """Restart; returns once the new process sent READY=1."""
         self._systemctl("restart", SERVICE_NAME)
 
     def is_running(self) -> bool:
+        """Whether systemd considers the unit active."""
         result = subprocess.run(["systemctl", "is-active", "--quiet", SERVICE_NAME], check=False)
         return result.returncode == 0
 
 
 class ProcessManager:
-    """Runs the same program as a plain local process (functional tests, the dispatch smoke test)."""
+    """Runs the same program as a plain local process (functional tests, dispatch smoke test)."""
 
     def _pid_file(self) -> pathlib.Path:
         return state_dir() / "service.pid"
 
     def install(self) -> None:
+        """Nothing to register: just make sure the state directory exists."""
         state_dir().mkdir(parents=True, exist_ok=True)
 
     def _pid(self) -> int | None:
@@ -215,9 +222,11 @@ class ProcessManager:
         return pid
 
     def is_running(self) -> bool:
+        """Whether the recorded process is alive."""
         return self._pid() is not None
 
     def start(self) -> None:
+        """Start the program with a pipe; return once it writes READY on it."""
         read_fd, write_fd = os.pipe()
         env = {**os.environ, **_read_env(), "READY_FD": str(write_fd)}
         env["VERSION_FILE"] = str(install_dir() / "VERSION")
@@ -240,9 +249,12 @@ class ProcessManager:
             readable, _, _ = select.select([ready], [], [], READY_TIMEOUT)
             line = ready.readline() if readable else b""
         if line.strip() != b"READY":
-            raise WorkloadError(f"demo service did not report ready (see {state_dir()}/service.log)")
+            raise WorkloadError(
+                f"demo service did not report ready (see {state_dir()}/service.log)"
+            )
 
     def stop(self) -> None:
+        """SIGTERM the process and wait on its pidfd until it has exited."""
         pid = self._pid()
         if pid is None:
             return
@@ -255,12 +267,11 @@ class ProcessManager:
                 select.select([pidfd], [], [], STOP_TIMEOUT)
         finally:
             os.close(pidfd)
-        try:  # reap it if it is our own child (a start and a stop in one test process)
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our own child (tests)
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         self._pid_file().unlink(missing_ok=True)
 
     def restart(self) -> None:
+        """Stop, then start."""
         self.stop()
         self.start()
