@@ -1,0 +1,859 @@
+# Copyright 2025 coordinated-ops contributors
+# See LICENSE file for licensing details.
+
+r"""In-place upgrades of a charm's workload, one unit at a time.
+
+This library coordinates `juju refresh` (and any charm-driven workload upgrade) across the units of
+an application through a peer relation. It is wire-compatible with
+`charms.data_platform_libs.v0.upgrade` (pydantic 1): the same public names, peer data, actions and
+status texts, so units running either library can be refreshed into each other.
+
+How it works
+------------
+Every unit publishes its `state` in its unit bag of the peer relation (`idle`, `ready`,
+`upgrading`, `completed`, `failed`, `recovery`). The leader keeps the application's
+`upgrade-stack` (a JSON list of unit numbers; the LAST entry, the "top", upgrades next) and the
+`dependencies` (the versions the application runs). A unit upgrades only when it is the top of the
+stack, every unit is at least `ready` and no other unit is `upgrading`; when it is done it reports
+`completed` and the leader pops it, which makes the next unit the top. A failed unit stops the
+rollout until the operator rolls back.
+
+Use it in a machine charm
+-------------------------
+`metadata.yaml`::
+
+    peers:
+      upgrade:
+        interface: upgrade
+
+`actions.yaml`: declare `pre-upgrade-check` (and `resume-upgrade` on Kubernetes).
+
+`src/charm.py`::
+
+    from charms.data_platform_libs.v0.upgrade import (
+        BaseModel, ClusterNotReadyError, DataUpgrade, DependencyModel,
+    )
+
+    DEPENDENCIES = {
+        "my_charm": {"dependencies": {}, "name": "my-charm", "upgrade_supported": ">=1",
+                     "version": "2"},
+    }
+
+    class MyDependencies(BaseModel):
+        my_charm: DependencyModel
+
+    class MyUpgrade(DataUpgrade):
+        def pre_upgrade_check(self) -> None:
+            if not workload_is_healthy():
+                raise ClusterNotReadyError("cluster unhealthy", cause="a unit is down")
+
+        def build_upgrade_stack(self) -> list[int]:
+            # The last entry upgrades first; keep the leader at index 0 (it upgrades last).
+            others = sorted(int(u.name.split("/")[1]) for u in self.peer_relation.units)
+            return [int(self.charm.unit.name.split("/")[1]), *others]
+
+        def log_rollback_instructions(self) -> None:
+            logger.error("Upgrade failed: run pre-upgrade-check, then juju refresh back.")
+
+        def _on_upgrade_granted(self, event) -> None:
+            upgrade_my_workload()
+            if healthy():
+                self.set_unit_completed()   # the library wakes itself: nothing else to call
+            else:
+                self.set_unit_failed("health check failed")
+
+    # in MyCharm.__init__:
+    self.upgrade = MyUpgrade(self, MyDependencies(**DEPENDENCIES))
+
+Operator flow: `juju run app/leader pre-upgrade-check`, then `juju refresh app`. Each unit runs
+`upgrade-charm` and reports `ready`; the top of the stack upgrades, then the next. After a failure:
+`juju run app/leader pre-upgrade-check` (prepares the rollback) and `juju refresh` back.
+
+A charm can also drive a rollout without a refresh (e.g. a workload version bump): on the leader
+call `prepare_upgrade()`, then have every unit call `set_unit_ready()`.
+
+Versions are Poetry-style constraints (`^1.2`, `~1.2.3`, `1.*`, `>=1,<2`, `^1 || ^2`), checked
+with `verify_requirements(version, requirement)`.
+
+The library never defers, sleeps, shells out or touches the workload. It sets the unit status for
+the states it owns (and the app status only through `log_rollback_instructions`, which is yours).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+from ops import (
+    ActionEvent,
+    ActiveStatus,
+    BlockedStatus,
+    CharmBase,
+    CharmEvents,
+    EventBase,
+    EventSource,
+    MaintenanceStatus,
+    Object,
+    Relation,
+    RelationDepartedEvent,
+    StoredState,
+    Unit,
+    WaitingStatus,
+)
+from poetry.core.constraints.version import Version, parse_constraint
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
+
+# The unique Charmhub library identifier, never change it
+LIBID = "5b8f3a0c2e7d4c19a6f1d2e3b4c5a697"
+
+# Increment this major API version when introducing breaking changes
+LIBAPI = 0
+
+# Increment this PATCH version before using `charmcraft publish-lib` or reset
+# to 0 if you are raising the major API version
+LIBPATCH = 1
+
+PYDEPS = ["pydantic>=2,<3", "poetry-core"]
+
+__all__ = [
+    "BaseModel",
+    "ClusterNotReadyError",
+    "DataUpgrade",
+    "DependencyError",
+    "DependencyModel",
+    "KubernetesClientError",
+    "UpgradeError",
+    "UpgradeEvents",
+    "UpgradeFinishedEvent",
+    "UpgradeGrantedEvent",
+    "VersionError",
+    "verify_requirements",
+]
+
+logger = logging.getLogger(__name__)
+
+WAITING_TEXT = "other units upgrading first..."
+
+
+# --- versions ------------------------------------------------------------------------------------
+
+
+def verify_requirements(version: str, requirement: str) -> bool:
+    """Return True iff the Poetry constraint `requirement` allows `version`.
+
+    `verify_requirements("1.3.4", "^1.2.3")` is True, `verify_requirements("2.0.0", "^1.2.3")`
+    False. Unparsable input raises `ValueError`.
+    """
+    return parse_constraint(requirement).allows(Version.parse(version))
+
+
+class DependencyModel(BaseModel):
+    """One versioned component of an application.
+
+    `version` is what this charm revision runs; `upgrade_supported` is the constraint the version
+    being upgraded FROM must satisfy; `dependencies` maps related applications to the constraint
+    their version must satisfy.
+    """
+
+    dependencies: dict[str, str]
+    name: str
+    upgrade_supported: str
+    version: str
+
+    @field_validator("dependencies", "upgrade_supported")
+    @classmethod
+    def dependencies_validator(cls, value: Any) -> Any:
+        """Every constraint must parse as a Poetry constraint."""
+        constraints = value.values() if isinstance(value, dict) else [value]
+        for constraint in constraints:
+            try:
+                parse_constraint(constraint)
+            except ValueError as e:
+                raise ValueError(f"invalid version constraint {constraint!r}: {e}") from None
+            if not str(constraint).strip():
+                raise ValueError("empty version constraint")
+        return value
+
+    @model_validator(mode="after")
+    def version_upgrade_supported_validator(self) -> DependencyModel:
+        """`version` must satisfy `upgrade_supported`."""
+        try:
+            allowed = verify_requirements(self.version, self.upgrade_supported)
+        except ValueError as e:
+            raise ValueError(f"invalid version {self.version!r} for {self.name}: {e}") from None
+        if not allowed:
+            raise ValueError(
+                f"upgrade_supported value {self.upgrade_supported} greater than version value "
+                f"{self.version} for {self.name}."
+            )
+        return self
+
+    def can_upgrade(self, dependency: DependencyModel) -> bool:
+        """Return True iff this (old) version satisfies `dependency.upgrade_supported` (new)."""
+        return verify_requirements(self.version, dependency.upgrade_supported)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+class UpgradeError(Exception):
+    """Base class of the upgrade errors: a `message`, its `cause` and a `resolution`."""
+
+    def __init__(self, message: str, cause: str | None, resolution: str | None):
+        super().__init__(message)
+        self.message = message
+        self.cause = cause or ""
+        self.resolution = resolution or ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__module__}.{type(self).__name__} - {self.__dict__!s}"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+class ClusterNotReadyError(UpgradeError):
+    """The cluster is unhealthy or busy; raised by `pre_upgrade_check`."""
+
+    def __init__(self, message: str, cause: str, resolution: str | None = None):
+        super().__init__(message, cause=cause, resolution=resolution)
+
+
+class KubernetesClientError(UpgradeError):
+    """A Kubernetes API call failed."""
+
+    def __init__(self, message: str, cause: str, resolution: str | None = None):
+        super().__init__(message, cause=cause, resolution=resolution)
+
+
+class VersionError(UpgradeError):
+    """The deployed (old) version is not accepted by the new `upgrade_supported`."""
+
+    def __init__(self, message: str, cause: str, resolution: str | None = None):
+        super().__init__(message, cause=cause, resolution=resolution)
+
+
+class DependencyError(UpgradeError):
+    """A related application's version does not satisfy a dependency constraint."""
+
+    def __init__(self, message: str, cause: str, resolution: str | None = None):
+        super().__init__(message, cause=cause, resolution=resolution)
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+class UpgradeGrantedEvent(EventBase):
+    """Emitted when this unit may upgrade now (it is the top of the stack)."""
+
+
+class UpgradeFinishedEvent(EventBase):
+    """Kubernetes: this unit finished its upgrade."""
+
+
+class UpgradeEvents(CharmEvents):
+    """The events of `DataUpgrade.on`."""
+
+    upgrade_granted = EventSource(UpgradeGrantedEvent)
+    upgrade_finished = EventSource(UpgradeFinishedEvent)
+
+
+# --- the coordinator -----------------------------------------------------------------------------
+
+
+def _unit_number(unit: Unit) -> int:
+    return int(unit.name.split("/")[-1])
+
+
+class DataUpgrade(Object, ABC):
+    """Coordinates an in-place upgrade of every unit, one unit at a time (see module docstring)."""
+
+    STATES = ["recovery", "failed", "idle", "ready", "upgrading", "completed"]
+
+    on = UpgradeEvents()  # pyright: ignore[reportAssignmentType]
+    _stored = StoredState()
+
+    def __init__(
+        self,
+        charm: CharmBase,
+        dependency_model: BaseModel,
+        relation_name: str = "upgrade",
+        substrate: Literal["vm", "k8s"] = "vm",
+    ):
+        super().__init__(charm, relation_name)
+        self.charm = charm
+        self.dependency_model = dependency_model
+        self.relation_name = relation_name
+        self.substrate = substrate
+        self._stored.set_default(refresh_pending=False, rollback_reported=[])
+        self._upgrade_stack: list[int] | None = None
+        self._departing: Unit | None = None
+        self._reconciling = False
+        self._again = False
+        self._granted = False
+        self._writes = 0
+        self.data_errors: list[str] = []  # malformed peer data seen in this hook (for status)
+
+        rel = charm.on[relation_name]
+        self.framework.observe(rel.relation_created, self._on_upgrade_created)
+        self.framework.observe(rel.relation_joined, self.on_upgrade_changed)
+        self.framework.observe(rel.relation_changed, self.on_upgrade_changed)
+        self.framework.observe(rel.relation_departed, self._on_upgrade_departed)
+        self.framework.observe(charm.on.upgrade_charm, self._on_upgrade_charm)
+        self.framework.observe(charm.on.config_changed, self._on_periodic)
+        self.framework.observe(charm.on.update_status, self._on_periodic)
+        self.framework.observe(charm.on.leader_elected, self._on_leader_elected)
+        self.framework.observe(self.on.upgrade_granted, self._guard_upgrade_granted)
+        self.framework.observe(self.on.upgrade_finished, self._on_upgrade_finished)
+        for action, handler in (
+            ("pre-upgrade-check", self._on_pre_upgrade_check_action),
+            ("resume-upgrade", self._on_resume_upgrade_action),
+        ):
+            if action.replace("-", "_") + "_action" in charm.on.events():
+                self.framework.observe(charm.on[action].action, handler)
+            else:
+                logger.error("action %r is not declared in actions.yaml; not observed", action)
+
+    # --- properties --------------------------------------------------------------------------
+
+    @property
+    def peer_relation(self) -> Relation | None:
+        """The peer relation, or None before it exists."""
+        return self.model.get_relation(self.relation_name)
+
+    @property
+    def app_units(self) -> set[Unit]:
+        """Return this unit and its peers (minus a peer departing in this hook)."""
+        if not self.peer_relation:
+            return set()
+        units = {self.charm.unit, *self.peer_relation.units}
+        if self._departing is not None:
+            units.discard(self._departing)
+        return units
+
+    def _state_of(self, unit: Unit) -> str:
+        relation = self.peer_relation
+        if relation is None:
+            return ""
+        return relation.data[unit].get("state", "")
+
+    @property
+    def state(self) -> str | None:
+        """Return this unit's `state`, or None."""
+        if self.peer_relation is None:
+            return None
+        return self._state_of(self.charm.unit) or None
+
+    @property
+    def stored_dependencies(self) -> BaseModel | None:
+        """The app's stored `dependencies` as the charm's model; None if absent or invalid."""
+        relation = self.peer_relation
+        if relation is None:
+            return None
+        raw = relation.data[self.charm.app].get("dependencies")
+        if not raw:
+            return None
+        try:
+            return type(self.dependency_model).model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as e:
+            self._data_error(f"invalid dependencies data: {e}".splitlines()[0])
+            return None
+
+    @property
+    def upgrade_stack(self) -> list[int] | None:
+        """The app's `upgrade-stack` (a fresh copy), or None when absent, empty or invalid."""
+        if self._upgrade_stack is None:
+            relation = self.peer_relation
+            raw = relation.data[self.charm.app].get("upgrade-stack", "") if relation else ""
+            stack: list[int] = []
+            if raw:
+                try:
+                    parsed = json.loads(raw)
+                    if not isinstance(parsed, list) or not all(
+                        isinstance(n, int) and not isinstance(n, bool) for n in parsed
+                    ):
+                        raise ValueError("not a list of unit numbers")
+                    stack = parsed
+                except ValueError as e:
+                    self._data_error(f"invalid upgrade-stack data {raw[:40]!r}: {e}")
+            self._upgrade_stack = stack
+        return list(self._upgrade_stack) or None
+
+    @upgrade_stack.setter
+    def upgrade_stack(self, stack: list[int]) -> None:
+        relation = self.peer_relation
+        if relation is None:
+            return
+        value = json.dumps(list(stack))
+        if relation.data[self.charm.app].get("upgrade-stack") != value:
+            relation.data[self.charm.app]["upgrade-stack"] = value
+            self._writes += 1
+        self._upgrade_stack = list(stack)
+
+    @property
+    def other_unit_states(self) -> list[str]:
+        """The `state` of every peer (missing = "")."""
+        return [self._state_of(u) for u in self.app_units if u != self.charm.unit]
+
+    @property
+    def unit_states(self) -> list[str]:
+        """The `state` of every unit in `app_units` (missing = "")."""
+        return [self._state_of(u) for u in self.app_units]
+
+    @property
+    def cluster_state(self) -> str | None:
+        """The furthest-behind state; None when unknown or a state is missing or invalid."""
+        states = self.unit_states
+        if not states:
+            return None
+        for value in states:
+            if value not in self.STATES:
+                if value:
+                    self._data_error(f"invalid unit state {value!r} in peer data")
+                return None
+        return min(states, key=self.STATES.index)
+
+    @property
+    def idle(self) -> bool:
+        """True iff every unit is `idle`."""
+        states = self.unit_states
+        return bool(states) and all(s == "idle" for s in states)
+
+    # --- override points ---------------------------------------------------------------------
+
+    @abstractmethod
+    def pre_upgrade_check(self) -> None:
+        """Check the cluster can upgrade; raise `ClusterNotReadyError` if not."""
+
+    @abstractmethod
+    def log_rollback_instructions(self) -> None:
+        """Tell the operator how to roll back (log and statuses). Must be idempotent."""
+
+    def build_upgrade_stack(self) -> list[int]:
+        """Return the unit numbers in upgrade order, LAST upgrades first (VM: override)."""
+        if self.substrate == "k8s":
+            return []
+        raise NotImplementedError
+
+    def _on_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
+        """Upgrade this unit, then call `set_unit_completed()` or `set_unit_failed()`."""
+        if self.substrate == "k8s":
+            return
+        raise NotImplementedError
+
+    def _set_rolling_update_partition(self, partition: int) -> None:
+        """Kubernetes: set the StatefulSet's rolling-update partition (override on k8s)."""
+        if self.substrate == "k8s":
+            raise NotImplementedError
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def _data_error(self, reason: str) -> None:
+        if reason not in self.data_errors:
+            logger.error("upgrade relation: %s; ignoring it", reason)
+            self.data_errors.append(reason)
+
+    def _set_state(self, value: str) -> None:
+        relation = self.peer_relation
+        if relation is None:
+            return
+        if relation.data[self.charm.unit].get("state") != value:
+            relation.data[self.charm.unit]["state"] = value
+            self._writes += 1
+
+    def _store_dependencies(self) -> None:
+        relation = self.peer_relation
+        if relation is None or not self.charm.unit.is_leader():
+            return
+        value = json.dumps(self.dependency_model.model_dump())
+        if relation.data[self.charm.app].get("dependencies") != value:
+            relation.data[self.charm.app]["dependencies"] = value
+            self._writes += 1
+
+    # --- public API --------------------------------------------------------------------------
+
+    def set_unit_failed(self, cause: str | None = None) -> None:
+        """Mark this unit's upgrade as failed: Blocked with `cause`; rollback instructions."""
+        self._upgrade_stack = None
+        if self.peer_relation is None:
+            return
+        self.charm.unit.status = BlockedStatus(cause or "")
+        self._set_state("failed")
+        self.log_rollback_instructions()
+        if self.charm.unit.is_leader():
+            reported = set(self._stored.rollback_reported) | {self.charm.unit.name}
+            self._stored.rollback_reported = sorted(reported)
+
+    def set_unit_completed(self) -> None:
+        """Mark this unit's upgrade as completed (healthy on the new version)."""
+        self._upgrade_stack = None
+        if self.peer_relation is None:
+            return
+        self.charm.unit.status = MaintenanceStatus("upgrade completed")
+        self._set_state("completed")
+        if self.substrate == "k8s":
+            self.on.upgrade_finished.emit()
+        elif self.charm.unit.is_leader():
+            # Juju does not tell the leader about its own writes: pop itself now.
+            self.on_upgrade_changed()
+
+    def set_unit_ready(self) -> None:
+        """Report this unit ready to be upgraded (VM) and re-evaluate."""
+        if self.peer_relation is None:
+            return
+        if not self.upgrade_stack:
+            logger.warning("no upgrade-stack yet; this unit will be ready once it is written")
+            self._stored.refresh_pending = True
+            return
+        if self.charm.unit.is_leader():
+            try:
+                self._upgrade_supported_check()
+            except VersionError as e:
+                logger.error("%s (%s)", e.message, e.cause)
+                self.set_unit_failed(e.cause)
+                return
+            if self.state == "recovery" and not self._others_ready():
+                # A rollback starts only once every other unit is ready: a unit still
+                # `completed` from the failed rollout must not be popped as already done.
+                logger.info("rollback prepared; waiting for the other units to be ready")
+                self._stored.refresh_pending = True
+                return
+        self._set_state("ready")
+        self.charm.unit.status = WaitingStatus(WAITING_TEXT)
+        self._stored.refresh_pending = False
+        self.on_upgrade_changed()
+
+    def prepare_upgrade(self) -> list[int]:
+        """Leader: check the cluster and write the upgrade stack (or prepare a rollback).
+
+        Returns the stack. Raises `UpgradeError` (its `message` is the action failure text).
+        """
+        relation = self.peer_relation
+        if relation is None:
+            raise UpgradeError("Could not find upgrade relation.", cause=None, resolution=None)
+        if not self.charm.unit.is_leader():
+            raise UpgradeError(
+                "Action must be ran on the Juju leader.", cause=None, resolution=None
+            )
+        if self.cluster_state in ("failed", "recovery"):
+            self._repair_upgrade_stack()
+            self._set_state("recovery")
+            self.charm.unit.status = BlockedStatus("ready to rollback application")
+            return self.upgrade_stack or []
+        if not self.idle:
+            raise UpgradeError(
+                "Cannot run pre-upgrade checks, cluster already upgrading.",
+                cause=None,
+                resolution=None,
+            )
+        try:
+            self.pre_upgrade_check()
+            stack = self.build_upgrade_stack()
+        except ClusterNotReadyError:
+            raise
+        except Exception as e:
+            logger.exception("pre-upgrade check failed")
+            raise UpgradeError("Unknown error found.", cause=str(e), resolution=None) from e
+        self.upgrade_stack = stack
+        if self._stored.refresh_pending:
+            self.set_unit_ready()
+        return list(stack)
+
+    def in_progress(self) -> bool:
+        """Return True while a rollout is prepared, running or halted (not every unit idle)."""
+        if self.peer_relation is None:
+            return False
+        return bool(self.upgrade_stack) or any(s not in ("idle", "") for s in self.unit_states)
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    def _on_upgrade_created(self, event: EventBase) -> None:
+        self._set_state("ready" if self.upgrade_stack else "idle")
+        stored = self.stored_dependencies
+        if self.charm.unit.is_leader() and stored is None:
+            self._store_dependencies()
+        elif stored is not None and stored.model_dump() != self.dependency_model.model_dump():
+            self._stored.refresh_pending = True
+
+    def _on_upgrade_departed(self, event: RelationDepartedEvent) -> None:
+        self._departing = event.departing_unit
+        try:
+            if event.departing_unit == self.charm.unit:
+                return  # this unit is leaving: nothing of the rollout is its business
+            self._upgrade_stack = None
+            self.on_upgrade_changed(event)
+        finally:
+            self._departing = None
+
+    def _on_leader_elected(self, event: EventBase) -> None:
+        if self.peer_relation is None:
+            return
+        if self.stored_dependencies is None and self.idle:
+            self._store_dependencies()
+        self.on_upgrade_changed(event)
+
+    def _on_periodic(self, event: EventBase) -> None:
+        if self.peer_relation is None:
+            return
+        if self.upgrade_stack or self.state not in ("idle", None) or self._stored.refresh_pending:
+            self.on_upgrade_changed(event)
+
+    def _on_upgrade_charm(self, event: EventBase) -> None:
+        self._upgrade_stack = None
+        if self.substrate == "k8s":
+            self._k8s_upgrade_charm()
+            return
+        if self.peer_relation is None or not self.upgrade_stack:
+            logger.error("Cluster upgrade failed, ensure pre-upgrade checks are ran first.")
+            self._stored.refresh_pending = True
+            self.charm.unit.status = BlockedStatus(
+                "run pre-upgrade-check on the leader to continue the upgrade"
+            )
+            return
+        if self.charm.unit.is_leader():
+            try:
+                self._upgrade_supported_check()
+            except VersionError as e:
+                logger.error("%s (%s)", e.message, e.cause)
+                self.set_unit_failed(e.cause)
+                return
+            if self.state == "recovery":
+                self.set_unit_ready()  # waits for the others first (see set_unit_ready)
+                return
+        self.charm.unit.status = WaitingStatus(WAITING_TEXT)
+        self._set_state("ready")
+        self._stored.refresh_pending = False
+        if len(self.app_units) == 1:
+            self.on.upgrade_granted.emit()
+
+    def _guard_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
+        if self.state not in ("ready", "upgrading") or self.cluster_state in (
+            "failed",
+            "recovery",
+        ):
+            logger.warning("stale upgrade_granted dropped (state %s)", self.state)
+            return
+        self._on_upgrade_granted(event)
+
+    def _on_upgrade_finished(self, event: EventBase) -> None:
+        """Kubernetes: after a unit finished, let the StatefulSet roll the next one."""
+        if self.substrate != "k8s" or not self.charm.unit.is_leader():
+            return
+        self.on_upgrade_changed(event)
+
+    # --- actions -----------------------------------------------------------------------------
+
+    def _on_pre_upgrade_check_action(self, event: ActionEvent) -> None:
+        try:
+            stack = self.prepare_upgrade()
+        except UpgradeError as e:
+            event.fail(e.message)
+            return
+        if self.state == "recovery":
+            message = "Rollback stack prepared; refresh back to the previous revision."
+        else:
+            message = "Pre-upgrade check successful. Proceed with the upgrade."
+        event.set_results({"message": message, "upgrade-stack": json.dumps(stack)})
+
+    def _on_resume_upgrade_action(self, event: ActionEvent) -> None:
+        if not self.charm.unit.is_leader():
+            event.fail("Action must be ran on the Juju leader.")
+            return
+        stack = self.upgrade_stack
+        if not stack:
+            event.fail("Nothing to resume, upgrade stack unset.")
+            return
+        if len(stack) < len(self.app_units) - 1:
+            event.fail("Upgrade can be resumed only once after juju refresh is called.")
+            return
+        try:
+            self._set_rolling_update_partition(partition=stack[-1])
+        except KubernetesClientError:
+            event.fail("Cannot set rolling update partition.")
+            return
+        event.set_results({"message": f"Upgrade will resume on unit {stack[-1]}"})
+
+    # --- checks and repair -------------------------------------------------------------------
+
+    def _upgrade_supported_check(self) -> None:
+        """Raise `VersionError` if a stored (old) version is not accepted by the new model."""
+        stored = self.stored_dependencies
+        if stored is None:
+            logger.warning("no valid stored dependencies; version compatibility check skipped")
+            return
+        for key, new in self.dependency_model:
+            old = getattr(stored, key, None)
+            if not isinstance(old, DependencyModel) or not isinstance(new, DependencyModel):
+                continue
+            if not old.can_upgrade(new):
+                raise VersionError(
+                    message=f"Versions incompatible, {key} {old.version} can not be upgraded to "
+                    f"{new.version}",
+                    cause=f"Upgrades only supported for specific versions, {key} versions "
+                    f"satisfying requirement {new.upgrade_supported}",
+                )
+
+    def _repair_upgrade_stack(self) -> None:
+        """Rollback: put every member missing from the stack just below the (failed) top."""
+        stack = self.upgrade_stack or []
+        members = sorted(_unit_number(u) for u in self.app_units)
+        missing = [n for n in members if n not in stack]
+        if not missing:
+            return
+        if not stack:
+            self.upgrade_stack = missing
+            return
+        self.upgrade_stack = [*stack[:-1], *missing, stack[-1]]
+
+    def _others_ready(self) -> bool:
+        return all(s == "ready" for s in self.other_unit_states)
+
+    # --- the reconcile -----------------------------------------------------------------------
+
+    def on_upgrade_changed(self, event: EventBase | None = None) -> None:
+        """Re-evaluate the rollout (idempotent; a nested call only asks for one more pass)."""
+        if self._reconciling:
+            self._again = True
+            return
+        self._reconciling = True
+        self._granted = False
+        try:
+            for _ in range(len(self.app_units) + 2):
+                self._again = False
+                before = self._writes
+                self._upgrade_stack = None  # re-read the relation on every pass
+                if self.substrate == "k8s":
+                    self._k8s_pass()
+                else:
+                    self._vm_pass()
+                if self._writes == before and not self._again:
+                    break
+        finally:
+            self._reconciling = False
+
+    def _vm_pass(self) -> None:
+        if self.peer_relation is None:
+            return
+        leader = self.charm.unit.is_leader()
+        cluster = self.cluster_state
+        if self._ready_if_pending(leader, cluster):
+            return
+        if cluster == "failed":
+            logger.debug("Cluster failed to upgrade, exiting...")
+            self._report_failed_units(leader)
+            return
+        if cluster == "recovery":
+            logger.debug("Cluster in recovery, skip...")
+            return
+        if leader:
+            self._leader_repair()
+        stack = self.upgrade_stack
+        if not stack:
+            self._finalise(leader)
+            return
+        others = self.other_unit_states
+        if "upgrading" in others and self.state in ("idle", "ready"):
+            self.charm.unit.status = WaitingStatus(WAITING_TEXT)
+        if (
+            not self._granted  # at most one grant per reconcile
+            and stack[-1] == _unit_number(self.charm.unit)
+            and self.state in ("ready", "upgrading")
+            and self.cluster_state == "ready"
+            and "upgrading" not in others
+        ):
+            self._grant()
+
+    def _ready_if_pending(self, leader: bool, cluster: str | None) -> bool:
+        """Step 1: a refresh (or rollout round) arrived before the stack: report ready now."""
+        if not (self._stored.refresh_pending and self.upgrade_stack):
+            return False
+        # While failed or in recovery, only the leader's own pending rollback may proceed, and
+        # only once every other unit is ready.
+        rollback_go = leader and self.state == "recovery" and self._others_ready()
+        if cluster in ("failed", "recovery") and not rollback_go:
+            return False
+        self.set_unit_ready()
+        return True
+
+    def _finalise(self, leader: bool) -> None:
+        """Step 5: the stack is empty; a completed unit goes back to idle."""
+        if self.state == "completed" and self.cluster_state in ("idle", "completed"):
+            self._set_state("idle")
+            self.charm.unit.status = ActiveStatus()
+            if leader:
+                self._store_dependencies()
+                self._stored.rollback_reported = []
+
+    def _grant(self) -> None:
+        """Step 7: this unit is the top and nobody else upgrades: upgrade now."""
+        self._set_state("upgrading")
+        self.charm.unit.status = MaintenanceStatus("upgrading...")
+        self._granted = True
+        try:
+            self.on.upgrade_granted.emit()
+        except DependencyError as e:
+            logger.error("%s (%s)", e.message, e.cause)
+            self.set_unit_failed(e.cause)
+
+    def _report_failed_units(self, leader: bool) -> None:
+        if not leader:
+            return
+        failed = sorted(u.name for u in self.app_units if self._state_of(u) == "failed")
+        if failed != list(self._stored.rollback_reported):
+            self.log_rollback_instructions()
+            self._stored.rollback_reported = failed
+
+    def _leader_repair(self) -> None:
+        stack = self.upgrade_stack or []
+        members = {_unit_number(u): u for u in self.app_units}
+        changed = False
+        while stack and (
+            stack[-1] not in members or self._state_of(members[stack[-1]]) == "completed"
+        ):
+            top = stack.pop()
+            changed = True
+            if top not in members:
+                logger.warning("unit %s left during upgrade; removed from upgrade-stack", top)
+        states = {n: self._state_of(u) for n, u in members.items()}
+        if stack or any(s in ("upgrading", "completed") for s in states.values()):
+            for number in sorted(members):
+                if states[number] == "ready" and number not in stack:
+                    stack.insert(0, number)
+                    changed = True
+        if changed:
+            self.upgrade_stack = stack
+
+    # --- Kubernetes (kept minimal: not a target of this project, must not crash) -------------
+
+    def _k8s_upgrade_charm(self) -> None:
+        if self.peer_relation is None:
+            return
+        if self.charm.unit.is_leader() and not self.upgrade_stack:
+            self.upgrade_stack = sorted(_unit_number(u) for u in self.app_units)
+        self._set_state("ready")
+        self.charm.unit.status = WaitingStatus(WAITING_TEXT)
+        self.on_upgrade_changed()
+
+    def _k8s_pass(self) -> None:
+        if self.peer_relation is None:
+            return
+        if self.charm.unit.is_leader():
+            self._leader_repair()
+        stack = self.upgrade_stack
+        if not stack:
+            if self.state == "completed":
+                self._set_state("idle")
+                self.charm.unit.status = ActiveStatus()
+                self._store_dependencies()
+            return
+        if stack[-1] == _unit_number(self.charm.unit) and self.state == "ready":
+            self._set_state("upgrading")
+            self.on.upgrade_granted.emit()
+            return
+        if self.charm.unit.is_leader() and self.cluster_state != "failed":
+            try:
+                self._set_rolling_update_partition(partition=stack[-1])
+            except (KubernetesClientError, NotImplementedError) as e:
+                logger.error("cannot set the rolling update partition: %s", e)
