@@ -1,7 +1,119 @@
-"""Data models and exceptions of charmlibs.rollingops.
+"""Types, exceptions and the peer-relation wire format (v1) of charmlibs.rollingops.
 
-This first version holds only the exception hierarchy (spec §1); the models are added next to it.
+Everything here is cheap to import: plain enums, dataclasses and hand-written parsers (no pydantic
+models at import time, so `import charmlibs.rollingops` stays close to a bare `import ops`). Each
+parser validates strictly and raises `RollingOpsDecodingError` naming what was wrong; callers log
+and skip the bad item, never the whole databag.
 """
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime
+import enum
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+WIRE_VERSION = "1"
+
+# Peer relation keys (unit databag, written by that unit only).
+KEY_VERSION = "rollingops-version"
+KEY_QUEUE = "rollingops-queue"
+KEY_SEQ = "rollingops-seq"
+KEY_INTENT = "rollingops-intent"
+KEY_DONE = "rollingops-done"
+KEY_BACKEND = "rollingops-backend"
+KEY_ETCD_CLEANUP = "rollingops-etcd-cleanup"
+# Peer relation keys (application databag, written by the leader only).
+KEY_TOKEN = "rollingops-token"  # noqa: S105 - databag key names, not secrets
+KEY_GRANT = "rollingops-grant"
+KEY_ORDER = "rollingops-order"
+KEY_MODE = "rollingops-mode"
+KEY_CLIENT_SECRET_ID = "rollingops-client-secret-id"  # noqa: S105
+
+
+class _StrEnum(str, enum.Enum):
+    """A str-valued enum whose str() is its value (enum.StrEnum exists only from Python 3.11)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class OperationResult(_StrEnum):
+    """What a callback returns: release the lock, or retry (giving it up, or keeping it)."""
+
+    RELEASE = "release"
+    RETRY_RELEASE = "retry-release"
+    RETRY_HOLD = "retry-hold"
+
+
+class ProcessingBackend(_StrEnum):
+    """Where this unit's requests are scheduled."""
+
+    PEER = "peer"
+    ETCD = "etcd"
+
+
+class RollingOpsStatus(_StrEnum):
+    """This unit's position with respect to the lock."""
+
+    NOT_READY = "not-ready"
+    WAITING = "waiting"
+    GRANTED = "granted"
+    IDLE = "idle"
+
+
+class Intent(_StrEnum):
+    """What a unit asks the scheduler for (derived from its queue and last result)."""
+
+    IDLE = "idle"
+    REQUEST = "request"
+    RETRY_RELEASE = "retry-release"
+    RETRY_HOLD = "retry-hold"
+
+
+# `done.result` values besides the three OperationResults.
+DONE_DROPPED = "dropped"
+DONE_MISSING_CALLBACK = "missing-callback"
+DONE_NO_OP = "no-op"
+DONE_NOT_GRANTED = "not-granted"
+DONE_RESULTS = frozenset(
+    [*(r.value for r in OperationResult), DONE_DROPPED, DONE_MISSING_CALLBACK, DONE_NO_OP]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RollingOpsState:
+    """`RollingOpsManager.state`: this unit's lock status and the backend serving it."""
+
+    status: RollingOpsStatus
+    processing_backend: ProcessingBackend
+
+
+@dataclasses.dataclass(frozen=True)
+class LockGrant:
+    """The grant a callback runs under. `token` is the fencing token (monotonic per backend)."""
+
+    backend: ProcessingBackend
+    token: int
+    op_id: str | None = None
+    callback_id: str | None = None
+    attempt: int = 0
+
+
+class SyncLockBackend(abc.ABC):
+    """A charm-supplied lock for `acquire_sync_lock` when etcd is not available."""
+
+    @abc.abstractmethod
+    def acquire(self, timeout: int | None) -> None:
+        """Block until the lock is held; raise `TimeoutError` after `timeout` seconds."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Release the lock taken by `acquire`."""
 
 
 class RollingOpsError(Exception):
@@ -9,23 +121,23 @@ class RollingOpsError(Exception):
 
 
 class RollingOpsNoRelationError(RollingOpsError):
-    """The peer relation the library needs does not exist (yet)."""
+    """The peer relation does not exist (yet)."""
 
 
 class RollingOpsInvalidLockRequestError(RollingOpsError):
-    """A lock request is malformed (unknown callback id, bad kwargs or max_retry)."""
+    """A lock request is invalid (unknown callback, bad kwargs or max_retry)."""
 
 
 class RollingOpsDecodingError(RollingOpsError):
-    """Stored data (relation data or a local file) could not be decoded."""
+    """Stored or relation data could not be decoded."""
 
 
 class RollingOpsFileSystemError(RollingOpsError):
-    """A local file of the library could not be read or written."""
+    """A local file under base_dir could not be read or written."""
 
 
 class RollingOpsInvalidSecretContentError(RollingOpsError):
-    """The etcd client-certificate secret lacks a field or holds bad PEM data."""
+    """The etcd client-certificate secret lacks a field or holds bad data."""
 
 
 class RollingOpsLibMissingError(RollingOpsError):
@@ -33,12 +145,215 @@ class RollingOpsLibMissingError(RollingOpsError):
 
 
 class RollingOpsSyncLockError(RollingOpsError):
-    """No usable sync lock: etcd failed and no working fallback backend is registered."""
+    """No sync lock backend could take the lock."""
 
 
 class RollingOpsEtcdctlError(RollingOpsError):
-    """Any failure talking to etcd, whatever the client (the name is kept for compatibility)."""
+    """Any failure talking to etcd, whatever the client."""
 
 
 class RollingOpsEtcdNotConfiguredError(RollingOpsEtcdctlError):
-    """The local etcd configuration (endpoints, prefix, certificates) does not exist yet."""
+    """There is no local etcd configuration yet."""
+
+
+def canonical_json(value: Any) -> str:
+    """Compact, key-sorted JSON: equal values give equal strings (used for dedup and writes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _int(value: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RollingOpsDecodingError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def now_iso() -> str:
+    """UTC timestamp for humans (`requested_at`); never compared by the library."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclasses.dataclass
+class Operation:
+    """One queued request: `{"id","callback_id","kwargs","max_retry","attempt","requested_at"}`."""
+
+    id: int
+    callback_id: str
+    kwargs: dict[str, Any]
+    max_retry: int | None
+    attempt: int = 0
+    requested_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def same_request(self, callback_id: str, kwargs: dict[str, Any]) -> bool:
+        """Whether a new request would duplicate this op (same callback, equal kwargs)."""
+        return self.callback_id == callback_id and canonical_json(self.kwargs) == canonical_json(
+            kwargs
+        )
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the op has used all of its `1 + max_retry` executions."""
+        return self.max_retry is not None and self.attempt >= 1 + self.max_retry
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Operation:
+        if not isinstance(raw, Mapping):
+            raise RollingOpsDecodingError(f"an operation must be a JSON object, got {raw!r}")
+        callback_id = raw.get("callback_id")
+        if not isinstance(callback_id, str) or not callback_id:
+            raise RollingOpsDecodingError(f"bad callback_id in {raw!r}")
+        kwargs = raw.get("kwargs", {})
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise RollingOpsDecodingError(f"kwargs must be a JSON object in {raw!r}")
+        max_retry = raw.get("max_retry")
+        requested_at = raw.get("requested_at", "")
+        return cls(
+            id=_int(raw.get("id"), "op id", 1),
+            callback_id=callback_id,
+            kwargs=dict(kwargs),
+            max_retry=None if max_retry is None else _int(max_retry, "max_retry"),
+            attempt=_int(raw.get("attempt", 0), "attempt"),
+            requested_at=requested_at if isinstance(requested_at, str) else "",
+        )
+
+
+def validate_request(kwargs: Any, max_retry: Any) -> dict[str, Any]:
+    """Check a request's kwargs and max_retry; return a JSON-clean copy of kwargs.
+
+    Raises ValueError with the reason (the manager wraps it in the public exception).
+    """
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    if not all(isinstance(key, str) for key in kwargs):
+        raise ValueError("kwargs keys must be strings")
+    if max_retry is not None and (
+        isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0
+    ):
+        raise ValueError(f"max_retry must be None or an integer >= 0, got {max_retry!r}")
+    try:
+        encoded = canonical_json(kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"kwargs are not JSON-serialisable: {error}") from None
+    decoded = json.loads(encoded)
+    if decoded != kwargs:  # tuples, float edge cases...: refuse what would not round-trip
+        raise ValueError("kwargs do not survive a JSON round trip unchanged")
+    return decoded
+
+
+def parse_queue(raw: str | None) -> tuple[list[Operation], list[str]]:
+    """Decode a `rollingops-queue` value: the valid ops, and one message per skipped entry."""
+    if not raw:
+        return [], []
+    try:
+        items = json.loads(raw)
+    except ValueError as error:
+        return [], [f"queue is not JSON ({error})"]
+    if not isinstance(items, list):
+        return [], [f"queue is not a JSON array: {raw[:80]!r}"]
+    ops: list[Operation] = []
+    errors: list[str] = []
+    seen: set[int] = set()
+    for item in items:
+        try:
+            op = Operation.from_dict(item)
+        except RollingOpsDecodingError as error:
+            errors.append(f"skipped queue entry: {error}")
+            continue
+        if op.id in seen:
+            errors.append(f"skipped duplicate queue entry id {op.id}")
+            continue
+        seen.add(op.id)
+        ops.append(op)
+    return ops, errors
+
+
+def encode_queue(ops: list[Operation]) -> str:
+    return canonical_json([op.to_dict() for op in ops])
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """`rollingops-done`: the unit finished grant `token` (op `op`) with `result`."""
+
+    token: int
+    op: int | None
+    result: str
+
+    def encode(self) -> str:
+        return canonical_json(dataclasses.asdict(self))
+
+    @classmethod
+    def decode(cls, raw: str) -> Done:
+        try:
+            data = json.loads(raw)
+        except ValueError as error:
+            raise RollingOpsDecodingError(f"done is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise RollingOpsDecodingError(f"done is not a JSON object: {raw!r}")
+        result = data.get("result")
+        if result not in DONE_RESULTS:
+            raise RollingOpsDecodingError(f"unknown done result {result!r}")
+        op = data.get("op")
+        return cls(
+            token=_int(data.get("token"), "done token"),
+            op=None if op is None else _int(op, "done op"),
+            result=result,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """`rollingops-grant`: unit `unit` holds the peer lock under fencing token `token`."""
+
+    unit: str
+    token: int
+    op: int | None
+
+    def encode(self) -> str:
+        return canonical_json(dataclasses.asdict(self))
+
+    @classmethod
+    def decode(cls, raw: str) -> Grant:
+        try:
+            data = json.loads(raw)
+        except ValueError as error:
+            raise RollingOpsDecodingError(f"grant is not JSON: {error}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("unit"), str):
+            raise RollingOpsDecodingError(f"bad grant {raw!r}")
+        op = data.get("op")
+        return cls(
+            unit=data["unit"],
+            token=_int(data.get("token"), "grant token", 1),
+            op=None if op is None else _int(op, "grant op"),
+        )
+
+
+def parse_order(raw: str | None) -> list[str] | None:
+    """Decode `rollingops-order`; None when absent or malformed (the leader rebuilds it)."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, list) or not all(isinstance(name, str) for name in data):
+        return None
+    return list(dict.fromkeys(data))
+
+
+def parse_int(raw: str | None, default: int = 0) -> int:
+    """Decode a non-negative integer field; raises RollingOpsDecodingError when malformed."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RollingOpsDecodingError(f"not an integer: {raw!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise RollingOpsDecodingError(f"negative integer: {raw!r}")
+    return value

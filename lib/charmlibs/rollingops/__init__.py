@@ -1,0 +1,116 @@
+"""charmlibs.rollingops: disruptive operations one unit at a time, on etcd or the peer relation.
+
+Usage (one manager per charm; build it in `__init__` with the current `cluster_id` every time)::
+
+    from charmlibs.rollingops import OperationResult, RollingOpsManager
+
+    class MyCharm(ops.CharmBase):
+        def __init__(self, framework):
+            super().__init__(framework)
+            self.rolling = RollingOpsManager(
+                self,
+                callback_targets={"restart": self._restart},
+                peer_relation_name="restart",          # peers: restart: {interface: rollingops}
+                etcd_relation_name="etcd",             # requires: etcd: {interface: etcd_client}
+                cluster_id="my-cluster",               # apps with one id share one etcd lock
+            )
+
+        def _on_restart_action(self, event):
+            self.rolling.request_async_lock("restart", kwargs={"delay": 3}, max_retry=2)
+
+        def _restart(self, delay):                     # runs under the lock, in a hook
+            token = self.rolling.lock_grant.token      # fencing token: store (backend, token)
+            ...
+            return OperationResult.RELEASE             # or RETRY_RELEASE / RETRY_HOLD
+
+`request_async_lock` queues the call in this unit's peer databag and returns; the callback runs
+later, in a hook, when this unit holds the lock. An exception in the callback counts as
+RETRY_RELEASE; an op runs at most `1 + max_retry` times (`max_retry=None`: without limit).
+`acquire_sync_lock(backend_id, timeout)` is a context manager for work that must happen inside the
+current hook. `state` reports `not-ready | waiting | granted | idle` and the backend; derive your
+status from it (the library sets none). Backends: the **peer** backend (the leader grants, one
+holder per application) always works; the **etcd** backend (a lease-backed lock in charmed-etcd,
+one background worker per unit) is used when the `etcd_client` relation is ready. Any etcd
+failure moves the application back to the peer backend without losing or repeating an operation.
+While the application runs on the peer backend, exclusion with *other* applications sharing the
+`cluster_id` does not hold.
+
+Wire format, version 1 (ours; every writer stamps its version, a reader that meets another version
+logs it, reports not-ready and never overwrites the data; a change bumps the version):
+
+Peer relation, unit databag (written by that unit only):
+    rollingops-version  "1"
+    rollingops-queue    JSON array of ops {"id": 7, "callback_id": "restart", "kwargs": {...},
+                        "max_retry": 2 | null, "attempt": 0, "requested_at": "<UTC, for humans>"}
+    rollingops-seq      last op id issued by this unit (monotonic)
+    rollingops-intent   idle | request | retry-release | retry-hold
+    rollingops-done     {"token": 42, "op": 7, "result": "release" | "retry-release" |
+                        "retry-hold" | "dropped" | "missing-callback" | "no-op" | "not-granted"}
+    rollingops-backend  peer | etcd   (what this unit runs; "peer" also acknowledges that its
+                        etcd worker is stopped)
+    rollingops-etcd-cleanup  "true" while stale etcd keys of this unit must be removed
+Peer relation, application databag (written by the leader only):
+    rollingops-version  "1"
+    rollingops-token    last peer grant token (monotonic, survives leader changes)
+    rollingops-grant    {"unit": "app/3", "token": 42, "op": 7}, absent when free
+    rollingops-order    JSON array of unit names: FIFO of the leader's first sighting
+    rollingops-mode     peer | etcd   (the application-wide backend chosen by the leader)
+    rollingops-client-secret-id   ID of the app secret holding the etcd client certificate
+etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uuid>.<unit-name>:
+    P lock              {"owner": O, "unit": "app/0", "kind": "async" | "sync"} on the holder's
+                        lease; the fencing token is this key's create_revision
+    P waiting/O         async ticket (its create_revision is its queue position)
+    P waiting-sync/O    sync ticket (async waiters stand back while one exists)
+Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
+
+Release is detected without clocks: unit U has finished grant T when its `rollingops-done.token`
+is T. No PID and no timestamp used for a decision is ever written to relation data.
+"""
+
+from ._manager import RollingOpsEtcdFailedEvent, RollingOpsLockGrantedEvent, RollingOpsManager
+from ._models import (
+    LockGrant,
+    OperationResult,
+    ProcessingBackend,
+    RollingOpsDecodingError,
+    RollingOpsError,
+    RollingOpsEtcdctlError,
+    RollingOpsEtcdNotConfiguredError,
+    RollingOpsFileSystemError,
+    RollingOpsInvalidLockRequestError,
+    RollingOpsInvalidSecretContentError,
+    RollingOpsLibMissingError,
+    RollingOpsNoRelationError,
+    RollingOpsState,
+    RollingOpsStatus,
+    RollingOpsSyncLockError,
+    SyncLockBackend,
+)
+
+__version__ = "1.2.0"
+LIBID = "coordinated-ops-charmlibs-rollingops"
+LIBAPI = 1
+LIBPATCH = 0
+
+__all__ = [
+    "LockGrant",
+    "OperationResult",
+    "ProcessingBackend",
+    "RollingOpsDecodingError",
+    "RollingOpsError",
+    "RollingOpsEtcdFailedEvent",
+    "RollingOpsEtcdNotConfiguredError",
+    "RollingOpsEtcdctlError",
+    "RollingOpsFileSystemError",
+    "RollingOpsInvalidLockRequestError",
+    "RollingOpsInvalidSecretContentError",
+    "RollingOpsLibMissingError",
+    "RollingOpsLockGrantedEvent",
+    "RollingOpsManager",
+    "RollingOpsNoRelationError",
+    "RollingOpsState",
+    "RollingOpsStatus",
+    "RollingOpsSyncLockError",
+    "SyncLockBackend",
+    "__version__",
+]

@@ -1,0 +1,443 @@
+"""`RollingOpsManager`: the one object a charm creates. Observers, the public API, backend choice.
+
+Every dispatch that can change the lock's state ends in `_reconcile`:
+
+1. follow the application's backend mode (peer or etcd) chosen by the leader (`_follow_mode`);
+2. if this unit holds an unacknowledged peer grant, run its queue head (never in the dispatch
+   that issued the grant);
+3. on the leader: choose the mode, release finished or stale grants, grant the next unit.
+
+The constructor only registers observers: no I/O, no subprocess, no key generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import ops
+
+from . import _dispatch
+from ._models import (
+    LockGrant,
+    OperationResult,
+    ProcessingBackend,
+    RollingOpsInvalidLockRequestError,
+    RollingOpsNoRelationError,
+    RollingOpsState,
+    RollingOpsStatus,
+    RollingOpsSyncLockError,
+    SyncLockBackend,
+    now_iso,
+    validate_request,
+)
+from ._peer import AppView, UnitView, execute_grant, is_granted, not_granted, schedule
+
+if TYPE_CHECKING:
+    from ._etcd_backend import EtcdBackend  # pyright: ignore[reportMissingImports]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_DIR = "/var/lib/rollingops"
+LOCK_GRANTED_EVENT = "rollingops_lock_granted"
+ETCD_FAILED_EVENT = "rollingops_etcd_failed"
+TOKEN_ENV = "ROLLINGOPS_LOCK_TOKEN"  # noqa: S105 - a variable name, not a secret
+
+
+class RollingOpsLockGrantedEvent(ops.EventBase):
+    """Dispatched by a wake-up (peer) or by the etcd worker when this unit holds the lock."""
+
+
+class RollingOpsEtcdFailedEvent(ops.EventBase):
+    """Dispatched by the etcd worker when it gave up: the unit falls back to the peer backend."""
+
+
+def _define_event(charm: ops.CharmBase, name: str, event_type: type[ops.EventBase]) -> None:
+    events_type = type(charm.on)
+    existing = getattr(events_type, name, None)
+    if existing is None:
+        events_type.define_event(name, event_type)
+    elif getattr(existing, "event_type", None) is not event_type:
+        # A reloaded module or another copy of this library defined it first: reuse it.
+        logger.debug("event %s already defined on %s", name, events_type.__name__)
+
+
+class RollingOpsManager(ops.Object):
+    """Run charm callbacks one unit at a time: etcd lock when available, peer relation otherwise.
+
+    Args:
+        charm: the charm.
+        callback_targets: callback id -> callable(**kwargs) returning an OperationResult or None.
+        peer_relation_name: the peer relation holding queues and grants (mandatory).
+        etcd_relation_name: the `requires` endpoint of interface `etcd_client`, if any.
+        cluster_id: the etcd lock scope (apps with the same id share one lock); may be None until
+            known. Pass the current value at every construction.
+        sync_lock_targets: backend id -> SyncLockBackend used by `acquire_sync_lock` without etcd.
+        base_dir: local state directory (default /var/lib/rollingops), created on first need.
+    """
+
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        *,
+        callback_targets: dict[str, Callable[..., Any]],
+        peer_relation_name: str,
+        etcd_relation_name: str | None = None,
+        cluster_id: str | None = None,
+        sync_lock_targets: dict[str, SyncLockBackend] | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+    ):
+        if cluster_id is not None and etcd_relation_name is None:
+            raise ValueError("cluster_id needs etcd_relation_name (the etcd_client endpoint)")
+        super().__init__(charm, "rolling-ops-manager")
+        self.charm = charm
+        self.callback_targets = dict(callback_targets)
+        self.peer_relation_name = peer_relation_name
+        self.etcd_relation_name = etcd_relation_name
+        self.cluster_id = cluster_id
+        self.sync_lock_targets = dict(sync_lock_targets or {})
+        self.base_dir = pathlib.Path(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        # Per-dispatch state (a dispatch is one process; nothing here outlives it).
+        self._me: UnitView | None = None
+        self._lock_grant: LockGrant | None = None
+        self._executing_op: int | None = None
+        self._granted_here: set[int] = set()
+        self._etcd_backend: EtcdBackend | None = None
+
+        _define_event(charm, LOCK_GRANTED_EVENT, RollingOpsLockGrantedEvent)
+        _define_event(charm, ETCD_FAILED_EVENT, RollingOpsEtcdFailedEvent)
+        on = charm.on
+        observe = self.framework.observe
+        observe(on[peer_relation_name].relation_changed, self._on_peer_changed)
+        observe(on[peer_relation_name].relation_departed, self._on_peer_departed)
+        observe(on.leader_elected, self._on_reconcile)
+        observe(on.update_status, self._on_update_status)
+        observe(on.stop, self._on_stop)
+        observe(getattr(on, LOCK_GRANTED_EVENT), self._on_lock_granted)
+        observe(getattr(on, ETCD_FAILED_EVENT), self._on_etcd_failed)
+        observe(self.framework.on.pre_commit, self._on_pre_commit)
+        observe(self.framework.on.commit, self._on_commit)
+        if etcd_relation_name is not None:
+            etcd_events = on[etcd_relation_name]
+            for event in (
+                etcd_events.relation_created,
+                etcd_events.relation_joined,
+                etcd_events.relation_changed,
+            ):
+                observe(event, self._on_etcd_relation_changed)
+            observe(etcd_events.relation_broken, self._on_etcd_relation_broken)
+            observe(on.secret_changed, self._on_secret_changed)
+
+    # --- public API ------------------------------------------------------------------------
+
+    def request_async_lock(
+        self,
+        callback_id: str,
+        kwargs: dict[str, Any] | None = None,
+        max_retry: int | None = None,
+    ) -> None:
+        """Queue `callback_targets[callback_id](**kwargs)` to run when this unit gets the lock.
+
+        Raises:
+            RollingOpsInvalidLockRequestError: unknown callback id, kwargs not a JSON-serialisable
+                dict, or max_retry not an integer >= 0 (None means unlimited retries).
+            RollingOpsNoRelationError: the peer relation does not exist yet.
+        """
+        if callback_id not in self.callback_targets:
+            raise RollingOpsInvalidLockRequestError(f"Unknown callback_id: {callback_id}")
+        relation = self._peer_relation()
+        if relation is None:
+            raise RollingOpsNoRelationError(
+                f"the peer relation {self.peer_relation_name!r} does not exist yet"
+            )
+        try:
+            clean_kwargs = validate_request(kwargs, max_retry)
+        except ValueError as error:
+            raise RollingOpsInvalidLockRequestError(
+                f"Failed to create the lock request: {error}"
+            ) from None
+        me = self._unit_view(relation)
+        if not me.readable:
+            raise RollingOpsInvalidLockRequestError(
+                "Failed to create the lock request: this unit's databag has an unknown "
+                "rollingops version"
+            )
+        op = me.append(
+            callback_id,
+            clean_kwargs,
+            max_retry,
+            executing_op=self._executing_op,
+            requested_at=now_iso(),
+        )
+        if op is None:
+            logger.info("request %s%s already queued last: not added", callback_id, clean_kwargs)
+            return
+        if max_retry is None:
+            logger.warning(
+                "op %s#%s (%s) queued with max_retry=None: it will be retried without limit",
+                self.model.unit.name,
+                op.id,
+                callback_id,
+            )
+        self._write_me(relation)
+        if self._executing_op is None:
+            self._reconcile()
+
+    @contextlib.contextmanager
+    def acquire_sync_lock(self, backend_id: str, timeout: int | None) -> Iterator[Any]:
+        """Hold an exclusive lock for the body of a `with` block, inside the current hook.
+
+        With etcd available the lock is the etcd lock (yields its LockGrant); otherwise the
+        charm-supplied `sync_lock_targets[backend_id]` (yields None).
+        """
+        etcd = self._etcd()
+        if etcd is not None and etcd.sync_available():
+            handled = False
+            with etcd.sync_lock(timeout) as grant:
+                if grant is not None:
+                    handled = True
+                    yield grant
+            if handled:
+                return
+        backend = self.sync_lock_targets.get(backend_id)
+        if backend is None:
+            raise RollingOpsSyncLockError(f"no sync lock backend registered as {backend_id!r}")
+        try:
+            backend.acquire(timeout)
+        except TimeoutError:
+            raise
+        except Exception as error:
+            raise RollingOpsSyncLockError(
+                f"sync lock {backend_id!r}: acquire failed: {error}"
+            ) from error
+        try:
+            yield None
+        finally:
+            try:
+                backend.release()
+            except Exception as error:
+                raise RollingOpsSyncLockError(
+                    f"sync lock {backend_id!r}: release failed: {error}"
+                ) from error
+
+    @property
+    def state(self) -> RollingOpsState:
+        """This unit's lock status and backend. Pure: reads data, writes nothing, no network."""
+        relation = self._peer_relation()
+        if relation is None:
+            return RollingOpsState(RollingOpsStatus.NOT_READY, ProcessingBackend.PEER)
+        app = AppView.read(relation.data[self.model.app])
+        me = self._me or UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+        if not app.readable or not me.readable:
+            return RollingOpsState(RollingOpsStatus.NOT_READY, me.backend)
+        if self._lock_grant is not None:
+            return RollingOpsState(RollingOpsStatus.GRANTED, self._lock_grant.backend)
+        if me.backend is ProcessingBackend.ETCD:
+            etcd = self._etcd()
+            if etcd is not None and etcd.worker_holding():
+                return RollingOpsState(RollingOpsStatus.GRANTED, me.backend)
+        elif is_granted(app, me):
+            return RollingOpsState(RollingOpsStatus.GRANTED, me.backend)
+        status = RollingOpsStatus.WAITING if me.queue else RollingOpsStatus.IDLE
+        return RollingOpsState(status, me.backend)
+
+    @property
+    def lock_grant(self) -> LockGrant | None:
+        """The grant the running callback holds (None outside a callback)."""
+        return self._lock_grant
+
+    def is_waiting(self, unit_name: str | None = None) -> bool:
+        """Whether `unit_name` (default: this unit) has queued operations."""
+        view = self._view_of(unit_name)
+        return view is not None and bool(view.queue)
+
+    def is_waiting_callback(self, callback_id: str, unit_name: str | None = None) -> bool:
+        """Whether `unit_name` (default: this unit) has a queued op for `callback_id`."""
+        view = self._view_of(unit_name)
+        return view is not None and any(op.callback_id == callback_id for op in view.queue)
+
+    # --- observers -------------------------------------------------------------------------
+
+    def _on_reconcile(self, _: ops.EventBase) -> None:
+        self._reconcile()
+
+    def _on_peer_changed(self, _: ops.RelationChangedEvent) -> None:
+        self._reconcile()
+
+    def _on_peer_departed(self, event: ops.RelationDepartedEvent) -> None:
+        departing = event.departing_unit.name if event.departing_unit else None
+        if departing == self.model.unit.name:
+            etcd = self._etcd()
+            if etcd is not None:
+                etcd.stop_worker()
+            return
+        self._reconcile(departing=departing)
+
+    def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.check_worker_health()
+        self._reconcile()
+
+    def _on_stop(self, _: ops.StopEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.stop_worker()
+
+    def _on_lock_granted(self, _: RollingOpsLockGrantedEvent) -> None:
+        token = os.environ.get(TOKEN_ENV)
+        etcd = self._etcd()
+        if token is not None and etcd is not None:
+            etcd.on_lock_granted(token)
+        self._reconcile()
+
+    def _on_etcd_failed(self, _: RollingOpsEtcdFailedEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.fall_back("the etcd worker reported failure")
+        self._reconcile()
+
+    def _on_etcd_relation_changed(self, _: ops.RelationEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.on_relation_changed()
+        self._reconcile()
+
+    def _on_etcd_relation_broken(self, _: ops.RelationBrokenEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.on_relation_broken()
+        self._reconcile()
+
+    def _on_secret_changed(self, event: ops.SecretChangedEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.on_secret_changed(event)
+
+    def _on_pre_commit(self, _: ops.PreCommitEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None and self._peer_relation() is not None:
+            etcd.end_of_dispatch()
+
+    def _on_commit(self, _: ops.CommitEvent) -> None:
+        etcd = self._etcd_backend
+        if etcd is not None:
+            etcd.write_pending_result()
+
+    # --- reconcile -------------------------------------------------------------------------
+
+    def _reconcile(self, departing: str | None = None) -> None:
+        relation = self._peer_relation()
+        if relation is None:
+            return
+        app = AppView.read(relation.data[self.model.app])
+        me = self._unit_view(relation)
+        if not app.readable or not me.readable:
+            return
+        self._follow_mode(app, me)
+        if is_granted(app, me) and app.grant is not None:
+            grant = app.grant
+            if grant.token in self._granted_here:
+                pass  # the leader never runs its own grant in the dispatch that issued it
+            elif me.backend is ProcessingBackend.PEER:
+                self._executing_op = me.queue[0].id if me.queue else None
+                try:
+                    done = execute_grant(me, grant, self.callback_targets, self._run_callback)
+                finally:
+                    self._executing_op = None
+                logger.info("grant %s done: %s", grant.token, done.result)
+            else:
+                not_granted(me, grant)
+        self._write_me(relation)
+        if self.model.unit.is_leader():
+            self._schedule(relation, app, me, departing)
+
+    def _schedule(
+        self, relation: ops.Relation, app: AppView, me: UnitView, departing: str | None
+    ) -> None:
+        units = {
+            unit.name: UnitView.read(unit.name, relation.data[unit])
+            for unit in relation.units
+            if unit.name != departing and unit.name != me.name
+        }
+        units[me.name] = me
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.choose_mode(app, units)
+        may_grant = app.mode is ProcessingBackend.PEER and all(
+            unit.backend is ProcessingBackend.PEER for unit in units.values()
+        )
+        outcome = schedule(app, units, may_grant=may_grant)
+        app.write(relation.data[self.model.app])
+        granted = outcome.granted
+        if granted is not None and granted.unit == me.name:
+            self._granted_here.add(granted.token)
+            _dispatch.spawn_wakeup(
+                me.name, LOCK_GRANTED_EVENT, str(self.framework.charm_dir), self.base_dir
+            )
+
+    def _follow_mode(self, app: AppView, me: UnitView) -> None:
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.follow_mode(app, me)
+        elif me.backend is not ProcessingBackend.PEER:
+            # etcd is no longer configured in this charm: this unit cannot hold an etcd lock.
+            me.backend = ProcessingBackend.PEER
+            me.etcd_cleanup = True
+
+    def _run_callback(
+        self, grant: LockGrant, callback: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> OperationResult:
+        self._lock_grant = grant
+        try:
+            value = callback(**kwargs)
+        except Exception:
+            logger.exception(
+                "callback %s (op %s) raised: will retry", grant.callback_id, grant.op_id
+            )
+            return OperationResult.RETRY_RELEASE
+        finally:
+            self._lock_grant = None
+        if isinstance(value, str) and value in {r.value for r in OperationResult}:
+            return OperationResult(value)
+        return OperationResult.RELEASE
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _peer_relation(self) -> ops.Relation | None:
+        return self.model.get_relation(self.peer_relation_name)
+
+    def _unit_view(self, relation: ops.Relation) -> UnitView:
+        if self._me is None:
+            self._me = UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+        return self._me
+
+    def _write_me(self, relation: ops.Relation) -> None:
+        me = self._me
+        if me is None or not me.readable:
+            return
+        me.write(relation.data[self.model.unit])
+        etcd = self._etcd()
+        if etcd is not None:
+            etcd.note_queue(me)
+
+    def _view_of(self, unit_name: str | None) -> UnitView | None:
+        relation = self._peer_relation()
+        if relation is None:
+            return None
+        if unit_name is None or unit_name == self.model.unit.name:
+            return self._me or UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+        for unit in relation.units:
+            if unit.name == unit_name:
+                return UnitView.read(unit_name, relation.data[unit])
+        raise ValueError(f"unit {unit_name!r} is not on the {self.peer_relation_name!r} relation")
+
+    def _etcd(self) -> EtcdBackend | None:
+        """The etcd backend, built on first use (imports nothing etcd-specific until then)."""
+        if self.etcd_relation_name is None:
+            return None
+        return self._etcd_backend  # the etcd hook side lands in the next change

@@ -1,0 +1,390 @@
+"""The peer-relation backend: per-unit queues, a leader-run scheduler, clock-free release.
+
+Data lives in the peer relation (wire format v1, see the package docstring). Three pieces:
+
+- `UnitView` / `AppView`: one unit's and the application's databag, decoded leniently (a bad queue
+  entry is logged and skipped; the rest of the bag still counts).
+- `execute_grant`: the holder runs its queue head under the grant and records `done`.
+- `schedule`: the leader releases finished or stale grants and grants the next unit.
+
+Release detection never looks at a clock: unit U has finished grant T exactly when U's
+`rollingops-done.token == T` (or U left, or U no longer runs the peer backend).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+from ._models import (
+    DONE_DROPPED,
+    DONE_MISSING_CALLBACK,
+    DONE_NO_OP,
+    DONE_NOT_GRANTED,
+    KEY_BACKEND,
+    KEY_DONE,
+    KEY_ETCD_CLEANUP,
+    KEY_GRANT,
+    KEY_INTENT,
+    KEY_MODE,
+    KEY_ORDER,
+    KEY_QUEUE,
+    KEY_SEQ,
+    KEY_TOKEN,
+    KEY_VERSION,
+    WIRE_VERSION,
+    Done,
+    Grant,
+    Intent,
+    LockGrant,
+    Operation,
+    OperationResult,
+    ProcessingBackend,
+    RollingOpsDecodingError,
+    canonical_json,
+    encode_queue,
+    parse_int,
+    parse_order,
+    parse_queue,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def unit_sort_key(name: str) -> tuple[str, int]:
+    """Order unit names by application, then unit number (app/10 after app/9)."""
+    app, _, number = name.rpartition("/")
+    return (app, int(number) if number.isdigit() else -1)
+
+
+@dataclasses.dataclass
+class UnitView:
+    """One unit's peer databag, decoded. `readable` is False for an unknown wire version."""
+
+    name: str
+    readable: bool = True
+    queue: list[Operation] = dataclasses.field(default_factory=list)
+    seq: int = 0
+    done: Done | None = None
+    backend: ProcessingBackend = ProcessingBackend.PEER
+    etcd_cleanup: bool = False
+    last_result: str | None = None
+
+    @classmethod
+    def read(cls, name: str, bag: Mapping[str, str]) -> UnitView:
+        view = cls(name)
+        version = bag.get(KEY_VERSION)
+        if version is None and not any(key.startswith("rollingops-") for key in bag):
+            return view  # nothing written yet
+        if version != WIRE_VERSION:
+            logger.error("unit %s: unknown rollingops wire version %r; ignoring it", name, version)
+            view.readable = False
+            return view
+        view.queue, errors = parse_queue(bag.get(KEY_QUEUE))
+        for error in errors:
+            logger.error("unit %s: %s", name, error)
+        try:
+            view.seq = parse_int(bag.get(KEY_SEQ))
+        except RollingOpsDecodingError as error:
+            logger.error("unit %s: bad %s: %s", name, KEY_SEQ, error)
+        view.seq = max([view.seq, *(op.id for op in view.queue)])
+        if bag.get(KEY_DONE):
+            try:
+                view.done = Done.decode(bag[KEY_DONE])
+            except RollingOpsDecodingError as error:
+                logger.error("unit %s: bad %s: %s", name, KEY_DONE, error)
+        view.last_result = view.done.result if view.done else None
+        backend = bag.get(KEY_BACKEND, ProcessingBackend.PEER.value)
+        if backend in (ProcessingBackend.PEER.value, ProcessingBackend.ETCD.value):
+            view.backend = ProcessingBackend(backend)
+        else:
+            logger.error("unit %s: unknown backend %r; treating it as etcd", name, backend)
+            view.backend = ProcessingBackend.ETCD  # unknown: it may hold a lock we cannot see
+        view.etcd_cleanup = bag.get(KEY_ETCD_CLEANUP) == "true"
+        return view
+
+    @property
+    def intent(self) -> Intent:
+        """What this unit asks for: derived from its queue and its last result."""
+        if not self.queue:
+            return Intent.IDLE
+        if self.last_result == OperationResult.RETRY_HOLD.value:
+            return Intent.RETRY_HOLD
+        if self.last_result == OperationResult.RETRY_RELEASE.value and self.queue[0].attempt > 0:
+            return Intent.RETRY_RELEASE
+        return Intent.REQUEST
+
+    def write(self, bag: MutableMapping[str, str]) -> None:
+        """Write this view back; keys whose value is unchanged are left alone.
+
+        A unit that never used the lock writes nothing (no relation-changed churn at deploy).
+        """
+        if not self.readable:
+            return
+        untouched = not any(key.startswith("rollingops-") for key in bag)
+        if (
+            untouched
+            and not (self.queue or self.done or self.seq or self.etcd_cleanup)
+            and (self.backend is ProcessingBackend.PEER)
+        ):
+            return
+        values = {
+            KEY_VERSION: WIRE_VERSION,
+            KEY_QUEUE: encode_queue(self.queue),
+            KEY_SEQ: str(self.seq),
+            KEY_INTENT: self.intent.value,
+            KEY_BACKEND: self.backend.value,
+        }
+        if self.done is not None:
+            values[KEY_DONE] = self.done.encode()
+        for key, value in values.items():
+            if bag.get(key) != value:
+                bag[key] = value
+        if self.etcd_cleanup and bag.get(KEY_ETCD_CLEANUP) != "true":
+            bag[KEY_ETCD_CLEANUP] = "true"
+        elif not self.etcd_cleanup and KEY_ETCD_CLEANUP in bag:
+            del bag[KEY_ETCD_CLEANUP]
+
+    def append(
+        self,
+        callback_id: str,
+        kwargs: dict[str, Any],
+        max_retry: int | None,
+        *,
+        executing_op: int | None,
+        requested_at: str,
+    ) -> Operation | None:
+        """Queue a request unless it duplicates the last queued op; returns the new op or None."""
+        if self.queue:
+            last = self.queue[-1]
+            if last.id != executing_op and last.same_request(callback_id, kwargs):
+                return None
+        self.seq += 1
+        op = Operation(self.seq, callback_id, kwargs, max_retry, 0, requested_at)
+        self.queue.append(op)
+        return op
+
+
+@dataclasses.dataclass
+class AppView:
+    """The application's peer databag, decoded. `readable` is False for an unknown version."""
+
+    readable: bool = True
+    token: int = 0
+    grant: Grant | None = None
+    order: list[str] | None = None
+    mode: ProcessingBackend = ProcessingBackend.PEER
+
+    @classmethod
+    def read(cls, bag: Mapping[str, str]) -> AppView:
+        view = cls()
+        version = bag.get(KEY_VERSION)
+        if version is None and not any(key.startswith("rollingops-") for key in bag):
+            return view
+        if version != WIRE_VERSION:
+            logger.error("unknown rollingops wire version %r in the app databag", version)
+            view.readable = False
+            return view
+        try:
+            view.token = parse_int(bag.get(KEY_TOKEN))
+        except RollingOpsDecodingError as error:
+            # Never reuse a token: an unreadable counter is a broken invariant, stop granting.
+            logger.error("bad %s in the app databag: %s", KEY_TOKEN, error)
+            view.readable = False
+        if bag.get(KEY_GRANT):
+            try:
+                view.grant = Grant.decode(bag[KEY_GRANT])
+            except RollingOpsDecodingError as error:
+                logger.error(
+                    "bad %s in the app databag (treated as released): %s", KEY_GRANT, error
+                )
+        if view.grant is not None and view.grant.token > view.token:
+            view.token = view.grant.token
+        view.order = parse_order(bag.get(KEY_ORDER))
+        view.mode = (
+            ProcessingBackend.ETCD
+            if bag.get(KEY_MODE) == ProcessingBackend.ETCD.value
+            else ProcessingBackend.PEER
+        )
+        return view
+
+    def write(self, bag: MutableMapping[str, str]) -> None:
+        values = {
+            KEY_VERSION: WIRE_VERSION,
+            KEY_TOKEN: str(self.token),
+            KEY_ORDER: canonical_json(self.order or []),
+            KEY_MODE: self.mode.value,
+        }
+        for key, value in values.items():
+            if bag.get(key) != value:
+                bag[key] = value
+        if self.grant is None:
+            bag.pop(KEY_GRANT, None)
+        elif bag.get(KEY_GRANT) != self.grant.encode():
+            bag[KEY_GRANT] = self.grant.encode()
+
+
+def is_granted(app: AppView, unit: UnitView) -> bool:
+    """Whether `unit` holds a peer grant it has not acknowledged yet."""
+    if app.grant is None or app.grant.unit != unit.name:
+        return False
+    return unit.done is None or unit.done.token < app.grant.token
+
+
+Callback = Callable[..., Any]
+
+
+def execute_grant(
+    unit: UnitView,
+    grant: Grant,
+    callbacks: Mapping[str, Callback],
+    run: Callable[[LockGrant, Callback, dict[str, Any]], OperationResult],
+) -> Done:
+    """Run the queue head of `unit` under `grant`; update the queue; return the acknowledgement.
+
+    `run` calls the callback and maps its outcome (return value or exception) to a result. The op
+    is dropped when its callback is unknown or its retries are exhausted; dequeued on release.
+    """
+    if not unit.queue:
+        unit.done = Done(grant.token, None, DONE_NO_OP)
+        unit.last_result = DONE_NO_OP
+        return unit.done
+    op = unit.queue[0]
+    callback = callbacks.get(op.callback_id)
+    if callback is None:
+        logger.error(
+            "unknown callback_id %r for op %s#%s: dropping it and releasing the lock",
+            op.callback_id,
+            unit.name,
+            op.id,
+        )
+        unit.queue.pop(0)
+        result = DONE_MISSING_CALLBACK
+    else:
+        op.attempt += 1
+        grant_info = LockGrant(
+            ProcessingBackend.PEER, grant.token, f"{unit.name}#{op.id}", op.callback_id, op.attempt
+        )
+        outcome = run(grant_info, callback, dict(op.kwargs))
+        result = outcome.value
+        if outcome is OperationResult.RELEASE:
+            unit.queue.remove(op)
+        elif op.exhausted:
+            logger.warning(
+                "op %s#%s (%s) failed %d time(s), its max_retry=%s is used up: dropping it",
+                unit.name,
+                op.id,
+                op.callback_id,
+                op.attempt,
+                op.max_retry,
+            )
+            unit.queue.remove(op)
+            result = DONE_DROPPED
+    unit.done = Done(grant.token, op.id, result)
+    unit.last_result = result
+    return unit.done
+
+
+def not_granted(unit: UnitView, grant: Grant) -> Done:
+    """Acknowledge a grant this unit cannot use (e.g. it is not on the peer backend)."""
+    unit.done = Done(grant.token, None, DONE_NOT_GRANTED)
+    return unit.done
+
+
+@dataclasses.dataclass
+class ScheduleOutcome:
+    """What the leader's scheduling pass did (for logs, tests and the wake-up decision)."""
+
+    released: Grant | None = None
+    granted: Grant | None = None
+
+
+def schedule(
+    app: AppView,
+    units: Mapping[str, UnitView],
+    *,
+    may_grant: bool,
+) -> ScheduleOutcome:
+    """Leader only: release a finished or stale grant, then grant the next unit if allowed.
+
+    `units` holds every current member (the departing unit excluded). `may_grant` is False while
+    the cross-backend barrier is closed (some unit may still run under the etcd lock).
+    """
+    outcome = ScheduleOutcome()
+    hold_again: UnitView | None = None
+    grant = app.grant
+    if grant is not None:
+        holder = units.get(grant.unit)
+        if holder is None:
+            logger.info("releasing grant %s of %s: it left the relation", grant.token, grant.unit)
+            outcome.released, app.grant = grant, None
+        elif holder.backend is not ProcessingBackend.PEER or not holder.readable:
+            logger.info(
+                "releasing grant %s of %s: not on the peer backend", grant.token, grant.unit
+            )
+            outcome.released, app.grant = grant, None
+        elif holder.done is not None and holder.done.token >= grant.token:
+            outcome.released, app.grant = grant, None
+            if holder.done.result == OperationResult.RETRY_HOLD.value and holder.queue:
+                hold_again = holder
+
+    order = _update_order(app, units)
+    if app.grant is not None or not may_grant:
+        return outcome
+    if hold_again is not None:
+        chosen: UnitView | None = hold_again
+    else:
+        chosen = _next_unit(order, units)
+    if chosen is None:
+        return outcome
+    app.token += 1
+    head = chosen.queue[0].id if chosen.queue else None
+    app.grant = outcome.granted = Grant(chosen.name, app.token, head)
+    if chosen.name in order:
+        order.remove(chosen.name)
+    logger.info("granted the lock to %s (token %s, op %s)", chosen.name, app.token, head)
+    return outcome
+
+
+def _update_order(app: AppView, units: Mapping[str, UnitView]) -> list[str]:
+    """FIFO of the leader's first sighting of each fresh request (ties: by unit number)."""
+    holder = app.grant.unit if app.grant else None
+    order = [
+        name
+        for name in (app.order or [])
+        if name in units and units[name].readable and units[name].intent is Intent.REQUEST
+    ]
+    fresh = sorted(
+        (
+            name
+            for name, unit in units.items()
+            if unit.readable
+            and unit.intent is Intent.REQUEST
+            and name not in order
+            and name != holder
+        ),
+        key=unit_sort_key,
+    )
+    order.extend(fresh)
+    app.order = order
+    return order
+
+
+def _next_unit(order: Iterable[str], units: Mapping[str, UnitView]) -> UnitView | None:
+    """Fresh requests first (FIFO), then retries (lowest token of the last attempt first)."""
+    for name in order:
+        unit = units[name]
+        if unit.backend is ProcessingBackend.PEER:
+            return unit
+    retries = [
+        unit
+        for unit in units.values()
+        if unit.readable
+        and unit.backend is ProcessingBackend.PEER
+        and unit.intent in (Intent.RETRY_RELEASE, Intent.RETRY_HOLD)
+    ]
+    if not retries:
+        return None
+    return min(retries, key=lambda u: (u.done.token if u.done else 0, unit_sort_key(u.name)))
