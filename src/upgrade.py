@@ -1,0 +1,403 @@
+"""Upgrades of the demo charm: `juju refresh` and the `upgrade` action, one unit at a time.
+
+Both paths run on the same machinery, `charms.data_platform_libs.v0.upgrade`:
+
+- `juju refresh` (the charm itself): `juju run coordinated-ops/leader pre-upgrade-check` builds the
+  upgrade stack, then `juju refresh coordinated-ops`; every unit runs upgrade-charm and reports
+  `ready`; the top of the stack upgrades its workload, checks it, and the next unit follows.
+- `juju run coordinated-ops/leader upgrade version=1.1.0` (the workload only, no new charm): the
+  action does on the leader what pre-upgrade-check does (`prepare_upgrade()`: checks, then writes
+  the stack) and also writes the app key `workload-rollout` = `{"round", "target", "previous",
+  "done"}` in the `upgrade` peer relation. Each unit that sees a new round reports `ready`
+  (`set_unit_ready()`), exactly as upgrade-charm would after a refresh; from there the library's
+  stack decides who upgrades next. A workload rollout is therefore a refresh without a new charm.
+
+The per-unit step (`_on_upgrade_granted`) stops the service, installs the target, starts it, and
+checks that `/health` answers and `/version` reports the target before the unit reports
+`completed`; otherwise it reports `failed`, which halts the rollout. Rolling back is a second
+`upgrade` to the previous version while the rollout is halted: the leader prepares the recovery
+stack (the failed unit first) and the same one-at-a-time rollout runs back.
+
+Which workload versions exist: `WORKLOAD_RELEASES`, each with the Poetry constraint the installed
+version must satisfy to move to it (the same rule as `upgrade_supported` in DEPENDENCIES).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import ops
+import pydantic
+import tenacity
+from charms.data_platform_libs.v0.upgrade import (
+    BaseModel,
+    ClusterNotReadyError,
+    DataUpgrade,
+    DependencyModel,
+    UpgradeError,
+    UpgradeGrantedEvent,
+    verify_requirements,
+)
+from poetry.core.constraints.version import Version
+
+import journal
+import workload
+
+if TYPE_CHECKING:
+    from charm import CoordinatedOpsCharm
+
+logger = logging.getLogger(__name__)
+
+RELATION = "upgrade"
+ROLLOUT_KEY = "workload-rollout"
+CHARM_VERSION = "1"
+
+# Installable workload versions -> the constraint the installed version must satisfy.
+WORKLOAD_RELEASES: dict[str, str] = {
+    "1.0.0": "^1",  # any 1.x may go (back) to 1.0.0
+    "1.1.0": "^1",
+    "1.2.0": "^1.1",  # 1.2 needs 1.1 first
+    "2.0.0": "^1.2 || ^2",  # the major bump needs 1.2 first
+}
+
+DEPENDENCIES = {
+    "demo_charm": {
+        "dependencies": {},
+        "name": "coordinated-ops",
+        "upgrade_supported": ">=1",
+        "version": CHARM_VERSION,
+    },
+    "demo_workload": {
+        "dependencies": {},
+        "name": "coordinated-ops-demo-service",
+        "upgrade_supported": WORKLOAD_RELEASES[workload.DEFAULT_VERSION],
+        "version": workload.DEFAULT_VERSION,
+    },
+}
+
+HEALTH_CHECK_ATTEMPTS = 3
+HEALTH_CHECK_WAIT = 1.0  # seconds between attempts (start() already returns once ready)
+
+
+class DemoDependencies(BaseModel):
+    """The versioned components of this charm (DEPENDENCIES as a model)."""
+
+    demo_charm: DependencyModel
+    demo_workload: DependencyModel
+
+
+def release(version: str) -> DependencyModel:
+    """The workload release `version` as a DependencyModel (KeyError if not in the catalogue)."""
+    return DependencyModel(
+        dependencies={},
+        name=DEPENDENCIES["demo_workload"]["name"],
+        upgrade_supported=WORKLOAD_RELEASES[version],
+        version=version,
+    )
+
+
+class UpgradeParams(pydantic.BaseModel):
+    """The `upgrade` action's parameters."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    version: str
+
+
+class Rollout(pydantic.BaseModel):
+    """The app key `workload-rollout`: the current (or last) workload rollout."""
+
+    round: int = pydantic.Field(ge=1)
+    target: str
+    previous: str
+    done: bool
+
+
+class UpgradeCheckFailed(Exception):
+    """The service did not come back healthy at the target version."""
+
+
+class DemoUpgrade(DataUpgrade):
+    """The demo's DataUpgrade: the workload upgrade step and the `upgrade` action."""
+
+    name = "upgrade"
+    _demo = ops.StoredState()
+
+    def __init__(self, charm: CoordinatedOpsCharm):
+        super().__init__(charm, DemoDependencies.model_validate(DEPENDENCIES), RELATION, "vm")
+        self._charm = charm
+        self._demo.set_default(handled_round=0, failure="")
+        rel = charm.on[RELATION]
+        # After the library's own observers: the library reconciles first.
+        self.framework.observe(rel.relation_changed, self._on_rollout_signal)
+        self.framework.observe(charm.on.update_status, self._on_rollout_signal)
+        self.framework.observe(charm.on.leader_elected, self._on_rollout_signal)
+        self.framework.observe(charm.on.upgrade_action, self._on_upgrade_action)
+
+    # --- what the charm asks of it -----------------------------------------------------------
+
+    def in_flight(self) -> bool:
+        """Whether an upgrade is prepared, running or halted after a failure."""
+        return self.in_progress()
+
+    def describe(self) -> str:
+        """One line for messages: what the upgrade is doing."""
+        rollout = self.rollout()
+        states = self.unit_states
+        done = sum(1 for s in states if s == "completed")
+        what = f"to {rollout.target}" if rollout and not rollout.done else "charm refresh"
+        if "failed" in states or "recovery" in states:
+            return f"upgrade {what} halted after a failure"
+        return f"upgrade {what}: {done}/{len(states)} units done"
+
+    def unit_status(self) -> ops.StatusBase | None:
+        """This unit's status as far as upgrades are concerned (for collect-status)."""
+        if self.peer_relation is None:
+            return None
+        self.upgrade_stack  # noqa: B018  (reading it records malformed data)
+        self.stored_dependencies  # noqa: B018
+        if self.data_errors:
+            return ops.BlockedStatus(f"upgrade relation: {self.data_errors[0]}"[:120])
+        state = self.state
+        if state == "failed":
+            return ops.BlockedStatus(self._demo.failure or "upgrade failed")
+        if state == "recovery":
+            return ops.BlockedStatus("ready to rollback application")
+        if state == "upgrading":
+            return ops.MaintenanceStatus("upgrading...")
+        if state == "completed":
+            return ops.MaintenanceStatus("upgrade completed")
+        if state == "ready":
+            return ops.WaitingStatus("other units upgrading first...")
+        if self._stored.refresh_pending and not self.upgrade_stack:
+            return ops.BlockedStatus("run pre-upgrade-check on the leader to continue the upgrade")
+        return None
+
+    def app_status(self) -> ops.StatusBase | None:
+        """The app status for the leader's collect-status: the rollback line or the progress."""
+        if self.peer_relation is None or not self.in_flight():
+            return None
+        failed = sorted(u.name for u in self.app_units if self._state_of(u) == "failed")
+        if failed:
+            return ops.BlockedStatus(self._rollback_line(failed[0]))
+        if self.state == "recovery":
+            return ops.BlockedStatus("ready to rollback application")
+        rollout = self.rollout()
+        states = self.unit_states
+        done = sum(1 for s in states if s == "completed")
+        target = rollout.target if rollout and not rollout.done else "the new charm revision"
+        return ops.MaintenanceStatus(f"upgrading to {target}: {done}/{len(states)} units done")
+
+    # --- DataUpgrade overrides ---------------------------------------------------------------
+
+    def pre_upgrade_check(self) -> None:
+        """The service must be healthy here and no restart may be in flight."""
+        busy = [name for name, engine in self._charm.engines.items() if engine.in_flight()]
+        if busy:
+            raise ClusterNotReadyError(
+                f"a restart with engine {busy[0]!r} is in flight; wait for it to finish",
+                cause="restart in flight",
+            )
+        if workload.health() is None:
+            raise ClusterNotReadyError(
+                f"the demo service on {self.charm.unit.name} is not healthy",
+                cause="/health did not answer",
+                resolution="run the restart action, then try again",
+            )
+
+    def build_upgrade_stack(self) -> list[int]:
+        """The leader upgrades last (index 0); the others from the highest unit number down."""
+        me = int(self.charm.unit.name.split("/")[1])
+        others = sorted(int(u.name.split("/")[1]) for u in self.app_units if u != self.charm.unit)
+        return [me, *others]
+
+    def log_rollback_instructions(self) -> None:
+        """Log how to roll back; the leader's app status shows the same line (app_status)."""
+        failed = sorted(u.name for u in self.app_units if self._state_of(u) == "failed")
+        logger.error(self._rollback_line(failed[0] if failed else self.charm.unit.name))
+
+    def _rollback_line(self, failed_unit: str) -> str:
+        rollout = self.rollout()
+        if rollout is not None and not rollout.done:
+            return (
+                f"upgrade failed on {failed_unit}: roll back with "
+                f"'juju run {self.charm.app.name}/leader upgrade version={rollout.previous}'"
+            )
+        return (
+            f"upgrade failed on {failed_unit}: run pre-upgrade-check, "
+            "then juju refresh --revision <previous>"
+        )
+
+    def set_unit_failed(self, cause: str | None = None) -> None:
+        """Remember the cause for the unit status, then let the library record the failure."""
+        self._demo.failure = cause or "upgrade failed"
+        super().set_unit_failed(cause)
+
+    def _on_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
+        """This unit's turn: stop, install, start, check; then completed or failed."""
+        target = self.target_version()
+        try:
+            self._upgrade_workload(target)
+        except (workload.WorkloadError, UpgradeCheckFailed) as error:
+            logger.error("upgrade to %s failed on %s: %s", target, self.charm.unit.name, error)
+            self.set_unit_failed(f"health check failed after upgrade to {target}")
+            return
+        self._demo.failure = ""
+        version = workload.get_version()
+        if version:
+            self.charm.unit.set_workload_version(version)
+        self.set_unit_completed()
+
+    # --- the workload step -------------------------------------------------------------------
+
+    def target_version(self) -> str:
+        """What this unit upgrades to: the running rollout's target, else the bundled version.
+
+        After a finished rollout the refresh path keeps the operator's chosen version.
+        """
+        rollout = self.rollout()
+        if rollout is not None:
+            return rollout.target
+        return workload.DEFAULT_VERSION
+
+    def _upgrade_workload(self, target: str) -> None:
+        unit = self.charm.unit.name
+        with journal.operation(
+            unit, "upgrade", engine="upgrade", dirs=self._charm.journal_dirs()
+        ) as entry:
+            entry["from"] = workload.get_version()
+            entry["version"] = target
+            logger.info("upgrading the demo service on %s to %s", unit, target)
+            workload.stop()
+            workload.install(target)
+            workload.start()
+            check_upgraded(target)
+
+    # --- the workload rollout ----------------------------------------------------------------
+
+    def rollout(self) -> Rollout | None:
+        """The `workload-rollout` app key, or None when absent or malformed (logged)."""
+        relation = self.peer_relation
+        raw = relation.data[self.charm.app].get(ROLLOUT_KEY) if relation else None
+        if not raw:
+            return None
+        try:
+            return Rollout.model_validate_json(raw)
+        except pydantic.ValidationError as error:
+            self._data_error(f"invalid {ROLLOUT_KEY} data: {error.errors()[0]['msg']}")
+            return None
+
+    def _on_rollout_signal(self, event: ops.EventBase) -> None:
+        if self.peer_relation is None:
+            return
+        rollout = self.rollout()
+        if rollout is None:
+            return
+        if self.charm.unit.is_leader() and not rollout.done and self.idle:
+            self._write_rollout(rollout.model_copy(update={"done": True}))
+            return
+        if rollout.round > self._demo.handled_round:
+            self._demo.handled_round = rollout.round
+            if not rollout.done:
+                self.set_unit_ready()
+
+    def _write_rollout(self, rollout: Rollout) -> None:
+        relation = self.peer_relation
+        if relation is not None:
+            relation.data[self.charm.app][ROLLOUT_KEY] = json.dumps(rollout.model_dump())
+
+    def _on_upgrade_action(self, event: ops.ActionEvent) -> None:
+        try:
+            target, rollback = self._check_upgrade_request(event.params)
+        except UpgradeRefused as error:
+            event.fail(str(error))
+            return
+        try:
+            stack = self.prepare_upgrade()
+        except UpgradeError as error:
+            event.fail(error.message)
+            return
+        current = self.rollout()
+        installed = workload.get_version() or workload.DEFAULT_VERSION
+        previous = current.target if current and not current.done else installed
+        number = current.round + 1 if current else 1
+        self._write_rollout(Rollout(round=number, target=target, previous=previous, done=False))
+        self._demo.handled_round = number
+        self.set_unit_ready()
+        order = ", ".join(f"{self.charm.app.name}/{n}" for n in reversed(stack))
+        verb = "rollback" if rollback else "upgrade"
+        event.set_results(
+            {
+                "target-version": target,
+                "previous-version": previous,
+                "upgrade-stack": json.dumps(stack),
+                "message": f"{verb} to {target} started; order {order}",
+            }
+        )
+
+    def _check_upgrade_request(self, params: dict) -> tuple[str, bool]:
+        """Validate an `upgrade` request; return (target, is_rollback) or raise UpgradeRefused."""
+        try:
+            target = UpgradeParams(**params).version.strip()
+        except pydantic.ValidationError as error:
+            raise UpgradeRefused(f"invalid parameters: {error.errors()[0]['msg']}") from None
+        if not self.charm.unit.is_leader():
+            raise UpgradeRefused("upgrade must run on the leader unit")
+        if self.peer_relation is None:
+            raise UpgradeRefused("the upgrade peer relation is not ready yet; try again shortly")
+        busy = [name for name, engine in self._charm.engines.items() if engine.in_flight()]
+        if busy:
+            raise UpgradeRefused(
+                f"a restart with engine {busy[0]!r} is in flight; wait for it to finish"
+            )
+        try:
+            Version.parse(target)
+        except ValueError:
+            raise UpgradeRefused(f"invalid version {target!r}: not a version number") from None
+        if target not in WORKLOAD_RELEASES:
+            known = ", ".join(WORKLOAD_RELEASES)
+            raise UpgradeRefused(f"unknown workload version {target}; available: {known}")
+        cluster = self.cluster_state
+        if cluster in ("failed", "recovery"):
+            return target, True
+        if not self.idle:
+            raise UpgradeRefused(f"an upgrade is already in progress ({self.describe()})")
+        installed = workload.get_version() or workload.DEFAULT_VERSION
+        constraint = release(target).upgrade_supported
+        if not _satisfies(installed, constraint):
+            raise UpgradeRefused(
+                f"cannot upgrade from {installed} to {target} (requires {constraint})"
+            )
+        return target, False
+
+
+class UpgradeRefused(Exception):
+    """The `upgrade` action cannot start; the message says why."""
+
+
+def _satisfies(version: str, constraint: str) -> bool:
+    try:
+        return verify_requirements(version, constraint)
+    except ValueError:
+        return False
+
+
+def check_upgraded(target: str) -> None:
+    """Raise UpgradeCheckFailed unless /health answers and /version reports `target`.
+
+    A few attempts, because a service may answer a moment after it reported ready.
+    """
+    for attempt in tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(HEALTH_CHECK_ATTEMPTS),
+        wait=tenacity.wait_fixed(HEALTH_CHECK_WAIT),
+        retry=tenacity.retry_if_exception_type(UpgradeCheckFailed),
+        reraise=True,
+    ):
+        with attempt:
+            if workload.health() is None:
+                raise UpgradeCheckFailed("/health does not answer")
+            served = workload.served_version()
+            if served != target:
+                raise UpgradeCheckFailed(f"/version reports {served}, expected {target}")
