@@ -13,9 +13,12 @@ import pathlib
 import ops
 import pydantic
 
+import nfs
 import restart
 import workload
+from restart_rollingops import RollingOpsEngine
 from restart_v0 import V0Engine
+from upgrade import DemoUpgrade
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +36,27 @@ class CoordinatedOpsCharm(ops.CharmBase):
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
         self.engines: dict[str, restart.Engine] = {
-            engine.name: engine for engine in [V0Engine(self)]
+            engine.name: engine for engine in [RollingOpsEngine(self), V0Engine(self)]
         }
+        # Upgrades (src/upgrade.py): `juju refresh` and the `upgrade` action.
+        self.upgrade = DemoUpgrade(self)
         framework.observe(self.on.install, self._on_install)
         framework.observe(self.on.start, self._on_start)
         framework.observe(self.on.config_changed, self._on_config_changed)
         framework.observe(self.on.upgrade_charm, self._on_config_changed)
         framework.observe(self.on.restart_action, self._on_restart_action)
+        # NFS share (src/nfs.py): the leader requests it, every unit mounts it.
+        self.nfs = nfs.NfsShare(self)
+        framework.observe(self.on.nfs_mount_action, self._on_nfs_mount_action)
+        for nfs_event in (
+            self.nfs.requirer.on.server_connected,
+            self.nfs.requirer.on.mount_share,
+            self.nfs.requirer.on.umount_share,
+            self.on[nfs.PEER].relation_changed,
+            self.on.config_changed,
+            self.on.update_status,
+        ):
+            framework.observe(nfs_event, self._on_nfs_event)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
         framework.observe(self.on.collect_app_status, self._on_collect_app_status)
 
@@ -82,7 +99,13 @@ class CoordinatedOpsCharm(ops.CharmBase):
 
     def journal_dirs(self) -> list[pathlib.Path]:
         """Where the operation journal goes besides the unit's own file."""
-        return []
+        return self.nfs.journal_dirs()
+
+    def _on_nfs_mount_action(self, event: ops.ActionEvent):
+        self.nfs.run_action(event)
+
+    def _on_nfs_event(self, event: ops.EventBase):
+        self.nfs.handle_event(event)
 
     def _on_restart_action(self, event: ops.ActionEvent):
         try:
@@ -104,8 +127,14 @@ class CoordinatedOpsCharm(ops.CharmBase):
         if busy:
             event.fail(f"a restart with engine {busy[0]!r} is in flight; wait for it to finish")
             return
+        if self.upgrade.in_flight():
+            event.fail(f"{self.upgrade.describe()}; wait for it to finish or roll it back")
+            return
         try:
-            message = engine.request(params.delay)
+            if params.sync:
+                message = _restart_sync(engine, params.delay)
+            else:
+                message = engine.request(params.delay)
         except restart.EngineNotReady as error:
             event.fail(str(error))
             return
@@ -118,6 +147,12 @@ class CoordinatedOpsCharm(ops.CharmBase):
             status = engine.unit_status()
             if status is not None:
                 event.add_status(status)
+        upgrade_status = self.upgrade.unit_status()
+        if upgrade_status is not None:
+            event.add_status(upgrade_status)
+        nfs_status = self.nfs.unit_status()
+        if nfs_status is not None:
+            event.add_status(nfs_status)
         if not workload.is_installed():
             event.add_status(ops.MaintenanceStatus("installing the demo service"))
         elif workload.health() is None:
@@ -125,10 +160,21 @@ class CoordinatedOpsCharm(ops.CharmBase):
         event.add_status(ops.ActiveStatus(f"serving {workload.get_version()}"))
 
     def _on_collect_app_status(self, event: ops.CollectStatusEvent):
+        upgrade_status = self.upgrade.app_status()
+        if upgrade_status is not None:
+            event.add_status(upgrade_status)
         busy = [name for name, engine in self.engines.items() if engine.in_flight()]
         if busy:
             event.add_status(ops.MaintenanceStatus(f"rolling restart in progress ({busy[0]})"))
         event.add_status(ops.ActiveStatus())
+
+
+def _restart_sync(engine: restart.Engine, delay: int) -> str:
+    """`restart sync=true`: run the restart inside the action, if the engine has a sync mode."""
+    restart_now = getattr(engine, "restart_now", None)
+    if restart_now is None:
+        raise restart.EngineNotReady(f"sync: engine {engine.name!r} has no sync mode; use rollingops")
+    return restart_now(delay)
 
 
 def _explain(error: pydantic.ValidationError) -> str:

@@ -1,0 +1,403 @@
+"""The demo's NFS share: the `nfs-mount` action and the mount on every unit.
+
+How it fits together:
+
+1. `juju run coordinated-ops/leader nfs-mount name=demo mountpoint=/srv/demo-share` runs
+   `NfsShare.run_action` on the leader: it writes the request in the `nfs-share` relation (through
+   charms.storage_libs.v0.nfs_interfaces) and `{"name", "size", "mountpoint"}` in the peer
+   application bag, so that every unit learns where to mount.
+2. The provider serves the share and publishes its endpoint; the library emits `mount_share` on
+   every unit (and `umount_share` when the share goes away). `NfsShare.handle_event` remembers that
+   endpoint and reconciles: what should be mounted where, against `/proc/self/mounts`.
+3. Each unit publishes `nfs-mount-state` (`mounted <source>` or `failed`) in its peer unit bag; the
+   action reports how many units have the share mounted.
+
+Every command goes through `run_command`, the one function tests replace (the kernel of a test
+machine may have no NFS client). Mounting retries with tenacity (bounded); when the retries are
+exhausted the unit is Blocked with the error and the next event tries again. Unmounting never
+removes the mount point or anything in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import posixpath
+import re
+import subprocess
+
+import ops
+import pydantic
+import tenacity
+from charms.storage_libs.v0.nfs_interfaces import (
+    MountShareEvent,
+    NFSRequires,
+    ServerConnectedEvent,
+    UmountShareEvent,
+    parse_endpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+RELATION = "nfs-share"
+PEER = "restart"  # the demo's peer relation; our keys live beside the rolling_ops v0 ones
+PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
+STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
+DEFAULT_MOUNTPOINT = "/srv/demo-share"
+MOUNT_OPTIONS = ["rw", "hard", "proto=tcp"]
+FSTAB_MARK = "# coordinated-ops nfs-share"
+MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
+FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc")
+
+# Bounded retry of mount/umount: 5 attempts, waits 1, 2, 4, 8 s (tests set the waits to 0).
+RETRY_ATTEMPTS = 5
+RETRY_WAIT_MIN = 1.0
+RETRY_WAIT_MAX = 10.0
+
+_NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class MountError(Exception):
+    """A mount or umount command failed; the message says which and why."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Action parameters
+# ------------------------------------------------------------------------------------------------
+
+
+def normalise_mountpoint(path: str) -> str:
+    """Return the normalised absolute mount point, or raise ValueError saying what is wrong."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {path!r}")
+    if re.search(r"[\s\x00]", path):
+        raise ValueError("must not contain whitespace")
+    normal = posixpath.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    if normal == "/" or any(normal == r or normal.startswith(r + "/") for r in FORBIDDEN_ROOTS):
+        raise ValueError(f"{normal} is a system directory; use e.g. {DEFAULT_MOUNTPOINT}")
+    return normal
+
+
+class NfsMountParams(pydantic.BaseModel):
+    """Parameters of the `nfs-mount` action (actions.yaml), validated."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    name: str
+    size: int | None = pydantic.Field(default=None, ge=1)
+    mountpoint: str = DEFAULT_MOUNTPOINT
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(
+                "must be 1-63 letters, digits, '.', '_' or '-' (a leading '/' is allowed)"
+            )
+        return name
+
+    @pydantic.field_validator("mountpoint")
+    @classmethod
+    def _check_mountpoint(cls, path: str) -> str:
+        return normalise_mountpoint(path)
+
+
+def explain(error: pydantic.ValidationError) -> str:
+    """One clause per bad parameter: 'size: Input should be greater than or equal to 1'."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in problem['loc']) or 'params'}: {problem['msg']}"
+        for problem in error.errors()
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The machine: commands, mount table, fstab
+# ------------------------------------------------------------------------------------------------
+
+
+def run_command(argv: list[str]) -> str:
+    """Run one command (mount, umount); raise MountError with its stderr when it fails."""
+    logger.info("running %s", " ".join(argv))
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise MountError(f"{argv[0]}: {error}") from error
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+        raise MountError(f"{argv[0]}: {detail}")
+    return proc.stdout
+
+
+def _unescape(field: str) -> str:
+    r"""Decode the octal escapes of /proc/self/mounts (`\040` is a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounted_source(mountpoint: str) -> str | None:
+    """What is mounted at `mountpoint` now (the last entry wins), from the mount table."""
+    try:
+        lines = MOUNTS_FILE.read_text().splitlines()
+    except OSError:
+        return None
+    source = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and _unescape(fields[1]) == mountpoint:
+            source = _unescape(fields[0])
+    return source
+
+
+def _fstab_path() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("COORDINATED_OPS_ROOT", "/")) / "etc" / "fstab"
+
+
+def set_fstab_entry(mountpoint: str, line: str | None) -> None:
+    """Put (or with None remove) our marked fstab entry for `mountpoint`; others are kept."""
+    path = _fstab_path()
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    marker = f"{FSTAB_MARK} {mountpoint}"
+    kept: list[str] = []
+    skip_next = False
+    for current in lines:
+        if skip_next:
+            skip_next = False
+            continue
+        if current == marker:
+            skip_next = True
+            continue
+        kept.append(current)
+    if line is not None:
+        kept += [marker, line]
+    if kept == lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".coordinated-ops")
+    tmp.write_text("".join(f"{x}\n" for x in kept))
+    tmp.replace(path)
+
+
+def _retrying() -> tenacity.Retrying:
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
+        wait=tenacity.wait_exponential(min=RETRY_WAIT_MIN, max=RETRY_WAIT_MAX),
+        retry=tenacity.retry_if_exception_type(MountError),
+        before_sleep=lambda state: logger.warning(
+            "attempt %s failed: %s",
+            state.attempt_number,
+            state.outcome and state.outcome.exception(),
+        ),
+        reraise=True,
+    )
+
+
+def mount(source: str, mountpoint: str, options: list[str]) -> None:
+    """Mount NFSv4 `source` at `mountpoint` (created if missing), retrying; add the fstab line."""
+    pathlib.Path(mountpoint).mkdir(parents=True, exist_ok=True)
+    opts = ",".join(options)
+    for attempt in _retrying():
+        with attempt:
+            run_command(["mount", "-t", "nfs4", "-o", opts, source, mountpoint])
+    set_fstab_entry(mountpoint, f"{source} {mountpoint} nfs4 {opts},_netdev,nofail 0 0")
+
+
+def umount(mountpoint: str) -> None:
+    """Unmount `mountpoint` (retrying, then lazily); drop the fstab line. Never deletes files."""
+    try:
+        for attempt in _retrying():
+            with attempt:
+                run_command(["umount", mountpoint])
+    except MountError as error:
+        logger.warning("umount %s failed (%s); detaching lazily", mountpoint, error)
+        run_command(["umount", "-l", mountpoint])
+    set_fstab_entry(mountpoint, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The charm's NFS concern
+# ------------------------------------------------------------------------------------------------
+
+
+class NfsShare(ops.Object):
+    """Requests the share (leader, action) and keeps it mounted on this unit."""
+
+    _stored = ops.StoredState()
+
+    def __init__(self, charm: ops.CharmBase):
+        super().__init__(charm, "nfs")
+        self.charm = charm
+        self.requirer = NFSRequires(charm, RELATION)
+        # endpoint: of the last mount_share not followed by umount_share.
+        # mounted_at / source: what this unit mounted. error: why the last mount failed.
+        self._stored.set_default(endpoint=None, mounted_at=None, source=None, error=None)
+
+    # -- the action ---------------------------------------------------------------------------
+
+    def run_action(self, event: ops.ActionEvent) -> None:
+        """`nfs-mount`: validate, request the share, publish the mount point, report."""
+        try:
+            params = NfsMountParams(**event.params)
+        except pydantic.ValidationError as error:
+            event.fail(explain(error))
+            return
+        if not self.model.unit.is_leader():
+            event.fail("nfs-mount must run on the leader unit")
+            return
+        relation = self.model.get_relation(RELATION)
+        if relation is None:
+            app = self.model.app.name
+            event.fail(
+                f"no NFS provider: juju integrate {app}:nfs-share nfs-share-server:nfs-share"
+            )
+            return
+        peer = self.model.get_relation(PEER)
+        if peer is None:
+            event.fail(f"the peer relation '{PEER}' is not ready yet; run the action again")
+            return
+        request = json.dumps(params.model_dump(), sort_keys=True)
+        if peer.data[self.model.app].get(PEER_KEY) != request:
+            peer.data[self.model.app][PEER_KEY] = request
+        self.requirer.request_share(relation.id, params.name, size=params.size)
+        self.reconcile()  # the leader's own mount, e.g. when only the mount point changed
+        endpoint = self._provider_endpoint(relation)
+        mounted, total = self._mounted_units(peer)
+        event.set_results(
+            {
+                "name": params.name,
+                "size": "unlimited" if params.size is None else str(params.size),
+                "mountpoint": params.mountpoint,
+                "endpoint": endpoint or "pending",
+                "mounted-units": f"{mounted}/{total}",
+                "message": (
+                    f"share requested; {mounted} of {total} units have it mounted at "
+                    f"{params.mountpoint}"
+                    + ("" if endpoint else "; waiting for the provider's endpoint")
+                ),
+            }
+        )
+
+    # -- events -------------------------------------------------------------------------------
+
+    def handle_event(self, event: ops.EventBase) -> None:
+        """Any event that may change what should be mounted: update, then reconcile."""
+        if isinstance(event, ServerConnectedEvent):
+            self._rerequest(event.relation)
+            return
+        if isinstance(event, MountShareEvent):
+            self._stored.endpoint = event.endpoint
+        elif isinstance(event, UmountShareEvent):
+            self._stored.endpoint = None
+        self.reconcile()
+
+    def _rerequest(self, relation: ops.Relation) -> None:
+        """A (new) provider joined: repeat the request the action stored, if any."""
+        wanted = self._wanted()
+        if wanted is not None:
+            self.requirer.request_share(relation.id, wanted.name, size=wanted.size)
+
+    def reconcile(self) -> None:
+        """Make this unit's mount match the desired one (idempotent; never raises on failure)."""
+        target = self._target()
+        previous = self._stored.mounted_at
+        try:
+            if previous and (target is None or target[1] != previous):
+                if mounted_source(previous) is not None:
+                    umount(previous)
+                else:
+                    set_fstab_entry(previous, None)
+                self._stored.mounted_at = self._stored.source = None
+            if target is None:
+                self._stored.error = None
+                self._publish(None)
+                return
+            source, mountpoint, options = target
+            current = mounted_source(mountpoint)
+            if current != source:
+                if current is not None:
+                    umount(mountpoint)
+                mount(source, mountpoint, options)
+            else:
+                set_fstab_entry(
+                    mountpoint,
+                    f"{source} {mountpoint} nfs4 {','.join(options)},_netdev,nofail 0 0",
+                )
+        except (MountError, OSError) as error:
+            where = f" of {target[0]} at {target[1]}" if target else ""
+            self._stored.error = f"NFS mount{where} failed: {error}"
+            logger.error("%s", self._stored.error)
+            self._publish("failed")
+            return
+        self._stored.mounted_at, self._stored.source, self._stored.error = mountpoint, source, None
+        self._publish(f"mounted {source}")
+
+    # -- what the charm asks ------------------------------------------------------------------
+
+    def unit_status(self) -> ops.StatusBase | None:
+        """Blocked when the last mount failed; Active naming the mount when mounted."""
+        if self._stored.error:
+            return ops.BlockedStatus(self._stored.error)
+        if self._stored.mounted_at and self._stored.source:
+            return ops.ActiveStatus(f"mounted {self._stored.source} at {self._stored.mounted_at}")
+        return None
+
+    def journal_dirs(self) -> list[pathlib.Path]:
+        """The mounted share, if any: the operation journal is also appended there."""
+        mountpoint, source = self._stored.mounted_at, self._stored.source
+        if mountpoint and source and mounted_source(mountpoint) == source:
+            return [pathlib.Path(mountpoint)]
+        return []
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _wanted(self) -> NfsMountParams | None:
+        """The request the action stored in the peer app bag (None if absent or unreadable)."""
+        peer = self.model.get_relation(PEER)
+        if peer is None:
+            return None
+        raw = peer.data[self.model.app].get(PEER_KEY)
+        if not raw:
+            return None
+        try:
+            return NfsMountParams(**json.loads(raw))
+        except (ValueError, TypeError) as error:
+            logger.error("ignoring malformed %s in the peer data: %s", PEER_KEY, error)
+            return None
+
+    def _target(self) -> tuple[str, str, list[str]] | None:
+        """(source, mount point, options) that should be mounted here, or None."""
+        wanted = self._wanted()
+        if self._stored.endpoint is None or wanted is None:
+            return None
+        try:
+            endpoint = parse_endpoint(self._stored.endpoint)
+        except ValueError as error:
+            logger.error("not mounting invalid endpoint %r: %s", self._stored.endpoint, error)
+            return None
+        return endpoint.mount_source, wanted.mountpoint, endpoint.mount_options + MOUNT_OPTIONS
+
+    def _publish(self, state: str | None) -> None:
+        peer = self.model.get_relation(PEER)
+        if peer is None:
+            return
+        bag = peer.data[self.model.unit]
+        if state is None:
+            bag.pop(STATE_KEY, None)
+        elif bag.get(STATE_KEY) != state:
+            bag[STATE_KEY] = state
+
+    def _mounted_units(self, peer: ops.Relation) -> tuple[int, int]:
+        units = [self.model.unit, *peer.units]
+        mounted = sum(1 for u in units if peer.data[u].get(STATE_KEY, "").startswith("mounted "))
+        return mounted, len(units)
+
+    @staticmethod
+    def _provider_endpoint(relation: ops.Relation) -> str | None:
+        if relation.app is None:
+            return None
+        return relation.data[relation.app].get("endpoint") or None
