@@ -267,9 +267,13 @@ class BaseCoordinator(ops.Object):
         self._handle_requests()
 
     def _load(self) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
-        relation = self._peer_relation()
         raw_units: dict[str, str | None] = {}
         raw_app: str | None = None
+        try:
+            relation = self._peer_relation()
+        except ops.ModelError as e:
+            logger.debug("peer relation %s not listable yet: %s", self.relname, e)
+            relation = None
         if relation is not None:
             try:
                 for unit in sorted(relation.units, key=lambda u: u.name):

@@ -1,0 +1,86 @@
+"""Restart engine `coordinator`: the leadership FIFO coordinator (Serial) of coordinated_ops.
+
+Each unit requests the `restart` lock on the peer relation `coordinator`; the leader grants it to
+one unit at a time in request order; a unit restarts in the first dispatch that sees its grant,
+and the grant is released at the end of that dispatch. The pending restart (and its delay) is
+kept in StoredState, so the need survives the hooks between the request and the grant.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import ops
+from charms.coordinated_ops.v0.coordinator import Serial
+
+import restart
+
+RELATION = "coordinator"
+LOCK = "restart"
+
+
+class CoordinatorEngine(ops.Object):
+    """Queues restarts on a Serial coordinator; runs the restart once the lock is granted."""
+
+    name = "coordinator"
+    _stored = ops.StoredState()
+
+    def __init__(self, charm: ops.CharmBase):
+        super().__init__(charm, "restart-engine-coordinator")
+        self.charm = charm
+        self._stored.set_default(pending_delay=None)
+        # Registered before the coordinator's own pre_commit observer (which releases visible
+        # grants): whatever the dispatch, a visible grant is used, never released unused.
+        self.framework.observe(self.framework.on.pre_commit, self._reconcile)
+        self.serial = Serial(charm, relation_key="coordinator", peer_relation_name=RELATION)
+        for event in (
+            charm.on[RELATION].relation_changed,  # grants arrive here
+            charm.on.leader_elected,
+            charm.on.update_status,
+            self.serial.wake_up_event,  # the leader's own grant arrives here
+        ):
+            self.framework.observe(event, self._reconcile)
+
+    def request(self, delay: int) -> str:
+        """Record the pending restart and request the lock; the restart runs when granted."""
+        if self._stored.pending_delay is not None:
+            self._stored.pending_delay = delay
+            return "a restart is already queued with the coordinator; its delay is now updated"
+        self._stored.pending_delay = delay
+        self.serial.acquire(LOCK)
+        self._reconcile(None)
+        return "restart queued with the coordinator (Serial, first come first served)"
+
+    def in_flight(self) -> bool:
+        """Any unit of the application requesting or holding the restart lock."""
+        if self._stored.pending_delay is not None:
+            return True
+        self.serial.initialize()
+        me = self.model.unit.name
+        releasing = self.serial.granted(LOCK)  # this unit's grant ends with this dispatch
+        for table in (self.serial.requests or {}, self.serial.grants or {}):
+            for unit, locks in table.items():
+                if LOCK in locks and not (unit == me and releasing):
+                    return True
+        return False
+
+    def unit_status(self) -> ops.StatusBase | None:
+        """Waiting while this unit's restart is queued; a note when peer data was ignored."""
+        if self._stored.pending_delay is not None:
+            return ops.WaitingStatus("Awaiting coordinator restart")
+        self.serial.initialize()
+        if self.serial.bad_data:
+            return ops.ActiveStatus("ignored malformed coordinator data (see debug-log)")
+        return None
+
+    def _reconcile(self, _: ops.EventBase | None) -> None:
+        """Restart if granted and a restart is pending; re-request if a grant was lost."""
+        delay = self._stored.pending_delay
+        if delay is None:
+            return
+        if self.serial.granted(LOCK):
+            self._stored.pending_delay = None
+            charm = typing.cast("restart.RestartingCharm", self.charm)  # it has journal_dirs()
+            restart.run_restart(charm, engine=self.name, delay=delay, token=None)
+        else:
+            self.serial.acquire(LOCK)  # guarded by the durable pending flag: no hook loop
