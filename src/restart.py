@@ -61,6 +61,7 @@ class RestartParams(pydantic.BaseModel):
 
     delay: int = pydantic.Field(default=0, ge=0, le=3600)
     engine: str
+    sync: bool = False  # restart inside the action under the engine's sync lock (rollingops)
 
 
 def hold_lock_for(seconds: float) -> None:

@@ -250,6 +250,26 @@ class RollingOpsManager(ops.Object):
         """The grant the running callback holds (None outside a callback)."""
         return self._lock_grant
 
+    def peer_lock_free(self) -> bool:
+        """Whether no unit may hold or be about to run under the lock, as this leader sees it.
+
+        True only on the leader, in peer mode, with every unit on the peer backend and no
+        unacknowledged grant. A charm's peer `SyncLockBackend` may then run its critical section
+        inside the current leader hook: the peer lock is only ever granted by the leader's hooks,
+        which Juju runs one at a time.
+        """
+        relation = self._peer_relation()
+        if relation is None or not self.model.unit.is_leader():
+            return False
+        app = AppView.read(relation.data[self.model.app])
+        units = [self._me or UnitView.read(self.model.unit.name, relation.data[self.model.unit])]
+        units += [UnitView.read(unit.name, relation.data[unit]) for unit in relation.units]
+        if not app.readable or app.mode is not ProcessingBackend.PEER:
+            return False
+        if any(not unit.readable or unit.backend is not ProcessingBackend.PEER for unit in units):
+            return False
+        return not any(is_granted(app, unit) for unit in units)  # a departed holder is stale
+
     def is_waiting(self, unit_name: str | None = None) -> bool:
         """Whether `unit_name` (default: this unit) has queued operations."""
         view = self._view_of(unit_name)

@@ -1,0 +1,145 @@
+"""Restart engine `rollingops` (the default): charmlibs.rollingops, etcd lock with peer fallback.
+
+Asynchronous restart (the usual path): the action queues a request; the library calls `_restart`
+in a later hook when this unit holds the lock, on etcd when the `etcd` relation is ready, on the
+peer relation otherwise. The fencing token of the grant goes into the operation journal.
+
+Synchronous restart (`sync=true`): the restart runs inside the action, under
+`acquire_sync_lock`: the etcd lock when etcd is available, else `LeaderPeerSyncLock`, a peer lock
+that only the leader can take, and only while no unit holds or waits to run under a grant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import typing
+
+import ops
+from charmlibs.rollingops import (
+    OperationResult,
+    RollingOpsError,
+    RollingOpsManager,
+    RollingOpsStatus,
+    SyncLockBackend,
+)
+
+import restart
+
+logger = logging.getLogger(__name__)
+
+PEER_RELATION = "rollingops"
+ETCD_RELATION = "etcd"
+MAX_RETRY = 2  # a failed restart runs at most 3 times, then is dropped (and logged)
+SYNC_TIMEOUT = 60
+
+
+def base_dir() -> pathlib.Path:
+    """The library's local state directory (under COORDINATED_OPS_ROOT in tests)."""
+    return pathlib.Path(os.environ.get("COORDINATED_OPS_ROOT", "/")) / "var/lib/rollingops"
+
+
+class LeaderPeerSyncLock(SyncLockBackend):
+    """The peer-mode sync lock: held by the leader's current hook while the peer lock is free.
+
+    Only the leader's hooks grant the peer lock and Juju runs them one at a time, so while the
+    leader is inside this lock no grant can be issued. A non-leader cannot take it (it would need
+    the leader's cooperation in another hook): it fails at once, telling the operator why.
+    """
+
+    def __init__(self, engine: RollingOpsEngine):
+        self.engine = engine
+
+    def acquire(self, timeout: int | None) -> None:
+        """Succeed at once or fail at once: waiting inside the leader's hook would be useless."""
+        manager = self.engine.manager
+        if not manager.model.unit.is_leader():
+            raise RuntimeError(
+                "without etcd only the leader can restart synchronously; run it on the leader "
+                "or drop sync=true"
+            )
+        if not manager.peer_lock_free():
+            raise TimeoutError("another unit holds or is about to take the lock; retry later")
+
+    def release(self) -> None:
+        """Nothing to undo: the lock was never written anywhere."""
+
+
+class RollingOpsEngine(ops.Object):
+    """Queues restarts on charmlibs.rollingops; the library's callback runs the restart."""
+
+    name = "rollingops"
+
+    def __init__(self, charm: ops.CharmBase):
+        super().__init__(charm, "restart-engine-rollingops")
+        self.charm = charm
+        self.manager = RollingOpsManager(
+            charm,
+            callback_targets={"restart": self._restart},
+            peer_relation_name=PEER_RELATION,
+            etcd_relation_name=ETCD_RELATION,
+            cluster_id=charm.app.name,
+            sync_lock_targets={"peer": LeaderPeerSyncLock(self)},
+            base_dir=base_dir(),
+        )
+
+    def request(self, delay: int) -> str:
+        """Queue a restart; it runs when this unit is granted the lock."""
+        if self.model.get_relation(PEER_RELATION) is None:
+            raise restart.EngineNotReady(
+                f"the peer relation '{PEER_RELATION}' is not ready yet; run the action again "
+                "once the unit has started"
+            )
+        try:
+            self.manager.request_async_lock(
+                "restart", kwargs={"delay": delay}, max_retry=MAX_RETRY
+            )
+        except RollingOpsError as error:
+            raise restart.EngineNotReady(f"rollingops refused the request: {error}") from error
+        backend = self.manager.state.processing_backend
+        return f"restart queued with rollingops ({backend} backend); units restart one at a time"
+
+    def restart_now(self, delay: int) -> str:
+        """Restart inside this action under the sync lock; raise EngineNotReady if not possible."""
+        try:
+            with self.manager.acquire_sync_lock("peer", timeout=SYNC_TIMEOUT) as grant:
+                token = getattr(grant, "token", None)
+                ok = restart.run_restart(self._charm(), engine=self.name, delay=delay, token=token)
+        except TimeoutError as error:
+            raise restart.EngineNotReady(f"sync restart: lock busy: {error}") from error
+        except RollingOpsError as error:
+            raise restart.EngineNotReady(f"sync restart: {error.__cause__ or error}") from error
+        if not ok:
+            raise restart.EngineNotReady("sync restart: the service did not come back healthy")
+        return f"restarted synchronously under the rollingops sync lock (token {token})"
+
+    def in_flight(self) -> bool:
+        """Any unit of the application with a restart queued or running."""
+        relation = self.model.get_relation(PEER_RELATION)
+        if relation is None:
+            return False
+        units = [None, *(unit.name for unit in relation.units)]
+        return any(self.manager.is_waiting(unit) for unit in units)
+
+    def unit_status(self) -> ops.StatusBase | None:
+        """Maintenance while restarting under the lock, waiting while queued."""
+        if self.model.get_relation(PEER_RELATION) is None:
+            return None
+        state = self.manager.state
+        if state.status is RollingOpsStatus.GRANTED:
+            return ops.MaintenanceStatus(f"restarting (rollingops, {state.processing_backend})")
+        if state.status is RollingOpsStatus.WAITING:
+            return ops.WaitingStatus(f"restart queued (rollingops, {state.processing_backend})")
+        if state.status is RollingOpsStatus.NOT_READY:
+            return ops.WaitingStatus("rollingops not ready: see `juju debug-log`")
+        return None
+
+    def _restart(self, delay: int = 0) -> OperationResult:
+        grant = self.manager.lock_grant
+        token = grant.token if grant is not None else None
+        ok = restart.run_restart(self._charm(), engine=self.name, delay=delay, token=token)
+        return OperationResult.RELEASE if ok else OperationResult.RETRY_RELEASE
+
+    def _charm(self) -> restart.RestartingCharm:
+        return typing.cast("restart.RestartingCharm", self.charm)

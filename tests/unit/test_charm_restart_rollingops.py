@@ -1,0 +1,199 @@
+"""The demo charm's `rollingops` restart engine (src/restart_rollingops.py) with the real library.
+
+Mocked, because they cannot exist here: the Juju controller (ops.testing), the demo service
+(FakeWorkload, conftest.py) and the juju-exec wake-up process (subprocess.Popen is recorded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+
+import pytest
+import yaml
+from charmlibs.rollingops import _dispatch
+from ops import testing
+
+from tests.unit.conftest import ROOT, charm_context
+
+PEER = "rollingops"
+APP = "coordinated-ops"
+
+
+@pytest.fixture
+def spawns(monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(_dispatch, "juju_exec_path", lambda: "/usr/bin/juju-exec")
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, **_: calls.append(list(argv)))
+    return calls
+
+
+@pytest.fixture
+def running(fake_workload):
+    fake_workload.installed = "1.0.0"
+    fake_workload.running = True
+    return fake_workload
+
+
+def ctx(unit_id=0):
+    return charm_context(app_name=APP, unit_id=unit_id)
+
+
+def journal(tmp_path) -> list[dict]:
+    path = tmp_path / "var/lib/coordinated-ops/coordinated-ops-journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def op(id_, delay=0, attempt=0):
+    return {"id": id_, "callback_id": "restart", "kwargs": {"delay": delay}, "max_retry": 2,
+            "attempt": attempt, "requested_at": "2026-01-01T00:00:00.000000Z"}  # fmt: skip
+
+
+def unit_bag(*ops_, done=None):
+    bag = {
+        "rollingops-version": "1",
+        "rollingops-queue": json.dumps(list(ops_)),
+        "rollingops-seq": str(max([0, *(o["id"] for o in ops_)])),
+        "rollingops-intent": "request" if ops_ else "idle",
+        "rollingops-backend": "peer",
+    }
+    if done:
+        bag["rollingops-done"] = json.dumps(done)
+    return bag
+
+
+def app_bag(token, grant=None):
+    bag = {"rollingops-version": "1", "rollingops-token": str(token), "rollingops-mode": "peer"}
+    if grant:
+        bag["rollingops-grant"] = json.dumps(grant)
+    return bag
+
+
+def restart_action(context, state, **params):
+    """Run `restart` with the actions.yaml defaults applied (Juju does; ops.testing does not)."""
+    spec = yaml.safe_load((ROOT / "actions.yaml").read_text())["restart"]["params"]
+    defaults = {name: param["default"] for name, param in spec.items() if "default" in param}
+    return context.run(context.on.action("restart", params={**defaults, **params}), state)
+
+
+def test_rollingops_is_the_default_engine_and_queues_on_a_non_leader(running):
+    context = ctx(1)
+    rel = testing.PeerRelation(PEER, peers_data={0: {}})
+    out = restart_action(context, testing.State(relations={rel}), delay=3)
+    assert (context.action_results or {})["engine"] == "rollingops"
+    assert "peer backend" in (context.action_results or {})["message"]
+    bag = out.get_relation(rel.id).local_unit_data
+    (queued,) = json.loads(bag["rollingops-queue"])
+    assert (queued["callback_id"], queued["kwargs"], queued["max_retry"]) == (
+        "restart", {"delay": 3}, 2,
+    )  # fmt: skip
+    assert out.unit_status == testing.WaitingStatus("restart queued (rollingops, peer)")
+    assert ("restart",) not in running.calls
+
+
+def test_without_peer_relation_the_action_fails_clearly(running):
+    with pytest.raises(testing.ActionFailed, match="peer relation 'rollingops' is not ready"):
+        restart_action(ctx(0), testing.State())
+
+
+def test_leader_alone_restarts_in_the_wakeup_and_journals_the_token(running, spawns, tmp_path):
+    context = ctx(0)
+    rel = testing.PeerRelation(PEER)
+    state = testing.State(leader=True, relations={rel})
+    out = restart_action(context, state)
+    assert len(spawns) == 1 and ("restart",) not in running.calls
+    assert out.app_status == testing.MaintenanceStatus("rolling restart in progress (rollingops)")
+
+    r = out.get_relation(rel.id)
+    rel = dataclasses.replace(
+        rel, local_app_data=dict(r.local_app_data), local_unit_data=dict(r.local_unit_data)
+    )
+    state = dataclasses.replace(out, relations={rel})
+    with context(context.on.update_status(), state) as mgr:
+        mgr.charm.on.rollingops_lock_granted.emit()
+        out = mgr.run()
+    assert running.calls.count(("restart",)) == 1
+    (line,) = journal(tmp_path)
+    assert (line["engine"], line["token"], line["result"]) == ("rollingops", 1, "ok")
+    done = json.loads(out.get_relation(rel.id).local_unit_data["rollingops-done"])
+    assert done == {"token": 1, "op": 1, "result": "release"}
+
+
+def test_granted_non_leader_restarts_with_the_grant_token(running, tmp_path):
+    context = ctx(1)
+    rel = testing.PeerRelation(
+        PEER,
+        local_unit_data=unit_bag(op(1)),
+        local_app_data=app_bag(7, {"unit": f"{APP}/1", "token": 7, "op": 1}),
+        peers_data={0: {}},
+    )
+    out = context.run(
+        context.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel})
+    )
+    assert running.calls == [("restart",)]
+    assert [line["token"] for line in journal(tmp_path)] == [7]
+    bag = out.get_relation(rel.id).local_unit_data
+    assert json.loads(bag["rollingops-done"]) == {"token": 7, "op": 1, "result": "release"}
+
+
+def test_a_failed_restart_releases_for_a_retry(running, tmp_path):
+    running.healthy_after_restart = False
+    context = ctx(1)
+    rel = testing.PeerRelation(
+        PEER,
+        local_unit_data=unit_bag(op(1)),
+        local_app_data=app_bag(7, {"unit": f"{APP}/1", "token": 7, "op": 1}),
+        peers_data={0: {}},
+    )
+    out = context.run(
+        context.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel})
+    )
+    bag = out.get_relation(rel.id).local_unit_data
+    assert json.loads(bag["rollingops-done"])["result"] == "retry-release"
+    assert json.loads(bag["rollingops-queue"])[0]["attempt"] == 1
+    assert journal(tmp_path)[0]["result"] == "failed"
+
+
+def test_sync_restart_on_the_leader_runs_inside_the_action(running, tmp_path):
+    context = ctx(0)
+    rel = testing.PeerRelation(PEER, peers_data={1: unit_bag()})
+    restart_action(context, testing.State(leader=True, relations={rel}), sync=True)
+    assert running.calls == [("restart",)]
+    assert "synchronously" in (context.action_results or {})["message"]
+    assert [line["engine"] for line in journal(tmp_path)] == ["rollingops"]
+
+
+def test_sync_restart_waits_for_no_one_while_another_unit_holds_the_lock(running):
+    context = ctx(0)
+    rel = testing.PeerRelation(
+        PEER,
+        local_app_data=app_bag(3, {"unit": f"{APP}/1", "token": 3, "op": 1}),
+        peers_data={1: unit_bag(op(1))},
+    )
+    with pytest.raises(testing.ActionFailed, match="lock busy"):
+        restart_action(context, testing.State(leader=True, relations={rel}), sync=True)
+    assert ("restart",) not in running.calls
+
+
+def test_sync_restart_on_a_non_leader_without_etcd_fails_clearly(running):
+    context = ctx(1)
+    rel = testing.PeerRelation(PEER, peers_data={0: {}})
+    with pytest.raises(testing.ActionFailed, match="only the leader can restart synchronously"):
+        restart_action(context, testing.State(relations={rel}), sync=True)
+    assert ("restart",) not in running.calls
+
+
+def test_sync_is_refused_for_engines_without_a_sync_mode(running):
+    context = ctx(0)
+    state = testing.State(relations={testing.PeerRelation("restart")})
+    with pytest.raises(testing.ActionFailed, match="sync"):
+        restart_action(context, state, engine="v0", sync=True)
+
+
+def test_another_engine_is_refused_while_a_rollingops_restart_is_queued(running):
+    context = ctx(0)
+    rel = testing.PeerRelation(PEER, peers_data={1: unit_bag(op(1))})
+    state = testing.State(relations={rel, testing.PeerRelation("restart")})
+    with pytest.raises(testing.ActionFailed, match="'rollingops' is in flight"):
+        restart_action(context, state, engine="v0")
