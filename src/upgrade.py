@@ -128,7 +128,7 @@ class DemoUpgrade(DataUpgrade):
     def __init__(self, charm: CoordinatedOpsCharm):
         super().__init__(charm, DemoDependencies.model_validate(DEPENDENCIES), RELATION, "vm")
         self._charm = charm
-        self._demo.set_default(handled_round=0, failure="")
+        self._demo.set_default(handled_round=0, worked_round=0, failure="")
         rel = charm.on[RELATION]
         # After the library's own observers: the library reconciles first.
         self.framework.observe(rel.relation_changed, self._on_rollout_signal)
@@ -238,6 +238,8 @@ class DemoUpgrade(DataUpgrade):
     def _on_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
         """This unit's turn: stop, install, start, check; then completed or failed."""
         target = self.target_version()
+        rollout = self.rollout()
+        self._demo.worked_round = rollout.round if rollout and not rollout.done else 0
         try:
             self._upgrade_workload(target)
         except (workload.WorkloadError, UpgradeCheckFailed) as error:
@@ -300,7 +302,12 @@ class DemoUpgrade(DataUpgrade):
             return
         if rollout.round > self._demo.handled_round:
             self._demo.handled_round = rollout.round
-            if not rollout.done:
+            # Already part of this round (e.g. it upgraded in this very hook)? Then stay put;
+            # a unit `completed` or `failed` in an EARLIER round joins the new one.
+            joined = self.state in ("ready", "upgrading") or (
+                self.state in ("completed", "failed") and self._demo.worked_round == rollout.round
+            )
+            if not rollout.done and not joined:
                 self.set_unit_ready()
 
     def _write_rollout(self, rollout: Rollout) -> None:

@@ -1,0 +1,321 @@
+"""The demo charm's upgrades (src/upgrade.py): the `upgrade` action, the per-unit step, statuses.
+
+The workload is the in-memory FakeWorkload (conftest.py: no machine here); the upgrade library and
+the journal are the real ones. One unit per run: multi-unit rollouts are the simulator's job.
+"""
+
+import json
+
+import pytest
+from ops import testing
+
+import journal
+import upgrade
+import workload
+from tests.unit.conftest import charm_context
+
+APP = "coordinated-ops"
+
+
+@pytest.fixture(autouse=True)
+def _no_wait(monkeypatch):
+    monkeypatch.setattr(upgrade, "HEALTH_CHECK_WAIT", 0)
+
+
+@pytest.fixture
+def service(fake_workload):
+    """A running, healthy 1.0.0 service."""
+    fake_workload.installed = "1.0.0"
+    fake_workload.running = True
+    return fake_workload
+
+
+def _ctx(unit_id=0):
+    return charm_context(app_name=APP, unit_id=unit_id)
+
+
+def _upgrade_rel(app=None, unit=None, peers=None):
+    return testing.PeerRelation(
+        "upgrade",
+        local_app_data=app or {},
+        local_unit_data=unit if unit is not None else {"state": "idle"},
+        peers_data=peers if peers is not None else {1: {"state": "idle"}, 2: {"state": "idle"}},
+    )
+
+
+def _rollout(round_=1, target="1.1.0", previous="1.0.0", done=False):
+    return json.dumps({"round": round_, "target": target, "previous": previous, "done": done})
+
+
+def _run_action(ctx, state, **params):
+    return ctx.run(ctx.on.action("upgrade", params=params), state)
+
+
+def _fails(ctx, state, **params):
+    with pytest.raises(testing.ActionFailed) as failure:
+        _run_action(ctx, state, **params)
+    out = failure.value.state
+    assert isinstance(out, testing.State)
+    return failure.value.message, out
+
+
+# --- the action ---------------------------------------------------------------------------------
+
+
+def test_upgrade_action_starts_a_rollout_in_stack_order(service):
+    ctx = _ctx()
+    rel = _upgrade_rel()
+    out = _run_action(ctx, testing.State(leader=True, relations={rel}), version="1.1.0")
+    got = out.get_relation(rel.id)
+    assert got.local_app_data["upgrade-stack"] == "[0, 1, 2]"
+    assert json.loads(got.local_app_data["workload-rollout"]) == {
+        "round": 1,
+        "target": "1.1.0",
+        "previous": "1.0.0",
+        "done": False,
+    }
+    assert got.local_unit_data["state"] == "ready"
+    assert ctx.action_results == {
+        "target-version": "1.1.0",
+        "previous-version": "1.0.0",
+        "upgrade-stack": "[0, 1, 2]",
+        "message": f"upgrade to 1.1.0 started; order {APP}/2, {APP}/1, {APP}/0",
+    }
+    assert ("install", "1.1.0") not in service.calls  # the action does not upgrade anything
+    assert out.unit_status == testing.WaitingStatus("other units upgrading first...")
+    assert out.app_status == testing.MaintenanceStatus("upgrading to 1.1.0: 0/3 units done")
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("banana", "invalid version 'banana': not a version number"),
+        ("9.9.9", "unknown workload version 9.9.9; available: 1.0.0, 1.1.0, 1.2.0, 2.0.0"),
+        ("1.2.0", "cannot upgrade from 1.0.0 to 1.2.0 (requires ^1.1)"),
+        ("2.0.0", "cannot upgrade from 1.0.0 to 2.0.0 (requires ^1.2 || ^2)"),
+    ],
+)
+def test_bad_version_fails_with_the_broken_constraint_and_changes_nothing(
+    service, version, message
+):
+    ctx = _ctx()
+    rel = _upgrade_rel()
+    got, out = _fails(ctx, testing.State(leader=True, relations={rel}), version=version)
+    assert got == message
+    after = out.get_relation(rel.id)
+    assert after.local_app_data == {}
+    assert after.local_unit_data == {"state": "idle"}
+    assert service.calls == []
+
+
+def test_upgrade_from_1_1_to_1_2_is_allowed(service):
+    service.installed = "1.1.0"
+    ctx = _ctx()
+    rel = _upgrade_rel()
+    _run_action(ctx, testing.State(leader=True, relations={rel}), version="1.2.0")
+    assert ctx.action_results is not None
+    assert ctx.action_results["previous-version"] == "1.1.0"
+
+
+def test_non_leader_is_refused(service):
+    rel = _upgrade_rel(peers={0: {"state": "idle"}, 2: {"state": "idle"}})
+    message, _ = _fails(_ctx(1), testing.State(relations={rel}), version="1.1.0")
+    assert message == "upgrade must run on the leader unit"
+
+
+def test_upgrade_while_an_upgrade_runs_names_it(service):
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={1: {"state": "ready"}, 2: {"state": "completed"}},
+    )
+    message, out = _fails(_ctx(), testing.State(leader=True, relations={rel}), version="1.1.0")
+    assert message == "an upgrade is already in progress (upgrade to 1.1.0: 1/3 units done)"
+    assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[0, 1]"
+
+
+def test_upgrade_while_a_restart_is_in_flight_names_the_engine(service):
+    restart_rel = testing.PeerRelation("restart", peers_data={1: {"state": "acquire"}})
+    state = testing.State(leader=True, relations={_upgrade_rel(), restart_rel})
+    message, _ = _fails(_ctx(), state, version="1.1.0")
+    assert message == "a restart with engine 'v0' is in flight; wait for it to finish"
+
+
+def test_restart_is_refused_while_an_upgrade_is_in_flight(service):
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+    )
+    ctx = _ctx()
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(
+            ctx.on.action("restart", params={"engine": "v0", "delay": 0}),
+            testing.State(leader=True, relations={rel, testing.PeerRelation("restart")}),
+        )
+    assert failure.value.message == (
+        "upgrade to 1.1.0: 0/3 units done; wait for it to finish or roll it back"
+    )
+
+
+def test_pre_upgrade_check_refuses_an_unhealthy_service(fake_workload):
+    fake_workload.installed = "1.0.0"  # installed but not running
+    ctx = _ctx()
+    rel = _upgrade_rel()
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(ctx.on.action("pre-upgrade-check"), testing.State(leader=True, relations={rel}))
+    assert failure.value.message == f"the demo service on {APP}/0 is not healthy"
+
+
+# --- other units join the round -----------------------------------------------------------------
+
+
+def test_unit_seeing_a_new_round_reports_ready(service):
+    ctx = _ctx(1)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 2, 1]", "workload-rollout": _rollout()},
+        peers={0: {"state": "ready"}, 2: {"state": "idle"}},
+    )
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert out.get_relation(rel.id).local_unit_data["state"] == "ready"
+    assert service.calls == []  # unit 1 is the top, but unit 2 is not ready yet
+    # Same round again (a later relation-changed): no second transition, nothing else happens.
+    again = ctx.run(ctx.on.relation_changed(out.get_relation(rel.id), remote_unit=0), out)
+    assert again.get_relation(rel.id).local_unit_data["state"] == "ready"
+
+
+def test_done_rollout_does_not_pull_a_newcomer_in(service):
+    ctx = _ctx(1)
+    rel = _upgrade_rel(app={"workload-rollout": _rollout(done=True)}, peers={0: {"state": "idle"}})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert out.get_relation(rel.id).local_unit_data["state"] == "idle"
+
+
+# --- the per-unit step --------------------------------------------------------------------------
+
+
+def test_top_unit_upgrades_checks_and_completes(service, tmp_path):
+    ctx = _ctx(2)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 1: {"state": "ready"}},
+    )
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+    assert service.calls == [("stop",), ("install", "1.1.0"), ("start",)]
+    assert out.get_relation(rel.id).local_unit_data["state"] == "completed"
+    assert out.workload_version == "1.1.0"
+    assert out.unit_status == testing.MaintenanceStatus("upgrade completed")
+    (entry,) = journal.read(journal.local_path())
+    assert entry["unit"] == f"{APP}/2"
+    assert (entry["operation"], entry["engine"], entry["result"]) == ("upgrade", "upgrade", "ok")
+    assert (entry["from"], entry["version"]) == ("1.0.0", "1.1.0")
+
+
+def test_wrong_served_version_fails_the_unit_and_halts(service, monkeypatch):
+    monkeypatch.setattr(workload, "served_version", lambda: "1.0.0")  # the old program still runs
+    ctx = _ctx(2)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 1: {"state": "ready"}},
+    )
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+    assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
+    assert out.unit_status == testing.BlockedStatus("health check failed after upgrade to 1.1.0")
+    (entry,) = journal.read(journal.local_path())
+    assert entry["result"] == "failed"
+
+
+def test_unhealthy_after_start_fails_the_unit(service, monkeypatch):
+    monkeypatch.setattr(workload, "health", lambda: None)
+    ctx = _ctx(2)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 1: {"state": "ready"}},
+    )
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+    assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
+
+
+def test_leader_shows_how_to_roll_back_after_a_failure(service):
+    ctx = _ctx(0)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={1: {"state": "ready"}, 2: {"state": "failed"}},
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=2), testing.State(leader=True, relations={rel})
+    )
+    assert out.app_status == testing.BlockedStatus(
+        f"upgrade failed on {APP}/2: roll back with 'juju run {APP}/leader upgrade version=1.0.0'"
+    )
+    assert service.calls == []
+
+
+def test_rollback_prepares_recovery_with_the_failed_unit_first(service):
+    ctx = _ctx(0)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={1: {"state": "completed"}, 2: {"state": "failed"}},
+    )
+    out = _run_action(ctx, testing.State(leader=True, relations={rel}), version="1.0.0")
+    got = out.get_relation(rel.id)
+    assert got.local_app_data["upgrade-stack"] == "[0, 1, 2]"
+    assert json.loads(got.local_app_data["workload-rollout"]) == {
+        "round": 2,
+        "target": "1.0.0",
+        "previous": "1.1.0",
+        "done": False,
+    }
+    # The leader waits in recovery until units 1 and 2 have joined the rollback round.
+    assert got.local_unit_data["state"] == "recovery"
+    assert ctx.action_results is not None
+    assert ctx.action_results["message"] == (
+        f"rollback to 1.0.0 started; order {APP}/2, {APP}/1, {APP}/0"
+    )
+
+
+def test_leader_marks_the_rollout_done_when_everyone_is_idle(service):
+    ctx = _ctx(0)
+    rel = _upgrade_rel(app={"upgrade-stack": "[]", "workload-rollout": _rollout()})
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=1), testing.State(leader=True, relations={rel})
+    )
+    rollout = json.loads(out.get_relation(rel.id).local_app_data["workload-rollout"])
+    assert rollout["done"] is True
+    assert rollout["round"] == 1
+
+
+def test_refresh_single_unit_installs_the_bundled_version(service):
+    service.installed = "0.9.0"
+    ctx = _ctx(0)
+    rel = _upgrade_rel(app={"upgrade-stack": "[0]"}, peers={})
+    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    assert ("install", workload.DEFAULT_VERSION) in service.calls
+    got = out.get_relation(rel.id)
+    assert got.local_unit_data["state"] == "idle"
+    assert json.loads(got.local_app_data["dependencies"]) == upgrade.DEPENDENCIES
+    assert out.unit_status == testing.ActiveStatus("serving 1.0.0")
+
+
+# --- malformed peer data ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("app", "reason"),
+    [
+        ({"upgrade-stack": "[0, oops"}, "upgrade relation: invalid upgrade-stack data"),
+        ({"dependencies": "{not json"}, "upgrade relation: invalid dependencies data"),
+        ({"workload-rollout": '{"round": "x"}'}, "upgrade relation: invalid workload-rollout"),
+    ],
+)
+def test_malformed_peer_data_blocks_with_the_reason(service, app, reason):
+    ctx = _ctx(1)
+    rel = _upgrade_rel(app=app, peers={0: {"state": "idle"}})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(reason)
+    assert out.get_relation(rel.id).local_unit_data["state"] == "idle"
