@@ -397,13 +397,15 @@ class EtcdClient:
         connect_timeout = self.timeout if timeout is None else min(timeout, self.timeout)
         with self._lock:
             conn = self._connect(connect_timeout)
-        return Watch(conn, {"create_request": request})
+        return Watch(conn, {"create_request": request}, connect_timeout)
 
 
 class Watch:
     """One open watch stream; iterate with :meth:`next`, stop with :meth:`cancel` or ``close``."""
 
-    def __init__(self, conn: http.client.HTTPSConnection, request: dict[str, Any]):
+    def __init__(
+        self, conn: http.client.HTTPSConnection, request: dict[str, Any], timeout: float | None
+    ):
         self._conn = conn
         self._cancelled = threading.Event()
         self._sock: socket.socket | None = None
@@ -416,7 +418,7 @@ class Watch:
             if self._response.status != 200:
                 raw = self._response.read()
                 _decode("/watch", self._response.status, raw)
-            first = self._read_message(None)
+            first = self._read_message(timeout)
         except _TRANSPORT_ERRORS as e:
             conn.close()
             raise EtcdConnectionError(f"etcd watch: {e.__class__.__name__}: {e}") from e

@@ -36,18 +36,43 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from ._etcd_client import (
+    EtcdClient,
+    EtcdCompactedError,
+    EtcdConnectionError,
+    EtcdError,
+    KeyValue,
+    WatchCancelledError,
+    compare_create,
+    op_delete,
+    op_put,
+    op_range,
+    prefix_end,
+)
+
 if TYPE_CHECKING:
-    from ._etcd_client import EtcdClient
     from ._files import EtcdConfig
+
+logger = logging.getLogger(__name__)
 
 LEASE_TTL = 60
 """Seconds a lease (and so a lock) outlives its last keep-alive."""
 
 KEY_ROOT = "/coordinated-ops/rollingops/v1/"
+ASYNC = "async"
+NOT_FOUND = 5  # gRPC status code etcd returns for an unknown lease
+SYNC = "sync"
+
+
+class LockCancelledError(EtcdError):
+    """:meth:`EtcdLock.acquire` gave up: ``cancel_wait`` was called or the lease died."""
 
 
 def lock_prefix(cluster_id: str) -> str:
@@ -64,13 +89,24 @@ def owner_name(model_uuid: str, unit_name: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Holder:
-    """Who holds ``P lock`` now, as read from etcd."""
+    """Who holds ``P lock`` now, as read from etcd (owner ``""`` if the value is not ours)."""
 
     owner: str
     unit: str
-    kind: str  # "async" | "sync"
+    kind: str  # "async" | "sync" | "unknown"
     token: int  # create_revision of the lock key
     lease: int
+
+    @classmethod
+    def from_kv(cls, kv: KeyValue) -> Holder:
+        """Decode the lock key; a value we cannot read still counts as held by someone else."""
+        try:
+            data = json.loads(kv.value)
+            owner, unit, kind = str(data["owner"]), str(data["unit"]), str(data["kind"])
+        except (ValueError, TypeError, KeyError):
+            logger.warning("unreadable value of %s, treated as a foreign holder", kv.key)
+            owner, unit, kind = "", "", "unknown"
+        return cls(owner=owner, unit=unit, kind=kind, token=kv.create_revision, lease=kv.lease)
 
 
 class Lease:
@@ -86,25 +122,78 @@ class Lease:
         self.ttl = ttl
         self.id = 0
         self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
 
     def grant(self) -> int:
         """Grant the lease and start the keep-alive thread; return the lease id."""
-        raise NotImplementedError
+        self.id = self.client.lease_grant(self.ttl)
+        self._thread = threading.Thread(
+            target=self._heartbeat, name=f"etcd-lease-{self.id:x}", daemon=True
+        )
+        self._thread.start()
+        return self.id
 
-    def revoke(self) -> None:
-        """Stop the keep-alive thread and revoke the lease (deleting every key attached to it)."""
-        raise NotImplementedError
+    def _heartbeat(self) -> None:
+        last_ok = time.monotonic()
+        # The lease keep-alive heartbeat: the one periodic wait the library has (spec §4.5).
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                ttl = self.client.lease_keepalive(self.id)
+            except EtcdError as e:
+                if time.monotonic() - last_ok >= self.ttl:
+                    self.mark_lost(f"no keep-alive for {self.ttl} s: {e}")
+                    return
+                logger.warning("etcd lease keep-alive failed (will retry): %s", e)
+                continue
+            if ttl <= 0:
+                self.mark_lost("etcd no longer knows it")
+                return
+            last_ok = time.monotonic()
+
+    def mark_lost(self, why: str) -> None:
+        """Record that the lease is gone and run the loss callbacks (once)."""
+        logger.error("etcd lease %x lost: %s", self.id, why)
+        with self._guard:
+            if self.lost.is_set():
+                return
+            self.lost.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
     def add_loss_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the keep-alive thread) when the lease is lost."""
-        raise NotImplementedError
+        with self._guard:
+            if not self.lost.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def remove_loss_callback(self, callback: Callable[[], None]) -> None:
+        """Forget a callback registered with :meth:`add_loss_callback`."""
+        with self._guard, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+    def revoke(self) -> None:
+        """Stop the keep-alive thread and revoke the lease (deleting every key attached to it)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.client.timeout + 1)  # at most one keep-alive call in flight
+        if self.id and not self.lost.is_set():
+            self.client.lease_revoke(self.id)
 
     def __enter__(self) -> Lease:
         self.grant()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.revoke()
+        try:
+            self.revoke()
+        except EtcdError as e:
+            logger.warning("could not revoke etcd lease %x (it expires by itself): %s", self.id, e)
 
 
 class EtcdLock:
@@ -115,64 +204,252 @@ class EtcdLock:
     """
 
     def __init__(self, client: EtcdClient, prefix: str, owner: str, unit: str):
+        if not prefix.endswith("/"):
+            raise ValueError(f"prefix must end with '/': {prefix!r}")
         self.client = client
         self.prefix = prefix
         self.owner = owner
         self.unit = unit
+        self.lock_key = prefix + "lock"
+        self.waiting = prefix + "waiting/"
+        self.waiting_sync = prefix + "waiting-sync/"
+        self.status_key = f"{prefix}units/{owner}"
+        self._cancelled = threading.Event()
+        self._watch_guard = threading.Lock()
+        self._watch = None
 
     @classmethod
     def from_config(cls, config: EtcdConfig, unit: str, *, timeout: float = 5.0) -> EtcdLock:
         """Build a lock (and its client) from the local ``config.json`` of :mod:`._files`."""
-        raise NotImplementedError
+        client = EtcdClient(
+            config.endpoints,
+            ca_file=config.server_ca,
+            cert_file=config.cert,
+            key_file=config.key,
+            timeout=timeout,
+        )
+        return cls(client, config.prefix, config.owner, unit)
 
     def close(self) -> None:
         """Close the client's connections."""
-        raise NotImplementedError
+        self.client.close()
+
+    def ticket_key(self, *, sync: bool = False) -> str:
+        """Return this owner's ticket key (``P waiting/<O>`` or ``P waiting-sync/<O>``)."""
+        return (self.waiting_sync if sync else self.waiting) + self.owner
+
+    def _value(self, kind: str) -> str:
+        return json.dumps({"owner": self.owner, "unit": self.unit, "kind": kind}, sort_keys=True)
+
+    # -- reading --
 
     def holder(self) -> Holder | None:
         """Return the current holder of ``P lock``, or ``None`` when it is free."""
-        raise NotImplementedError
+        kv = self.client.get(self.lock_key)
+        return Holder.from_kv(kv) if kv else None
 
     def holds(self, token: int) -> bool:
         """Fence check (one read): True if ``P lock`` is ours and was created at ``token``."""
-        raise NotImplementedError
+        holder = self.holder()
+        return holder is not None and holder.owner == self.owner and holder.token == token
 
-    def create_ticket(self, lease: Lease) -> int:
-        """Put ``P waiting/<O>`` on ``lease`` if absent; return its ``create_revision``."""
-        raise NotImplementedError
+    # -- tickets --
 
-    def acquire(
-        self, lease: Lease, *, timeout: float | None = None, cancel: threading.Event | None = None
-    ) -> int:
-        """Wait for our turn and take the async lock; return the fencing token.
+    def create_ticket(self, lease: Lease, *, sync: bool = False) -> int:
+        """Put our ticket on ``lease`` if absent; return its ``create_revision``.
 
-        Needs our ticket (:meth:`create_ticket`). Raises ``TimeoutError`` after ``timeout`` s,
-        :class:`LockCancelledError` when ``cancel`` is set or ``lease`` is lost.
+        Idempotent: an existing ticket keeps its place (and is moved onto ``lease`` if it was on
+        an older lease of ours, e.g. one of a previous worker).
         """
-        raise NotImplementedError
+        key = self.ticket_key(sync=sync)
+        value = self._value(SYNC if sync else ASYNC)
+        result = self.client.txn(
+            [compare_create(key, "EQUAL", 0)], [op_put(key, value, lease.id)], [op_range(key)]
+        )
+        if result.succeeded:
+            return result.revision
+        existing = result.kvs(0)[0]
+        if existing.lease != lease.id:
+            self.client.put(key, value, lease.id)  # a put keeps the create_revision
+        return existing.create_revision
 
-    def release(self, token: int) -> bool:
+    def delete_ticket(self, *, sync: bool = False) -> None:
+        """Delete our ticket (leave the line)."""
+        self.client.delete(self.ticket_key(sync=sync))
+
+    # -- acquire / release --
+
+    def acquire(self, lease: Lease, *, timeout: float | None = None, sync: bool = False) -> int:
+        """Wait for our turn and take the lock; return the fencing token.
+
+        Creates our ticket if needed (:meth:`create_ticket`). Async: our ticket must be the oldest
+        in ``waiting/`` and ``waiting-sync/`` must be empty. Sync: our ticket must be the oldest
+        in ``waiting-sync/`` (async tickets are skipped). Waiting is an etcd watch from the failed
+        transaction's revision + 1. Raises ``TimeoutError`` after ``timeout`` s (``None``:
+        forever) and :class:`LockCancelledError` after :meth:`cancel_wait` or when ``lease`` is
+        lost.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            position = self.create_ticket(lease, sync=sync)
+            while True:
+                if self._cancelled.is_set() or lease.lost.is_set():
+                    raise LockCancelledError("lock wait cancelled or lease lost")
+                token, revision, position = self._try_acquire(lease, position, sync)
+                if token:
+                    return token
+                self._wait_for_deletion(revision + 1, deadline, lease)
+        except EtcdError as e:
+            if e.code == NOT_FOUND and "lease" in str(e):
+                lease.mark_lost("etcd no longer knows it")
+                raise LockCancelledError(f"lease lost while waiting: {e}") from e
+            raise
+
+    def _try_acquire(self, lease: Lease, position: int, sync: bool) -> tuple[int, int, int]:
+        """One transaction; returns (token or 0, revision of the attempt, ticket position)."""
+        compares = [compare_create(self.lock_key, "EQUAL", 0)]
+        sync_end = prefix_end(self.waiting_sync)
+        if sync:
+            compares.append(compare_create(self.waiting_sync, "GREATER", position - 1, sync_end))
+        else:
+            compares.append(compare_create(self.waiting_sync, "LESS", 1, sync_end))
+            waiting_end = prefix_end(self.waiting)
+            compares.append(compare_create(self.waiting, "GREATER", position - 1, waiting_end))
+        kind = SYNC if sync else ASYNC
+        result = self.client.txn(
+            compares,
+            [op_put(self.lock_key, self._value(kind), lease.id)],
+            [op_range(self.lock_key), op_range(self.ticket_key(sync=sync))],
+        )
+        if result.succeeded:
+            return result.revision, result.revision, position
+        lock = result.kvs(0)
+        if lock and lock[0].lease == lease.id and Holder.from_kv(lock[0]).owner == self.owner:
+            # Our own earlier attempt succeeded but its response was lost: the lock is ours.
+            return lock[0].create_revision, result.revision, position
+        if not result.kvs(1):
+            if lease.lost.is_set():
+                raise LockCancelledError("lease lost while waiting")
+            logger.warning("our etcd ticket vanished; taking a new one")
+            position = self.create_ticket(lease, sync=sync)
+        return 0, result.revision, position
+
+    def _relevant(self, key: str) -> bool:
+        return (
+            key == self.lock_key
+            or key.startswith(self.waiting)
+            or key.startswith(self.waiting_sync)
+        )
+
+    def _wait_for_deletion(self, start: int, deadline: float | None, lease: Lease) -> None:
+        """Block until a lock or ticket key is deleted at revision >= ``start``.
+
+        A broken stream is resumed from the last revision seen, after bounded exponential backoff
+        (tenacity); a compacted start revision returns at once (the caller re-reads and retries).
+        """
+        import tenacity
+
+        progress = [start]
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.client.attempts),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            retry=tenacity.retry_if_exception_type(EtcdConnectionError),
+            before_sleep=lambda state: logger.warning(
+                "etcd watch broke, resuming from revision %s: %s",
+                progress[0],
+                state.outcome.exception() if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        try:
+            retrying(self._watch_once, progress, deadline, lease)
+        except EtcdCompactedError:
+            return
+
+    def _watch_once(self, progress: list[int], deadline: float | None, lease: Lease) -> None:
+        """Watch from ``progress[0]`` until a relevant deletion, advancing ``progress[0]``."""
+        watch = self.client.watch(
+            self.prefix,
+            prefix_end(self.prefix),
+            start_revision=progress[0],
+            no_put=True,
+            timeout=_remaining(deadline),
+        )
+        with self._watch_guard:
+            self._watch = watch
+        lease.add_loss_callback(watch.cancel)
+        try:
+            while True:
+                if self._cancelled.is_set():
+                    raise LockCancelledError("lock wait cancelled")
+                try:
+                    response = watch.next(_remaining(deadline))
+                except WatchCancelledError as e:
+                    raise LockCancelledError("lock wait cancelled or lease lost") from e
+                progress[0] = max(event.kv.mod_revision for event in response.events) + 1
+                if any(self._relevant(event.kv.key) for event in response.events):
+                    return
+        finally:
+            lease.remove_loss_callback(watch.cancel)
+            with self._watch_guard:
+                self._watch = None
+            watch.close()
+
+    def cancel_wait(self) -> None:
+        """Make a pending or later :meth:`acquire` raise :class:`LockCancelledError`.
+
+        Safe to call from any thread (e.g. a signal handler's helper or a test).
+        """
+        self._cancelled.set()
+        with self._watch_guard:
+            watch = self._watch
+        if watch is not None:
+            watch.cancel()
+
+    def release(self, token: int, *, sync: bool = False) -> bool:
         """Owner-guarded release: delete ``P lock`` if its token is ``token``, and our ticket.
 
-        Returns True if the lock was ours and is now deleted.
+        One transaction. Returns True if the lock was ours and is now deleted.
         """
-        raise NotImplementedError
+        ticket = self.ticket_key(sync=sync)
+        result = self.client.txn(
+            [compare_create(self.lock_key, "EQUAL", token)],
+            [op_delete(self.lock_key), op_delete(ticket)],
+            [op_delete(ticket)],
+        )
+        return result.succeeded
 
     def requeue(self, token: int, lease: Lease) -> int:
         """Release (as :meth:`release`) and take a new ticket at the back of the line."""
-        raise NotImplementedError
+        self.release(token)
+        return self.create_ticket(lease)
 
     def set_status(self, lease: Lease, *, pending: int, holding: int | None) -> None:
         """Publish ``P units/<O>`` for observability."""
-        raise NotImplementedError
+        value = json.dumps({"unit": self.unit, "pending": pending, "holding": holding})
+        self.client.put(self.status_key, value, lease.id)
 
     def cleanup_owner(self) -> None:
         """Remove every trace of this owner: tickets, status key, the lock if it names us.
 
-        Leases attached to those keys are revoked. Used before a unit switches back from peer to
-        etcd (spec §5.2); safe to call when nothing is left.
+        The leases attached to those keys are revoked too. Used before a unit switches back from
+        peer to etcd (spec §5.2); safe to call when nothing is left.
         """
-        raise NotImplementedError
+        keys = [self.ticket_key(), self.ticket_key(sync=True), self.status_key]
+        result = self.client.txn(
+            [], [op_range(self.lock_key)] + [op_range(key) for key in keys], []
+        )
+        leases = {kv.lease for i in range(1, 4) for kv in result.kvs(i) if kv.lease}
+        lock = result.kvs(0)
+        if lock and Holder.from_kv(lock[0]).owner == self.owner:
+            leases.add(lock[0].lease)
+            self.release(lock[0].create_revision)
+            self.release(lock[0].create_revision, sync=True)
+        self.client.txn([], [op_delete(key) for key in keys], [])
+        for lease in leases - {0}:
+            self.client.lease_revoke(lease)
+
+    # -- sync lock --
 
     @contextlib.contextmanager
     def sync_lock(self, timeout: float | None) -> Iterator[int]:
@@ -184,9 +461,48 @@ class EtcdLock:
         leaves the lock in place. Raises ``TimeoutError`` when not acquired within ``timeout`` s
         (``None``: wait forever). Exceptions of the block propagate after release.
         """
-        raise NotImplementedError
-        yield 0
+        holder = self.holder()
+        if holder is not None and holder.owner == self.owner:
+            if holder.kind == ASYNC:
+                yield holder.token
+                return
+            # Hooks of one unit never overlap, so a sync lock of ours is a leftover of a dead
+            # hook: drop it rather than wait up to a lease TTL for it to expire.
+            logger.warning("dropping a stale sync lock of this unit (token %s)", holder.token)
+            self.release(holder.token, sync=True)
+            if holder.lease:
+                self.client.lease_revoke(holder.lease)
+        lease = Lease(self.client, LEASE_TTL)
+        lease.grant()
+        try:
+            token = self.acquire(lease, timeout=timeout, sync=True)
+        except BaseException:
+            _quiet_revoke(lease)
+            raise
+        try:
+            yield token
+        finally:
+            try:
+                self.release(token, sync=True)
+            except EtcdError as e:
+                logger.warning(
+                    "could not release the sync lock (it expires with its lease): %s", e
+                )
+            _quiet_revoke(lease)
 
 
-class LockCancelledError(Exception):
-    """:meth:`EtcdLock.acquire` gave up because it was cancelled or its lease was lost."""
+def _quiet_revoke(lease: Lease) -> None:
+    try:
+        lease.revoke()
+    except EtcdError as e:
+        logger.warning("could not revoke etcd lease %x (it expires by itself): %s", lease.id, e)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (``None``: no deadline); ``TimeoutError`` when past."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("timed out waiting for the etcd lock")
+    return remaining

@@ -1,0 +1,270 @@
+"""The etcd lock of charmlibs.rollingops against a real etcd with mutual TLS.
+
+Nothing is mocked here: etcd is the Debian/upstream binary started by ``etcd_server.py`` with
+client-certificate authentication, and each contender has its own client, lease and owner, as
+separate units would. Worker-process tests are in test_rollingops_worker.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+import time
+
+import pytest
+from charmlibs.rollingops._certs import generate_client_credentials
+from charmlibs.rollingops._etcd_client import EtcdClient, EtcdConnectionError, prefix_end
+from charmlibs.rollingops._etcd_lock import EtcdLock, Lease, LockCancelledError
+
+from tests.functional.etcd_server import EtcdServer
+
+
+def make_lock(server: EtcdServer, prefix: str, n: int, model: str = "m") -> EtcdLock:
+    return EtcdLock(server.client(), prefix, f"{model}.app-{n}", f"app/{n}")
+
+
+def wait_for_key(client: EtcdClient, key: str, timeout: float = 10.0) -> None:
+    """Block (on an etcd watch, no polling) until ``key`` exists."""
+    result = client.range(key)
+    if result.kvs:
+        return
+    with client.watch(key, start_revision=result.revision + 1, timeout=timeout) as watch:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = watch.next(deadline - time.monotonic())
+            if any(e.kind == "PUT" for e in response.events):
+                return
+
+
+class Recorder:
+    """Shared record of critical sections: checks exclusion at every entry."""
+
+    def __init__(self):
+        self.guard = threading.Lock()
+        self.inside: str | None = None
+        self.entries: list[tuple[str, int]] = []
+        self.violations: list[str] = []
+
+    def enter(self, who: str, token: int) -> None:
+        with self.guard:
+            if self.inside is not None:
+                self.violations.append(f"{who} entered while {self.inside} was inside")
+            self.inside = who
+            self.entries.append((who, token))
+
+    def exit(self, who: str) -> None:
+        with self.guard:
+            if self.inside != who:
+                self.violations.append(f"{who} left but {self.inside} was inside")
+            self.inside = None
+
+
+@pytest.mark.parametrize("contenders", [2, 5])
+def test_contenders_never_overlap_and_tokens_increase(
+    etcd_server: EtcdServer, etcd_prefix: str, contenders: int
+):
+    rounds = 6
+    recorder = Recorder()
+    errors: list[BaseException] = []
+    fences: list[bool] = []
+
+    def contender(n: int) -> None:
+        lock = make_lock(etcd_server, etcd_prefix, n)
+        try:
+            with Lease(lock.client, ttl=10) as lease:
+                for _ in range(rounds):
+                    token = lock.acquire(lease, timeout=60)
+                    recorder.enter(lock.owner, token)
+                    holder = lock.holder()  # a real etcd read inside the critical section
+                    fences.append(
+                        lock.holds(token) and holder is not None and holder.token == token
+                    )
+                    recorder.exit(lock.owner)
+                    assert lock.release(token)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            lock.close()
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert recorder.violations == []
+    assert len(recorder.entries) == contenders * rounds
+    tokens = [token for _, token in recorder.entries]
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)  # strictly increasing
+    assert all(fences)  # every token was the lock key's create_revision while held
+    assert {who for who, _ in recorder.entries} == {f"m.app-{n}" for n in range(contenders)}
+
+
+def test_tickets_are_served_in_order(etcd_server: EtcdServer, etcd_prefix: str):
+    holder, first, second = (make_lock(etcd_server, etcd_prefix, n) for n in range(3))
+    order: list[str] = []
+    with (
+        Lease(holder.client, 10) as l0,
+        Lease(first.client, 10) as l1,
+        Lease(second.client, 10) as l2,
+    ):
+        token = holder.acquire(l0)
+        second.create_ticket(l2)  # "second" queued before "first"
+        first.create_ticket(l1)
+
+        def run(lock: EtcdLock, lease: Lease) -> None:
+            t = lock.acquire(lease, timeout=30)
+            order.append(lock.owner)
+            lock.release(t)
+
+        threads = [threading.Thread(target=run, args=a) for a in ((first, l1), (second, l2))]
+        for t in threads:
+            t.start()
+        holder.release(token)
+        for t in threads:
+            t.join(30)
+    assert order == [second.owner, first.owner]
+
+
+def test_sync_lock_beats_waiting_async_tickets(etcd_server: EtcdServer, etcd_prefix: str):
+    holder = make_lock(etcd_server, etcd_prefix, 0)
+    waiter = make_lock(etcd_server, etcd_prefix, 1)
+    syncer = make_lock(etcd_server, etcd_prefix, 2)
+    order: list[str] = []
+    with Lease(holder.client, 10) as l0, Lease(waiter.client, 10) as l1:
+        token = holder.acquire(l0)
+        waiter.create_ticket(l1)  # the async ticket is older than the sync request
+
+        def run_async() -> None:
+            t = waiter.acquire(l1, timeout=30)
+            order.append("async")
+            waiter.release(t)
+
+        def run_sync() -> None:
+            with syncer.sync_lock(timeout=30) as t:
+                assert syncer.holds(t)
+                order.append("sync")
+
+        threads = [threading.Thread(target=run_async), threading.Thread(target=run_sync)]
+        for t in threads:
+            t.start()
+        wait_for_key(holder.client, syncer.ticket_key(sync=True))
+        holder.release(token)
+        for t in threads:
+            t.join(30)
+    assert order == ["sync", "async"]
+
+
+def test_sync_lock_is_reentrant_for_own_async_owner(etcd_server: EtcdServer, etcd_prefix: str):
+    worker = make_lock(etcd_server, etcd_prefix, 0)
+    hook = make_lock(etcd_server, etcd_prefix, 0)  # same owner: the hook side of that unit
+    with Lease(worker.client, 10) as lease:
+        token = worker.acquire(lease)
+        with hook.sync_lock(timeout=1) as sync_token:
+            assert sync_token == token
+        assert worker.holds(token)  # the async lock was left in place
+        assert worker.release(token)
+
+
+def test_sync_lock_times_out_on_contention(etcd_server: EtcdServer, etcd_prefix: str):
+    holder = make_lock(etcd_server, etcd_prefix, 0)
+    other = make_lock(etcd_server, etcd_prefix, 1)
+    with Lease(holder.client, 10) as lease:
+        token = holder.acquire(lease)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError), other.sync_lock(timeout=0.5):
+            pytest.fail("must not enter")
+        assert time.monotonic() - started >= 0.5
+        # The timed-out sync ticket is gone, so async waiters are not held back by it.
+        assert other.client.get(other.ticket_key(sync=True)) is None
+        with pytest.raises(TimeoutError):
+            other.acquire(lease, timeout=0.3)
+        assert holder.holds(token)
+
+
+def test_block_exception_propagates_after_release(etcd_server: EtcdServer, etcd_prefix: str):
+    lock = make_lock(etcd_server, etcd_prefix, 0)
+    with pytest.raises(RuntimeError, match="boom"), lock.sync_lock(timeout=5):
+        raise RuntimeError("boom")
+    assert lock.holder() is None
+
+
+def test_release_is_owner_guarded(etcd_server: EtcdServer, etcd_prefix: str):
+    lock = make_lock(etcd_server, etcd_prefix, 0)
+    with Lease(lock.client, 10) as lease:
+        token = lock.acquire(lease)
+        assert not lock.release(token - 1)
+        assert lock.holds(token)
+        assert lock.release(token)
+        assert not lock.holds(token)
+
+
+def test_acquire_cancelled_when_lease_lost(etcd_server: EtcdServer, etcd_prefix: str):
+    holder = make_lock(etcd_server, etcd_prefix, 0)
+    waiter = make_lock(etcd_server, etcd_prefix, 1)
+    with Lease(holder.client, 10) as l0:
+        holder.acquire(l0)
+        lease = Lease(waiter.client, 10)
+        lease.grant()
+        waiter.create_ticket(lease)
+        # Another party revokes the waiter's lease: its next keep-alive reports it gone. The
+        # waiter must notice through the loss callback (watch cancelled), not wait forever.
+        threading.Timer(0.2, lambda: holder.client.lease_revoke(lease.id)).start()
+        lease.ttl = 1  # heartbeat every 1/3 s for this test
+        with pytest.raises(LockCancelledError):
+            waiter.acquire(lease, timeout=20)
+        assert lease.lost.is_set()
+
+
+def test_cleanup_owner_removes_every_trace(etcd_server: EtcdServer, etcd_prefix: str):
+    lock = make_lock(etcd_server, etcd_prefix, 0)
+    lease = Lease(lock.client, 30)
+    lease.grant()
+    token = lock.acquire(lease)
+    lock.set_status(lease, pending=1, holding=token)
+    lock.cleanup_owner()
+    everything = lock.client.range(etcd_prefix, prefix_end(etcd_prefix))
+    assert everything.kvs == []
+    assert lock.client.lease_keepalive(lease.id) == 0  # the lease was revoked too
+    lease.revoke()
+
+
+def test_compacted_watch_start_rereads(etcd_server: EtcdServer, etcd_prefix: str):
+    lock = make_lock(etcd_server, etcd_prefix, 0)
+    client = lock.client
+    revision = client.put(etcd_prefix + "x", "1")
+    client.put(etcd_prefix + "x", "2")
+    client._post("/kv/compaction", {"revision": str(revision + 1)})
+    with Lease(client, 10) as lease:
+        started = time.monotonic()
+        lock._wait_for_deletion(revision, time.monotonic() + 5, lease)  # returns: compacted
+        assert time.monotonic() - started < 5
+
+
+def test_client_without_trusted_certificate_is_refused(etcd_server: EtcdServer):
+    other = generate_client_credentials("stranger")
+    d = etcd_server.dir
+    (d / "stranger.pem").write_text(other["client-cert"])
+    (d / "stranger.key").write_text(other["client-key"])
+    stranger = EtcdClient(
+        [etcd_server.endpoint],
+        ca_file=etcd_server.server_ca,
+        cert_file=str(d / "stranger.pem"),
+        key_file=str(d / "stranger.key"),
+        attempts=1,
+    )
+    with pytest.raises(EtcdConnectionError):
+        stranger.get("/anything")
+
+    # No client certificate at all: the TLS handshake (or the first request) is refused.
+    context = ssl.create_default_context(cafile=etcd_server.server_ca)
+    host, port = etcd_server.endpoint.split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=5)
+    with pytest.raises((ssl.SSLError, OSError, http.client.HTTPException)):
+        conn.request("POST", "/v3/kv/range", '{"key": "Lw=="}')
+        conn.getresponse().read()
+    conn.close()
+
+    # The trusted client still works.
+    assert etcd_server.client().range("/").revision > 0
