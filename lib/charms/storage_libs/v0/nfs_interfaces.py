@@ -98,10 +98,10 @@ PYDEPS: list[str] = []
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALLOWLIST = "0.0.0.0"  # noqa: S104 - an allowlist entry, not a bind address
+DEFAULT_ALLOWLIST = "0.0.0.0"  # noqa: S104, RUF100 - an allowlist entry, not a bind address
 """The allowlist written when none is given: every unit of the requirer application."""
 
-_WILDCARDS = frozenset({"0.0.0.0", "0.0.0.0/0", "::", "::/0", "*"})  # noqa: S104
+_WILDCARDS = frozenset({"0.0.0.0", "0.0.0.0/0", "::", "::/0", "*"})  # noqa: S104, RUF100
 _ANCHOR_CACHE_KEY = "cache"  # change-tracking key of the library we replace; read once, deleted
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

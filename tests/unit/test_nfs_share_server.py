@@ -1,0 +1,233 @@
+"""The nfs-share-server test charm: its pure renderer (golden file) and its event handling.
+
+ops.testing stands in for Juju; the machine commands (apt-get, systemctl) are replaced by a
+recorder, and the configuration file, state and export directories are real files under
+tmp_path. tests/functional/test_nfs_ganesha.py runs a real ganesha with the same rendering.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+import types
+
+import pytest
+import yaml
+from ops import testing
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SERVER = ROOT / "tests" / "integration" / "charms" / "nfs-share-server"
+GOLDEN = pathlib.Path(__file__).parent / "data" / "ganesha-two-exports.conf"
+
+
+def load_server_module(name: str) -> types.ModuleType:
+    """Import the server charm's src/<name>.py without clashing with the demo charm's modules."""
+    if str(SERVER / "src") not in sys.path:
+        sys.path.append(str(SERVER / "src"))  # for the charm's own `import ganesha`
+    spec = importlib.util.spec_from_file_location(
+        f"nfs_share_server_{name}", SERVER / "src" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+ganesha = load_server_module("ganesha")
+server = load_server_module("charm")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+
+
+def test_render_matches_golden_file():
+    exports = [
+        ganesha.Export(2, "/srv/nfs-share-server/closed", "/closed", ()),
+        ganesha.Export(1, "/srv/nfs-share-server/data", "/data", ("10.1.0.1", "10.1.0.2")),
+    ]
+    settings = ganesha.Settings("10.0.0.5", 2050, "/var/lib/nfs-share-server/recovery")
+    assert ganesha.render(exports, settings) == GOLDEN.read_text()
+
+
+@pytest.mark.parametrize(
+    ("exports", "settings", "match"),
+    [
+        ([ganesha.Export(1, "/srv/a b", "/a", ())], ganesha.Settings("10.0.0.5"), "path"),
+        ([ganesha.Export(1, "/srv/a;", "/a", ())], ganesha.Settings("10.0.0.5"), "path"),
+        ([ganesha.Export(1, "/srv/a", "/a}", ())], ganesha.Settings("10.0.0.5"), "pseudo"),
+        ([ganesha.Export(1, "srv/a", "/a", ())], ganesha.Settings("10.0.0.5"), "not absolute"),
+        ([ganesha.Export(1, "/a", "/a", ('10.0.0.1"',))], ganesha.Settings("10.0.0.5"), "client"),
+        ([ganesha.Export(1, "/a", "/a", ("1.2.3.4,5",))], ganesha.Settings("10.0.0.5"), "client"),
+        ([ganesha.Export(0, "/a", "/a", ())], ganesha.Settings("10.0.0.5"), "Export_Id 0"),
+        (
+            [ganesha.Export(1, "/a", "/a", ()), ganesha.Export(1, "/b", "/b", ())],
+            ganesha.Settings("10.0.0.5"),
+            "used twice",
+        ),
+        ([], ganesha.Settings("not-an-ip"), "does not appear to be an IPv4 or IPv6"),
+        ([], ganesha.Settings("10.0.0.5", 0), "port 0"),
+    ],
+)
+def test_render_refuses_unsafe_values(exports, settings, match):
+    with pytest.raises(ValueError, match=match):
+        ganesha.render(exports, settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("/data", "data"), ("demo.v2", "demo.v2"), ("a_b-c", "a_b-c")]
+)
+def test_slug(name, expected):
+    assert ganesha.slug(name) == expected
+
+
+@pytest.mark.parametrize("name", ["", "/", "../x", "a/b", "-x", "a b", ".."])
+def test_slug_rejects(name):
+    with pytest.raises(ValueError, match="share name"):
+        ganesha.slug(name)
+
+
+def test_endpoint_format():
+    assert ganesha.endpoint("10.0.0.5", "data") == "nfs://10.0.0.5/data"
+    assert ganesha.endpoint("10.0.0.5", "data", 2050) == "nfs://10.0.0.5:2050/data"
+    assert ganesha.endpoint("fd00::5", "data") == "nfs://[fd00::5]/data"
+
+
+def test_library_copy_is_current():
+    """The server charm carries a copy of our library (copy-one-file): it must not drift."""
+    copy = SERVER / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
+    original = ROOT / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
+    assert copy.read_bytes() == original.read_bytes(), f"cp {original} {copy}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The charm
+# ------------------------------------------------------------------------------------------------
+
+
+class Machine:
+    def __init__(self):
+        self.commands: list[list[str]] = []
+        self.restarts = 0
+
+    def run(self, argv):
+        self.commands.append(list(argv))
+
+    def restart(self):
+        self.restarts += 1
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    fake = Machine()
+    monkeypatch.setattr(server, "run", fake.run)
+    monkeypatch.setattr(server, "restart_ganesha", fake.restart)
+    monkeypatch.setattr(server, "CONFIG_FILE", tmp_path / "etc" / "ganesha" / "ganesha.conf")
+    monkeypatch.setattr(server, "STATE_DIR", tmp_path / "state")
+    return fake
+
+
+@pytest.fixture
+def ctx(machine):
+    return testing.Context(
+        server.NfsShareServerCharm,
+        meta=yaml.safe_load((SERVER / "metadata.yaml").read_text()),
+        config=yaml.safe_load((SERVER / "config.yaml").read_text()),
+    )
+
+
+def requirer(addresses=("10.1.0.1", "10.1.0.2", "10.1.0.3"), name="/data", size="-1", **kw):
+    return testing.Relation(
+        "nfs-share",
+        remote_app_name="coordinated-ops",
+        remote_app_data={"name": name, "allowlist": "0.0.0.0", "size": size},
+        remote_units_data={i: {"ingress-address": a} for i, a in enumerate(addresses)},
+        **kw,
+    )
+
+
+def state(tmp_path, *relations, stored=()) -> testing.State:
+    return testing.State(
+        leader=True,
+        relations=set(relations),
+        config={"export-root": str(tmp_path / "exports"), "bind-address": "10.0.0.5"},
+        stored_states=set(stored),
+    )
+
+
+def conf(tmp_path) -> str:
+    return (tmp_path / "etc" / "ganesha" / "ganesha.conf").read_text()
+
+
+def test_install_installs_ganesha_and_writes_config(ctx, machine, tmp_path):
+    ctx.run(ctx.on.install(), state(tmp_path))
+    assert ["apt-get", "install", "-y", "-q", "nfs-ganesha", "nfs-ganesha-vfs"] in machine.commands
+    assert "Bind_addr = 10.0.0.5;" in conf(tmp_path)
+    assert "EXPORT" not in conf(tmp_path)
+
+
+def test_share_request_serves_requirer_units_and_sets_endpoint(ctx, machine, tmp_path):
+    rel = requirer(size="3")
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state(tmp_path, rel))
+    directory = tmp_path / "exports" / "data"
+    assert directory.is_dir() and (directory.stat().st_mode & 0o777) == 0o777
+    text = conf(tmp_path)
+    assert "Export_Id = 1;" in text and f"Path = {directory};" in text
+    assert "Pseudo = /data;" in text
+    assert "Clients = 10.1.0.1, 10.1.0.2, 10.1.0.3;" in text
+    assert out.get_relation(rel.id).local_app_data == {"endpoint": "nfs://10.0.0.5/data"}
+    assert machine.restarts == 1
+    assert out.unit_status == testing.ActiveStatus("serving data (3 GiB, 3 clients)")
+
+    # Nothing new: no restart.
+    rel = out.get_relation(rel.id)
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=1), out)
+    assert machine.restarts == 1
+
+    # Scale in: re-rendered without the departing unit, restarted once more.
+    rel = out.get_relation(rel.id)
+    out = ctx.run(ctx.on.relation_departed(rel, remote_unit=2, departing_unit=2), out)
+    assert "Clients = 10.1.0.1, 10.1.0.2;" in conf(tmp_path)
+    assert machine.restarts == 2
+
+    # Relation removed: the export goes, the directory and its data stay.
+    (directory / "keep.txt").write_text("data")
+    rel = out.get_relation(rel.id)
+    out = ctx.run(ctx.on.relation_broken(rel), out)
+    assert "EXPORT" not in conf(tmp_path)
+    assert (directory / "keep.txt").read_text() == "data"
+    assert out.unit_status == testing.ActiveStatus("no shares")
+
+
+def test_export_ids_are_stable_per_relation_and_share(ctx, machine, tmp_path):
+    a = requirer(name="a", id=1)
+    b = requirer(("10.2.0.1",), name="b", id=2)
+    out = ctx.run(ctx.on.relation_changed(a, remote_unit=0), state(tmp_path, a, b))
+    b = out.get_relation(b.id)
+    out = ctx.run(ctx.on.relation_changed(b, remote_unit=0), out)
+    text = conf(tmp_path)
+    assert text.index("Pseudo = /a;") < text.index("Pseudo = /b;")
+    assert "Export_Id = 2;" in text and "Clients = 10.2.0.1;" in text
+    out = ctx.run(ctx.on.config_changed(), out)
+    assert conf(tmp_path) == text
+
+
+def test_custom_port_is_in_config_and_endpoint(ctx, machine, tmp_path):
+    rel = requirer()
+    st = state(tmp_path, rel)
+    st = testing.State(leader=True, relations={rel}, config={**st.config, "nfs-port": 2050})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), st)
+    assert "NFS_Port = 2050;" in conf(tmp_path)
+    assert out.get_relation(rel.id).local_app_data == {"endpoint": "nfs://10.0.0.5:2050/data"}
+
+
+def test_bad_share_name_blocks_and_serves_nothing(ctx, machine, tmp_path):
+    rel = requirer(name="a b")
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state(tmp_path, rel))
+    assert out.unit_status.name == "blocked"
+    assert "share name 'a b'" in out.unit_status.message
+    assert out.get_relation(rel.id).local_app_data == {}
+    assert machine.restarts == 0
