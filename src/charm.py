@@ -16,6 +16,7 @@ import pydantic
 import nfs
 import restart
 import workload
+from restart_coordinator import CoordinatorEngine
 from restart_rollingops import RollingOpsEngine
 from restart_v0 import V0Engine
 from upgrade import DemoUpgrade
@@ -36,7 +37,8 @@ class CoordinatedOpsCharm(ops.CharmBase):
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
         self.engines: dict[str, restart.Engine] = {
-            engine.name: engine for engine in [RollingOpsEngine(self), V0Engine(self)]
+            engine.name: engine
+            for engine in [RollingOpsEngine(self), V0Engine(self), CoordinatorEngine(self)]
         }
         # Upgrades (src/upgrade.py): `juju refresh` and the `upgrade` action.
         self.upgrade = DemoUpgrade(self)
@@ -173,7 +175,9 @@ def _restart_sync(engine: restart.Engine, delay: int) -> str:
     """`restart sync=true`: run the restart inside the action, if the engine has a sync mode."""
     restart_now = getattr(engine, "restart_now", None)
     if restart_now is None:
-        raise restart.EngineNotReady(f"sync: engine {engine.name!r} has no sync mode; use rollingops")
+        raise restart.EngineNotReady(
+            f"sync: engine {engine.name!r} has no sync mode; use rollingops"
+        )
     return restart_now(delay)
 
 

@@ -47,8 +47,7 @@ class CoordinatorEngine(ops.Object):
             self._stored.pending_delay = delay
             return "a restart is already queued with the coordinator; its delay is now updated"
         self._stored.pending_delay = delay
-        self.serial.acquire(LOCK)
-        self._reconcile(None)
+        self._reconcile(None)  # requests the lock (or restarts, if already granted)
         return "restart queued with the coordinator (Serial, first come first served)"
 
     def in_flight(self) -> bool:
@@ -84,3 +83,4 @@ class CoordinatorEngine(ops.Object):
             restart.run_restart(charm, engine=self.name, delay=delay, token=None)
         else:
             self.serial.acquire(LOCK)  # guarded by the durable pending flag: no hook loop
+            # (a no-op while the request is outstanding; after a lost grant it requests again)
