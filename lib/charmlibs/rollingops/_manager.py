@@ -38,7 +38,7 @@ from ._models import (
 from ._peer import AppView, UnitView, execute_grant, is_granted, not_granted, schedule
 
 if TYPE_CHECKING:
-    from ._etcd_backend import EtcdBackend  # pyright: ignore[reportMissingImports]
+    from ._etcd_backend import EtcdBackend
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,9 @@ class RollingOpsManager(ops.Object):
                     yield grant
             if handled:
                 return
+            relation = self._peer_relation()
+            if relation is not None:
+                self._write_me(relation)  # the etcd failure moved this unit to peer
         backend = self.sync_lock_targets.get(backend_id)
         if backend is None:
             raise RollingOpsSyncLockError(f"no sync lock backend registered as {backend_id!r}")
@@ -460,4 +463,8 @@ class RollingOpsManager(ops.Object):
         """The etcd backend, built on first use (imports nothing etcd-specific until then)."""
         if self.etcd_relation_name is None:
             return None
-        return self._etcd_backend  # the etcd hook side lands in the next change
+        if self._etcd_backend is None:
+            from ._etcd_backend import EtcdBackend
+
+            self._etcd_backend = EtcdBackend(self)
+        return self._etcd_backend

@@ -1,0 +1,423 @@
+"""Hook side of the etcd backend: mode switches with a barrier, the worker, fence checks, fallback.
+
+Imported only by charms that name an etcd relation, and only when a hook needs it; the etcd client,
+the lock primitive and `cryptography` are imported inside the functions that use them.
+
+The application runs one backend at a time (`rollingops-mode` in the peer app databag, chosen by
+the leader). Every unit acknowledges the mode in its own `rollingops-backend`:
+
+- mode etcd, unit on peer, etcd usable here: clean this unit's old etcd keys first if
+  `rollingops-etcd-cleanup` is set, then switch to etcd. Its worker starts at the end of the
+  dispatch when its queue is not empty.
+- mode peer (or any etcd failure here): stop the worker, switch to peer, set the clean-up flag.
+  A `rollingops_lock_granted` dispatch queued behind that hook finds the unit on peer and runs
+  nothing, so once the leader sees every unit on peer no unit can still be in an etcd critical
+  section: only then does it grant on the peer backend (spec §5.4).
+- the leader returns the application to etcd only when every queue is empty and no peer grant is
+  outstanding; it leaves etcd when etcd is not configured or a unit with work reports that it
+  cannot use etcd (peer backend plus clean-up flag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import ops
+
+from . import _files
+from ._models import (
+    DONE_NOT_GRANTED,
+    LockGrant,
+    ProcessingBackend,
+    RollingOpsError,
+    RollingOpsLibMissingError,
+)
+from ._peer import AppView, Grant, UnitView, execute_grant
+
+if TYPE_CHECKING:
+    from ._etcd_lock import EtcdLock
+    from ._manager import RollingOpsManager
+
+logger = logging.getLogger(__name__)
+
+WORKER_MODULE = "charmlibs.rollingops._worker"
+WORKER_LOG_LIMIT = 1 << 20  # bytes; the log is truncated when it grows past this
+CLIENT_SECRET_LABEL = "rollingops-etcd-client"  # noqa: S105 - a label, not a secret
+MTLS_SECRET_LABEL = "rollingops-etcd-mtls"  # noqa: S105
+
+
+class EtcdBackend:
+    """The etcd backend of one manager (one per dispatch)."""
+
+    def __init__(self, manager: RollingOpsManager):
+        self.manager = manager
+        self._pending_result: tuple[int, int | None, str] | None = None
+        self._lock: EtcdLock | None = None
+
+    # --- availability ------------------------------------------------------------------------
+
+    @property
+    def base_dir(self):
+        return self.manager.base_dir
+
+    def configured(self) -> bool:
+        """The charm names an etcd relation, it exists, and `cluster_id` is known."""
+        name = self.manager.etcd_relation_name
+        return (
+            name is not None
+            and self.manager.cluster_id is not None
+            and self.manager.model.get_relation(name) is not None
+        )
+
+    def _config(self) -> _files.EtcdConfig | None:
+        try:
+            return _files.read_config(self.base_dir)
+        except RollingOpsError as error:
+            logger.error("local etcd config unusable: %s", error)
+            return None
+
+    def usable(self) -> bool:
+        """Configured and the local config (endpoints, certificates) exists and parses."""
+        return self.configured() and self._config() is not None
+
+    def _etcd_lock(self) -> EtcdLock:
+        if self._lock is None:
+            from ._etcd_lock import EtcdLock
+
+            config = self._config()
+            if config is None:
+                from ._models import RollingOpsEtcdNotConfiguredError
+
+                raise RollingOpsEtcdNotConfiguredError("no local etcd config")
+            self._lock = EtcdLock.from_config(config, self.manager.model.unit.name)
+        return self._lock
+
+    # --- mode ----------------------------------------------------------------------------------
+
+    def follow_mode(self, app: AppView, me: UnitView) -> None:
+        """Acknowledge the application's mode in this unit's databag (see the module docstring)."""
+        if me.backend is ProcessingBackend.ETCD:
+            if app.mode is not ProcessingBackend.ETCD:
+                self._to_peer(me, "the application runs on the peer backend")
+            elif not self.usable():
+                self._to_peer(me, "etcd is not configured or its local config is unusable")
+            return
+        if app.mode is not ProcessingBackend.ETCD:
+            return
+        if not self.usable():
+            if me.queue and not me.etcd_cleanup:
+                logger.warning("etcd mode but etcd is unusable here: asking for the peer backend")
+                me.etcd_cleanup = True  # tells the leader this unit cannot run on etcd
+            return
+        if me.etcd_cleanup:
+            try:
+                self._etcd_lock().cleanup_owner()
+            except RollingOpsError as error:
+                logger.warning("etcd clean-up failed, staying on the peer backend: %s", error)
+                return
+            me.etcd_cleanup = False
+        me.backend = ProcessingBackend.ETCD
+        logger.info("this unit now runs on the etcd backend")
+
+    def choose_mode(self, app: AppView, units: Mapping[str, UnitView]) -> None:
+        """Leader: pick the application's backend (peer <-> etcd) without breaking exclusion."""
+        readable = [unit for unit in units.values() if unit.readable]
+        if app.mode is ProcessingBackend.ETCD:
+            stuck = [
+                unit.name
+                for unit in readable
+                if unit.backend is ProcessingBackend.PEER and unit.queue and unit.etcd_cleanup
+            ]
+            if not self.usable() or stuck:
+                why = f"units {stuck} cannot use etcd" if stuck else "etcd is not usable"
+                logger.warning("switching the application to the peer backend: %s", why)
+                app.mode = ProcessingBackend.PEER
+            return
+        if (
+            self.usable()
+            and app.grant is None
+            and len(readable) == len(units)
+            and not any(unit.queue for unit in readable)
+        ):
+            logger.info("peer queues drained: switching the application to the etcd backend")
+            app.mode = ProcessingBackend.ETCD
+
+    def _to_peer(self, me: UnitView, why: str) -> None:
+        logger.warning("falling back to the peer backend: %s", why)
+        self.stop_worker()
+        with contextlib.suppress(OSError, RollingOpsError):
+            _files.clear_worker_status(self.base_dir)
+        me.backend = ProcessingBackend.PEER
+        me.etcd_cleanup = True
+
+    def fall_back(self, why: str) -> None:
+        """Any etcd failure in a hook: go to the peer backend (the caller writes the bag)."""
+        relation = self.manager.model.get_relation(self.manager.peer_relation_name)
+        if relation is None:
+            return
+        me = self.manager._unit_view(relation)
+        if me.backend is ProcessingBackend.ETCD:
+            self._to_peer(me, why)
+        elif me.queue:
+            me.etcd_cleanup = True
+
+    # --- worker ----------------------------------------------------------------------------------
+
+    def worker_holding(self) -> bool:
+        """Whether the worker holds the lock now (a pure read of worker-status.json)."""
+        try:
+            status = _files.read_worker_status(self.base_dir)
+        except (OSError, RollingOpsError):
+            return False
+        return status is not None and status.holding is not None
+
+    def stop_worker(self) -> None:
+        """SIGTERM the live worker (flock-guarded) and wait for its exit."""
+        try:
+            if _files.worker_alive(self.base_dir):
+                _files.stop_worker(self.base_dir)
+        except (OSError, RollingOpsError) as error:
+            logger.warning("could not stop the etcd worker: %s", error)
+
+    def check_worker_health(self) -> None:
+        """update-status: a worker that marked itself failed while work is pending → fall back."""
+        try:
+            status = _files.read_worker_status(self.base_dir)
+        except (OSError, RollingOpsError):
+            return
+        if status is not None and status.failed and self._pending_work():
+            self.fall_back("the etcd worker marked itself failed")
+
+    def _pending_work(self) -> bool:
+        relation = self.manager.model.get_relation(self.manager.peer_relation_name)
+        return relation is not None and bool(self.manager._unit_view(relation).queue)
+
+    def note_queue(self, me: UnitView) -> None:
+        """Nothing now: the work hint is written once, at the end of the dispatch."""
+
+    def end_of_dispatch(self) -> None:
+        """pre_commit: publish the etcd request (leader); hand work to the worker (etcd units)."""
+        relation = self.manager.model.get_relation(self.manager.peer_relation_name)
+        if relation is None:
+            return
+        if self.manager.model.unit.is_leader() and self.configured():
+            try:
+                self._publish_request(relation)
+            except (RollingOpsError, ValueError, ops.ModelError) as error:
+                logger.error("could not publish the etcd request: %s", error)
+        me = self.manager._unit_view(relation)
+        if me.backend is not ProcessingBackend.ETCD:
+            return
+        try:
+            with _files.queue_lock(self.base_dir):
+                head = me.queue[0].id if me.queue else None
+                _files.write_work(self.base_dir, len(me.queue), head)
+                if me.queue and not _files.worker_alive(self.base_dir):
+                    self._start_worker()
+        except RollingOpsLibMissingError as error:
+            logger.error("%s", error)
+            self._to_peer(me, "the worker cannot be launched")
+            me.write(relation.data[self.manager.model.unit])
+        except (OSError, RollingOpsError) as error:
+            logger.error("could not hand work to the etcd worker: %s", error)
+            self._to_peer(me, str(error))
+            me.write(relation.data[self.manager.model.unit])
+
+    def _start_worker(self) -> None:
+        path = [entry for entry in sys.path if entry]
+        if importlib.util.find_spec(WORKER_MODULE) is None:
+            raise RollingOpsLibMissingError(f"{WORKER_MODULE} is not importable")
+        from ._worker import worker_argv
+
+        env = {key: value for key, value in os.environ.items() if key != "JUJU_CONTEXT_ID"}
+        env["PYTHONPATH"] = os.pathsep.join(path)
+        log_path = _files.etcd_dir(self.base_dir) / "worker.log"
+        if log_path.exists() and log_path.stat().st_size > WORKER_LOG_LIMIT:
+            log_path.write_text("")
+        argv = worker_argv(
+            str(self.base_dir), self.manager.model.unit.name, str(self.manager.framework.charm_dir)
+        )
+        with open(log_path, "a") as log:
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        logger.info("started the etcd worker")
+
+    # --- the granted hook ------------------------------------------------------------------
+
+    def on_lock_granted(self, raw_token: str) -> None:
+        """The worker holds the etcd lock under `raw_token`: fence check, then run the head op."""
+        relation = self.manager.model.get_relation(self.manager.peer_relation_name)
+        if relation is None:
+            return
+        me = self.manager._unit_view(relation)
+        try:
+            token = int(raw_token)
+        except ValueError:
+            logger.error("bad %s=%r: ignoring this dispatch", "ROLLINGOPS_LOCK_TOKEN", raw_token)
+            return
+        if me.backend is not ProcessingBackend.ETCD:
+            logger.info("etcd grant %s arrived after the switch to peer: running nothing", token)
+            self._pending_result = (token, None, DONE_NOT_GRANTED)
+            return
+        try:
+            mine = self._etcd_lock().holds(token)
+        except RollingOpsError as error:
+            self._pending_result = (token, None, DONE_NOT_GRANTED)
+            self.fall_back(f"fence check failed: {error}")
+            return
+        if not mine:
+            logger.warning("etcd lock token %s is no longer ours: running nothing", token)
+            self._pending_result = (token, None, DONE_NOT_GRANTED)
+            return
+        manager = self.manager
+        head = me.queue[0].id if me.queue else None
+        manager._executing_op = head
+        try:
+            done = execute_grant(
+                me, Grant(me.name, token, head), manager.callback_targets, self._run_etcd
+            )
+        finally:
+            manager._executing_op = None
+        self._pending_result = (token, done.op, done.result)
+
+    def _run_etcd(self, grant: LockGrant, callback: Any, kwargs: dict[str, Any]):
+        etcd_grant = LockGrant(
+            ProcessingBackend.ETCD, grant.token, grant.op_id, grant.callback_id, grant.attempt
+        )
+        return self.manager._run_callback(etcd_grant, callback, kwargs)
+
+    def write_pending_result(self) -> None:
+        """Framework commit: report the granted hook's result to the worker (never on failure)."""
+        if self._pending_result is None:
+            return
+        token, op, result = self._pending_result
+        try:
+            _files.write_result(self.base_dir, token, op, result)
+        except (OSError, RollingOpsError) as error:
+            logger.error("could not write result.json: %s", error)
+
+    # --- sync lock ---------------------------------------------------------------------------
+
+    def sync_available(self) -> bool:
+        """This unit runs on etcd (its sync lock is the etcd lock)."""
+        relation = self.manager.model.get_relation(self.manager.peer_relation_name)
+        if relation is None or not self.usable():
+            return False
+        return self.manager._unit_view(relation).backend is ProcessingBackend.ETCD
+
+    @contextlib.contextmanager
+    def sync_lock(self, timeout: int | None) -> Iterator[LockGrant | None]:
+        """Yield an etcd LockGrant, or None when etcd failed (the caller uses its fallback)."""
+        stack = contextlib.ExitStack()
+        try:
+            token = stack.enter_context(self._etcd_lock().sync_lock(timeout))
+        except RollingOpsError as error:
+            self.fall_back(f"sync lock: {error}")
+            yield None
+            return
+        with stack:
+            yield LockGrant(ProcessingBackend.ETCD, token, None, None, 0)
+
+    # --- relation ------------------------------------------------------------------------------
+
+    def on_relation_changed(self) -> None:
+        """Write the local config from the provider's answer (endpoints and server CA)."""
+        config = self._provider_config()
+        if config is None:
+            return
+        try:
+            _files.write_config(self.base_dir, **config)
+        except (OSError, RollingOpsError, ValueError) as error:
+            logger.error("could not write the local etcd config: %s", error)
+
+    def _provider_config(self) -> dict[str, Any] | None:
+        """Endpoints, prefix, owner and PEMs, or None while something is still missing."""
+        from ._etcd_lock import lock_prefix, owner_name
+
+        manager = self.manager
+        name = manager.etcd_relation_name
+        relation = manager.model.get_relation(name) if name else None
+        peer = manager.model.get_relation(manager.peer_relation_name)
+        if relation is None or relation.app is None or peer is None or not manager.cluster_id:
+            return None
+        remote = relation.data[relation.app]
+        endpoints = [e.strip() for e in remote.get("endpoints", "").split(",") if e.strip()]
+        server_ca = remote.get("tls-ca")
+        if not server_ca and remote.get("secret-tls"):
+            try:
+                secret = manager.model.get_secret(id=remote["secret-tls"])
+                server_ca = secret.get_content(refresh=True).get("tls-ca")
+            except Exception as error:
+                logger.info("etcd TLS secret not readable yet: %s", error)
+        secret_id = peer.data[manager.model.app].get("rollingops-client-secret-id")
+        if not endpoints or not server_ca or not secret_id:
+            return None
+        try:
+            content = manager.model.get_secret(id=secret_id).get_content(refresh=True)
+            cert, key = content["client-cert"], content["client-key"]
+        except Exception as error:
+            logger.error("client certificate secret unusable: %s", error)
+            return None
+        return {
+            "endpoints": endpoints,
+            "prefix": lock_prefix(manager.cluster_id),
+            "owner": owner_name(manager.model.uuid, manager.model.unit.name),
+            "server_ca_pem": server_ca,
+            "cert_pem": cert,
+            "key_pem": key,
+        }
+
+    def _publish_request(self, peer: ops.Relation) -> None:
+        """Leader: create the client certificate once (lazily) and (re)publish the request."""
+        from ._etcd_lock import lock_prefix
+
+        manager = self.manager
+        app = manager.model.app
+        etcd = manager.model.get_relation(manager.etcd_relation_name or "")
+        if etcd is None or manager.cluster_id is None:
+            return
+        secret_id = peer.data[app].get("rollingops-client-secret-id")
+        if not secret_id:
+            from ._certs import generate_client_credentials
+
+            common_name = f"rollingops-{manager.model.uuid[:8]}-{app.name}"
+            content = generate_client_credentials(common_name)
+            secret = app.add_secret(content, label=CLIENT_SECRET_LABEL)
+            secret_id = secret.id or ""
+            peer.data[app]["rollingops-client-secret-id"] = secret_id
+            mtls = app.add_secret({"mtls-cert": content["client-cert"]}, label=MTLS_SECRET_LABEL)
+            mtls.grant(etcd)
+            mtls_id = mtls.id or ""
+        else:
+            mtls_id = manager.model.get_secret(label=MTLS_SECRET_LABEL).id or ""
+        prefix = lock_prefix(manager.cluster_id)
+        request = json.dumps([{"resource": prefix, "secret-mtls": mtls_id}], sort_keys=True)
+        bag = etcd.data[app]
+        if bag.get("requests") != request or bag.get("version") != "v1":
+            bag["version"] = "v1"
+            bag["requests"] = request
+            logger.info("published the etcd request for prefix %s", prefix)
+
+    def on_relation_broken(self) -> None:
+        """The etcd relation is gone: delete the local config and fall back."""
+        with contextlib.suppress(OSError, RollingOpsError):
+            _files.delete_config(self.base_dir)
+        self.fall_back("the etcd relation was removed")
+
+    def on_secret_changed(self, event: Any) -> None:
+        """A new revision of the client or TLS secret: rewrite the local config."""
+        self.on_relation_changed()
