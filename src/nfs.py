@@ -46,7 +46,8 @@ PEER = "restart"  # the demo's peer relation; our keys live beside the rolling_o
 PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
 STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
 DEFAULT_MOUNTPOINT = "/srv/demo-share"
-MOUNT_OPTIONS = ["rw", "hard", "proto=tcp"]
+# retry=0: mount.nfs tries once (its default keeps trying for 2 minutes); tenacity retries.
+MOUNT_OPTIONS = ["rw", "hard", "proto=tcp", "retry=0"]
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
 FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc")
@@ -123,7 +124,7 @@ def run_command(argv: list[str]) -> str:
     """Run one command (mount, umount); raise MountError with its stderr when it fails."""
     logger.info("running %s", " ".join(argv))
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise MountError(f"{argv[0]}: {error}") from error
     if proc.returncode != 0:

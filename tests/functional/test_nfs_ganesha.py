@@ -236,7 +236,7 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
         "-t",
         "nfs4",
         "-o",
-        f"port={server.port},rw,hard,proto=tcp",
+        f"port={server.port},rw,hard,proto=tcp,retry=0",
         source,
         mountpoint,
     ]

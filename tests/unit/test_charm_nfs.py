@@ -115,7 +115,7 @@ def failed_state(info: pytest.ExceptionInfo[testing.ActionFailed]) -> testing.St
 
 
 def mount_cmd(target: str, source: str = SOURCE) -> list[str]:
-    return ["mount", "-t", "nfs4", "-o", "port=2050,rw,hard,proto=tcp", source, target]
+    return ["mount", "-t", "nfs4", "-o", "port=2050,rw,hard,proto=tcp,retry=0", source, target]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +236,10 @@ def test_endpoint_arrival_mounts_on_every_unit(ctx, machine, mountpoint, tmp_pat
     assert out.get_relation(prel.id).local_unit_data[nfs.STATE_KEY] == f"mounted {SOURCE}"
     assert dirs == [pathlib.Path(mountpoint)]
     fstab = (tmp_path / "etc" / "fstab").read_text()
-    assert f"{SOURCE} {mountpoint} nfs4 port=2050,rw,hard,proto=tcp,_netdev,nofail 0 0" in fstab
+    assert (
+        f"{SOURCE} {mountpoint} nfs4 port=2050,rw,hard,proto=tcp,retry=0,_netdev,nofail 0 0"
+        in fstab
+    )
     # Later events with nothing new: no more commands.
     machine.commands.clear()
     ctx.run(ctx.on.update_status(), out)
@@ -286,7 +289,15 @@ def test_endpoint_change_unmounts_then_mounts(ctx, machine, mountpoint):
         ctx.on.relation_changed(rel2, remote_unit=0),
         testing.State(relations={rel2, prel}, stored_states=out.stored_states),
     )
-    new_mount = ["mount", "-t", "nfs4", "-o", "rw,hard,proto=tcp", "10.0.0.9:/demo", mountpoint]
+    new_mount = [
+        "mount",
+        "-t",
+        "nfs4",
+        "-o",
+        "rw,hard,proto=tcp,retry=0",
+        "10.0.0.9:/demo",
+        mountpoint,
+    ]
     assert machine.commands == [["umount", mountpoint], new_mount]
     assert machine.mounts_of(mountpoint) == ["10.0.0.9:/demo"]
 
