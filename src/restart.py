@@ -22,16 +22,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class RestartingCharm(Protocol):
-    """What run_restart needs of the charm."""
-
-    unit: ops.Unit
-
-    def journal_dirs(self) -> list[pathlib.Path]:
-        """Extra directories the journal is also written to (the NFS share when mounted)."""
-        ...
-
-
 class EngineNotReady(Exception):
     """The engine cannot take a request yet; the message tells the operator what to do."""
 
@@ -70,8 +60,14 @@ def hold_lock_for(seconds: float) -> None:
         threading.Event().wait(seconds)
 
 
+def journal_dirs(charm: ops.CharmBase) -> list[pathlib.Path]:
+    """Extra journal directories: the charm's `journal_dirs()` (the NFS share when mounted)."""
+    provider = getattr(charm, "journal_dirs", None)
+    return list(provider()) if provider else []
+
+
 def run_restart(
-    charm: RestartingCharm, *, engine: str, delay: int, token: int | None = None
+    charm: ops.CharmBase, *, engine: str, delay: int, token: int | None = None
 ) -> bool:
     """The critical section: restart the service, check it is healthy, hold for `delay` seconds.
 
@@ -81,7 +77,7 @@ def run_restart(
     """
     try:
         with journal.operation(
-            charm.unit.name, "restart", engine, token, dirs=charm.journal_dirs()
+            charm.unit.name, "restart", engine, token, dirs=journal_dirs(charm)
         ):
             logger.info("restarting the demo service (engine %s, token %s)", engine, token)
             workload.restart()

@@ -54,10 +54,10 @@ class V0Engine(ops.Object):
         return None
 
     def _restart(self, event: ops.EventBase) -> None:
-        token = getattr(event, "grant_token", None)
+        token = getattr(event, "grant_token", None)  # "" when an older leader granted
         restart.run_restart(
             self.charm,
             engine=self.name,
             delay=self._stored.delay,
-            token=int(token) if str(token).isdigit() else None,
+            token=int(token) if token and token.isdigit() else None,
         )

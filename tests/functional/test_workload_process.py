@@ -11,6 +11,12 @@ import pytest
 import workload
 
 
+def _health() -> dict:
+    answer = workload.health()
+    assert answer is not None, "the service does not answer /health"
+    return answer
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -33,17 +39,17 @@ def test_install_start_health_version(service):
     assert workload.health() is None  # installed, not started: nothing answers
     workload.start()
     assert workload.is_running()
-    assert workload.health()["version"] == "1.0.0"
+    assert _health()["version"] == "1.0.0"
     assert workload.served_version() == "1.0.0"
 
 
 def test_restart_gives_a_new_process_that_serves_the_new_version(service):
     workload.start()
-    first_pid = workload.health()["pid"]
+    first_pid = _health()["pid"]
     workload.install("1.1.0")
     assert workload.served_version() == "1.0.0"  # installing does not restart
     workload.restart()
-    answer = workload.health()
+    answer = _health()
     assert answer["pid"] != first_pid
     assert answer["version"] == "1.1.0"
 

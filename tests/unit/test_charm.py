@@ -70,7 +70,9 @@ def test_restart_with_bad_params_fails_naming_the_parameter(ctx, params, message
     with pytest.raises(testing.ActionFailed) as failure:
         ctx.run(ctx.on.action("restart", params=params), state)
     assert message in failure.value.message
-    assert failure.value.state.get_relation(state.get_relations(PEER)[0].id).local_unit_data == (
+    after = failure.value.state
+    assert after is not None
+    assert after.get_relations(PEER)[0].local_unit_data == (
         state.get_relations(PEER)[0].local_unit_data
     )
 
