@@ -8,8 +8,6 @@ kept in StoredState, so the need survives the hooks between the request and the 
 
 from __future__ import annotations
 
-import typing
-
 import ops
 from charms.coordinated_ops.v0.coordinator import Serial
 
@@ -79,8 +77,7 @@ class CoordinatorEngine(ops.Object):
             return
         if self.serial.granted(LOCK):
             self._stored.pending_delay = None
-            charm = typing.cast("restart.RestartingCharm", self.charm)  # it has journal_dirs()
-            restart.run_restart(charm, engine=self.name, delay=delay, token=None)
+            restart.run_restart(self.charm, engine=self.name, delay=delay, token=None)
         else:
             self.serial.acquire(LOCK)  # guarded by the durable pending flag: no hook loop
             # (a no-op while the request is outstanding; after a lost grant it requests again)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import typing
 
 import ops
 from charmlibs.rollingops import (
@@ -105,7 +104,7 @@ class RollingOpsEngine(ops.Object):
         try:
             with self.manager.acquire_sync_lock("peer", timeout=SYNC_TIMEOUT) as grant:
                 token = getattr(grant, "token", None)
-                ok = restart.run_restart(self._charm(), engine=self.name, delay=delay, token=token)
+                ok = restart.run_restart(self.charm, engine=self.name, delay=delay, token=token)
         except TimeoutError as error:
             raise restart.EngineNotReady(f"sync restart: lock busy: {error}") from error
         except RollingOpsError as error:
@@ -138,8 +137,5 @@ class RollingOpsEngine(ops.Object):
     def _restart(self, delay: int = 0) -> OperationResult:
         grant = self.manager.lock_grant
         token = grant.token if grant is not None else None
-        ok = restart.run_restart(self._charm(), engine=self.name, delay=delay, token=token)
+        ok = restart.run_restart(self.charm, engine=self.name, delay=delay, token=token)
         return OperationResult.RELEASE if ok else OperationResult.RETRY_RELEASE
-
-    def _charm(self) -> restart.RestartingCharm:
-        return typing.cast("restart.RestartingCharm", self.charm)

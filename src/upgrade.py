@@ -297,9 +297,6 @@ class DemoUpgrade(DataUpgrade):
         rollout = self.rollout()
         if rollout is None:
             return
-        if self.charm.unit.is_leader() and not rollout.done and self.idle:
-            self._write_rollout(rollout.model_copy(update={"done": True}))
-            return
         if rollout.round > self._demo.handled_round:
             self._demo.handled_round = rollout.round
             # Already part of this round (e.g. it upgraded in this very hook)? Then stay put;
@@ -309,6 +306,14 @@ class DemoUpgrade(DataUpgrade):
             )
             if not rollout.done and not joined:
                 self.set_unit_ready()
+        # The rollout is over once its stack is empty and every unit is idle again.
+        if (
+            self.charm.unit.is_leader()
+            and not rollout.done
+            and self.idle
+            and not self.upgrade_stack
+        ):
+            self._write_rollout(rollout.model_copy(update={"done": True}))
 
     def _write_rollout(self, rollout: Rollout) -> None:
         relation = self.peer_relation

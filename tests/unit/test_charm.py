@@ -72,9 +72,8 @@ def test_restart_with_bad_params_fails_naming_the_parameter(ctx, params, message
     assert message in failure.value.message
     after = failure.value.state
     assert after is not None
-    assert after.get_relations(PEER)[0].local_unit_data == (
-        state.get_relations(PEER)[0].local_unit_data
-    )
+    (peer_after,) = [r for r in after.relations if r.endpoint == PEER]
+    assert peer_after.local_unit_data == state.get_relations(PEER)[0].local_unit_data
 
 
 def test_restart_without_peer_relation_fails_clearly(ctx):
