@@ -70,7 +70,7 @@ def test_restart_with_bad_params_fails_naming_the_parameter(ctx, params, message
     with pytest.raises(testing.ActionFailed) as failure:
         ctx.run(ctx.on.action("restart", params=params), state)
     assert message in failure.value.message
-    after = failure.value.state
+    after: testing.State | None = failure.value.state  # type: ignore[assignment]
     assert after is not None
     (peer_after,) = [r for r in after.relations if r.endpoint == PEER]
     assert peer_after.local_unit_data == state.get_relations(PEER)[0].local_unit_data
