@@ -42,7 +42,7 @@ from charms.storage_libs.v0.nfs_interfaces import (
 logger = logging.getLogger(__name__)
 
 RELATION = "nfs-share"
-PEER = "restart"  # the demo's peer relation; our keys live beside the rolling_ops v0 ones
+PEER = "nfs-peers"  # its own peer relation: NFS writes never wake the restart engines
 PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
 STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
 DEFAULT_MOUNTPOINT = "/srv/demo-share"

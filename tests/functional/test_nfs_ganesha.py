@@ -184,7 +184,7 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
 
     # 1. The demo leader asks for the share (real action, real library).
     nfs_rel = testing.Relation("nfs-share", remote_app_name="nfs-share-server")
-    peer = testing.PeerRelation("restart")
+    peer = testing.PeerRelation("nfs-peers")
     out = demo_ctx.run(
         demo_ctx.on.action("nfs-mount", params={"name": "data", "mountpoint": mountpoint}),
         testing.State(leader=True, relations={nfs_rel, peer}),
@@ -223,7 +223,7 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
             remote_app_data=endpoint_data,
             remote_units_data={0: {"ingress-address": "127.0.0.1"}},
         )
-        prel = testing.PeerRelation("restart", id=peer.id, local_app_data=peer_app_data)
+        prel = testing.PeerRelation("nfs-peers", id=peer.id, local_app_data=peer_app_data)
         return demo_ctx.run(
             demo_ctx.on.relation_changed(rel, remote_unit=0),
             testing.State(relations={rel, prel}, stored_states=set(stored)),
