@@ -149,7 +149,8 @@ def free_port() -> int:
 
 def default_config(charm_dir: pathlib.Path) -> dict:
     """config.yaml's defaults, as Juju hands them to config-get."""
-    options = yaml.safe_load((charm_dir / "config.yaml").read_text()).get("options", {})
+    path = charm_dir / "config.yaml"
+    options = (yaml.safe_load(path.read_text()) or {}).get("options", {}) if path.exists() else {}
     return {name: spec["default"] for name, spec in options.items() if "default" in spec}
 
 
@@ -175,7 +176,15 @@ class Unit:
     `root/` (COORDINATED_OPS_ROOT: the demo service's files, run as a local process).
     """
 
-    def __init__(self, work: pathlib.Path, venv: pathlib.Path, *, unit: str, leader: bool = True):
+    def __init__(
+        self,
+        work: pathlib.Path,
+        venv: pathlib.Path,
+        *,
+        unit: str,
+        leader: bool = True,
+        source: pathlib.Path = ROOT,
+    ):
         self.work = work
         self.charm_dir = work / "charm"
         self.root = work / "root"
@@ -183,7 +192,7 @@ class Unit:
         self.unit = unit
         self._next_action = 1
         self._runs = 0
-        assemble(self.charm_dir, venv)
+        assemble(self.charm_dir, venv, source=source)
         install_hook_tools(work / "bin")
         app = unit.split("/")[0]
         self.port = free_port()

@@ -1,0 +1,157 @@
+"""What one hook costs: a cold `dispatch` of update-status, our charm against a bare ops charm.
+
+Every Juju hook starts a fresh interpreter through the charm's `dispatch`, imports the charm and
+its libraries, runs ops, calls hook tools and exits. This measures that wall time for:
+
+- the coordinated-ops charm, assembled as packed (tests/dispatch/charmdir.py), installed and
+  started first, so update-status sees a running, healthy service as on a real unit;
+- a charm that only imports ops (`ops.main` of an empty CharmBase), same venv, same dispatch
+  script, same stub hook tools — the floor any ops charm pays.
+
+Each sample is one process (a "cold" dispatch: new interpreter, new imports; bytecode caches
+exist, as on a unit after its first hook). The two charms are measured alternately so that
+machine load affects both alike. Hook tools are the stubs of tests/dispatch (a Python start-up
+per call, a few ms — a real agent's hook tools are about as costly), and their calls are counted.
+
+    python -m tests.benchmarks.dispatch --json [--samples 15] [--venv DIR]
+
+The last line is JSON: {"charm_dispatch_s_median", "ops_only_s_median", "ratio", ...}; the
+target is ratio <= 1.3. `ratio_without_hook_tools` takes out the stub tools' own cost (calls x
+the median of one call), to separate the charm's Python work from this harness's tool latency.
+`--venv` reuses a venv built earlier (else one is built, needs PyPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.dispatch import charmdir
+
+OPS_ONLY_CHARM = '''#!/usr/bin/env python3
+"""A charm that only imports ops: the cost floor of any ops charm."""
+
+import ops
+
+
+class OpsOnlyCharm(ops.CharmBase):
+    """Observes nothing."""
+
+
+if __name__ == "__main__":
+    ops.main(OpsOnlyCharm)
+'''
+
+
+def _ops_only_source(directory: pathlib.Path) -> pathlib.Path:
+    (directory / "src").mkdir(parents=True)
+    (directory / "src" / "charm.py").write_text(OPS_ONLY_CHARM)
+    (directory / "metadata.yaml").write_text("name: ops-only\nsummary: s\ndescription: d\n")
+    return directory
+
+
+def _lines(path: pathlib.Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _time_dispatch(unit: charmdir.Unit, hook: str) -> tuple[float, int, int]:
+    """Seconds one dispatch took, its hook tool calls, and its juju-log calls (shell, cheap)."""
+    calls, logs = unit.work / "calls.jsonl", unit.work / "juju-log.txt"
+    calls_before, logs_before = _lines(calls), _lines(logs)
+    start = time.perf_counter()
+    run = unit.dispatch(f"hooks/{hook}")
+    elapsed = time.perf_counter() - start
+    if run.returncode != 0:
+        raise SystemExit(f"{unit.unit}: {hook} exited {run.returncode}:\n{run.output}")
+    return elapsed, _lines(calls) - calls_before, _lines(logs) - logs_before
+
+
+def _time_hook_tool(unit: charmdir.Unit, samples: int) -> float:
+    """Median seconds of one stub hook tool call (`is-leader`), start-up included."""
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        subprocess.run(
+            ["is-leader", "--format=json"], env=unit.env, capture_output=True, check=True
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print a summary, then the JSON line."""
+    parser = argparse.ArgumentParser(description="Time a cold dispatch of update-status.")
+    parser.add_argument("--json", action="store_true", help="end with the JSON line (always on)")
+    parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument("--venv", type=pathlib.Path, help="reuse this charm venv")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
+        work = pathlib.Path(tmp)
+        venv = args.venv or charmdir.build_venv(work / "venv", charmdir.ROOT / "requirements.txt")
+        charm = charmdir.Unit(work / "charm-unit", venv, unit="coordinated-ops/0")
+        ops_only = charmdir.Unit(
+            work / "ops-only-unit",
+            venv,
+            unit="ops-only/0",
+            source=_ops_only_source(work / "ops-only-source"),
+        )
+        try:
+            for unit in (charm, ops_only):
+                for hook in ("install", "start", "update-status"):  # warm: state, bytecode
+                    _time_dispatch(unit, hook)
+            charm_times, ops_times, charm_calls, ops_calls, charm_logs = [], [], [], [], []
+            for _ in range(args.samples):
+                seconds, calls, logs = _time_dispatch(charm, "update-status")
+                charm_times.append(seconds)
+                charm_calls.append(calls)
+                charm_logs.append(logs)
+                seconds, calls, _ = _time_dispatch(ops_only, "update-status")
+                ops_times.append(seconds)
+                ops_calls.append(calls)
+            tool_s = _time_hook_tool(charm, args.samples)
+        finally:
+            charm.close()
+            ops_only.close()
+
+    charm_median = statistics.median(charm_times)
+    ops_median = statistics.median(ops_times)
+    result = {
+        "charm_dispatch_s_median": round(charm_median, 4),
+        "ops_only_s_median": round(ops_median, 4),
+        "ratio": round(charm_median / ops_median, 3),
+        "charm_dispatch_s_max": round(max(charm_times), 4),
+        "ops_only_s_max": round(max(ops_times), 4),
+        "charm_hook_tool_calls": statistics.median(charm_calls),
+        "charm_juju_log_calls": statistics.median(charm_logs),
+        "ops_only_hook_tool_calls": statistics.median(ops_calls),
+        # The stub hook tools cost a Python start-up per call (a real agent's are cheaper): the
+        # same figures without the time spent in them, estimated as calls x one call's median.
+        "hook_tool_call_s_median": round(tool_s, 4),
+        "ratio_without_hook_tools": round(
+            (charm_median - statistics.median(charm_calls) * tool_s)
+            / max(ops_median - statistics.median(ops_calls) * tool_s, 1e-3),
+            3,
+        ),
+        "samples": args.samples,
+        "target_ratio": 1.3,
+    }
+    print(
+        f"update-status dispatch, median of {args.samples}: coordinated-ops {charm_median:.3f} s "
+        f"({result['charm_hook_tool_calls']} hook tool calls), ops only {ops_median:.3f} s "
+        f"({result['ops_only_hook_tool_calls']} calls), ratio {result['ratio']} (target <= 1.3); "
+        f"one stub hook tool call {tool_s:.3f} s, ratio without hook tools "
+        f"{result['ratio_without_hook_tools']}"
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
