@@ -122,9 +122,14 @@ class Deployment:
         return sorted(units, key=lambda name: int(name.split("/")[1]))
 
     def leader(self) -> str:
-        """The coordinated-ops leader unit."""
-        units = self.juju.status().apps[APP].units
-        return next(name for name, unit in units.items() if unit.leader)
+        """The coordinated-ops leader unit (waiting for an election after a leader left)."""
+        status = self.juju.wait(
+            lambda status: any(unit.leader for unit in status.apps[APP].units.values()),
+            timeout=ROUND_TIMEOUT,
+            delay=5,
+            successes=1,
+        )
+        return next(name for name, unit in status.apps[APP].units.items() if unit.leader)
 
     def ensure_units(self, count: int) -> None:
         """Add coordinated-ops units until there are `count`, settled, with the share mounted."""
