@@ -4,7 +4,8 @@ The simulator patches the charm's journal so that every critical section calls `
 (stamped at the start of the hook that makes it) and is closed at that hook's commit (B4: the
 widest interval). Checks:
 
-- I1 exclusion: at most k units inside the critical section at any logical time;
+- I1 exclusion: at most k units inside the critical section of one operation at any logical
+  time;
 - I2 grant before work: the entering unit's own view (its snapshot plus its writes so far) shows it
   holding the grant;
 - I3 no ghost holders: after quiescence no grant names a removed unit;
@@ -103,7 +104,9 @@ class Recorder:
         spans = []
         for other in self.intervals:
             end = other.end if other.end is not None else provisional.get(other.hook)
-            if end is None or (other.unit == new.unit and other is not new):
+            if end is None or other.operation != new.operation:
+                continue  # one lock domain per operation (restart, upgrade, ...)
+            if other.unit == new.unit and other is not new:
                 continue
             if new.overlaps(other, end):
                 spans.append((max(other.start, new.start), min(end, new.end), other))

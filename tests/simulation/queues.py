@@ -55,6 +55,7 @@ class Item:
     attempts: int = 0
     new_charm: Any = None  # upgrade_charm during a refresh: the charm spec to swap in
     seen_version: int | None = None  # relation_changed: the bag version its snapshot read
+    on_done: Any = None  # custom: called with True/False at commit (juju-exec's exit code, B2)
     parent: int = 0  # seq of the run whose commit (or 0: an operator call) queued it (accounting)
 
     @property

@@ -5,9 +5,10 @@ the output state (success, or an action that called `fail()`), or the uncaught e
 
 Speed: Scenario writes the charm's metadata to a fresh temporary directory and parses it again on
 every run. The simulator runs thousands of hooks per schedule, so while a run is in progress we
-swap in a cached charm root per Context and a cached `CharmMeta` (`fast_scenario`). Nothing else in
-Scenario is changed (except that ops is not allowed to reset the root logger to DEBUG on every
-run); its consistency checks stay on, so an inconsistent State fails loudly.
+swap in a cached charm root per Context and a cached `CharmMeta` (`fast_scenario`), memoise the
+observer signature check of `Framework.observe`, and keep ops from resetting the root logger to
+DEBUG on every run. Nothing else is changed: Scenario's consistency checks stay on, so an
+inconsistent State fails loudly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
+import logging
 import os
 import pathlib
 import tempfile
@@ -29,6 +32,9 @@ from scenario.errors import NoObserverError, UncaughtCharmError
 from scenario.state import _Event
 
 from .queues import ACTION, CUSTOM, Item
+
+# Scenario warns that it cannot check custom (juju-exec) events; expected here.
+logging.getLogger("ops-scenario.runtime.consistency_checker").setLevel(logging.ERROR)
 
 
 class SimulatorBug(Exception):
@@ -115,6 +121,31 @@ def _cached_load_meta(self: Any) -> ops.CharmMeta:
     return meta
 
 
+class _CachedInspect:
+    """`inspect` for ops.framework, with `signature` memoised per function.
+
+    `Framework.observe` checks every observer's signature on every run; a charm with ~80
+    observers spends a third of its hook there. The signature of a bound method depends only on
+    its function, so it is computed once.
+    """
+
+    def __init__(self) -> None:
+        self._signatures: dict[Any, inspect.Signature] = {}
+
+    def signature(self, obj: Any, follow_wrapped: bool = True) -> inspect.Signature:
+        key = (getattr(obj, "__func__", obj), hasattr(obj, "__self__"), follow_wrapped)
+        sig = self._signatures.get(key)
+        if sig is None:
+            sig = self._signatures[key] = inspect.signature(obj, follow_wrapped=follow_wrapped)
+        return sig
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(inspect, name)
+
+
+_INSPECT = _CachedInspect()
+
+
 def _keep_logging(self: Any) -> None:
     """Leave the process's logging alone: ops would set the root logger to DEBUG on every run."""
 
@@ -128,9 +159,11 @@ def fast_scenario() -> Iterator[None]:
     _runtime.Runtime._virtual_charm_root = _cached_charm_root  # type: ignore[method-assign]
     ops_cls._load_charm_meta = _cached_load_meta  # type: ignore[method-assign]
     ops_cls._setup_root_logging = _keep_logging  # type: ignore[method-assign]
+    ops.framework.inspect = _INSPECT  # type: ignore[attr-defined]
     try:
         yield
     finally:
+        ops.framework.inspect = inspect  # type: ignore[attr-defined]
         _runtime.Runtime._virtual_charm_root, ops_cls._load_charm_meta = saved
         ops_cls._setup_root_logging = saved_logging  # type: ignore[method-assign]
 

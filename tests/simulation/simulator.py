@@ -150,6 +150,8 @@ class Simulator:
         self.orphan_worker = False  # fault: a failed hook's juju-exec request still runs (R22)
         self.current: Running | None = None
         self.recorder: Any = None  # invariants.Recorder, when one is attached
+        self.workloads: dict[str, Any] = {}  # per-unit fake workload state (owned by the fakes)
+        self.actors: list[Any] = []  # background workers: next_time() -> int | None, step(sim)
         self.listeners: list[Any] = []  # objects with on_start(sim, run) / on_commit(sim, run, ok)
         self.runs: dict[int, Running] = {}  # every run by seq (inputs dropped after commit)
         self._committing = 0  # seq of the run being committed: the parent of what it queues
@@ -161,17 +163,19 @@ class Simulator:
     def fork(self, seed: int | None = None, **switches: Any) -> Simulator:
         """An independent copy of this simulator's truth (e.g. a settled deployment), reseeded.
 
-        Contexts and charm specs are shared (they hold no truth); everything else is copied.
+        Contexts and charm specs are shared (they hold no truth); everything else is copied,
+        except listeners and the recorder (attach new ones to the copy).
         `switches` override settings such as leader_sees_own_app_writes or retry.
         """
-        if self.running or self.listeners:
-            raise SimulatorBug("fork a settled simulator without listeners")
+        if self.running:
+            raise SimulatorBug("fork a settled simulator (nothing running)")
         memo: dict[int, Any] = {id(ctx): ctx for ctx in self._contexts.values()}
         for obj in [*self.apps.values(), *self.units.values()]:
             memo[id(obj.charm)] = obj.charm
         memo.update({id(u.ctx): u.ctx for u in self.units.values()})
         memo[id(self._contexts)] = self._contexts
         memo[id(self.duration)] = self.duration
+        memo[id(self.listeners)], memo[id(self.recorder)] = [], None
         copy_ = copy.deepcopy(self, memo)
         copy_.seed = self.seed if seed is None else seed
         copy_.rng = random.Random(copy_.seed)  # noqa: S311
@@ -442,9 +446,20 @@ class Simulator:
                     self.enqueue(unit, "update_status", cause="update-status")
 
     @operator
-    def fire_custom(self, unit: str, event: str, env: dict[str, str] | None = None) -> Item:
-        """What a background worker does through juju-exec: dispatch a custom event (R22)."""
-        return self.enqueue(unit, event, kind=CUSTOM, env=dict(env or {}), cause="fire_custom")
+    def fire_custom(
+        self,
+        unit: str,
+        event: str,
+        env: dict[str, str] | None = None,
+        on_done: Callable[[bool], Any] | None = None,
+    ) -> Item:
+        """What a background worker does through juju-exec: dispatch a custom event (R22).
+
+        `on_done(ok)` is called when the dispatch commits or fails: juju-exec's exit code (B2).
+        """
+        return self.enqueue(
+            unit, event, kind=CUSTOM, env=dict(env or {}), cause="fire_custom", on_done=on_done
+        )
 
     @operator
     def fail_hook(
@@ -574,6 +589,7 @@ class Simulator:
         """The next logical time at which something can happen (commit, timer, not-before)."""
         times = [r.end for r in self.running.values()]
         times += [t.at for t in self.timers]
+        times += [t for a in self.actors if (t := a.next_time()) is not None]
         for name, truth in self.units.items():
             if truth.removed or name in self.running:
                 continue
@@ -611,6 +627,10 @@ class Simulator:
         """
         moved = self._advance_clock()
         self.fire_due_timers()
+        for actor in list(self.actors):
+            due = actor.next_time()
+            if due is not None and due <= self.now:
+                actor.step(self)
         return moved
 
     @operator
@@ -853,6 +873,8 @@ class Simulator:
         status = "ok" if ok else f"FAILED ({why})"
         self.log(f"commit {run.unit} {run.item.label()} {status}")
         run.ok = ok
+        if run.item.on_done is not None:
+            run.item.on_done(ok)
         run.state_in = run.result = None
         for listener in self.listeners:
             listener.on_commit(self, run, ok)

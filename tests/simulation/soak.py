@@ -1,0 +1,235 @@
+"""Soak: many seeded schedules of a rolling operation on every unit, with faults, checked.
+
+    python -m tests.simulation.soak --engine v0 --units 5 --seeds 1000 --faults all --json
+
+Each schedule forks a settled N-unit deployment of the demo charm, requests the engine's operation
+on every unit, optionally arms a random mix of faults (failed hooks at entry / inside the critical
+section / before return, leadership moves, unit removal graceful or abrupt, a unit added, extra
+update-status ticks, orphaned or delayed juju-exec wake-ups), runs a seeded random schedule to
+quiescence and checks I1-I5 (invariants.py). Schedules cycle through the combinations of
+`leader_sees_own_app_writes` (on/off) and hook retry (none/backoff) chosen on the command line;
+with retry none, a unit left in error is a legitimate stuck state: exclusion is checked as it is,
+then every errored unit is resolved (retry) and the schedule must finish.
+
+The last line of output is one JSON object (figures for tests/benchmarks and reports). A failing
+schedule prints its seed, its violations and the readable script of its steps to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from .accounting import account
+from .engines import ENGINES, Engine
+from .fakes import DemoFakes
+from .invariants import Recorder
+from .scheduler import RoundRobin, SeededRandom, drain
+from .script import format_script
+from .simulator import Simulator
+
+MAX_STEPS = 100_000
+MAX_RESOLVE_ROUNDS = 8
+
+
+def arm_faults(sim: Simulator, engine: Engine, units: list[str]) -> list[str]:
+    """Arm a random mix of faults on `sim` (its RNG decides); return their descriptions."""
+    rng = sim.rng
+    horizon = 6 * len(units) + 4
+    armed = []
+    if rng.random() < 0.7:
+        unit = rng.choice(units)
+        point = rng.choice(["entry", "in_critical_section", "before_return"])
+        match = rng.choice([None, "relation_changed", "restart", "process_locks"])
+        nth = rng.randint(1, 3)
+        sim.fail_hook(unit, match=match, nth=nth, point=point)
+        armed.append(f"fail_hook {unit} {match} nth={nth} {point}")
+    if rng.random() < 0.4:
+        at, unit = sim.now + rng.randint(0, horizon), rng.choice(units)
+        sim.add_timer(at, f"set_leader {unit}", lambda u=unit: sim.set_leader(u))
+        armed.append(f"set_leader {unit} at {at}")
+    if rng.random() < 0.3 and len(units) > 1:
+        at, unit, graceful = (
+            sim.now + rng.randint(0, horizon),
+            rng.choice(units),
+            rng.random() < 0.5,
+        )
+        sim.add_timer(at, f"remove_unit {unit}", lambda u=unit, g=graceful: sim.remove_unit(u, g))
+        armed.append(f"remove_unit {unit} graceful={graceful} at {at}")
+    if rng.random() < 0.2:
+        at = sim.now + rng.randint(0, horizon)
+        sim.add_timer(at, "add_unit", lambda: sim.add_unit(engine.app))
+        armed.append(f"add_unit at {at}")
+    if rng.random() < 0.3:
+        at = sim.now + rng.randint(0, horizon)
+        sim.add_timer(at, "update_status", lambda: sim.update_status(engine.app))
+        armed.append(f"update_status at {at}")
+    if rng.random() < 0.2:
+        sim.orphan_worker = True
+        armed.append("orphan_worker")
+    for event in engine.custom_delay:
+        sim.custom_delay[event] = engine.custom_delay[event] + rng.randint(0, 3)
+    return armed
+
+
+def run_schedule(
+    base: Simulator, fakes: DemoFakes, engine: Engine, seed: int, retry: str, faults: bool
+) -> dict[str, Any]:
+    """One schedule on a fork of the settled deployment `base`; returns its checks and figures."""
+    sim = base.fork(seed, retry=retry)
+    fakes.attach(sim)
+    recorder = Recorder(sim, k=engine.k, holds_grant=engine.holds_grant)
+    sim.actors.extend(engine.actors(sim))
+    mark = sim._seq
+    units = sim.members(engine.app)
+    armed = arm_faults(sim, engine, units) if faults else []
+    for unit in units:
+        engine.request(sim, unit)
+    scheduler = SeededRandom()
+    stuck_seen = False
+    drain(sim, scheduler, MAX_STEPS)
+    for _ in range(MAX_RESOLVE_ROUNDS):
+        stuck = sim.stuck_units()
+        if not stuck:
+            break
+        stuck_seen = True  # retry none: exclusion so far is checked by the recorder already
+        for unit in stuck:
+            sim.resolve(unit, retry=True)
+        drain(sim, scheduler, MAX_STEPS)
+    violations = recorder.violations + recorder.ghost_holders()
+    liveness = recorder.liveness_failures()
+    uncaught = recorder.uncaught()
+    figures = account(sim, recorder, since=mark)
+    return {
+        "seed": seed,
+        "retry": retry,
+        "leader_sees_own_app_writes": sim.leader_sees_own_app_writes,
+        "faults": armed,
+        "stuck_resolved": stuck_seen,
+        "violations": violations,
+        "liveness": liveness,
+        "uncaught": uncaught,
+        "hooks": sim.hooks_run - base.hooks_run,
+        "figures": figures,
+        "sim": sim,
+    }
+
+
+def settle(engine: Engine, units: int, fakes: DemoFakes, **switches: Any) -> Simulator:
+    """Deploy `units` units of the engine's charm and run to quiescence (round-robin)."""
+    sim = Simulator(**switches)
+    fakes.attach(sim)
+    sim.deploy(engine.app, engine.charm(), units=units)
+    drain(sim, RoundRobin(), MAX_STEPS)
+    if sim.errors:
+        raise RuntimeError(f"deployment did not settle cleanly: {sim.errors[:3]}")
+    return sim
+
+
+def _p50(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    engine = ENGINES[args.engine]
+    switch_values = {"on": [True], "off": [False], "both": [True, False]}[args.leader_sees_own]
+    retry_values = {"none": ["none"], "backoff": ["backoff"], "both": ["none", "backoff"]}[
+        args.retry
+    ]
+    combos = list(itertools.product(switch_values, retry_values))
+    results: list[dict[str, Any]] = []
+    per_combo: dict[str, dict[str, int]] = {}
+    started = time.perf_counter()
+    hooks = 0
+    fakes = DemoFakes(Simulator())
+    with fakes.installed():
+        for switch in switch_values:
+            base = settle(engine, args.units, fakes, leader_sees_own_app_writes=switch)
+            hooks += base.hooks_run
+            for index in range(args.seeds):
+                combo_switch, retry = combos[index % len(combos)]
+                if combo_switch != switch:
+                    continue
+                seed = args.start_seed + index
+                result = run_schedule(base, fakes, engine, seed, retry, args.faults == "all")
+                hooks += result["hooks"]
+                key = f"leader_sees_own={'on' if switch else 'off'},retry={retry}"
+                counts = per_combo.setdefault(key, {"schedules": 0, "bad": 0})
+                counts["schedules"] += 1
+                if result["violations"] or result["liveness"] or result["uncaught"]:
+                    counts["bad"] += 1
+                    report_failure(result)
+                result.pop("sim")
+                results.append(result)
+    elapsed = time.perf_counter() - started
+    figures = [r["figures"] for r in results]
+    return {
+        "engine": engine.name,
+        "units": args.units,
+        "seeds": args.seeds,
+        "faults": args.faults,
+        "schedules": len(results),
+        "violations": sum(len(r["violations"]) for r in results),
+        "liveness_failures": sum(len(r["liveness"]) for r in results),
+        "uncaught_errors": sum(len(r["uncaught"]) for r in results),
+        "stuck_then_resolved": sum(1 for r in results if r["stuck_resolved"]),
+        "combinations": per_combo,
+        "hooks_total_p50": _p50([f["hooks_total"] for f in figures]),
+        "hooks_per_unit_max": max((f["hooks_per_unit_max"] for f in figures), default=0),
+        "handoff_hooks_p50": _p50([f["handoff_hooks_p50"] for f in figures]),
+        "makespan_ratio_p50": _round(_p50([f["makespan_ratio"] for f in figures])),
+        "hooks_executed": hooks,
+        "seconds": round(elapsed, 1),
+        "hooks_per_second": round(hooks / elapsed, 1) if elapsed else None,
+    }
+
+
+def report_failure(result: dict[str, Any]) -> None:
+    sim: Simulator = result["sim"]
+    lines = [
+        f"--- seed {result['seed']} retry={result['retry']} "
+        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']}",
+        f"faults: {result['faults']}",
+        *result["violations"],
+        *result["liveness"],
+        *result["uncaught"][:5],
+        "script:",
+        format_script(sim.steps),
+        "trace tail:",
+        *sim.trace[-30:],
+    ]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="v0")
+    parser.add_argument("--units", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--start-seed", type=int, default=0)
+    parser.add_argument("--faults", choices=["none", "all"], default="all")
+    parser.add_argument("--leader-sees-own", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--retry", choices=["none", "backoff", "both"], default="both")
+    parser.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    args = parser.parse_args(argv)
+    summary = soak(args)
+    if not args.json:
+        for key, value in summary.items():
+            print(f"{key:22} {value}")
+    print(json.dumps(summary, sort_keys=True))
+    bad = summary["violations"] + summary["liveness_failures"] + summary["uncaught_errors"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
