@@ -10,7 +10,11 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
   objects with `next_time() -> int | None` and `step(sim)`, appended to `sim.actors`;
 - `custom_delay`: ticks a library waits before its juju-exec dispatch runs (R22);
 - `fakes(sim)`: the context manager that patches what cannot exist here (the demo workload, the
-  journal); the demo charm's `DemoFakes` unless the engine needs more.
+  journal); the demo charm's `DemoFakes` unless the engine needs more;
+- `setup(sim)`: deploy and integrate what else the engine needs (e.g. an etcd provider) before
+  the deployment settles;
+- `faults(sim, units)`: arm the engine's own faults (e.g. an etcd outage) with the simulator's
+  RNG; returns their descriptions.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from . import rollingops_engines
 from .fakes import DemoFakes, demo_spec
 from .runner import CharmSpec
 from .simulator import Simulator
@@ -43,6 +48,14 @@ def _no_actors(sim: Simulator) -> list[Any]:
     return []
 
 
+def _no_setup(sim: Simulator) -> None:
+    return None
+
+
+def _no_faults(sim: Simulator, units: list[str]) -> list[str]:
+    return []
+
+
 @dataclasses.dataclass(frozen=True)
 class Engine:
     """How to drive and judge one engine in the simulator."""
@@ -57,8 +70,24 @@ class Engine:
     actors: Callable[[Simulator], list[Any]] = _no_actors
     custom_delay: dict[str, int] = dataclasses.field(default_factory=dict)
     fakes: Callable[[Simulator], DemoFakes] = DemoFakes
+    setup: Callable[[Simulator], None] = _no_setup  # more apps/relations, before settling
+    faults: Callable[[Simulator, list[str]], list[str]] = _no_faults  # engine-specific faults
 
 
 ENGINES: dict[str, Engine] = {
     "v0": Engine(name="v0", request=_restart_with("v0"), holds_grant=_v0_holds_grant),
+    "rollingops-peer": Engine(
+        name="rollingops-peer",
+        request=_restart_with("rollingops"),
+        holds_grant=rollingops_engines.peer_holds_grant,
+    ),
+    "rollingops-etcd": Engine(
+        name="rollingops-etcd",
+        request=_restart_with("rollingops"),
+        holds_grant=rollingops_engines.etcd_holds_grant,
+        actors=rollingops_engines.etcd_actors,
+        fakes=rollingops_engines.RollingOpsEtcdFakes,
+        setup=rollingops_engines.etcd_setup,
+        faults=rollingops_engines.etcd_faults,
+    ),
 }

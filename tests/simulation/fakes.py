@@ -148,10 +148,16 @@ class DemoFakes:
         """Stands in for journal.operation: the critical section goes to the recorder."""
         entry: dict[str, Any] = {"unit": unit, "operation": operation, "engine": engine}
         entry["token"] = token
+        interval = None
         if self.sim.recorder is not None:
-            self.sim.recorder.enter(operation, token)
-        self.sim.checkpoint("in_critical_section")  # fail_hook(point="in_critical_section")
-        yield entry
+            interval = self.sim.recorder.enter(operation, token)
+        try:
+            self.sim.checkpoint("in_critical_section")  # fail_hook(point="in_critical_section")
+            yield entry
+        except BaseException:
+            if interval is not None:  # the journal records result "failed": not a service
+                interval.failed = True
+            raise
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[DemoFakes]:

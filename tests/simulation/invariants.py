@@ -41,6 +41,7 @@ class Interval:
     end: int | None = None
     committed: bool | None = None  # whether the hook that made it committed
     granted: bool | None = None  # I2: did the unit's view show the grant at entry?
+    failed: bool = False  # the operation raised (e.g. an injected fault) even if the hook went on
 
     def overlaps(self, other: Interval, other_end: int) -> bool:
         assert self.end is not None
@@ -130,7 +131,7 @@ class Recorder:
             asked[(unit, operation)] = asked.get((unit, operation), 0) + 1
         served: dict[tuple[str, str], int] = {}
         for i in self.intervals:
-            if i.committed:
+            if i.committed and not i.failed:
                 served[(i.unit, i.operation)] = served.get((i.unit, i.operation), 0) + 1
         for (unit, operation), n in sorted(asked.items()):
             truth = self.sim.units.get(unit)

@@ -72,6 +72,7 @@ def arm_faults(sim: Simulator, engine: Engine, units: list[str]) -> list[str]:
     if rng.random() < 0.2:
         sim.orphan_worker = True
         armed.append("orphan_worker")
+    armed += engine.faults(sim, units)
     for event in engine.custom_delay:
         sim.custom_delay[event] = engine.custom_delay[event] + rng.randint(0, 3)
     return armed
@@ -125,6 +126,7 @@ def settle(engine: Engine, units: int, fakes: DemoFakes, **switches: Any) -> Sim
     sim = Simulator(**switches)
     fakes.attach(sim)
     sim.deploy(engine.app, engine.charm(), units=units)
+    engine.setup(sim)
     drain(sim, RoundRobin(), MAX_STEPS)
     if sim.errors:
         raise RuntimeError(f"deployment did not settle cleanly: {sim.errors[:3]}")
@@ -151,7 +153,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     per_combo: dict[str, dict[str, int]] = {}
     started = time.perf_counter()
     hooks = 0
-    fakes = DemoFakes(Simulator())
+    fakes = engine.fakes(Simulator())
     with fakes.installed():
         for switch in switch_values:
             base = settle(engine, args.units, fakes, leader_sees_own_app_writes=switch)
@@ -212,7 +214,7 @@ def report_failure(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--engine", choices=sorted(ENGINES), default="v0")
     parser.add_argument("--units", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=100)

@@ -1,0 +1,165 @@
+"""The `rollingops-peer` and `rollingops-etcd` engines of the simulator (see engines.py).
+
+Both drive the demo charm's `restart engine=rollingops` (charmlibs.rollingops):
+
+- `rollingops-peer`: no etcd relation, so the library runs its peer-relation backend;
+- `rollingops-etcd`: the application is integrated with a stand-in etcd provider
+  (charms/etcd_provider.py), so the library switches to its etcd backend; etcd itself is the
+  in-memory `FakeEtcd` and each unit's worker process a `WorkerActor` (etcd_world.py).
+  Faults on top of the simulator's generic ones: an etcd outage [t1, t2), a worker killed (its
+  lease expires `LEASE_TTL_TICKS` later) and the etcd relation removed mid-roll. Juju's periodic
+  update-status (R19), the library's trigger for restarting a dead worker and noticing a failed
+  one (spec §4.4, §5.3), is modelled by one update-status tick after each such fault has played
+  out.
+
+Invariants: one lock domain across both backends (spec §5.4 / R10). A unit "holds the grant"
+(I2, I3) when the peer grant names it, or when it runs on the etcd backend and the etcd lock key
+names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+from .charms.etcd_provider import SPEC_DIR as PROVIDER_DIR
+from .charms.etcd_provider import EtcdProviderCharm
+from .etcd_world import EtcdWorld, routing
+from .fakes import DemoFakes
+from .runner import CharmSpec
+from .simulator import Simulator
+from .truth import Bags
+
+APP = "coordinated-ops"
+PEER = "rollingops"
+PROVIDER_APP = "etcd"
+LEASE_TTL_TICKS = 15  # a 60 s lease against hooks of ~1-4 ticks: 1 tick is ~4 s
+_ACTIVE: list[EtcdWorld] = []  # the world of the simulator being run (holds_grant reads it)
+
+
+def _json(raw: str | None) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def peer_holds_grant(bags: Bags, unit: str) -> bool:
+    """The peer app databag grants the lock to `unit` (wire format v1, rollingops-grant)."""
+    grant = _json(bags.app(PEER).get("rollingops-grant"))
+    return isinstance(grant, dict) and grant.get("unit") == unit
+
+
+def etcd_holds_grant(bags: Bags, unit: str) -> bool:
+    """Peer grant, or: `unit` runs on the etcd backend and the etcd lock key names it now."""
+    if peer_holds_grant(bags, unit):
+        return True
+    if bags.unit(PEER, unit).get("rollingops-backend") != "etcd" or not _ACTIVE:
+        return False
+    return _ACTIVE[-1].holder() == unit
+
+
+def world_of(sim: Simulator) -> EtcdWorld:
+    """The simulator's EtcdWorld (a background actor), created on first need."""
+    for actor in sim.actors:
+        if isinstance(actor, EtcdWorld):
+            world = actor
+            break
+    else:
+        world = EtcdWorld(sim, LEASE_TTL_TICKS)
+        sim.actors.append(world)
+    world.sim = sim
+    if not _ACTIVE or _ACTIVE[-1] is not world:
+        _ACTIVE[:] = [world]
+    return world
+
+
+def etcd_actors(sim: Simulator) -> list[Any]:
+    """engines.Engine.actors: the etcd world, unless the simulator already has one."""
+    had = any(isinstance(actor, EtcdWorld) for actor in sim.actors)
+    world = world_of(sim)
+    if had:
+        return []
+    sim.actors.remove(world)  # the soak appends what this returns
+    return [world]
+
+
+def etcd_setup(sim: Simulator) -> None:
+    """Deploy the etcd provider and integrate it (before the deployment settles)."""
+    provider = CharmSpec.from_dir(EtcdProviderCharm, PROVIDER_DIR)
+    sim.deploy(PROVIDER_APP, provider, units=1)
+    sim.integrate(APP, "etcd", PROVIDER_APP, "etcd-client")
+
+
+def etcd_relation(sim: Simulator) -> int | None:
+    for rel in sim.relations.values():
+        if rel.endpoints.get(APP) == "etcd":
+            return rel.id
+    return None
+
+
+def etcd_faults(sim: Simulator, units: list[str]) -> list[str]:
+    """Arm etcd faults on `sim` (its RNG decides): outage, worker death, relation removal."""
+    rng = sim.rng
+    world = world_of(sim)
+    horizon = 6 * len(units) + 4
+    armed: list[str] = []
+    settle_at: list[int] = []
+    if rng.random() < 0.5:
+        t1 = sim.now + rng.randint(0, horizon)
+        t2 = t1 + rng.choice(
+            [1, 2, 4, LEASE_TTL_TICKS // 2, LEASE_TTL_TICKS + 3, 3 * LEASE_TTL_TICKS]
+        )
+        world.outage(t1, t2)
+        armed.append(f"etcd outage [{t1}, {t2})")
+        settle_at.append(t2 + LEASE_TTL_TICKS + 1)
+    if rng.random() < 0.5:
+        at, unit = sim.now + rng.randint(0, horizon), rng.choice(units)
+        sim.add_timer(at, f"kill worker {unit}", lambda u=unit: world_of(sim).kill_worker(u))
+        armed.append(f"kill worker {unit} at {at}")
+        settle_at.append(at + LEASE_TTL_TICKS + 1)
+    if rng.random() < 0.2:
+        at = sim.now + rng.randint(0, horizon)
+        sim.add_timer(at, "remove etcd relation", lambda: _remove_etcd_relation(sim))
+        armed.append(f"remove etcd relation at {at}")
+        settle_at.append(at + 2 * len(units) + 2)
+    for at in settle_at:  # the periodic update-status Juju runs anyway (R19)
+        sim.add_timer(at, "update_status", lambda: sim.update_status(APP))
+        sim.add_timer(at + 4 * len(units), "update_status", lambda: sim.update_status(APP))
+    return armed
+
+
+def _remove_etcd_relation(sim: Simulator) -> None:
+    rel = etcd_relation(sim)
+    if rel is not None:
+        sim.remove_relation(rel)
+
+
+class RollingOpsEtcdFakes(DemoFakes):
+    """DemoFakes plus the etcd world's routing (client, worker start, liveness, stop).
+
+    A fork copies each unit's local files (base_dir/etcd/config.json, the PEMs...) along with its
+    truth, since they are unit state the library reads.
+    """
+
+    def attach(self, sim: Simulator) -> DemoFakes:
+        super().attach(sim)
+        root = self._tmp / f"seed-{sim.seed}"
+        forked = bool(sim.steps) and sim.steps[0][0] == "fork"
+        if not forked:  # a new deployment: it starts with no local files
+            shutil.rmtree(root, ignore_errors=True)
+            self._base_root = root
+        elif getattr(self, "_base_root", None) not in (None, root):
+            shutil.rmtree(root, ignore_errors=True)
+            if self._base_root.is_dir():
+                shutil.copytree(self._base_root, root, symlinks=True)
+        return self
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[DemoFakes]:
+        """DemoFakes' patches plus the routing of etcd calls to the served simulator's world."""
+        with super().installed(), routing(lambda: world_of(self.sim)):
+            yield self
