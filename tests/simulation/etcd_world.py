@@ -43,7 +43,7 @@ from .simulator import Simulator
 WORKER_MODULE = "charmlibs.rollingops._worker"
 LOCK_GRANTED = "rollingops_lock_granted"
 ETCD_FAILED = "rollingops_etcd_failed"
-TOKEN_ENV = "ROLLINGOPS_LOCK_TOKEN"  # noqa: S105 - a variable name
+TOKEN_ENV = "ROLLINGOPS_LOCK_TOKEN"
 MAX_FAILURES = 3
 LEASE_TTL_TICKS = 60
 
