@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 from typing import Any
+from unittest.mock import MagicMock
 
 import ops
 import pytest
@@ -138,8 +139,12 @@ def edit(out: testing.State, **changes: Any) -> testing.State:
 
 
 def process_locks(c: testing.Context, st: testing.State) -> testing.State:
-    """Run the `restart_process_locks` custom event (as the juju-exec wake-up dispatches it)."""
-    with c(c.on.update_status(), st) as mgr:
+    """Run the `restart_process_locks` custom event (as the juju-exec wake-up dispatches it).
+
+    The carrier hook is config-changed, which the library does not observe, so nothing but the
+    custom event acts (update-status would reconcile again and hide a lost nested emit).
+    """
+    with c(c.on.config_changed(), st) as mgr:
         mgr.charm.on.restart_process_locks.emit()
         return mgr.run()
 
@@ -533,7 +538,9 @@ def _leader_round(c: testing.Context, out: testing.State, unit: int, data: dict[
 def _serve_all(c: testing.Context, out: testing.State) -> list[int]:
     """Let each granted peer finish in turn; return the order of grants."""
     grants = []
-    while granted(out):
+    for _ in range(10):  # bounded: a broken lock must fail the test, not loop forever
+        if not granted(out):
+            break
         (unit,) = granted(out)
         grants.append(unit)
         out = _leader_round(c, out, unit, {"state": "release"})
@@ -628,6 +635,14 @@ def test_defect4_departing_leader_never_grants_itself():
     assert key(3) not in app(out)
     assert Record.wakeups == []
     assert Record.calls == []
+
+
+def test_defect4_departing_holder_does_not_run_its_callback():
+    c = ctx(unit_id=3)
+    rel = peer(me={"state": "acquire"}, app={key(3): "granted"}, peers={1: {}})
+    out = c.run(c.on.relation_departed(rel, remote_unit=1, departing_unit=3), state(rel))
+    assert Record.calls == []
+    assert mine(out)["state"] == "acquire"
 
 
 def test_defect4_new_leader_reprocesses_release_of_old_holder():
@@ -918,6 +933,23 @@ def test_lock_writes_use_literal_app_key_format():
         Lock(mgr.charm.manager).acquire()
         assert relation.data[mgr.charm.app]["<ops.model.Unit roll/3>"] == "granted"
         assert relation.data[mgr.charm.unit]["state"] == "acquire"
+
+
+def test_handlers_accept_mock_events_as_charm_tests_pass_them():
+    # Mocked: the event objects, as charms' own unit tests call these observers directly.
+    c = ctx(unit_id=1)
+    rel = peer(peers={0: {}})
+    with c(c.on.config_changed(), state(rel)) as mgr:
+        manager = mgr.charm.manager
+        manager._on_acquire_lock(MagicMock())
+        relation = mgr.charm.model.get_relation("restart")
+        assert relation is not None
+        assert relation.data[mgr.charm.unit]["state"] == "acquire"
+        assert "callback_override" not in relation.data[mgr.charm.unit]
+        manager._on_run_with_lock(MagicMock())  # not held: runs, lock state untouched
+        assert relation.data[mgr.charm.unit]["state"] == "acquire"
+        mgr.run()
+    assert len(Record.calls) == 1
 
 
 def test_event_snapshots():

@@ -562,7 +562,8 @@ class RollingOpsManager(ops.Object):
             logger.debug("%s: no peer relation yet; deferring the lock request", self.name)
             event.defer()
             return
-        override = event.callback_override
+        override = getattr(event, "callback_override", "")
+        override = override if isinstance(override, str) else ""  # charms' tests pass mocks
         self._promote_next_request(data)
         if self._is_idle(data):
             self._record_request(data, override)
@@ -584,9 +585,10 @@ class RollingOpsManager(ops.Object):
         data = _PeerData(relation, self.model)
         me = self.model.unit.name
         held = data.state(me) is LockState.GRANTED
-        if event.grant_token is not None:
+        token = getattr(event, "grant_token", None)
+        if isinstance(token, str):  # emitted by this library
             recorded = data.trusted_token(me)
-            if not held or (recorded is not None and str(recorded) != event.grant_token):
+            if not held or (recorded is not None and str(recorded) != token):
                 logger.info("%s: dropping run for a grant no longer held", self.name)
                 return
         elif not held:
@@ -600,7 +602,7 @@ class RollingOpsManager(ops.Object):
         executing = ops.MaintenanceStatus(f"Executing {self.name} operation")
         self.model.unit.status = executing
         callback(event)
-        if event.deferred:
+        if event.deferred is True:
             logger.debug("%s: callback deferred; keeping the lock", self.name)
             return
         if self.model.unit.status == executing:
