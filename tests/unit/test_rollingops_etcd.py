@@ -7,8 +7,12 @@ replaced by recorders; tests/functional runs the real lock against a real etcd).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import pathlib
 import subprocess
+from typing import Any
 
 import ops
 import pytest
@@ -203,3 +207,161 @@ def test_non_leaders_never_generate_keys(monkeypatch):
 
     monkeypatch.setattr(_certs, "generate_client_credentials", forbid)
     run(unit_bag(), app_bag("peer"))
+
+
+# --- paths added after the first round (relation data -> local config, secrets, health, sync
+# lock timeout, late cluster_id) ---------------------------------------------------------------
+
+SERVER_CA = "-----BEGIN CERTIFICATE-----\nserver CA\n-----END CERTIFICATE-----\n"
+
+
+def _client_secret(content=None, latest=None):
+    content = content or {k: CREDS[k] for k in ("client-cert", "client-key", "client-ca")}
+    return testing.Secret(
+        content, latest_content=latest, owner="app", label="rollingops-etcd-client"
+    )
+
+
+def _etcd_state(secret, remote=None, leader=False, unit_bag_=None, app_mode="etcd"):
+    app = app_bag(app_mode)
+    app["rollingops-client-secret-id"] = secret.id
+    rel = testing.PeerRelation("restart", local_app_data=app, local_unit_data=unit_bag_ or {})
+    etcd = testing.Relation(
+        "etcd",
+        remote_app_name="charmed-etcd",
+        remote_app_data=remote
+        or {"endpoints": "10.1.0.5:2379, 10.1.0.6:2379", "tls-ca": SERVER_CA},
+    )
+    return testing.State(leader=leader, relations={rel, etcd}, secrets={secret}), etcd
+
+
+def test_etcd_relation_changed_writes_the_local_config_from_provider_data(tmp_path):
+    _files.delete_config(tmp_path)
+    secret = _client_secret()
+    state, etcd = _etcd_state(secret)
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    ctx.run(ctx.on.relation_changed(etcd, remote_unit=0), state)
+    config = _files.read_config(tmp_path)
+    assert config is not None
+    assert config.endpoints == ("10.1.0.5:2379", "10.1.0.6:2379")
+    assert config.prefix == _etcd_lock.lock_prefix("c1")
+    assert config.owner == _etcd_lock.owner_name(state.model.uuid, "app/1")
+    assert pathlib.Path(config.server_ca).read_text() == SERVER_CA
+    assert pathlib.Path(config.cert).read_text() == CREDS["client-cert"]
+    assert os.stat(config.key).st_mode & 0o777 == 0o600
+
+
+def test_etcd_relation_changed_without_endpoints_writes_nothing(tmp_path):
+    _files.delete_config(tmp_path)
+    state, etcd = _etcd_state(_client_secret(), remote={"tls-ca": SERVER_CA})
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    ctx.run(ctx.on.relation_changed(etcd, remote_unit=0), state)
+    assert _files.read_config(tmp_path) is None
+
+
+def test_secret_changed_of_the_provider_tls_secret_rewrites_the_server_ca(tmp_path):
+    """charmed-etcd sends its CA in a secret; a new revision reaches us as secret-changed.
+
+    (Our own client-certificate secret is owned by our application: Juju never sends its owner
+    secret-changed, so only the provider's secret can trigger this path.)
+    """
+    _files.delete_config(tmp_path)
+    tls = testing.Secret({"tls-ca": SERVER_CA}, latest_content={"tls-ca": "NEW CA PEM\n"})
+    state, _ = _etcd_state(_client_secret(), remote={"endpoints": "10.1.0.5:2379",
+                                                     "secret-tls": tls.id})  # fmt: skip
+    state = dataclasses.replace(state, secrets={*state.secrets, tls})
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    ctx.run(ctx.on.secret_changed(tls), state)
+    config = _files.read_config(tmp_path)
+    assert config is not None
+    assert pathlib.Path(config.server_ca).read_text() == "NEW CA PEM\n"
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_update_status_falls_back_when_the_worker_marked_itself_failed_with_work_pending(
+    tmp_path, pending
+):
+    _files.write_worker_status(tmp_path, _files.WorkerStatus(None, True, 3))
+    ids = (1,) if pending else ()
+    _, bag = run(unit_bag(*ids, backend="etcd"), app_bag("etcd"))
+    if pending:
+        assert bag["rollingops-backend"] == "peer" and bag["rollingops-etcd-cleanup"] == "true"
+    else:  # nothing to do: a failed mark alone is not a reason to leave etcd
+        assert bag["rollingops-backend"] == "etcd" and "rollingops-etcd-cleanup" not in bag
+
+
+def test_update_status_keeps_etcd_when_the_worker_is_merely_dead(tmp_path):
+    _files.write_worker_status(tmp_path, _files.WorkerStatus(7, False, 0))  # died holding
+    _, bag = run(unit_bag(1, backend="etcd"), app_bag("etcd"))
+    assert bag["rollingops-backend"] == "etcd"  # restart the worker instead (spec §5.3)
+
+
+def test_etcd_sync_lock_times_out_on_contention_and_does_not_fall_back(monkeypatch):
+    """The etcd lock is held by another unit: TimeoutError propagates, the unit stays on etcd.
+
+    etcd is the in-memory fake of tests/simulation/fake_etcd.py behind the real EtcdLock.
+    """
+    from tests.simulation.fake_etcd import FakeEtcd, FakeEtcdClient
+
+    fake = FakeEtcd(lambda: 0, ttl_ticks=60)
+    client: Any = FakeEtcdClient(fake)
+    other = _etcd_lock.EtcdLock(client, "/p/", "other-owner", "app/0")
+    lease = fake.lease_grant(60, keeper=lambda: True)
+    assert other.client.txn(
+        [], [_etcd_client.op_put("/p/lock", other._value("async"), lease)]
+    ).succeeded
+    monkeypatch.setattr(_etcd_lock, "EtcdClient", lambda *a, **k: FakeEtcdClient(fake, **k))
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    rel = testing.PeerRelation(
+        "restart", local_unit_data=unit_bag(backend="etcd"), local_app_data=app_bag("etcd")
+    )
+    state = testing.State(relations={rel, testing.Relation("etcd")})
+    with ctx(ctx.on.update_status(), state) as mgr:
+        with pytest.raises(TimeoutError), mgr.charm.rolling.acquire_sync_lock("peer", timeout=0):
+            raise AssertionError("the body must not run without the lock")
+        out = mgr.run()
+    bag = out.get_relation(rel.id).local_unit_data
+    assert bag["rollingops-backend"] == "etcd" and "rollingops-etcd-cleanup" not in bag
+    assert fake.keys["/p/lock"].lease == lease  # the other unit's lock is untouched
+    assert not [k for k in fake.keys if k.startswith("/p/waiting-sync/")]  # our ticket is gone
+
+
+LATE: list = [None]
+
+
+class LateClusterCharm(EtcdCharm):
+    def __init__(self, framework):
+        ops.CharmBase.__init__(self, framework)
+        self.rolling = RollingOpsManager(
+            self,
+            callback_targets={"restart": self._restart},
+            peer_relation_name="restart",
+            etcd_relation_name="etcd",
+            cluster_id=LATE[0],
+            base_dir=BASE[0],
+        )
+
+
+def test_late_cluster_id_publishes_the_request_at_the_end_of_that_dispatch():
+    ctx = testing.Context(LateClusterCharm, meta=META, app_name=APP, unit_id=0)
+    rel = testing.PeerRelation("restart")
+    etcd = testing.Relation("etcd", remote_app_name="charmed-etcd")
+    state = testing.State(leader=True, relations={rel, etcd})
+    LATE[0] = None
+    out = ctx.run(ctx.on.update_status(), state)
+    assert "requests" not in out.get_relation(etcd.id).local_app_data  # no cluster id: nothing
+    assert not out.secrets
+    LATE[0] = "late-cluster"
+    out = ctx.run(ctx.on.update_status(), out)
+    bag = out.get_relation(etcd.id).local_app_data
+    requests = json.loads(bag["requests"])
+    assert bag["version"] == "v1"
+    assert [r["resource"] for r in requests] == ["/coordinated-ops/rollingops/v1/late-cluster/"]
+    secret_id = out.get_relation(rel.id).local_app_data["rollingops-client-secret-id"]
+    assert secret_id in {s.id for s in out.secrets}
+    assert "client-key" not in json.dumps(dict(bag))  # only the mtls secret id is published
+    LATE[0] = "renamed"  # a changed cluster id replaces the request, same certificate
+    out = ctx.run(ctx.on.update_status(), out)
+    requests = json.loads(out.get_relation(etcd.id).local_app_data["requests"])
+    assert [r["resource"] for r in requests] == ["/coordinated-ops/rollingops/v1/renamed/"]
+    assert out.get_relation(rel.id).local_app_data["rollingops-client-secret-id"] == secret_id
