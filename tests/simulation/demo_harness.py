@@ -1,27 +1,24 @@
-"""The real coordinated-ops charm inside the multi-unit simulator, for the demo.
+"""The real coordinated-ops charm inside the multi-unit simulator, as the demo drives it.
 
 The simulator (simulator.py) plays the Juju controller; the charm code is the real charm
-(src/charm.py and every library in lib/). What cannot exist in one process is replaced, and only
-that:
+(src/charm.py and every library in lib/). How each restart engine is driven (its request, its
+"holds the grant" predicate, background workers, extra applications such as the etcd provider)
+comes from the engine registry (engines.py); what cannot exist in one process (the demo service,
+the journal file, sleeping, etcd and the rollingops worker) is replaced by that engine's fakes.
+This module adds what the demo needs on top:
 
-- the demo service: each unit gets an in-memory `FakeService` (installed version, running flag);
-  the functions of src/workload.py are swapped for ones that act on the service of the unit whose
-  hook is running. A restart costs `RESTART_TICKS` logical ticks, an upgrade step about as much,
-  so a critical section is visibly longer than a hook;
-- the operation journal: `journal.operation` feeds the invariant recorder (invariants.py), which
-  stamps each critical section from the start of the hook that entered it to that hook's commit;
-- `restart.hold_lock_for(delay)` costs `delay` ticks instead of sleeping;
-- each unit's local files (COORDINATED_OPS_ROOT: the rollingops state directory, ...) live in
-  its own temporary directory.
+- `demo_engines()`: the registry's engines under the names the demo offers, plus `coordinator`
+  and the `upgrade` action, which the registry does not have;
+- `DemoHarness(engine)`: a fresh simulator with an invariant recorder and the engine's fakes
+  installed, as a context manager; `deploy(units)`;
+- `fail_next_critical_section(unit)`: that unit's next critical section crashes its hook (the
+  hook fails, Juju discards its writes and puts the unit in error, unless the library catches it)
+  — whichever hook runs it;
+- `lock_holder(harness)`: which unit holds the lock now, from the committed truth.
 
-    with DemoHarness() as harness:
-        sim = harness.sim
-        sim.deploy(APP, harness.spec, units=3)
-        drain(sim)
-
-`lock_holder(sim, operation, engine)` reads the committed relation data to say which unit holds
-the lock; `fail_next_critical_section(unit)` makes that unit's next critical section crash its
-hook (the hook fails, Juju discards its writes and puts the unit in error).
+    with DemoHarness(demo_engines()["v0"]) as harness:
+        harness.deploy(3)
+        drain(harness.sim)
 """
 
 from __future__ import annotations
@@ -29,188 +26,183 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import pathlib
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import journal
-import restart
-import workload
-from charm import CoordinatedOpsCharm
-
-from .invariants import Recorder
-from .runner import CharmSpec
+from .engines import ENGINES, Engine
+from .fakes import DemoFakes
+from .invariants import Interval, Recorder
 from .simulator import InjectedFault, Running, Simulator
 from .truth import Bags
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = "coordinated-ops"
-RESTART_TICKS = 3  # a restart takes this many ticks on top of its hook's one
-START_TICKS = 2  # starting a stopped service
-INSTALL_TICKS = 1  # installing another version
+UPGRADE_TICKS = 2  # installing another version, on top of its hook's tick
 
 
 @dataclasses.dataclass
-class FakeService:
-    """One unit's demo service, in memory."""
+class Crash:
+    """One injected crash: when, where, the hook it hit and the critical section it broke."""
 
-    installed: str | None = None
-    running: bool = False
-    config: tuple[int, float] | None = None
-    restarts: int = 0
+    t: int
+    unit: str
+    run: Running  # run.ok tells, once committed, whether the hook failed (None until then)
+    section: Interval | None
+
+
+class CrashingFakes(DemoFakes):
+    """DemoFakes whose critical section can be made to crash its hook, once per armed unit.
+
+    Installing another version also costs `UPGRADE_TICKS`, so that an upgrade, like a restart,
+    is visibly longer than a hook in the timeline.
+    """
+
+    def __init__(self, sim: Simulator):
+        super().__init__(sim)
+        self.crash_next: set[str] = set()
+        self.crashed: list[Crash] = []
+
+    def install(self, version: str) -> None:
+        """Installing another version over a running install takes time, as in an upgrade."""
+        if self.get_version() not in (None, version):
+            self.sim.add_cost(UPGRADE_TICKS)
+        super().install(version)
+
+    @contextlib.contextmanager
+    def operation(
+        self, unit: str, operation: str, engine: str, token: Any = None, dirs: Any = ()
+    ) -> Iterator[dict[str, Any]]:
+        """The recorded critical section; raises inside it when `unit` is armed."""
+        with super().operation(unit, operation, engine, token, dirs) as entry:
+            if unit in self.crash_next:
+                self.crash_next.discard(unit)
+                recorder = self.sim.recorder
+                section = recorder.intervals[-1] if recorder and recorder.intervals else None
+                assert self.sim.current is not None
+                self.crashed.append(Crash(self.sim.now, unit, self.sim.current, section))
+                raise InjectedFault(f"injected crash inside the {operation} section on {unit}")
+            yield entry
 
 
 class DemoHarness:
-    """Builds a Simulator running the real charm with per-unit fake services (a context manager).
+    """A Simulator running the real charm for one engine, with a Recorder and the fakes."""
 
-    Entering patches src/workload.py, journal.operation and restart.hold_lock_for; leaving puts
-    the originals back and removes the units' temporary directories.
-    """
-
-    def __init__(self, *, seed: int = 0) -> None:
+    def __init__(self, engine: Engine, *, seed: int = 0) -> None:
+        self.engine = engine
         self.sim = Simulator(seed=seed)
-        self.recorder = Recorder(self.sim)
-        self.spec = CharmSpec.from_dir(CoordinatedOpsCharm, ROOT)
-        self.services: dict[str, FakeService] = {}
-        self.crash_next: set[str] = set()  # units whose next critical section crashes its hook
-        self.crashed: list[tuple[int, str]] = []  # (time, unit) of each injected crash
-        self._tmp = tempfile.TemporaryDirectory(prefix="coordinated-ops-demo-")
-        self._saved: list[tuple[Any, str, Any]] = []
-        self._saved_root = os.environ.get("COORDINATED_OPS_ROOT")
-        self.sim.listeners.append(self)
-
-    # --- patching ---------------------------------------------------------------------------
+        self.recorder = Recorder(self.sim, k=engine.k, holds_grant=engine.holds_grant)
+        factory = engine.fakes
+        if not (isinstance(factory, type) and issubclass(factory, DemoFakes)):
+            raise TypeError(f"engine {engine.name}: fakes must be a DemoFakes subclass")
+        crashing = type(f"Crashing{factory.__name__}", (CrashingFakes, factory), {})
+        self.fakes: CrashingFakes = crashing(self.sim)
+        self.sim.actors.extend(engine.actors(self.sim))
+        self.sim.custom_delay.update(engine.custom_delay)
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> DemoHarness:
-        fakes = {
-            "is_installed": lambda: self._service().installed is not None,
-            "install": self._install,
-            "get_version": lambda: self._service().installed,
-            "ensure_config": self._ensure_config,
-            "start": self._start,
-            "stop": self._stop,
-            "restart": self._restart,
-            "is_running": lambda: self._service().running,
-            "health": self._health,
-            "served_version": lambda: (
-                self._service().installed if self._service().running else None
-            ),
-        }
-        for name, fake in fakes.items():
-            self._patch(workload, name, fake)
-        self._patch(journal, "operation", self._operation)
-        self._patch(restart, "hold_lock_for", lambda seconds: self.sim.add_cost(int(seconds)))
+        self._stack.enter_context(self.fakes.installed())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for module, name, original in reversed(self._saved):
-            setattr(module, name, original)
-        self._saved.clear()
-        if self._saved_root is None:
-            os.environ.pop("COORDINATED_OPS_ROOT", None)
-        else:
-            os.environ["COORDINATED_OPS_ROOT"] = self._saved_root
-        self._tmp.cleanup()
+        self._stack.close()
 
-    def _patch(self, module: Any, name: str, value: Any) -> None:
-        self._saved.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
+    def deploy(self, units: int) -> None:
+        """`juju deploy -n units` (plus whatever the engine integrates); run nothing yet."""
+        self.sim.deploy(self.engine.app, self.engine.charm(), units=units)
+        self.engine.setup(self.sim)
 
-    # --- simulator listener: each unit's files in its own directory ---------------------------
+    def request(self, unit: str) -> None:
+        """Ask for the engine's operation on `unit`, as an operator would."""
+        self.engine.request(self.sim, unit)
 
-    def on_start(self, sim: Simulator, run: Running) -> None:
-        unit_root = pathlib.Path(self._tmp.name, run.unit.replace("/", "-"))
-        unit_root.mkdir(exist_ok=True)
-        os.environ["COORDINATED_OPS_ROOT"] = str(unit_root)
-
-    def on_commit(self, sim: Simulator, run: Running, ok: bool) -> None:
-        pass
-
-    # --- the fake demo service ------------------------------------------------------------------
-
-    def _service(self) -> FakeService:
-        run = self.sim.current
-        if run is None:
-            raise RuntimeError("the demo service was used outside a simulated hook")
-        return self.services.setdefault(run.unit, FakeService())
-
-    def _install(self, version: str) -> None:
-        service = self._service()
-        if service.installed != version:
-            self.sim.add_cost(INSTALL_TICKS)
-        service.installed = version
-
-    def _ensure_config(self, port: int, startup_seconds: float) -> bool:
-        service = self._service()
-        changed = service.config != (port, startup_seconds)
-        service.config = (port, startup_seconds)
-        return changed
-
-    def _start(self) -> None:
-        service = self._service()
-        if not service.running:
-            self.sim.add_cost(START_TICKS)
-        service.running = True
-
-    def _stop(self) -> None:
-        self._service().running = False
-
-    def _restart(self) -> None:
-        service = self._service()
-        self.sim.add_cost(RESTART_TICKS)
-        service.running = True
-        service.restarts += 1
-
-    def _health(self) -> dict | None:
-        service = self._service()
-        return {"status": "ok", "version": service.installed} if service.running else None
-
-    # --- the journal: every critical section goes to the recorder --------------------------------
-
-    @contextlib.contextmanager
-    def _operation(
-        self, unit: str, operation: str, engine: str, token: Any = None, dirs: Any = ()
-    ) -> Iterator[dict]:
-        """Stands in for journal.operation: records the critical section, may crash the hook."""
-        self.recorder.enter(operation, token)
-        entry: dict = {"unit": unit, "operation": operation, "engine": engine, "token": token}
-        if unit in self.crash_next:
-            self.crash_next.discard(unit)
-            self.crashed.append((self.sim.now, unit))
-            raise InjectedFault(
-                f"injected crash inside the {operation} critical section on {unit}"
-            )
-        yield entry
+    @property
+    def crashed(self) -> list[Crash]:
+        return self.fakes.crashed
 
     def fail_next_critical_section(self, unit: str) -> None:
-        """The next critical section of `unit` raises: its hook fails (B8 in_critical_section).
+        """The next critical section of `unit` raises inside the charm (B8 in_critical_section).
 
-        The simulator's own `fail_hook` picks a hook by its label; which hook runs the critical
-        section differs per engine (an action, a relation-changed, a custom event), so the demo
-        arms the crash on the critical section itself.
+        `sim.fail_hook` picks a hook by its label, and which hook runs the critical section
+        differs per engine (an action, a relation-changed, a custom event); this arms the crash
+        on the critical section itself.
         """
-        self.crash_next.add(unit)
+        self.fakes.crash_next.add(unit)
+
+
+# --- engines the registry does not have --------------------------------------------------------
+
+
+def _coordinator_holds_grant(bags: Bags, unit: str) -> bool:
+    """Serial coordinator: the leader's grants map (app bag, key `coordinator`) names the unit."""
+    grants = _json(bags.app("coordinator").get("coordinator"))
+    return isinstance(grants, dict) and "restart" in (grants.get(unit) or {})
+
+
+def _upgrade_holds_grant(bags: Bags, unit: str) -> bool:
+    """data_platform upgrade: the unit is upgrading, or on top of the upgrade stack."""
+    if bags.unit("upgrade", unit).get("state") == "upgrading":
+        return True
+    stack = _json(bags.app("upgrade").get("upgrade-stack"))
+    return isinstance(stack, list) and bool(stack) and f"{APP}/{stack[-1]}" == unit
+
+
+def _restart_with(engine: str) -> Callable[[Simulator, str], Any]:
+    def request(sim: Simulator, unit: str) -> Any:
+        return sim.request(unit, "restart", "restart", engine=engine)
+
+    return request
+
+
+def _upgrade_request(target: str) -> Callable[[Simulator, str], Any]:
+    """`juju run <app>/leader upgrade version=<target>` once; every unit counts as requested."""
+
+    def request(sim: Simulator, unit: str) -> Any:
+        if not any(a.name == "upgrade" for a in sim.actions.values()):
+            sim.run_action(f"{APP}/leader", "upgrade", version=target)
+        if sim.recorder is not None:
+            sim.recorder.request(unit, "upgrade")
+
+    return request
+
+
+UPGRADE_TARGET = "1.1.0"
+
+
+def demo_engines() -> dict[str, Engine]:
+    """What `--engine` (and `--operation upgrade`) can pick, by the demo's names."""
+    return {
+        "rollingops": ENGINES["rollingops-etcd"],
+        "rollingops-peer": ENGINES["rollingops-peer"],
+        "v0": ENGINES["v0"],
+        "coordinator": ENGINES.get("coordinator")
+        or Engine("coordinator", _restart_with("coordinator"), _coordinator_holds_grant),
+        "upgrade": Engine(
+            "upgrade", _upgrade_request(UPGRADE_TARGET), _upgrade_holds_grant, operation="upgrade"
+        ),
+    }
 
 
 # --- who holds the lock: read from the committed relation data ----------------------------------
 
 
-def lock_holder(sim: Simulator, operation: str, engine: str) -> tuple[str | None, Any]:
-    """(unit holding the lock or None, its fencing token or None), from the committed truth."""
-    if APP not in sim.apps:
-        return None, None
+def lock_holder(harness: DemoHarness) -> tuple[str | None, Any]:
+    """(unit holding the lock, its token if the wire format shows one), from the truth."""
+    sim = harness.sim
     bags = Bags.from_truth(sim.relations, APP)
-    if operation == "upgrade":
-        return _upgrade_holder(bags)
-    if engine == "rollingops":
-        return _rollingops_holder(bags)
-    if engine == "v0":
-        return _v0_holder(bags)
-    if engine == "coordinator":
-        return _coordinator_holder(bags)
+    for unit in sim.members(APP):
+        if harness.engine.holds_grant(bags, unit):
+            return unit, _token(bags, unit)
     return None, None
+
+
+def _token(bags: Bags, unit: str) -> Any:
+    grant = _json(bags.app("rollingops").get("rollingops-grant"))
+    if isinstance(grant, dict) and grant.get("unit") == unit:
+        return grant.get("token")
+    token = bags.app("restart").get("rolling-ops-token")
+    if bags.app("restart").get(f"<ops.model.Unit {unit}>") == "granted" and token:
+        return int(token) if token.isdigit() else None
+    return None
 
 
 def _json(raw: str | None) -> Any:
@@ -218,35 +210,3 @@ def _json(raw: str | None) -> Any:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
-
-
-def _rollingops_holder(bags: Bags) -> tuple[str | None, Any]:
-    grant = _json(bags.app("rollingops").get("rollingops-grant"))
-    if isinstance(grant, dict) and isinstance(grant.get("unit"), str):
-        return grant["unit"], grant.get("token")
-    return None, None
-
-
-def _v0_holder(bags: Bags) -> tuple[str | None, Any]:
-    app = bags.app("restart")
-    token = app.get("rolling-ops-token")
-    for key, value in app.items():
-        if value == "granted" and key.startswith("<ops.model.Unit "):
-            return key[len("<ops.model.Unit ") : -1], int(token) if token else None
-    return None, None
-
-
-def _coordinator_holder(bags: Bags) -> tuple[str | None, Any]:
-    grants = _json(bags.app("coordinator").get("coordinator"))
-    if isinstance(grants, dict):
-        for unit, locks in sorted(grants.items()):
-            if isinstance(locks, dict) and "restart" in locks:
-                return unit, None
-    return None, None
-
-
-def _upgrade_holder(bags: Bags) -> tuple[str | None, Any]:
-    for unit in bags.units("upgrade"):
-        if bags.unit("upgrade", unit).get("state") == "upgrading":
-            return unit, None
-    return None, None
