@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .runner import Live
 from .truth import Bags
@@ -57,6 +57,7 @@ class Recorder:
         self.holds_grant = holds_grant
         self.intervals: list[Interval] = []
         self.requests: list[tuple[str, str, int]] = []  # (unit, operation, time)
+        self.request_actions: list[Any] = []  # the ActionRecord of each request, if any
         self.violations: list[str] = []
         self._open: dict[int, list[Interval]] = {}
         sim.listeners.append(self)
@@ -64,8 +65,14 @@ class Recorder:
 
     # --- feeding --------------------------------------------------------------------------
 
-    def request(self, unit: str, operation: str) -> None:
+    def request(self, unit: str, operation: str, action: Any = None) -> None:
+        """Count a request (`action`: its ActionRecord, when it came through an action).
+
+        A request whose action failed does not count: Juju discarded its writes or the charm
+        refused it, and the operator saw the failure.
+        """
         self.requests.append((unit, operation, self.sim.now))
+        self.request_actions.append(action)
 
     def enter(self, operation: str, token: object = None) -> Interval:
         """Called from the patched journal inside a run."""
@@ -127,7 +134,9 @@ class Recorder:
         """I4: each non-removed unit served exactly as many times as it asked."""
         failures = []
         asked: dict[tuple[str, str], int] = {}
-        for unit, operation, _ in self.requests:
+        for (unit, operation, _), action in zip(self.requests, self.request_actions, strict=True):
+            if action is not None and action.status == "failed":
+                continue
             asked[(unit, operation)] = asked.get((unit, operation), 0) + 1
         served: dict[tuple[str, str], int] = {}
         for i in self.intervals:

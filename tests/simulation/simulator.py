@@ -434,7 +434,7 @@ class Simulator:
         """Ask for a coordinated operation through an action; the recorder counts the request."""
         record = self.run_action(unit, action, **params)
         if self.recorder is not None:
-            self.recorder.request(unit, operation)
+            self.recorder.request(unit, operation, record)
         return record
 
     @operator
@@ -721,7 +721,7 @@ class Simulator:
         if item.relation is None:
             return True, None
         rel = self.relations.get(item.relation)
-        if rel is None:
+        if rel is None or unit in rel.broken:  # broken here: Juju runs nothing more for it
             self.log(f"skip {unit} {item.label()}: relation gone")
             return False, None
         if item.event == "relation_created":
