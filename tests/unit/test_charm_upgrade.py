@@ -319,3 +319,16 @@ def test_malformed_peer_data_blocks_with_the_reason(service, app, reason):
     assert out.unit_status.name == "blocked"
     assert out.unit_status.message.startswith(reason)
     assert out.get_relation(rel.id).local_unit_data["state"] == "idle"
+
+
+def test_new_leader_does_not_end_a_rollout_that_has_not_reached_it(service):
+    """A leader elected before it saw the round: everyone still idle, but the stack is set."""
+    ctx = _ctx(1)
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        peers={2: {"state": "idle"}},
+    )
+    out = ctx.run(ctx.on.leader_elected(), testing.State(leader=True, relations={rel}))
+    got = out.get_relation(rel.id)
+    assert json.loads(got.local_app_data["workload-rollout"])["done"] is False
+    assert got.local_unit_data["state"] == "ready"  # it joined the round instead
