@@ -427,11 +427,16 @@ class Demo:
             f"Hooks: {stats['hooks_total']} during the {self.o.operation} "
             f"(per unit {per_unit}); {deploy_hooks} for the deploy before it."
         )
-        chain = [x["hooks"] for x in stats["handoffs"] if x["hooks"] is not None]
-        if chain:
+        handoffs = stats["handoffs"]
+        if handoffs:
+            chain = [x["hooks"] for x in handoffs if x["hooks"] is not None]
+            hooks = f", {min(chain)}-{max(chain)} hooks on the causal chain" if chain else ""
             self.say(
-                f"Lock handoffs: {len(stats['handoffs'])}, {min(chain)}-{max(chain)} hooks each "
-                f"(median {stats['handoff_hooks_p50']}); makespan {stats['makespan']} ticks "
+                f"Lock handoffs: {len(handoffs)}, median {stats['handoff_ticks_p50']} ticks "
+                f"from one unit's exit to the next one's entry{hooks}."
+            )
+            self.say(
+                f"Makespan: {stats['makespan']} ticks from the request to the last exit "
                 f"(lower bound {stats['lower_bound']:.0f})."
             )
         self.say()
