@@ -37,6 +37,13 @@ MAX_STEPS = 100_000
 MAX_RESOLVE_ROUNDS = 8
 
 
+def _move_leadership(sim: Simulator, unit: str) -> None:
+    """Juju elects only live units: a timed leader change to a unit removed since is void."""
+    truth = sim.units[unit]
+    if not (truth.departing or truth.removed):
+        sim.set_leader(unit)
+
+
 def arm_faults(sim: Simulator, engine: Engine, units: list[str]) -> list[str]:
     """Arm a random mix of faults on `sim` (its RNG decides); return their descriptions."""
     rng = sim.rng
@@ -51,7 +58,7 @@ def arm_faults(sim: Simulator, engine: Engine, units: list[str]) -> list[str]:
         armed.append(f"fail_hook {unit} {match} nth={nth} {point}")
     if rng.random() < 0.4:
         at, unit = sim.now + rng.randint(0, horizon), rng.choice(units)
-        sim.add_timer(at, f"set_leader {unit}", lambda u=unit: sim.set_leader(u))
+        sim.add_timer(at, f"set_leader {unit}", lambda u=unit: _move_leadership(sim, u))
         armed.append(f"set_leader {unit} at {at}")
     if rng.random() < 0.3 and len(units) > 1:
         at, unit, graceful = (
