@@ -9,7 +9,7 @@ kept in StoredState, so the need survives the hooks between the request and the 
 from __future__ import annotations
 
 import ops
-from charms.coordinated_ops.v0.coordinator import Serial
+from charms.coordinated_ops.v0.coordinator import BaseCoordinator, Serial
 
 import restart
 
@@ -21,6 +21,7 @@ class CoordinatorEngine(ops.Object):
     """Queues restarts on a Serial coordinator; runs the restart once the lock is granted."""
 
     name = "coordinator"
+    coordinator_class: type[BaseCoordinator] = Serial  # a subclass may plug in another policy
     _stored = ops.StoredState()
 
     def __init__(self, charm: ops.CharmBase):
@@ -30,7 +31,9 @@ class CoordinatorEngine(ops.Object):
         # Registered before the coordinator's own pre_commit observer (which releases visible
         # grants): whatever the dispatch, a visible grant is used, never released unused.
         self.framework.observe(self.framework.on.pre_commit, self._reconcile)
-        self.serial = Serial(charm, relation_key="coordinator", peer_relation_name=RELATION)
+        self.serial = self.coordinator_class(
+            charm, relation_key="coordinator", peer_relation_name=RELATION
+        )
         for event in (
             charm.on[RELATION].relation_changed,  # grants arrive here
             charm.on.leader_elected,

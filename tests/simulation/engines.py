@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from . import rollingops_engines
+from . import coordinator_engines, rollingops_engines, upgrade_engine
 from .fakes import DemoFakes, demo_spec
 from .runner import CharmSpec
 from .simulator import Simulator
@@ -89,5 +89,25 @@ ENGINES: dict[str, Engine] = {
         fakes=rollingops_engines.RollingOpsEtcdFakes,
         setup=rollingops_engines.etcd_setup,
         faults=rollingops_engines.etcd_faults,
+    ),
+    "coordinator": Engine(
+        name="coordinator",
+        request=_restart_with("coordinator"),
+        holds_grant=coordinator_engines.holds_grant,
+    ),
+    "coordinator-up-to-2": Engine(
+        name="coordinator-up-to-2",
+        request=_restart_with("coordinator"),
+        holds_grant=coordinator_engines.holds_grant,
+        k=coordinator_engines.N_HOLDERS,
+        charm=coordinator_engines.up_to_two_spec,
+    ),
+    "upgrade": Engine(
+        name="upgrade",
+        operation="upgrade",
+        request=upgrade_engine.request,
+        holds_grant=upgrade_engine.holds_grant,
+        fakes=upgrade_engine.UpgradeFakes,
+        faults=upgrade_engine.faults,
     ),
 }
