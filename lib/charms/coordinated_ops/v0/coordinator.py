@@ -23,8 +23,8 @@ Declare a peer relation in ``metadata.yaml`` and create the coordinator once in 
             super().__init__(framework)
             self._stored.set_default(needs_restart=False)
             self.serial = Serial(self)  # first peer relation, databag key "coordinator"
+            framework.observe(self.on.config_changed, self._on_config_changed)
             for event in (
-                self.on.config_changed,
                 self.on.cluster_relation_changed,  # grants arrive here
                 self.on.leader_elected,
                 self.serial.wake_up_event,         # the leader's own grants arrive here
