@@ -15,7 +15,7 @@ import logging
 import os
 import subprocess
 from collections import deque
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import ops
@@ -434,7 +434,7 @@ def test_requests_are_keyed_by_unit_only_and_timestamps_are_naive_utc():
     with ctx(ctx.on.update_status(), testing.State(relations=[relation])) as mgr:
         serial = mgr.charm.serial
         assert serial.request_timestamp("restart") is None
-        before = datetime.utcnow()
+        before = datetime.now(timezone.utc).replace(tzinfo=None)
         serial.acquire("restart")
         serial.acquire("other")
         when = serial.request_timestamp("restart")
