@@ -46,6 +46,10 @@ ENGINE_TEXT = {
     "v0": "charms.rolling_ops.v0.rollingops, peer-relation lock",
     "coordinator": "charms.coordinated_ops.v0.coordinator, Serial (first come first served)",
 }
+ENGINE_TITLE = {
+    "rollingops": "rollingops on etcd (in-memory fake etcd)",
+    "rollingops-peer": "rollingops on its peer backend",
+}
 OPERATIONS = ("restart", "upgrade")
 FAULTS = ("none", "leader-removed", "holder-removed", "hook-failure", "etcd-outage")
 OUTAGE_TICKS = 20  # longer than the rollingops lease (LEASE_TTL_TICKS) on logical time
@@ -356,6 +360,12 @@ class Demo:
     def remove(self, unit: str, graceful: bool) -> None:
         how = "juju remove-unit" if graceful else "its machine vanished (abrupt removal)"
         self.say(f"t={self.sim.now}  {self.glyphs.fault} fault: {unit} removed: {how}")
+        if not graceful and self.h.engine.name == "rollingops-etcd":
+            ttl = rollingops_engines.LEASE_TTL_TICKS
+            self.say(
+                f"       (its etcd lock lives under its worker's lease: the others wait for that "
+                f"lease to expire, {ttl} ticks)"
+            )
         label = "juju remove-unit (the leader)" if graceful else "machine lost mid-operation"
         self.marks.append(Mark(self.sim.now, unit, "fault", label))
         self.sim.remove_unit(unit, graceful=graceful)
@@ -556,9 +566,15 @@ class Demo:
             + (f", engine {o.engine}" if o.operation == "restart" else f" to {UPGRADE_TARGET}")
             + (f", fault {o.fault}" if o.fault != "none" else "")
         )
-        subtitle = (
-            "simulated Juju controller, real charm code; "
-            f"{stats['hooks_total']} hooks, makespan {stats['makespan']} ticks"
+        detail = ENGINE_TITLE.get(o.engine) if o.operation == "restart" else None
+        subtitle = "  ·  ".join(
+            part
+            for part in (
+                "simulated Juju controller, real charm code",
+                detail,
+                f"{stats['hooks_total']} hooks, makespan {stats['makespan']} ticks",
+            )
+            if part
         )
         return render(
             Picture(
