@@ -430,12 +430,15 @@ class Demo:
         t_end = max([sim.now, *(i.end or sim.now for i in intervals)])
         self.timeline(t_request, t_end, intervals)
         stats = account(sim, h.recorder, since=since)
+        counts = stats["hooks_per_unit"]
         per_unit = ", ".join(
-            f"{u.rsplit('/', 1)[1]}: {n}" for u, n in stats["hooks_per_unit"].items()
+            f"{u.rsplit('/', 1)[1]}: {n}" for u, n in counts.items() if app_of(u) == APP
         )
+        others = ", ".join(f"{u}: {n}" for u, n in counts.items() if app_of(u) != APP)
         self.say(
             f"Hooks: {stats['hooks_total']} during the {self.o.operation} "
-            f"(per unit {per_unit}); {deploy_hooks} for the deploy before it."
+            f"(per unit {per_unit}" + (f"; stand-in {others}" if others else "") + "); "
+            f"{deploy_hooks} for the deploy before it."
         )
         handoffs = stats["handoffs"]
         if handoffs:
@@ -473,7 +476,7 @@ class Demo:
         for col in range(0, columns, 10):
             text = str(t0 + col * scale)
             axis[col : col + len(text)] = text
-        self.say(" " * label_width + "".join(axis[:columns]).rstrip())
+        self.say(" " * label_width + "".join(axis).rstrip())
         for unit in self.units():
             row = [g.idle] * columns
             mine = [i for i in intervals if i.unit == unit]
