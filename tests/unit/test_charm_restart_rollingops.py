@@ -17,6 +17,10 @@ from ops import testing
 
 from tests.unit.conftest import ROOT, charm_context
 
+# Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks
+# like it is being removed (a holder waits while one is: RollingOpsManager._unit_leaving).
+PLANNED = 9
+
 PEER = "rollingops"
 APP = "coordinated-ops"
 
@@ -80,7 +84,7 @@ def restart_action(context, state, **params):
 def test_rollingops_is_the_default_engine_and_queues_on_a_non_leader(running):
     context = ctx(1)
     rel = testing.PeerRelation(PEER, peers_data={0: {}})
-    out = restart_action(context, testing.State(relations={rel}), delay=3)
+    out = restart_action(context, testing.State(planned_units=PLANNED, relations={rel}), delay=3)
     assert (context.action_results or {})["engine"] == "rollingops"
     assert "peer backend" in (context.action_results or {})["message"]
     bag = out.get_relation(rel.id).local_unit_data
@@ -94,13 +98,18 @@ def test_rollingops_is_the_default_engine_and_queues_on_a_non_leader(running):
 
 def test_without_peer_relation_the_action_fails_clearly(running):
     with pytest.raises(testing.ActionFailed, match="peer relation 'rollingops' is not ready"):
-        restart_action(ctx(0), testing.State())
+        restart_action(
+            ctx(0),
+            testing.State(
+                planned_units=PLANNED,
+            ),
+        )
 
 
 def test_leader_alone_restarts_in_the_wakeup_and_journals_the_token(running, spawns, tmp_path):
     context = ctx(0)
     rel = testing.PeerRelation(PEER)
-    state = testing.State(leader=True, relations={rel})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     out = restart_action(context, state)
     assert len(spawns) == 1 and ("restart",) not in running.calls
     assert out.app_status == testing.MaintenanceStatus("rolling restart in progress (rollingops)")
@@ -129,7 +138,8 @@ def test_granted_non_leader_restarts_with_the_grant_token(running, tmp_path):
         peers_data={0: {}},
     )
     out = context.run(
-        context.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel})
+        context.on.relation_changed(rel, remote_unit=0),
+        testing.State(planned_units=PLANNED, relations={rel}),
     )
     assert running.calls == [("restart",)]
     assert [line["token"] for line in journal(tmp_path)] == [7]
@@ -147,7 +157,8 @@ def test_a_failed_restart_releases_for_a_retry(running, tmp_path):
         peers_data={0: {}},
     )
     out = context.run(
-        context.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel})
+        context.on.relation_changed(rel, remote_unit=0),
+        testing.State(planned_units=PLANNED, relations={rel}),
     )
     bag = out.get_relation(rel.id).local_unit_data
     assert json.loads(bag["rollingops-done"])["result"] == "retry-release"
@@ -158,7 +169,9 @@ def test_a_failed_restart_releases_for_a_retry(running, tmp_path):
 def test_sync_restart_on_the_leader_runs_inside_the_action(running, tmp_path):
     context = ctx(0)
     rel = testing.PeerRelation(PEER, peers_data={1: unit_bag()})
-    restart_action(context, testing.State(leader=True, relations={rel}), sync=True)
+    restart_action(
+        context, testing.State(planned_units=PLANNED, leader=True, relations={rel}), sync=True
+    )
     assert running.calls == [("restart",)]
     assert "synchronously" in (context.action_results or {})["message"]
     assert [line["engine"] for line in journal(tmp_path)] == ["rollingops"]
@@ -172,7 +185,9 @@ def test_sync_restart_waits_for_no_one_while_another_unit_holds_the_lock(running
         peers_data={1: unit_bag(op(1))},
     )
     with pytest.raises(testing.ActionFailed, match="lock busy"):
-        restart_action(context, testing.State(leader=True, relations={rel}), sync=True)
+        restart_action(
+            context, testing.State(planned_units=PLANNED, leader=True, relations={rel}), sync=True
+        )
     assert ("restart",) not in running.calls
 
 
@@ -180,13 +195,13 @@ def test_sync_restart_on_a_non_leader_without_etcd_fails_clearly(running):
     context = ctx(1)
     rel = testing.PeerRelation(PEER, peers_data={0: {}})
     with pytest.raises(testing.ActionFailed, match="only the leader can restart synchronously"):
-        restart_action(context, testing.State(relations={rel}), sync=True)
+        restart_action(context, testing.State(planned_units=PLANNED, relations={rel}), sync=True)
     assert ("restart",) not in running.calls
 
 
 def test_sync_is_refused_for_engines_without_a_sync_mode(running):
     context = ctx(0)
-    state = testing.State(relations={testing.PeerRelation("restart")})
+    state = testing.State(planned_units=PLANNED, relations={testing.PeerRelation("restart")})
     with pytest.raises(testing.ActionFailed, match="sync"):
         restart_action(context, state, engine="v0", sync=True)
 
@@ -194,6 +209,6 @@ def test_sync_is_refused_for_engines_without_a_sync_mode(running):
 def test_another_engine_is_refused_while_a_rollingops_restart_is_queued(running):
     context = ctx(0)
     rel = testing.PeerRelation(PEER, peers_data={1: unit_bag(op(1))})
-    state = testing.State(relations={rel, testing.PeerRelation("restart")})
+    state = testing.State(planned_units=PLANNED, relations={rel, testing.PeerRelation("restart")})
     with pytest.raises(testing.ActionFailed, match="'rollingops' is in flight"):
         restart_action(context, state, engine="v0")

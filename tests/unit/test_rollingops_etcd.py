@@ -26,6 +26,10 @@ from charmlibs.rollingops import (
 )
 from ops import testing
 
+# Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks
+# like it is being removed (a holder waits while one is: RollingOpsManager._unit_leaving).
+PLANNED = 9
+
 APP = "app"
 META = {
     "name": APP,
@@ -95,7 +99,7 @@ def run(unit_bag_, app_bag_, event="update_status", leader=False, emit=None, pee
         "restart", local_unit_data=unit_bag_, local_app_data=app_bag_, peers_data=peers or {}
     )
     etcd = testing.Relation("etcd")
-    state = testing.State(leader=leader, relations={rel, etcd})
+    state = testing.State(planned_units=PLANNED, leader=leader, relations={rel, etcd})
     with ctx(getattr(ctx.on, event)(), state) as mgr:
         if emit:
             getattr(mgr.charm.on, emit).emit()
@@ -111,7 +115,7 @@ def test_request_in_etcd_mode_writes_queue_and_hint_and_starts_the_worker_once(
 ):
     ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
     rel = testing.PeerRelation("restart", local_app_data=app_bag("etcd"))
-    state = testing.State(relations={rel, testing.Relation("etcd")})
+    state = testing.State(planned_units=PLANNED, relations={rel, testing.Relation("etcd")})
     with ctx(ctx.on.update_status(), state) as mgr:
         mgr.charm.rolling.request_async_lock("restart", {"a": 1}, 0)
         out = mgr.run()
@@ -123,7 +127,8 @@ def test_request_in_etcd_mode_writes_queue_and_hint_and_starts_the_worker_once(
     rel2 = testing.PeerRelation("restart", local_app_data=app_bag("etcd"),
                                 local_unit_data=dict(bag))  # fmt: skip
     with ctx(
-        ctx.on.update_status(), testing.State(relations={rel2, testing.Relation("etcd")})
+        ctx.on.update_status(),
+        testing.State(planned_units=PLANNED, relations={rel2, testing.Relation("etcd")}),
     ) as mgr:
         mgr.charm.rolling.request_async_lock("restart", {"a": 2}, 0)
         mgr.run()
@@ -232,7 +237,9 @@ def _etcd_state(secret, remote=None, leader=False, unit_bag_=None, app_mode="etc
         remote_app_data=remote
         or {"endpoints": "10.1.0.5:2379, 10.1.0.6:2379", "tls-ca": SERVER_CA},
     )
-    return testing.State(leader=leader, relations={rel, etcd}, secrets={secret}), etcd
+    return testing.State(
+        planned_units=PLANNED, leader=leader, relations={rel, etcd}, secrets={secret}
+    ), etcd
 
 
 def test_etcd_relation_changed_writes_the_local_config_from_provider_data(tmp_path):
@@ -315,7 +322,7 @@ def test_etcd_sync_lock_times_out_on_contention_and_does_not_fall_back(monkeypat
     rel = testing.PeerRelation(
         "restart", local_unit_data=unit_bag(backend="etcd"), local_app_data=app_bag("etcd")
     )
-    state = testing.State(relations={rel, testing.Relation("etcd")})
+    state = testing.State(planned_units=PLANNED, relations={rel, testing.Relation("etcd")})
     with ctx(ctx.on.update_status(), state) as mgr:
         with pytest.raises(TimeoutError), mgr.charm.rolling.acquire_sync_lock("peer", timeout=0):
             raise AssertionError("the body must not run without the lock")
@@ -346,7 +353,7 @@ def test_late_cluster_id_publishes_the_request_at_the_end_of_that_dispatch():
     ctx = testing.Context(LateClusterCharm, meta=META, app_name=APP, unit_id=0)
     rel = testing.PeerRelation("restart")
     etcd = testing.Relation("etcd", remote_app_name="charmed-etcd")
-    state = testing.State(leader=True, relations={rel, etcd})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={rel, etcd})
     LATE[0] = None
     out = ctx.run(ctx.on.update_status(), state)
     assert "requests" not in out.get_relation(etcd.id).local_app_data  # no cluster id: nothing

@@ -32,6 +32,10 @@ from charmlibs.rollingops import (
 )
 from ops import testing
 
+# Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks
+# like it is being removed (a holder waits while one is: RollingOpsManager._unit_leaving).
+PLANNED = 9
+
 APP = "app"
 META = {
     "name": APP,
@@ -224,7 +228,7 @@ def with_relation(state: testing.State, rel: testing.PeerRelation, out: testing.
 
 def test_unknown_callback_id_fails_the_action_clearly():
     context = ctx()
-    state = testing.State(leader=True, relations={peer()})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={peer()})
     with pytest.raises(testing.ActionFailed, match="Unknown callback_id: nope"):
         request(context, state, callback="nope")
 
@@ -236,7 +240,9 @@ def test_unknown_callback_id_fails_the_action_clearly():
 def test_invalid_requests_raise_with_the_1_1_5_message(kwargs, max_retry):
     context = ctx()
     rel = peer()
-    with context(context.on.update_status(), testing.State(relations={rel})) as mgr:
+    with context(
+        context.on.update_status(), testing.State(planned_units=PLANNED, relations={rel})
+    ) as mgr:
         with pytest.raises(RollingOpsInvalidLockRequestError) as info:
             mgr.charm.rolling.request_async_lock("restart", kwargs, max_retry)
         assert str(info.value).startswith("Failed to create the lock request: ")
@@ -246,7 +252,12 @@ def test_invalid_requests_raise_with_the_1_1_5_message(kwargs, max_retry):
 
 def test_no_peer_relation_raises_and_cluster_id_needs_etcd_relation():
     context = ctx()
-    with context(context.on.update_status(), testing.State()) as mgr:
+    with context(
+        context.on.update_status(),
+        testing.State(
+            planned_units=PLANNED,
+        ),
+    ) as mgr:
         with pytest.raises(RollingOpsNoRelationError):
             mgr.charm.rolling.request_async_lock("restart", {})
         with pytest.raises(ValueError, match="cluster_id"):
@@ -258,7 +269,9 @@ def test_no_peer_relation_raises_and_cluster_id_needs_etcd_relation():
 def test_max_retry_none_is_accepted_with_a_warning(caplog, spawns):
     context = ctx(1)
     rel = peer()
-    with context(context.on.update_status(), testing.State(relations={rel})) as mgr:
+    with context(
+        context.on.update_status(), testing.State(planned_units=PLANNED, relations={rel})
+    ) as mgr:
         with caplog.at_level(logging.WARNING):
             mgr.charm.rolling.request_async_lock("restart", {"a": 1}, None)
         out = mgr.run()
@@ -275,7 +288,7 @@ def test_malformed_queue_entry_is_skipped_and_the_rest_served(caplog, spawns):
     with caplog.at_level(logging.ERROR):
         out = context.run(
             context.on.relation_changed(rel, remote_unit=1),
-            testing.State(leader=True, relations={rel}),
+            testing.State(planned_units=PLANNED, leader=True, relations={rel}),
         )
     app, _ = bags(out, rel)
     assert json.loads(app["rollingops-grant"]) == {"unit": "app/1", "token": 1, "op": 2}
@@ -286,7 +299,7 @@ def test_unknown_wire_version_is_not_ready_and_never_overwritten():
     context = ctx(0)
     future = {"rollingops-version": "2", "rollingops-queue": "whatever"}
     rel = peer(local_unit=future, app={"rollingops-version": "2", "rollingops-token": "9"})
-    state = testing.State(leader=True, relations={rel})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     with context(context.on.update_status(), state) as mgr:
         assert mgr.charm.rolling.state.status is RollingOpsStatus.NOT_READY
         out = mgr.run()
@@ -300,7 +313,9 @@ def test_unknown_wire_version_is_not_ready_and_never_overwritten():
 def _queue_after(requests: list[dict]) -> list[dict]:
     context = ctx(1)
     rel = peer()
-    with context(context.on.update_status(), testing.State(relations={rel})) as mgr:
+    with context(
+        context.on.update_status(), testing.State(planned_units=PLANNED, relations={rel})
+    ) as mgr:
         for kwargs in requests:
             mgr.charm.rolling.request_async_lock("restart", kwargs, 0)
         out = mgr.run()
@@ -320,7 +335,9 @@ def test_dedup_only_against_the_last_op():
 def test_is_waiting_reads_each_units_queue():
     context = ctx(0)
     rel = peer(local_unit=unit_bag(op(1)), peers={1: unit_bag(op(4, callback="other")), 2: {}})
-    with context(context.on.update_status(), testing.State(relations={rel})) as mgr:
+    with context(
+        context.on.update_status(), testing.State(planned_units=PLANNED, relations={rel})
+    ) as mgr:
         rolling = mgr.charm.rolling
         assert rolling.is_waiting() and rolling.is_waiting("app/1")
         assert not rolling.is_waiting("app/2")
@@ -336,7 +353,7 @@ def test_is_waiting_reads_each_units_queue():
 def test_leader_self_grant_spawns_wakeup_then_runs_in_the_next_dispatch(spawns, tmp_path):
     context = ctx(0)
     rel = peer()
-    state = testing.State(leader=True, relations={rel})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     out = request(context, state, kwargs={"a": 1})
     app, unit = bags(out, rel)
     assert json.loads(app["rollingops-grant"]) == {"unit": "app/0", "token": 1, "op": 1}
@@ -362,7 +379,10 @@ def test_leader_self_grant_spawns_wakeup_then_runs_in_the_next_dispatch(spawns, 
 def test_r7_several_reconciles_in_the_granting_dispatch_still_do_not_run_it(spawns):
     context = ctx(0)
     rel = peer()
-    with context(context.on.update_status(), testing.State(leader=True, relations={rel})) as mgr:
+    with context(
+        context.on.update_status(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    ) as mgr:
         mgr.charm.rolling.request_async_lock("restart", {"a": 1}, 0)  # grants app/0
         mgr.charm.rolling.request_async_lock("restart", {"a": 2}, 0)  # reconciles again
         out = mgr.run()  # update-status reconciles a third time
@@ -382,7 +402,8 @@ def test_non_leader_runs_in_the_relation_changed_that_shows_its_grant():
         peers={0: {}},
     )
     out = context.run(
-        context.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel})
+        context.on.relation_changed(rel, remote_unit=0),
+        testing.State(planned_units=PLANNED, relations={rel}),
     )
     assert len(BEHAVIOUR.calls) == 1
     call = BEHAVIOUR.calls[0]
@@ -394,7 +415,7 @@ def test_non_leader_runs_in_the_relation_changed_that_shows_its_grant():
     assert json.loads(unit["rollingops-done"]) == {"token": 5, "op": 1, "result": "release"}
     assert unit["rollingops-intent"] == "idle"
     # A second relation-changed showing the same (already acknowledged) grant runs nothing.
-    state, rel = with_relation(testing.State(relations={rel}), rel, out)
+    state, rel = with_relation(testing.State(planned_units=PLANNED, relations={rel}), rel, out)
     context.run(context.on.relation_changed(rel, remote_unit=0), state)
     assert len(BEHAVIOUR.calls) == 1
 
@@ -409,7 +430,7 @@ def test_leader_releases_on_done_token_and_grants_fifo_of_first_sighting():
     )
     out = context.run(
         context.on.relation_changed(rel, remote_unit=3),
-        testing.State(leader=True, relations={rel}),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
     )
     app, _ = bags(out, rel)
     assert json.loads(app["rollingops-grant"]) == {"unit": "app/2", "token": 4, "op": 1}
@@ -428,7 +449,7 @@ def test_holder_not_done_keeps_the_grant():
     )
     out = context.run(
         context.on.relation_changed(rel, remote_unit=2),
-        testing.State(leader=True, relations={rel}),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
     )
     app, _ = bags(out, rel)
     assert json.loads(app["rollingops-grant"])["unit"] == "app/1"
@@ -442,7 +463,7 @@ def test_departed_holder_is_released_in_the_departed_run():
     )
     out = context.run(
         context.on.relation_departed(rel, remote_unit=1, departing_unit=1),
-        testing.State(leader=True, relations={rel}),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
     )
     app, _ = bags(out, rel)
     assert json.loads(app["rollingops-grant"]) == {"unit": "app/2", "token": 4, "op": 1}
@@ -452,7 +473,10 @@ def test_stale_grant_is_released_on_leader_elected():
     """The old leader granted app/5, which has since left; the new leader cleans up."""
     context = ctx(0)
     rel = peer(app=app_bag(8, {"unit": "app/5", "token": 8, "op": 2}), peers={1: unit_bag(op(3))})
-    out = context.run(context.on.leader_elected(), testing.State(leader=True, relations={rel}))
+    out = context.run(
+        context.on.leader_elected(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
     app, _ = bags(out, rel)
     assert json.loads(app["rollingops-grant"]) == {"unit": "app/1", "token": 9, "op": 3}
 
@@ -463,7 +487,7 @@ def test_no_grant_while_a_unit_runs_the_etcd_backend():
     rel = peer(app=app_bag(1), peers={1: unit_bag(op(1)), 2: unit_bag(backend="etcd")})
     out = context.run(
         context.on.relation_changed(rel, remote_unit=1),
-        testing.State(leader=True, relations={rel}),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
     )
     app, _ = bags(out, rel)
     assert "rollingops-grant" not in app
@@ -475,7 +499,7 @@ def test_no_grant_while_a_unit_runs_the_etcd_backend():
 def _drive_leader_alone(max_retry, results, spawns, runs=10):
     context = ctx(0)
     rel = peer()
-    state = testing.State(leader=True, relations={rel})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     BEHAVIOUR.results = list(results)
     out = request(context, state, kwargs={"a": 1}, max_retry=max_retry)
     for _ in range(runs):
@@ -518,7 +542,7 @@ def _leader_finishes_with(result):
         peers={1: unit_bag(op(1))},
     )
     BEHAVIOUR.results = [result]
-    state = testing.State(leader=True, relations={rel})
+    state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     with context(context.on.relation_changed(rel, remote_unit=1), state) as mgr:
         out = mgr.run()
     return bags(out, rel)
@@ -552,7 +576,10 @@ def test_retry_units_are_served_lowest_last_token_first():
             ),
         },
     )
-    out = context.run(context.on.update_status(), testing.State(leader=True, relations={rel}))
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
     assert json.loads(bags(out, rel)[0]["rollingops-grant"])["unit"] == "app/2"
 
 
@@ -563,7 +590,9 @@ def test_unknown_callback_at_run_time_is_dropped_and_released(caplog):
         app=app_bag(2, {"unit": "app/1", "token": 2, "op": 1}),
     )
     with caplog.at_level(logging.ERROR):
-        out = context.run(context.on.update_status(), testing.State(relations={rel}))
+        out = context.run(
+            context.on.update_status(), testing.State(planned_units=PLANNED, relations={rel})
+        )
     _, unit = bags(out, rel)
     assert json.loads(unit["rollingops-done"]) == {
         "token": 2,
@@ -582,7 +611,9 @@ def test_callback_that_re_requests_itself_gets_a_new_op():
         app=app_bag(2, {"unit": "app/1", "token": 2, "op": 1}),
     )
     BEHAVIOUR.rerequest = True
-    out = context.run(context.on.update_status(), testing.State(relations={rel}))
+    out = context.run(
+        context.on.update_status(), testing.State(planned_units=PLANNED, relations={rel})
+    )
     _, unit = bags(out, rel)
     assert [(o["id"], o["kwargs"]) for o in queue_of(unit)] == [(2, {"a": 1})]
     assert unit["rollingops-seq"] == "2"
@@ -603,7 +634,9 @@ def test_r3_holder_clock_an_hour_behind_still_releases(monkeypatch):
     monkeypatch.setattr(_models.datetime, "datetime", SkewedClock)
     holder_ctx = ctx(1)
     rel1 = peer(local_unit=unit_bag(op(1)), app=app_bag(1, {"unit": "app/1", "token": 1, "op": 1}))
-    out = holder_ctx.run(holder_ctx.on.update_status(), testing.State(relations={rel1}))
+    out = holder_ctx.run(
+        holder_ctx.on.update_status(), testing.State(planned_units=PLANNED, relations={rel1})
+    )
     holder_bag = bags(out, rel1)[1]
     monkeypatch.undo()
 
@@ -614,7 +647,7 @@ def test_r3_holder_clock_an_hour_behind_still_releases(monkeypatch):
     )
     out = leader_ctx.run(
         leader_ctx.on.relation_changed(rel0, remote_unit=1),
-        testing.State(leader=True, relations={rel0}),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel0}),
     )
     assert json.loads(bags(out, rel0)[0]["rollingops-grant"])["unit"] == "app/2"
 
@@ -627,7 +660,10 @@ def test_r3_scheduling_ignores_requested_at():
         o1["requested_at"], o2["requested_at"] = stamp1, stamp2
         context = ctx(0)
         rel = peer(app=app_bag(), peers={1: unit_bag(o1), 2: unit_bag(o2)})
-        out = context.run(context.on.update_status(), testing.State(leader=True, relations={rel}))
+        out = context.run(
+            context.on.update_status(),
+            testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+        )
         return bags(out, rel)[0]
 
     early, late = "2020-01-01T00:00:00.000000Z", "2030-01-01T00:00:00.000000Z"
@@ -690,7 +726,9 @@ CONSTRUCTED: list[RollingOpsManager] = []
 @pytest.mark.parametrize("leader", [True, False])
 def test_r5_constructor_does_no_io_subprocess_keys_or_hook_tools(leader):
     context = testing.Context(ProbeCharm, meta=META, app_name=APP)
-    state = testing.State(leader=leader, relations={peer(), testing.Relation("etcd")})
+    state = testing.State(
+        planned_units=PLANNED, leader=leader, relations={peer(), testing.Relation("etcd")}
+    )
     CONSTRUCTED.clear()
     with context(context.on.install(), state) as mgr:
         assert [mgr.charm.rolling] == CONSTRUCTED
@@ -719,7 +757,7 @@ def test_r5_constructor_does_no_io_subprocess_keys_or_hook_tools(leader):
 def test_state_is_pure_and_reports_the_obvious_cases(local_unit, app, expected):
     context = ctx(1)
     rel = peer(local_unit=local_unit, app=app, peers={0: {}})
-    state = testing.State(relations={rel})
+    state = testing.State(planned_units=PLANNED, relations={rel})
     # Install does not reconcile: the output must equal the input although `state` is read.
     with context(context.on.install(), state) as mgr:
         observed = mgr.charm.rolling.state
@@ -730,7 +768,12 @@ def test_state_is_pure_and_reports_the_obvious_cases(local_unit, app, expected):
 
 def test_state_not_ready_without_peer_relation():
     context = ctx(0)
-    with context(context.on.install(), testing.State()) as mgr:
+    with context(
+        context.on.install(),
+        testing.State(
+            planned_units=PLANNED,
+        ),
+    ) as mgr:
         assert mgr.charm.rolling.state.status is RollingOpsStatus.NOT_READY
         assert mgr.charm.rolling.lock_grant is None
         assert not mgr.charm.rolling.is_waiting()
@@ -741,7 +784,9 @@ def test_state_not_ready_without_peer_relation():
 
 def test_sync_lock_uses_the_charm_backend_without_etcd():
     context = ctx(0)
-    out = context.run(context.on.action("sync"), testing.State(relations={peer()}))
+    out = context.run(
+        context.on.action("sync"), testing.State(planned_units=PLANNED, relations={peer()})
+    )
     assert SYNC_LOCK.events == ["acquire 5", "release"]
     assert context.action_results == {"grant": "None"}
     assert out is not None
@@ -749,10 +794,59 @@ def test_sync_lock_uses_the_charm_backend_without_etcd():
 
 def test_sync_lock_releases_when_the_body_raises_and_needs_a_backend():
     context = ctx(0)
-    with context(context.on.update_status(), testing.State(relations={peer()})) as mgr:
+    with context(
+        context.on.update_status(), testing.State(planned_units=PLANNED, relations={peer()})
+    ) as mgr:
         rolling = mgr.charm.rolling
         with pytest.raises(KeyError), rolling.acquire_sync_lock("local", None):
             raise KeyError("inside")
         assert SYNC_LOCK.events == ["acquire None", "release"]
         with pytest.raises(RollingOpsSyncLockError), rolling.acquire_sync_lock("absent", 1):
             pass
+
+
+def test_a_holder_waits_while_a_unit_is_being_removed_then_runs():
+    """A holder does not start its operation while a unit is leaving (simulator finding).
+
+    rollingops-peer soak, seed 128: the leader app/0 granted itself, was removed gracefully, the new leader released app/0's grant in relation-departed and ran
+    its own restart while app/0's queued wake-up was still running app/0's restart.
+
+    Juju's planned unit count drops as soon as a removal starts: below the units in view, no
+    holder starts its operation; once its view has caught up (its departed hook) it does.
+    """
+    context = ctx(1)
+    rel = peer(
+        local_unit=unit_bag(op(1, {"d": 3})),
+        app=app_bag(5, {"unit": "app/1", "token": 5, "op": 1}),
+        peers={0: {}, 2: {}},
+    )
+    leaving = testing.State(planned_units=2, relations={rel})  # one of the 3 units is leaving
+    out = context.run(context.on.relation_changed(rel, remote_unit=0), leaving)
+    assert BEHAVIOUR.calls == []
+    _, unit = bags(out, rel)
+    assert "rollingops-done" not in unit  # the grant is kept, not refused
+    gone = peer(local_unit=unit, app=dict(rel.local_app_data), peers={2: {}})
+    out = context.run(
+        context.on.relation_departed(gone, remote_unit=0, departing_unit=0),
+        testing.State(planned_units=2, relations={gone}),
+    )
+    assert [c["grant"].token for c in BEHAVIOUR.calls] == [5]
+
+
+def test_a_unit_that_saw_its_own_departure_never_runs_a_grant():
+    """A unit that saw its own relation-departed never starts an operation again.
+
+    Its view shrinks to itself, so the planned unit count no longer tells it that it is leaving.
+    """
+    context = ctx(1)
+    rel = peer(
+        local_unit=unit_bag(op(1, {})),
+        app=app_bag(5, {"unit": "app/1", "token": 5, "op": 1}),
+        peers={0: {}},
+    )
+    state = testing.State(planned_units=1, relations={rel})
+    out = context.run(context.on.relation_departed(rel, remote_unit=0, departing_unit=1), state)
+    alone = peer(local_unit=unit_bag(op(1, {})), app=dict(rel.local_app_data), peers={})
+    state = dataclasses.replace(out, relations={alone}, planned_units=PLANNED)
+    context.run(context.on.update_status(), state)
+    assert BEHAVIOUR.calls == []

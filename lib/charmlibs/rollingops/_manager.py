@@ -80,6 +80,8 @@ class RollingOpsManager(ops.Object):
         base_dir: local state directory (default /var/lib/rollingops), created on first need.
     """
 
+    _stored = ops.StoredState()
+
     def __init__(
         self,
         charm: ops.CharmBase,
@@ -294,6 +296,7 @@ class RollingOpsManager(ops.Object):
     def _on_peer_departed(self, event: ops.RelationDepartedEvent) -> None:
         departing = event.departing_unit.name if event.departing_unit else None
         if departing == self.model.unit.name:
+            self._stored.departing = True  # never start a critical section from now on
             etcd = self._etcd()
             if etcd is not None:
                 etcd.stop_worker()
@@ -366,6 +369,8 @@ class RollingOpsManager(ops.Object):
             grant = app.grant
             if grant.token in self._granted_here:
                 pass  # the leader never runs its own grant in the dispatch that issued it
+            elif me.backend is ProcessingBackend.PEER and self._unit_leaving(relation):
+                logger.info("a unit is leaving the application: grant %s waits", grant.token)
             elif me.backend is ProcessingBackend.PEER:
                 self._executing_op = me.queue[0].id if me.queue else None
                 try:
@@ -430,6 +435,24 @@ class RollingOpsManager(ops.Object):
         return OperationResult.RELEASE
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _unit_leaving(self, relation: ops.Relation) -> bool:
+        """Whether this unit, or another one, is being removed: no critical section starts then.
+
+        The leader releases the grant of a unit that departs (it may never come back: its machine
+        can be gone), but a unit removed gracefully still runs hooks after the leader has seen it
+        depart, for example a queued wake-up. So a holder does not start its operation while any
+        unit of the application is leaving (Juju's planned unit count is below the units this
+        unit sees) or after it saw its own departure; it starts once the departures are done.
+        """
+        if getattr(self._stored, "departing", False):  # stored state is read only when needed
+            return True
+        try:
+            planned = self.model.app.planned_units()
+        except (ops.ModelError, RuntimeError) as error:  # goal-state unavailable: do not block
+            logger.debug("planned units unknown: %s", error)
+            return False
+        return planned < 1 + len(relation.units)
 
     def _peer_relation(self) -> ops.Relation | None:
         return self.model.get_relation(self.peer_relation_name)
