@@ -808,7 +808,8 @@ def test_sync_lock_releases_when_the_body_raises_and_needs_a_backend():
 def test_a_holder_waits_while_a_unit_is_being_removed_then_runs():
     """A holder does not start its operation while a unit is leaving (simulator finding).
 
-    rollingops-peer soak, seed 128: the leader app/0 granted itself, was removed gracefully, the new leader released app/0's grant in relation-departed and ran
+    rollingops-peer soak, seed 128: the leader app/0 granted itself, was removed gracefully,
+    the new leader released app/0's grant in relation-departed and ran
     its own restart while app/0's queued wake-up was still running app/0's restart.
 
     Juju's planned unit count drops as soon as a removal starts: below the units in view, no
