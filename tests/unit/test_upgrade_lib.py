@@ -699,3 +699,12 @@ def test_in_progress():
         rel = _peer(app=app, unit={"state": states[0]}, peers={1: {"state": states[1]}})
         with ctx(ctx.on.update_status(), testing.State(relations={rel})) as mgr:
             assert mgr.charm.upgrade.in_progress() is expected
+
+
+def test_unit_alone_in_its_view_is_not_granted_unless_on_top():
+    """A unit that has not met its peers yet must not upgrade out of turn at upgrade-charm."""
+    ctx = _ctx(unit_id=3)
+    rel = _peer(app={"upgrade-stack": "[0, 1, 2]"}, unit={"state": "idle"})
+    out = ctx.run(ctx.on.upgrade_charm(), testing.State(relations={rel}))
+    assert Behaviour.granted == []
+    assert out.get_relation(rel.id).local_unit_data["state"] == "ready"

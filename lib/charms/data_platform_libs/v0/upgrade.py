@@ -626,7 +626,9 @@ class DataUpgrade(Object, ABC):
         self._set_state("ready")
         self._stored.refresh_pending = False
         if len(self.app_units) == 1:
-            self.on.upgrade_granted.emit()
+            # Alone in its view (a single-unit app, or a unit that has not met its peers yet):
+            # nobody else will wake it, so reconcile now. The grant still needs the stack's top.
+            self.on_upgrade_changed()
 
     def _guard_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
         if self.state not in ("ready", "upgrading") or self.cluster_state in (

@@ -1,0 +1,189 @@
+"""The `upgrade` engine of the simulator (see engines.py): workload upgrades one unit at a time.
+
+The operation is the upgrade of every unit, coordinated by charms.data_platform_libs.v0.upgrade
+on the peer relation `upgrade`. Each schedule takes one of two operator paths (the simulator's RNG
+decides, so a seed replays):
+
+- `action`: `juju run coordinated-ops/leader upgrade version=1.1.0`;
+- `refresh`: `juju run coordinated-ops/leader pre-upgrade-check`, then `juju refresh` (every unit
+  runs upgrade-charm then config-changed, in random order, some units first running what they
+  already had queued: the simulator's `delayed_upgrade`).
+
+A unit "holds the grant" (I2, I3) when its own `state` is `upgrading` and it is the top (last
+entry) of the app's `upgrade-stack`: the library's grant rule.
+
+Faults of this engine (on top of soak.py's generic ones):
+- `fail_check`: one unit's post-upgrade check fails at 1.1.0 (its service does not answer
+  there, so it bites on the `action` path); the rollout halts. An operator stands by: once a
+  unit reports `failed`, it runs `upgrade version=1.0.0` on the leader (the rollback), and the
+  schedule must end with every unit idle. A unit that completed the failed round is upgraded
+  twice in all (its rollback is a new request, added to the liveness accounting then); units
+  added mid-rollout, never asked by soak.py, are asked for what the rollback gives them.
+- `remove_leader`: the leader is removed (graceful or abrupt) at a random time mid-rollout.
+The operator retries an action that failed because leadership moved (R16), as a person would.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .fakes import DemoFakes
+from .simulator import ActionRejected, Simulator
+from .truth import Bags
+
+APP = "coordinated-ops"
+PEER = "upgrade"
+TARGET = "1.1.0"
+PREVIOUS = "1.0.0"
+UPGRADE_TICKS = 2  # stop, install, start and the health check cost 2 ticks on top of the hook
+
+
+def _stack(raw: str | None) -> list[int]:
+    try:
+        value = json.loads(raw or "[]")
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def holds_grant(bags: Bags, unit: str) -> bool:
+    """`unit` is `upgrading` and on top of the upgrade stack."""
+    stack = _stack(bags.app(PEER).get("upgrade-stack"))
+    number = int(unit.rsplit("/", 1)[1])
+    return (
+        bool(stack) and stack[-1] == number and bags.unit(PEER, unit).get("state") == "upgrading"
+    )
+
+
+class UpgradeFakes(DemoFakes):
+    """The demo fakes, plus: an upgrade costs ticks, and chosen (unit, version) pairs fail."""
+
+    def install(self, version: str) -> None:
+        super().install(version)
+        if self.sim.current is not None and self.sim.current.item.event != "install":
+            self.sim.add_cost(UPGRADE_TICKS)
+
+    def _bad(self) -> bool:
+        run = self.sim.current
+        broken = getattr(self.sim, "upgrade_broken", set())
+        return run is not None and (run.unit, self._service().version) in broken
+
+    def health(self) -> dict | None:
+        return None if self._bad() else super().health()
+
+    def served_version(self) -> str | None:
+        return None if self._bad() else super().served_version()
+
+
+class Operator:
+    """The person at the keyboard: starts the upgrade, and rolls back after a failure.
+
+    A simulator listener: after every commit it looks at what `juju status` and `juju show-task`
+    would show and acts (no timers, so it never keeps a settled simulation busy).
+    """
+
+    MAX_RETRIES = 20
+
+    def __init__(self, sim: Simulator, path: str):
+        self.sim = sim
+        self.path = path
+        self.want: tuple[str, dict[str, Any]] | None = None  # the command to (re)issue
+        self.pending: Any = None  # its ActionRecord while queued or running
+        self.retries = 0
+        self.refreshed = False
+        self.rolled_back = False
+        self.requested: set[str] = set()
+        sim.listeners.append(self)
+
+    def request(self, unit: str) -> None:
+        """soak.py asks for the operation on every unit; one operator command serves them all."""
+        self.sim.recorder.request(unit, "upgrade")
+        self.requested.add(unit)
+        if self.want is None and self.pending is None and not self.refreshed:
+            if self.path == "action":
+                self._issue("upgrade", {"version": TARGET})
+            else:
+                self._issue("pre-upgrade-check", {})
+
+    def _issue(self, name: str, params: dict[str, Any]) -> None:
+        self.want = (name, params)
+        try:
+            self.pending = self.sim.run_action(f"{APP}/leader", name, **params)
+        except ActionRejected:  # no leader at this instant: try again after the next commit
+            self.pending = None
+
+    def on_start(self, sim: Simulator, run: Any) -> None:
+        pass
+
+    def on_commit(self, sim: Simulator, run: Any, ok: bool) -> None:
+        if sim is not self.sim:
+            return
+        if self.want is not None and not self._settle_pending():
+            return
+        if self.path == "refresh" and not self.refreshed and self.want is None:
+            self.refreshed = True
+            delayed = tuple(u for u in sim.members(APP) if sim.rng.random() < 0.3)
+            sim.refresh(APP, delayed=delayed)
+        states = self._states()
+        if "failed" in states.values() and not self.rolled_back and self.want is None:
+            self.rolled_back = True
+            # The rollback upgrades every member once more; a unit that completed the failed
+            # round is upgraded twice in all. Units added mid-rollout were never asked: ask now.
+            for unit, state in states.items():
+                owed = (2 if state == "completed" else 1) - (unit in self.requested)
+                for _ in range(owed):
+                    sim.recorder.request(unit, "upgrade")
+            self._issue("upgrade", {"version": PREVIOUS})
+
+    def _settle_pending(self) -> bool:
+        """True once the wanted command has succeeded; retries it when it failed."""
+        record = self.pending
+        gone = record is not None and self.sim.units[record.unit].departing
+        if record is not None and record.status == "completed":
+            self.want, self.pending = None, None
+            return True
+        if record is not None and record.status != "failed" and not gone:
+            return False  # still queued or running
+        if self.retries >= self.MAX_RETRIES:
+            return False
+        assert self.want is not None
+        self.retries += 1  # failed (e.g. leadership moved, R16), never ran, or no leader yet
+        self._issue(*self.want)
+        return False
+
+    def _states(self) -> dict[str, str]:
+        bags = Bags.from_truth(self.sim.relations, APP)
+        return {u: bags.unit(PEER, u).get("state", "") for u in self.sim.members(APP)}
+
+
+def request(sim: Simulator, unit: str) -> Any:
+    """The engine's `request`: the first call picks the path and issues the command."""
+    operator = getattr(sim, "upgrade_operator", None)
+    if operator is None:
+        path = "refresh" if sim.rng.random() < 1 / 3 else "action"
+        operator = Operator(sim, path)
+        sim.upgrade_operator = operator  # type: ignore[attr-defined]
+    operator.request(unit)
+
+
+def faults(sim: Simulator, units: list[str]) -> list[str]:
+    """Arm this engine's faults with the simulator's RNG; return their descriptions."""
+    rng = sim.rng
+    armed = []
+    if rng.random() < 0.5:
+        unit = rng.choice(units)
+        sim.upgrade_broken = {(unit, TARGET)}  # type: ignore[attr-defined]
+        armed.append(f"fail_check {unit} at {TARGET}")
+    if rng.random() < 0.4 and len(units) > 1:
+        at = sim.now + rng.randint(0, 8 * len(units))
+        graceful = rng.random() < 0.5
+
+        def remove_leader(graceful: bool = graceful) -> None:
+            leader = sim.leader(APP)
+            if leader is not None:
+                sim.remove_unit(leader, graceful)
+
+        sim.add_timer(at, "remove_leader", remove_leader)
+        armed.append(f"remove_leader graceful={graceful} at {at}")
+    return armed
