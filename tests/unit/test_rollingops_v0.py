@@ -813,6 +813,27 @@ def test_interop_anchor_leftover_two_granted_grants_nothing_new():
     assert granted(out) == [1, 2]
 
 
+def test_interop_holder_record_trusted_only_for_the_granted_unit():
+    # Our leader granted unit 1 (token 5); later an anchor leader granted unit 2 instead.
+    stale = {
+        key(1): "idle",
+        key(2): "granted",
+        "rolling-ops-token": "3",
+        "rolling-ops-holder": f'{{"unit": "{APP}/1", "token": 5}}',
+    }
+    c = ctx()
+    rel = peer(app=stale, peers={1: {}, 2: {"state": "acquire"}, 3: {"state": "acquire"}})
+    out = c.run(c.on.leader_elected(), state(rel, leader=True))
+    assert granted(out) == [2]
+    assert "rolling-ops-holder" not in app(out)
+    assert app(out)["rolling-ops-token"] == "5"  # tokens never go back
+
+    c = ctx(unit_id=2)
+    rel = peer(me={"state": "acquire"}, app=stale, peers={0: {}, 1: {}})
+    c.run(c.on.relation_changed(rel, remote_unit=0), state(rel))
+    assert Record.calls == [("_restart", "")]  # that grant carries no token of ours
+
+
 def test_interop_wire_format_of_grant_is_byte_identical():
     c = ctx()
     rel = peer(peers={2: {"state": "acquire"}})
