@@ -34,18 +34,18 @@ class V0Engine(ops.Object):
         return "restart queued with the v0 rolling lock; units restart one at a time"
 
     def in_flight(self) -> bool:
-        """Any unit waiting for, holding or releasing the v0 lock."""
+        """Any unit waiting for, holding, releasing or queueing for the v0 lock."""
         if self.model.get_relation(RELATION) is None:
             return False
-        return any(
-            lock.is_pending() or lock.is_held() or lock.release_requested()
-            for lock in Locks(self.manager)
-        )
+        return any(lock.in_flight() for lock in Locks(self.manager))
 
     def unit_status(self) -> ops.StatusBase | None:
         """The library's own wording, so operators see the same strings as with Charmhub's v0."""
         if self.model.get_relation(RELATION) is None:
             return None
+        problems = self.manager.malformed_data()
+        if problems:
+            return ops.BlockedStatus(f"ignoring malformed '{RELATION}' data: {problems[0]}")
         lock = Lock(self.manager)
         if lock.is_held():
             return ops.MaintenanceStatus(f"Executing {RELATION} operation")

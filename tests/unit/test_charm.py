@@ -155,3 +155,20 @@ def test_leader_alone_grants_itself_then_restarts_in_the_next_dispatch(ctx, fake
         final = manager.run()
     assert fake_workload.calls == [("restart",)]
     assert final.app_status == testing.ActiveStatus()
+
+
+def test_garbage_in_the_v0_peer_data_is_shown_and_ignored(ctx, fake_workload):
+    fake_workload.installed = "1.0.0"
+    fake_workload.running = True
+    relation = _peer(peers_data={1: {"state": "bogus", "rolling-ops-queue": "not json"}})
+    out = ctx.run(ctx.on.update_status(), testing.State(leader=True, relations=[relation]))
+    assert out.unit_status.name == "blocked"
+    assert "malformed 'restart' data" in out.unit_status.message
+
+
+def test_a_request_queued_behind_another_counts_as_in_flight(ctx, fake_workload):
+    fake_workload.installed = "1.0.0"
+    fake_workload.running = True
+    relation = _peer(local_unit_data={"rolling-ops-queue": '[""]'}, peers_data={1: {}})
+    with ctx(ctx.on.update_status(), testing.State(relations=[relation])) as manager:
+        assert manager.charm.engines["v0"].in_flight()
