@@ -369,7 +369,7 @@ class RollingOpsManager(ops.Object):
             grant = app.grant
             if grant.token in self._granted_here:
                 pass  # the leader never runs its own grant in the dispatch that issued it
-            elif me.backend is ProcessingBackend.PEER and self._unit_leaving(relation):
+            elif me.backend is ProcessingBackend.PEER and self._unit_leaving(relation, departing):
                 logger.info("a unit is leaving the application: grant %s waits", grant.token)
             elif me.backend is ProcessingBackend.PEER:
                 self._executing_op = me.queue[0].id if me.queue else None
@@ -436,7 +436,7 @@ class RollingOpsManager(ops.Object):
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _unit_leaving(self, relation: ops.Relation) -> bool:
+    def _unit_leaving(self, relation: ops.Relation, departing: str | None = None) -> bool:
         """Whether this unit, or another one, is being removed: no critical section starts then.
 
         The leader releases the grant of a unit that departs (it may never come back: its machine
@@ -452,7 +452,9 @@ class RollingOpsManager(ops.Object):
         except (ops.ModelError, RuntimeError) as error:  # goal-state unavailable: do not block
             logger.debug("planned units unknown: %s", error)
             return False
-        return planned < 1 + len(relation.units)
+        # In relation-departed, ops still lists the departing unit: it no longer counts.
+        staying = [unit for unit in relation.units if unit.name != departing]
+        return planned < 1 + len(staying)
 
     def _peer_relation(self) -> ops.Relation | None:
         return self.model.get_relation(self.peer_relation_name)
