@@ -7,6 +7,7 @@ the juju-exec wake-up spawn is replaced by a recorder: no Juju unit agent exists
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from charms.coordinated_ops.v0.coordinator import BaseCoordinator
@@ -21,6 +22,19 @@ KEY = "coordinator"
 ENGINE = {"engine": "coordinator"}
 TS1 = "2026-11-22 01:33:01.000000Z"
 TS2 = "2026-11-22 01:33:02.000000Z"
+
+
+def make_state(**fields: Any) -> testing.State:
+    """A State whose planned unit count matches the peers present (no unit being removed).
+
+    Juju's planned units exclude dying units; the coordinator holds off while it is below the
+    units a unit sees (a removal under way), so every State here says how many units are planned.
+    """
+    members = 1 + max(
+        (len(getattr(r, "peers_data", {})) for r in fields.get("relations", ())), default=0
+    )
+    fields.setdefault("planned_units", members)
+    return testing.State(**fields)
 
 
 @pytest.fixture
@@ -75,7 +89,7 @@ def journal_lines(tmp_path) -> list[dict]:
 
 def test_non_leader_request_queues_and_waits(running, wakeups):
     ctx = charm_context(app_name=APP, unit_id=1)
-    state = testing.State(relations=[peer(peers={0: {}})])
+    state = make_state(relations=[peer(peers={0: {}})])
     out = ctx.run(ctx.on.action("restart", params={**ENGINE, "delay": 0}), state)
     assert ctx.action_results is not None
     assert ctx.action_results["engine"] == "coordinator"
@@ -89,12 +103,12 @@ def test_granted_unit_restarts_once_journals_and_releases(running, wakeups, tmp_
     ctx = charm_context(app_name=APP, unit_id=1)
     state = ctx.run(
         ctx.on.action("restart", params={**ENGINE, "delay": 0}),
-        testing.State(relations=[peer(peers={0: {}})]),
+        make_state(relations=[peer(peers={0: {}})]),
     )
     mine = requests(state)["restart"]
     # The leader's grant arrives: relation-changed with the app databag granting our request.
     relation = peer(own={"restart": mine}, peers={0: {}}, grants={f"{APP}/1": {"restart": mine}})
-    state = testing.State(relations=[relation], stored_states=state.stored_states)
+    state = make_state(relations=[relation], stored_states=state.stored_states)
     out = ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
 
     assert running.calls.count(("restart",)) == 1
@@ -112,7 +126,7 @@ def test_granted_unit_restarts_once_journals_and_releases(running, wakeups, tmp_
     again = peer(own={}, peers={0: {}}, grants={f"{APP}/1": {"restart": mine}})
     out = ctx.run(
         ctx.on.relation_changed(again, remote_unit=0),
-        testing.State(relations=[again], stored_states=out.stored_states),
+        make_state(relations=[again], stored_states=out.stored_states),
     )
     assert running.calls.count(("restart",)) == 1
     assert requests(out) == {}  # and no new request: the restart is done
@@ -121,13 +135,13 @@ def test_granted_unit_restarts_once_journals_and_releases(running, wakeups, tmp_
 def test_grant_seen_in_an_unrelated_hook_is_used_not_lost(running, wakeups):
     ctx = charm_context(app_name=APP, unit_id=1)
     state = ctx.run(
-        ctx.on.action("restart", params=ENGINE), testing.State(relations=[peer(peers={0: {}})])
+        ctx.on.action("restart", params=ENGINE), make_state(relations=[peer(peers={0: {}})])
     )
     mine = requests(state)["restart"]
     relation = peer(own={"restart": mine}, peers={0: {}}, grants={f"{APP}/1": {"restart": mine}})
     out = ctx.run(
         ctx.on.config_changed(),
-        testing.State(relations=[relation], stored_states=state.stored_states),
+        make_state(relations=[relation], stored_states=state.stored_states),
     )
     assert running.calls.count(("restart",)) == 1
     assert requests(out) == {}
@@ -136,7 +150,7 @@ def test_grant_seen_in_an_unrelated_hook_is_used_not_lost(running, wakeups):
 def test_leader_alone_grants_itself_and_restarts_on_the_wake_up(running, wakeups):
     ctx = charm_context(app_name=APP, unit_id=0)
     out = ctx.run(
-        ctx.on.action("restart", params=ENGINE), testing.State(leader=True, relations=[peer()])
+        ctx.on.action("restart", params=ENGINE), make_state(leader=True, relations=[peer()])
     )
     assert wakeups == [f"{APP}/0"]
     assert ("restart",) not in running.calls
@@ -155,7 +169,7 @@ def test_leader_hands_over_to_the_next_unit_in_request_order(running, wakeups):
     relation = peer(peers={1: {"restart": TS2}, 2: {}}, grants={f"{APP}/2": {"restart": TS1}})
     out = ctx.run(
         ctx.on.relation_changed(relation, remote_unit=2),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert grants(out) == {f"{APP}/1": {"restart": TS2}}
     assert ("restart",) not in running.calls
@@ -165,7 +179,7 @@ def test_a_failed_restart_still_releases_the_lock(running, wakeups):
     running.healthy_after_restart = False
     relation = peer(own={"restart": TS1}, peers={0: {}}, grants={f"{APP}/1": {"restart": TS1}})
     ctx = charm_context(app_name=APP, unit_id=1)
-    with ctx(ctx.on.update_status(), testing.State(relations=[relation])) as manager:
+    with ctx(ctx.on.update_status(), make_state(relations=[relation])) as manager:
         manager.charm.engines["coordinator"]._stored.pending_delay = 0  # a restart was queued
         out = manager.run()
     assert running.calls.count(("restart",)) == 1
@@ -175,7 +189,7 @@ def test_a_failed_restart_still_releases_the_lock(running, wakeups):
 
 def test_other_engine_is_refused_while_a_coordinator_restart_is_in_flight(running, wakeups):
     ctx = charm_context(app_name=APP, unit_id=0)
-    state = testing.State(
+    state = make_state(
         relations=[peer(peers={1: {"restart": TS1}}), testing.PeerRelation("restart")]
     )
     with pytest.raises(testing.ActionFailed) as failure:
@@ -187,18 +201,18 @@ def test_coordinator_is_refused_while_v0_is_in_flight(running, wakeups):
     ctx = charm_context(app_name=APP, unit_id=1)
     v0 = testing.PeerRelation("restart", peers_data={0: {"state": "acquire"}})
     with pytest.raises(testing.ActionFailed) as failure:
-        ctx.run(ctx.on.action("restart", params=ENGINE), testing.State(relations=[peer(), v0]))
+        ctx.run(ctx.on.action("restart", params=ENGINE), make_state(relations=[peer(), v0]))
     assert "engine 'v0' is in flight" in failure.value.message
 
 
 def test_request_before_the_peer_relation_exists_is_published_later(running, wakeups):
     ctx = charm_context(app_name=APP, unit_id=1)
-    out = ctx.run(ctx.on.action("restart", params=ENGINE), testing.State())
+    out = ctx.run(ctx.on.action("restart", params=ENGINE), make_state())
     assert out.unit_status == testing.WaitingStatus("Awaiting coordinator restart")
     relation = peer(peers={0: {}})
     out = ctx.run(
         ctx.on.relation_changed(relation, remote_unit=0),
-        testing.State(relations=[relation], stored_states=out.stored_states),
+        make_state(relations=[relation], stored_states=out.stored_states),
     )
     assert list(requests(out)) == ["restart"]
 
@@ -208,7 +222,7 @@ def test_malformed_coordinator_data_is_ignored_and_noted(running, wakeups, caplo
     ctx = charm_context(app_name=APP, unit_id=0)
     out = ctx.run(
         ctx.on.relation_changed(relation, remote_unit=1),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert "malformed" in caplog.text
     assert out.unit_status == testing.ActiveStatus(

@@ -34,6 +34,19 @@ RELEASED: list[tuple[str, str, datetime]] = []  # released() calls seen by the l
 WAKEUPS: list[str] = []  # units that asked for a juju-exec wake-up
 
 
+def make_state(**fields: Any) -> testing.State:
+    """A State whose planned unit count matches the peers present (no unit being removed).
+
+    Juju's planned units exclude dying units; the coordinator holds off while it is below the
+    units a unit sees (a removal under way), so every State here says how many units are planned.
+    """
+    members = 1 + max(
+        (len(getattr(r, "peers_data", {})) for r in fields.get("relations", ())), default=0
+    )
+    fields.setdefault("planned_units", members)
+    return testing.State(**fields)
+
+
 def ts(second: int) -> str:
     return f"2026-11-22 01:33:{second:02d}.000000Z"
 
@@ -152,7 +165,7 @@ def wake_up() -> _Event:
 
 def test_leader_free_lock_is_granted_now_and_held_from_the_next_dispatch():
     ctx = context()
-    state = ctx.run(ctx.on.action("restart"), testing.State(leader=True, relations=[peer()]))
+    state = ctx.run(ctx.on.action("restart"), make_state(leader=True, relations=[peer()]))
 
     assert ctx.action_results == {"acquired": False}
     assert RESTARTS == []
@@ -174,7 +187,7 @@ def test_leader_free_lock_is_granted_now_and_held_from_the_next_dispatch():
 def test_leader_own_grant_also_acted_on_in_relation_changed():
     ctx = context()
     state = ctx.run(
-        ctx.on.action("restart"), testing.State(leader=True, relations=[peer(peers={1: {}})])
+        ctx.on.action("restart"), make_state(leader=True, relations=[peer(peers={1: {}})])
     )
     relation = out_relation(state)
     state = context().run(ctx.on.relation_changed(relation, remote_unit=1), state)
@@ -184,7 +197,7 @@ def test_leader_own_grant_also_acted_on_in_relation_changed():
 
 def test_failure_after_self_grant_keeps_nothing_and_retry_regrants_self(monkeypatch):
     monkeypatch.setattr(CoordCharm, "fail_after_acquire", True)
-    state = testing.State(leader=True, relations=[peer(peers={1: {}})])
+    state = make_state(leader=True, relations=[peer(peers={1: {}})])
     ctx = context()
     with pytest.raises(testing.errors.UncaughtCharmError):
         ctx.run(ctx.on.action("restart"), state)
@@ -212,7 +225,7 @@ def test_failure_after_self_grant_keeps_nothing_and_retry_regrants_self(monkeypa
 
 def test_non_leader_acquire_records_a_request_and_keeps_its_timestamp():
     ctx = context(unit_id=1)
-    state = ctx.run(ctx.on.action("restart"), testing.State(relations=[peer()]))
+    state = ctx.run(ctx.on.action("restart"), make_state(relations=[peer()]))
     assert ctx.action_results == {"acquired": False}
     first = own_requests(state)
     assert list(first) == ["restart"]
@@ -229,7 +242,7 @@ def test_non_leader_sees_its_grant_acts_and_releases():
     relation = peer(own={"restart": ts(1)}, grants={"app/1": {"restart": ts(1)}}, peers={0: {}})
     seen: list[bool] = []
     with ctx(
-        ctx.on.relation_changed(relation, remote_unit=0), testing.State(relations=[relation])
+        ctx.on.relation_changed(relation, remote_unit=0), make_state(relations=[relation])
     ) as mgr:
         seen.append(mgr.charm.serial.granted("restart"))
         state = mgr.run()
@@ -242,7 +255,7 @@ def test_non_leader_sees_its_grant_acts_and_releases():
 def test_non_leader_grant_is_released_even_when_the_charm_ignores_it():
     ctx = context(unit_id=1)
     relation = peer(own={"restart": ts(1)}, grants={"app/1": {"restart": ts(1)}}, peers={0: {}})
-    state = ctx.run(ctx.on.start(), testing.State(relations=[relation]))  # charm ignores start
+    state = ctx.run(ctx.on.start(), make_state(relations=[relation]))  # charm ignores start
     assert RESTARTS == []
     assert own_requests(state) == {}
 
@@ -257,7 +270,7 @@ def test_leader_grants_the_oldest_request_only(order):
     ctx = context()
     state = ctx.run(
         ctx.on.relation_changed(relation, remote_unit=2),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert app_grants(state) == {"app/1": {"restart": ts(1)}}
     assert WAKEUPS == []
@@ -271,7 +284,7 @@ def test_stale_grant_is_revoked_and_the_next_waiter_granted(holder_now):
     ctx = context()
     state = ctx.run(
         ctx.on.relation_changed(relation, remote_unit=1),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert [("app/1", "restart", datetime.strptime(ts(1), TIMESTAMP_FORMAT))] == RELEASED
     assert app_grants(state) == {"app/2": {"restart": ts(3)}}
@@ -285,7 +298,7 @@ def test_departed_holder_grant_revoked_and_next_granted():
     ctx = context()
     state = ctx.run(
         ctx.on.relation_departed(relation, remote_unit=1, departing_unit=1),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert [(unit, lock) for unit, lock, _ in RELEASED] == [("app/1", "restart")]
     assert app_grants(state) == {"app/2": {"restart": ts(2)}}
@@ -309,7 +322,7 @@ def test_departed_holder_revoked_even_if_state_was_loaded_before():
     ctx = context(LoadsFirstOnDeparted)
     state = ctx.run(
         ctx.on.relation_departed(relation, remote_unit=1, departing_unit=1),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert app_grants(state) == {"app/2": {"restart": ts(2)}}
 
@@ -324,12 +337,61 @@ def test_new_leader_revokes_stale_grants_and_keeps_valid_ones():
         },
     )
     ctx = context()
-    state = ctx.run(ctx.on.leader_elected(), testing.State(leader=True, relations=[relation]))
+    state = ctx.run(ctx.on.leader_elected(), make_state(leader=True, relations=[relation]))
     assert sorted((unit, lock) for unit, lock, _ in RELEASED) == [
         ("app/2", "restart"),
         ("app/9", "other"),
     ]
     assert app_grants(state) == {"app/1": {"restart": ts(1)}, "app/3": {"other": ts(4)}}
+
+
+# ---- a unit being removed ---------------------------------------------------------------------
+
+
+def test_holder_waits_while_a_unit_is_leaving_and_acts_once_it_departed():
+    """Juju's planned units exclude a dying unit: app/2 is being removed, app/1 holds the grant."""
+    relation = peer(
+        own={"restart": ts(1)}, peers={0: {}, 2: {}}, grants={"app/1": {"restart": ts(1)}}
+    )
+    leaving = make_state(relations=[relation], planned_units=2, stored_states=needs_restart())
+    ctx = context(unit_id=1)
+    state = ctx.run(ctx.on.relation_changed(relation, remote_unit=0), leaving)
+    assert RESTARTS == []
+    assert own_requests(state) == {"restart": ts(1)}  # kept: not acted on, so not released
+
+    relation = out_relation(state)
+    state = context(ActsOnDeparted, unit_id=1).run(  # its departed handler runs first
+        ctx.on.relation_departed(relation, remote_unit=2, departing_unit=2),
+        dataclasses.replace(state, planned_units=2),
+    )
+    assert RESTARTS == ["app/1"]
+    assert own_requests(state) == {}
+
+
+class ActsOnDeparted(CoordCharm):
+    def _observe_before_coordinator(self, framework: ops.Framework) -> None:
+        framework.observe(self.on.cluster_relation_departed, self._maybe_restart)
+
+
+def test_a_unit_that_saw_its_own_departure_never_acts_on_a_grant():
+    relation = peer(
+        own={"restart": ts(1)}, peers={0: {}, 2: {}}, grants={"app/1": {"restart": ts(1)}}
+    )
+    ctx = context(ActsOnDeparted, unit_id=1)
+    state = ctx.run(
+        ctx.on.relation_departed(relation, remote_unit=0, departing_unit=1),
+        make_state(relations=[relation], planned_units=2, stored_states=needs_restart()),
+    )
+    assert RESTARTS == []
+    # Even if a later hook sees a full application again, the departing unit stays out.
+    state = context(ActsOnDeparted, unit_id=1).run(
+        ctx.on.update_status(), dataclasses.replace(state, planned_units=3)
+    )
+    assert RESTARTS == []
+
+
+def needs_restart() -> list[testing.StoredState]:
+    return [testing.StoredState(owner_path="CoordCharm", content={"needs_restart": True})]
 
 
 # ---- policies -------------------------------------------------------------------------------
@@ -346,7 +408,7 @@ def test_up_to_two_grants_the_two_oldest_then_the_third_after_a_release():
         testing.Context(
             UpToTwoCharm, meta=META, actions=ACTIONS, app_name="app"
         ).on.relation_changed(relation, remote_unit=4),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert app_grants(state) == {"app/1": {"restart": ts(1)}, "app/2": {"restart": ts(2)}}
 
@@ -360,7 +422,7 @@ def test_up_to_two_grants_the_two_oldest_then_the_third_after_a_release():
     ctx = context(UpToTwoCharm)
     state = ctx.run(
         ctx.on.relation_changed(released, remote_unit=1),
-        testing.State(leader=True, relations=[released]),
+        make_state(leader=True, relations=[released]),
     )
     assert app_grants(state) == {"app/2": {"restart": ts(2)}, "app/3": {"restart": ts(3)}}
 
@@ -383,7 +445,7 @@ def test_policy_method_for_a_lock_name_with_a_dash():
     ctx = context(RollingCharm)
     state = ctx.run(
         ctx.on.relation_changed(relation, remote_unit=1),
-        testing.State(leader=True, relations=[relation]),
+        make_state(leader=True, relations=[relation]),
     )
     assert RollingSerial.calls[0] == ("rolling-restart", "app/1", set(), ["app/1", "app/2"])
     assert app_grants(state) == {"app/2": {"rolling-restart": ts(2)}}
@@ -399,7 +461,7 @@ def test_base_coordinator_without_a_policy_raises_a_clear_error():
     with pytest.raises(testing.errors.UncaughtCharmError) as caught:
         ctx.run(
             ctx.on.relation_changed(relation, remote_unit=1),
-            testing.State(leader=True, relations=[relation]),
+            make_state(leader=True, relations=[relation]),
         )
     assert isinstance(caught.value.__cause__, NotImplementedError)
     assert "grant_restart" in str(caught.value.__cause__)
@@ -417,21 +479,21 @@ class TwoSerials(CoordCharm):
 def test_second_instance_with_the_same_key_is_refused():
     ctx = context(TwoSerials)
     with pytest.raises(testing.errors.UncaughtCharmError) as caught:
-        ctx.run(ctx.on.update_status(), testing.State())
+        ctx.run(ctx.on.update_status(), make_state())
     assert isinstance(caught.value.__cause__, RuntimeError)
 
 
 def test_no_peer_relation_in_metadata_is_a_value_error():
     ctx = testing.Context(CoordCharm, meta={"name": "app"}, actions=ACTIONS, app_name="app")
     with pytest.raises(testing.errors.UncaughtCharmError) as caught:
-        ctx.run(ctx.on.update_status(), testing.State())
+        ctx.run(ctx.on.update_status(), make_state())
     assert isinstance(caught.value.__cause__, ValueError)
 
 
 def test_requests_are_keyed_by_unit_only_and_timestamps_are_naive_utc():
     relation = peer(peers={1: {"restart": ts(1)}})
     ctx = context(unit_id=2)
-    with ctx(ctx.on.update_status(), testing.State(relations=[relation])) as mgr:
+    with ctx(ctx.on.update_status(), make_state(relations=[relation])) as mgr:
         serial = mgr.charm.serial
         assert serial.request_timestamp("restart") is None
         before = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -453,7 +515,7 @@ STORED_OWNER = "CoordCharm/RecordingSerial[coordinator]"
 
 def test_request_without_peer_relation_is_kept_locally_then_published():
     ctx = context(unit_id=1)
-    state = ctx.run(ctx.on.action("restart"), testing.State())
+    state = ctx.run(ctx.on.action("restart"), make_state())
     local = json.loads(
         state.get_stored_state("_stored", owner_path=STORED_OWNER).content["requests"]
     )
@@ -461,7 +523,7 @@ def test_request_without_peer_relation_is_kept_locally_then_published():
 
     state = context(unit_id=1).run(
         ctx.on.update_status(),
-        testing.State(relations=[peer(peers={0: {}})], stored_states=state.stored_states),
+        make_state(relations=[peer(peers={0: {}})], stored_states=state.stored_states),
     )
     assert own_requests(state) == local
     assert state.get_stored_state("_stored", owner_path=STORED_OWNER).content["requests"] == ""
@@ -469,12 +531,12 @@ def test_request_without_peer_relation_is_kept_locally_then_published():
 
 def test_leader_without_peer_relation_grants_itself_locally():
     ctx = context()
-    state = ctx.run(ctx.on.action("restart"), testing.State(leader=True))
+    state = ctx.run(ctx.on.action("restart"), make_state(leader=True))
     assert ctx.action_results == {"acquired": False} and WAKEUPS == ["app/0"]
     state = context().run(wake_up(), state)
     assert RESTARTS == ["app/0"]
     stored = state.get_stored_state("_stored", owner_path=STORED_OWNER).content
-    assert stored == {"requests": "", "grants": ""}
+    assert (stored["requests"], stored["grants"]) == ("", "")
 
 
 # ---- bad input ------------------------------------------------------------------------------
@@ -502,7 +564,7 @@ def test_malformed_data_is_logged_and_ignored(caplog, bad_peer, bad_grants):
         caplog.at_level(logging.WARNING),
         ctx(
             ctx.on.relation_changed(relation, remote_unit=2),
-            testing.State(leader=True, relations=[relation]),
+            make_state(leader=True, relations=[relation]),
         ) as mgr,
     ):
         mgr.charm.serial.initialize()
@@ -517,7 +579,7 @@ def test_malformed_own_data_is_replaced_by_valid_data(caplog):
     relation = peer(own="{{{", peers={0: {}})
     ctx = context(unit_id=1)
     with caplog.at_level(logging.WARNING):
-        state = ctx.run(ctx.on.action("restart"), testing.State(relations=[relation]))
+        state = ctx.run(ctx.on.action("restart"), make_state(relations=[relation]))
     assert "malformed" in caplog.text
     assert list(own_requests(state)) == ["restart"]
 
@@ -548,7 +610,7 @@ def test_require_requests_only_when_the_guard_says_so(monkeypatch, guard):
     monkeypatch.setattr(RequireCharm, "guard", guard)
     RequireCharm.calls.clear()
     ctx = context(RequireCharm, unit_id=1)
-    state = ctx.run(ctx.on.config_changed(), testing.State(relations=[peer()]))
+    state = ctx.run(ctx.on.config_changed(), make_state(relations=[peer()]))
     assert RequireCharm.calls == []
     assert ("restart" in own_requests(state)) is guard
 
@@ -557,7 +619,7 @@ def test_require_runs_the_function_when_granted():
     RequireCharm.calls.clear()
     relation = peer(own={"restart": ts(1)}, grants={"app/1": {"restart": ts(1)}})
     ctx = context(RequireCharm, unit_id=1)
-    with ctx(ctx.on.config_changed(), testing.State(relations=[relation])) as mgr:
+    with ctx(ctx.on.config_changed(), make_state(relations=[relation])) as mgr:
         assert mgr.charm.guarded_restart.__doc__ == "Restart (recorded)."
         mgr.run()
     assert RequireCharm.calls == ["app/1"]
@@ -588,7 +650,7 @@ def test_wakeup_spawns_a_detached_juju_exec_with_the_contract_argv(monkeypatch, 
 
     monkeypatch.setattr(coordinator_module.subprocess, "Popen", popen)
     ctx = context()
-    ctx.run(ctx.on.action("restart"), testing.State(leader=True, relations=[peer()]))
+    ctx.run(ctx.on.action("restart"), make_state(leader=True, relations=[peer()]))
 
     assert len(spawned) == 1
     assert spawned[0].wait(timeout=30) == 0
@@ -610,7 +672,7 @@ def test_wakeup_without_juju_exec_logs_and_does_not_fail(monkeypatch, tmp_path, 
     monkeypatch.setattr(coordinator_module, "_missing_juju_exec_logged", False)
     ctx = context()
     with caplog.at_level(logging.WARNING):
-        state = ctx.run(ctx.on.action("restart"), testing.State(leader=True, relations=[peer()]))
+        state = ctx.run(ctx.on.action("restart"), make_state(leader=True, relations=[peer()]))
     assert "juju-exec not found" in caplog.text
     assert "app/0" in app_grants(state)
 
@@ -660,9 +722,7 @@ class MiniJuju:
             local_app_data=bag(self.app_bag),
             peers_data={u: bag(self.bags[u]) for u in self.units if u != unit},
         )
-        state = testing.State(
-            leader=unit == 0, relations=[relation], stored_states=self.stored[unit]
-        )
+        state = make_state(leader=unit == 0, relations=[relation], stored_states=self.stored[unit])
         ctx = context(self.charm, unit_id=unit)
         event = {
             "action": lambda: ctx.on.action("restart"),

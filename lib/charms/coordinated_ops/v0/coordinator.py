@@ -26,6 +26,7 @@ Declare a peer relation in ``metadata.yaml`` and create the coordinator once in 
             framework.observe(self.on.config_changed, self._on_config_changed)
             for event in (
                 self.on.cluster_relation_changed,  # grants arrive here
+                self.on.cluster_relation_departed,  # and here, once a removed unit has left
                 self.on.leader_elected,
                 self.serial.wake_up_event,         # the leader's own grants arrive here
             ):
@@ -44,9 +45,15 @@ Declare a peer relation in ``metadata.yaml`` and create the coordinator once in 
 
 Put the coordinated work in one function that is safe to run at any time and call it from every
 handler where a grant can become visible: the peer relation-changed (grants arrive there),
-leader-elected, ``wake_up_event`` and the handler where the need arises. A grant is released at
-the end of the first dispatch that sees it: a dispatch that ignores a visible grant gives it up,
-and the unit must request again.
+relation-departed, leader-elected, ``wake_up_event`` and the handler where the need arises. A
+grant is released at the end of the first dispatch that sees it: a dispatch that ignores a
+visible grant gives it up, and the unit must request again.
+
+While a unit is being removed, grants wait: the leader releases the grant of a departed unit (its
+machine may be gone for good), yet a unit removed gracefully may still run a hook after the
+leader saw it leave. So ``granted()`` stays False while Juju's planned unit count is below the
+units this unit sees, and forever on a unit that saw its own departure; such a grant is not
+released, and it becomes visible in the relation-departed that completes the removal.
 
 Request only when needed. An **unconditional** ``acquire()`` in relation-changed loops forever:
 the request triggers a grant, the grant a relation-changed and a release, the release a revocation
@@ -197,7 +204,7 @@ class BaseCoordinator(ops.Object):
         self.requests: dict[str, dict[str, str]] | None = None
         self.grants: dict[str, dict[str, str]] | None = None
         self.bad_data: list[str] = []
-        self._stored.set_default(requests="", grants="")
+        self._stored.set_default(requests="", grants="", departing=False)
         self._reset()
 
         # The event juju-exec dispatches on the leader after a self-grant; it must be an event of
@@ -237,6 +244,7 @@ class BaseCoordinator(ops.Object):
         self._local = False  # True: no peer relation yet, state lives in self._stored
         self._relation: ops.Relation | None = None
         self._departing: str | None = None
+        self._paused = False  # a unit is leaving: grants are not acted on (see `_unit_leaving`)
         self._committed_grants: dict[str, str] = {}  # this unit's grants as of dispatch start
         self._visible: dict[str, str] = {}  # own granted locks the charm could see: lock -> ts
         self._self_granted: set[str] = set()  # locks the leader granted itself in this dispatch
@@ -257,14 +265,47 @@ class BaseCoordinator(ops.Object):
             return
         self._loaded = True
         self._leader = self.model.unit.is_leader()
+        # In relation-departed ops still lists the departing unit; Juju names it in the
+        # environment, so loading excludes it whichever observer runs first.
+        departing = os.environ.get("JUJU_DEPARTING_UNIT") or None
+        if departing and departing != self._me:
+            self._departing = departing
         self.requests, self.grants = self._load()
+        self._update_visibility()
+        self._handle_requests()
+
+    def _update_visibility(self) -> None:
+        """Mark the own locks the charm sees as granted in this dispatch (released at its end)."""
+        self._paused = self._unit_leaving()
+        self._visible = {}
         for lock, ts in sorted(self._own_requests().items()):
-            if self._committed_grants.get(lock) == ts:
+            if self._committed_grants.get(lock) != ts:
+                self.msg(f"Waiting on {lock}")
+            elif self._paused:
+                self.msg(f"Waiting on {lock} (granted, but a unit is leaving the application)")
+            else:
                 self._visible[lock] = ts
                 self.msg(f"Granted {lock}")
-            else:
-                self.msg(f"Waiting on {lock}")
-        self._handle_requests()
+
+    def _unit_leaving(self) -> bool:
+        """Whether this unit, or another one, is being removed: grants wait until it is gone.
+
+        The leader must release the grant of a departed unit (its machine may be gone for good),
+        but a unit removed gracefully may still run a hook after the leader saw it depart (e.g. a
+        queued wake-up). So no unit acts on a grant while Juju's planned unit count is below the
+        units it sees (a removal is under way), nor after it saw its own departure.
+        """
+        if self._stored.departing:
+            return True
+        if self._relation is None:
+            return False
+        try:
+            planned = self.model.app.planned_units()
+        except (ops.ModelError, RuntimeError) as e:  # goal-state unavailable: do not block
+            logger.debug("planned units unknown: %s", e)
+            return False
+        others = [u for u in self._relation.units if u.name not in (self._departing, self._me)]
+        return planned < 1 + len(others)
 
     def _load(self) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
         raw_units: dict[str, str | None] = {}
@@ -393,7 +434,7 @@ class BaseCoordinator(ops.Object):
         """Return True iff this unit's request for `lock` equals its grant as of dispatch start."""
         self.initialize()
         ts = self._own_requests().get(lock)
-        return ts is not None and self._committed_grants.get(lock) == ts
+        return not self._paused and ts is not None and self._committed_grants.get(lock) == ts
 
     def requested(self, lock: str) -> bool:
         """Return True iff this unit has an outstanding request for `lock`."""
@@ -508,8 +549,11 @@ class BaseCoordinator(ops.Object):
 
     def _on_relation_departed(self, event: ops.RelationDepartedEvent) -> None:
         departing = event.departing_unit or event.unit
+        if departing is not None and departing.name == self._me:
+            self._stored.departing = True  # this unit is being removed: never act on a grant
         if departing is None or departing.name == self._me:
             self.initialize()
+            self._update_visibility()
             return
         self._departing = departing.name
         if not self._loaded:
@@ -518,6 +562,7 @@ class BaseCoordinator(ops.Object):
         if self._relation is not None and event.relation.id == self._relation.id:
             assert self.requests is not None
             self.requests.pop(departing.name, None)
+            self._update_visibility()
             self._handle_requests()
 
     def _on_pre_commit(self, _: ops.EventBase) -> None:
