@@ -43,11 +43,12 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 
 import yaml
 
-from tests.dispatch import hooktool
+from tests.dispatch import agent, hooktool
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 HOOKTOOL = pathlib.Path(hooktool.__file__).resolve()
@@ -120,14 +121,24 @@ def assemble(dest: pathlib.Path, venv: pathlib.Path, *, source: pathlib.Path = R
     dispatch.chmod(0o755)
 
 
-def install_hook_tools(bin_dir: pathlib.Path) -> None:
-    """Put the stub hook tools (and juju-exec) on a directory meant for the front of PATH."""
+def install_hook_tools(bin_dir: pathlib.Path, client: pathlib.Path | None) -> None:
+    """Put the stub hook tools (and juju-exec) on a directory meant for the front of PATH.
+
+    With `client` (agent.build_client()), each tool is a symlink to it, answered by the unit's
+    `agent.Agent`, as Juju's tools are links to one `jujuc`; without, each is a script running
+    hooktool.py with Python (`-I -S`, stdlib only). juju-exec is always the script: it runs a
+    whole hook.
+    """
     bin_dir.mkdir(parents=True, exist_ok=True)
     python = sys.base_prefix + "/bin/python3"
     if not os.path.exists(python):
         python = sys.executable
     for name in [*hooktool.TOOLS, *hooktool.UNSUPPORTED]:
-        _write_script(bin_dir / name, f'exec {python} -I -S {HOOKTOOL} {name} "$@"\n')
+        if client is not None:
+            (bin_dir / name).symlink_to(client)
+        else:
+            _write_script(bin_dir / name, f'exec {python} -I -S {HOOKTOOL} {name} "$@"\n')
+    _write_script(bin_dir / "juju-exec", f'exec {python} -I -S {HOOKTOOL} juju-exec "$@"\n')
     # juju-log is the most frequent call (one per log record): plain shell, no Python start-up.
     _write_script(
         bin_dir / "juju-log",
@@ -192,8 +203,11 @@ class Unit:
         self.unit = unit
         self._next_action = 1
         self._runs = 0
+        # A unix socket path has at most 107 bytes: a short directory of its own, not `work`.
+        self._socket_dir = pathlib.Path(tempfile.mkdtemp(prefix="hooktools-"))
         assemble(self.charm_dir, venv, source=source)
-        install_hook_tools(work / "bin")
+        self.hook_tool_client = agent.build_client()
+        install_hook_tools(work / "bin", self.hook_tool_client)
         app = unit.split("/")[0]
         self.port = free_port()
         relations = {
@@ -210,6 +224,7 @@ class Unit:
             "HOME": str(work),
             "LANG": "C.UTF-8",
             "HOOKTOOLS_STATE": str(self.state_path),
+            "HOOKTOOLS_SOCKET": str(self._socket_dir / "agent.sock"),
             "JUJU_CHARM_DIR": str(self.charm_dir),
             "CHARM_DIR": str(self.charm_dir),
             "JUJU_UNIT_NAME": unit,
@@ -234,6 +249,11 @@ class Unit:
             "env": env,
         }
         self.state_path.write_text(json.dumps(state, indent=1))
+        self._agent = (
+            agent.Agent(self.state_path, self._socket_dir / "agent.sock")
+            if self.hook_tool_client
+            else None
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -303,21 +323,28 @@ class Unit:
     def close(self) -> None:
         """Stop the demo service this unit started (by its pid file) once no hook runs.
 
-        Wake-ups still queued behind the hook lock find the unit closed and run nothing.
+        Wake-ups still queued behind the hook lock find the unit closed and run nothing; then the
+        hook tool agent stops.
         """
         with self.hook_lock():
             state = self.state()
             state["closed"] = True
             self.state_path.write_text(json.dumps(state, indent=1))
-            pid_file = self.root / "var" / "lib" / "coordinated-ops" / "service.pid"
+            self._stop_service()
+        if self._agent is not None:
+            self._agent.close()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def _stop_service(self) -> None:
+        pid_file = self.root / "var" / "lib" / "coordinated-ops" / "service.pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            pidfd = os.pidfd_open(pid)
             try:
-                pid = int(pid_file.read_text())
-            except (FileNotFoundError, ValueError):
-                return
-            with contextlib.suppress(ProcessLookupError):
-                pidfd = os.pidfd_open(pid)
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                    select.select([pidfd], [], [], 30)
-                finally:
-                    os.close(pidfd)
+                os.kill(pid, signal.SIGTERM)
+                select.select([pidfd], [], [], 30)
+            finally:
+                os.close(pidfd)

@@ -1,8 +1,11 @@
 """Stub Juju hook tools backed by one JSON state file (the dispatch smoke test and benchmark).
 
 A real unit agent answers hook tools (`is-leader`, `config-get`, `relation-get`, `status-set`, ...)
-over a socket; here each tool is a tiny shell wrapper on PATH that runs this program with its own
-name as the first argument:
+over a socket, and so does this stub: each tool on PATH is the small compiled client
+`hooktool_client.c` (as Juju's are one `jujuc` binary), and `agent.py`, a thread of the test
+process, runs the tool below for it with `run()`. Each call loads the state file and a tool that
+changes something writes it back, as a real agent answers from, and records to, its own state.
+Without a C compiler each tool is instead a script running this file with Python:
 
     HOOKTOOLS_STATE=/tmp/x/state.json hooktool.py status-set --application=False active -- "hi"
 
@@ -24,10 +27,8 @@ hook environment, like the real juju-exec does.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import subprocess
 import sys
 
 STATE_ENV = "HOOKTOOLS_STATE"
@@ -37,21 +38,30 @@ class ToolError(Exception):
     """The tool was called wrongly; the message goes to stderr and the tool exits 1."""
 
 
-def _state_path() -> str:
-    return os.environ[STATE_ENV]
+class Call:
+    """One tool call: the state file it acts on, the hook's JUJU_* variables, stdin, its output."""
 
+    def __init__(self, state_path: str, env: dict[str, str], stdin: str = ""):
+        self.state_path = state_path
+        self.env = env
+        self.stdin = stdin
+        self.stdout: list[str] = []
 
-def _load() -> dict:
-    with open(_state_path()) as file:
-        return json.load(file)
+    def out(self, value: object) -> None:
+        """Print `value` as JSON, as hook tools do with --format=json."""
+        self.stdout.append(json.dumps(value) + "\n")
 
+    def load(self) -> dict:
+        """What the agent knows now (read from the state file at every call)."""
+        with open(self.state_path) as file:
+            return json.load(file)
 
-def _save(state: dict) -> None:
-    path = _state_path()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as file:
-        json.dump(state, file, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    def save(self, state: dict) -> None:
+        """Record a change (atomically: the test may read the file at any time)."""
+        tmp = f"{self.state_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as file:
+            json.dump(state, file, indent=1, sort_keys=True)
+        os.replace(tmp, self.state_path)
 
 
 def _flag(args: list[str], name: str) -> bool:
@@ -84,10 +94,10 @@ def _after_dashes(args: list[str]) -> list[str]:
     return args[args.index("--") + 1 :] if "--" in args else args
 
 
-def _relation(state: dict, args: list[str]) -> tuple[str, dict]:
+def _relation(state: dict, args: list[str], call: Call) -> tuple[str, dict]:
     ref = _option(args, "-r", "--relation")
     if ref is None:
-        ref = os.environ.get("JUJU_RELATION_ID", "")
+        ref = call.env.get("JUJU_RELATION_ID", "")
     rel_id = ref.rsplit(":", 1)[-1]
     relation = state["relations"].get(rel_id)
     if relation is None:
@@ -97,21 +107,17 @@ def _relation(state: dict, args: list[str]) -> tuple[str, dict]:
     return rel_id, relation
 
 
-def _out(value: object) -> None:
-    sys.stdout.write(json.dumps(value) + "\n")
+def is_leader(state: dict, args: list[str], call: Call) -> None:
+    call.out(bool(state["leader"]))
 
 
-def is_leader(state: dict, args: list[str]) -> None:
-    _out(bool(state["leader"]))
-
-
-def config_get(state: dict, args: list[str]) -> None:
+def config_get(state: dict, args: list[str], call: Call) -> None:
     _option(args, "--format")
     keys = [a for a in args if not a.startswith("-")]
-    _out(state["config"].get(keys[0]) if keys else state["config"])
+    call.out(state["config"].get(keys[0]) if keys else state["config"])
 
 
-def status_set(state: dict, args: list[str]) -> None:
+def status_set(state: dict, args: list[str], call: Call) -> None:
     app = _flag(args, "application")
     words = [a for a in args if a != "--"]
     status, message = words[0], " ".join(words[1:])
@@ -121,15 +127,15 @@ def status_set(state: dict, args: list[str]) -> None:
         raise ToolError("cannot set application status: this unit is not the leader")
     state["app-status" if app else "unit-status"] = {"status": status, "message": message}
     state.setdefault("status-history", []).append([("app" if app else "unit"), status, message])
-    _save(state)
+    call.save(state)
 
 
-def status_get(state: dict, args: list[str]) -> None:
+def status_get(state: dict, args: list[str], call: Call) -> None:
     app = _flag(args, "application")
     _option(args, "--format")
     if app:
         current = state["app-status"]
-        _out(
+        call.out(
             {
                 "application-status": {
                     "status": current["status"],
@@ -140,42 +146,42 @@ def status_get(state: dict, args: list[str]) -> None:
             }
         )
     else:
-        _out({**state["unit-status"], "status-data": {}})
+        call.out({**state["unit-status"], "status-data": {}})
 
 
-def application_version_set(state: dict, args: list[str]) -> None:
+def application_version_set(state: dict, args: list[str], call: Call) -> None:
     state["workload-version"] = " ".join(_after_dashes(args))
-    _save(state)
+    call.save(state)
 
 
-def action_get(state: dict, args: list[str]) -> None:
+def action_get(state: dict, args: list[str], call: Call) -> None:
     _option(args, "--format")
     keys = [a for a in args if not a.startswith("-")]
     params = state["action"]["params"]
-    _out(params.get(keys[0]) if keys else params)
+    call.out(params.get(keys[0]) if keys else params)
 
 
-def action_set(state: dict, args: list[str]) -> None:
+def action_set(state: dict, args: list[str], call: Call) -> None:
     for pair in args:
         key, _, value = pair.partition("=")
         state["action"]["results"][key] = value
-    _save(state)
+    call.save(state)
 
 
-def action_fail(state: dict, args: list[str]) -> None:
+def action_fail(state: dict, args: list[str], call: Call) -> None:
     state["action"]["failed"] = " ".join(_after_dashes(args)) or "action failed"
-    _save(state)
+    call.save(state)
 
 
-def action_log(state: dict, args: list[str]) -> None:
+def action_log(state: dict, args: list[str], call: Call) -> None:
     state["action"]["log"].append(" ".join(_after_dashes(args)))
-    _save(state)
+    call.save(state)
 
 
-def relation_ids(state: dict, args: list[str]) -> None:
+def relation_ids(state: dict, args: list[str], call: Call) -> None:
     _option(args, "--format")
-    endpoint = args[0] if args else os.environ.get("JUJU_RELATION", "")
-    _out(
+    endpoint = args[0] if args else call.env.get("JUJU_RELATION", "")
+    call.out(
         [
             f"{r['endpoint']}:{i}"
             for i, r in sorted(state["relations"].items())
@@ -184,51 +190,51 @@ def relation_ids(state: dict, args: list[str]) -> None:
     )
 
 
-def relation_list(state: dict, args: list[str]) -> None:
+def relation_list(state: dict, args: list[str], call: Call) -> None:
     _option(args, "--format")
     app = _flag(args, "app")
-    _, relation = _relation(state, args)
-    _out(relation["remote-app"] if app else relation["remote-units"])
+    _, relation = _relation(state, args, call)
+    call.out(relation["remote-app"] if app else relation["remote-units"])
 
 
-def relation_get(state: dict, args: list[str]) -> None:
+def relation_get(state: dict, args: list[str], call: Call) -> None:
     _option(args, "--format")
     app = _flag(args, "app")
-    _, relation = _relation(state, args)
+    _, relation = _relation(state, args, call)
     words = [a for a in args if a == "-" or not a.startswith("-")]
     key = words[0] if words else "-"
-    owner = words[1] if len(words) > 1 else (os.environ.get("JUJU_REMOTE_UNIT") or state["unit"])
+    owner = words[1] if len(words) > 1 else (call.env.get("JUJU_REMOTE_UNIT") or state["unit"])
     if app:
         owner = owner.split("/")[0]
     data = relation["data"].get(owner, {})
-    _out(data if key == "-" else data.get(key))
+    call.out(data if key == "-" else data.get(key))
 
 
-def relation_set(state: dict, args: list[str]) -> None:
+def relation_set(state: dict, args: list[str], call: Call) -> None:
     app = _flag(args, "app")
-    rel_id, relation = _relation(state, args)
+    rel_id, relation = _relation(state, args, call)
     if _option(args, "--file") != "-":
         raise ToolError("this stub only supports relation-set --file -")
     if app and not state["leader"]:
         raise ToolError("cannot write application data: this unit is not the leader")
     owner = state["app"] if app else state["unit"]
     bag = relation["data"].setdefault(owner, {})
-    for key, value in json.loads(sys.stdin.read() or "{}").items():
+    for key, value in json.loads(call.stdin or "{}").items():
         if value == "":
             bag.pop(key, None)
         else:
             bag[key] = str(value)
     state["relations"][rel_id] = relation
-    _save(state)
+    call.save(state)
 
 
-def relation_model_get(state: dict, args: list[str]) -> None:
-    _out({"uuid": state["env"]["JUJU_MODEL_UUID"]})
+def relation_model_get(state: dict, args: list[str], call: Call) -> None:
+    call.out({"uuid": state["env"]["JUJU_MODEL_UUID"]})
 
 
-def network_get(state: dict, args: list[str]) -> None:
+def network_get(state: dict, args: list[str], call: Call) -> None:
     address = state.get("address", "127.0.0.1")
-    _out(
+    call.out(
         {
             "bind-addresses": [
                 {
@@ -243,8 +249,16 @@ def network_get(state: dict, args: list[str]) -> None:
     )
 
 
-def juju_exec(state: dict, args: list[str]) -> None:
-    """`juju-exec -u <unit> "<command>"`: run it under the hook lock with the hook environment."""
+def juju_exec(state_path: str, args: list[str]) -> int:
+    """`juju-exec -u <unit> "<command>"`: run it under the hook lock with the hook environment.
+
+    Not answered by the agent: it runs a whole hook (which calls tools itself), so it is always a
+    script (`main`), started detached by the charm.
+    """
+    import fcntl  # only this command needs these two
+    import subprocess
+
+    state = Call(state_path, {}).load()
     unit = _option(args, "-u", "--unit")
     if unit != state["unit"] or len(args) != 1:
         raise ToolError(
@@ -253,13 +267,12 @@ def juju_exec(state: dict, args: list[str]) -> None:
     # The agent runs the command in a fresh hook context: nothing of the caller's environment
     # (e.g. ops' OPERATOR_DISPATCH marker, the action's variables) is inherited.
     env = dict(state["env"])
-    lock_path = os.path.join(os.path.dirname(_state_path()), "hook.lock")
+    lock_path = os.path.join(os.path.dirname(state_path), "hook.lock")
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _load().get("closed"):  # the test has finished with this unit
-            sys.exit(0)
-        result = subprocess.run(["/bin/sh", "-c", args[0]], env=env, check=False)
-    sys.exit(result.returncode)
+        if Call(state_path, {}).load().get("closed"):  # the test has finished with this unit
+            return 0
+        return subprocess.run(["/bin/sh", "-c", args[0]], env=env, check=False).returncode
 
 
 TOOLS = {
@@ -278,7 +291,6 @@ TOOLS = {
     "relation-set": relation_set,
     "relation-model-get": relation_model_get,
     "network-get": network_get,
-    "juju-exec": juju_exec,
 }
 
 # Tools a charm may call that this stub does not implement: present on PATH, so a call fails with
@@ -311,22 +323,41 @@ UNSUPPORTED = (
 )
 
 
-def main(argv: list[str]) -> int:
-    """Run the tool named by argv[1] with the rest of argv."""
-    name, args = argv[1], argv[2:]
-    directory = os.path.dirname(_state_path())
-    with open(os.path.join(directory, "calls.jsonl"), "a") as calls:
+def _record(state_path: str, name: str, args: list[str]) -> None:
+    """Append the call to calls.jsonl next to the state file (the benchmark counts them)."""
+    with open(os.path.join(os.path.dirname(state_path), "calls.jsonl"), "a") as calls:
         calls.write(json.dumps([name, *args]) + "\n")
+
+
+def run(name: str, args: list[str], call: Call) -> tuple[int, str]:
+    """Run the tool `name` for `call` (its output goes to `call.stdout`); return (exit, stderr)."""
+    _record(call.state_path, name, args)
     tool = TOOLS.get(name)
     if tool is None:
-        sys.stderr.write(f"ERROR stub hook tool {name!r} is not implemented (tests/dispatch)\n")
-        return 1
+        return 1, f"ERROR stub hook tool {name!r} is not implemented (tests/dispatch)\n"
     try:
-        tool(_load(), args)
+        tool(call.load(), list(args), call)
     except ToolError as error:
-        sys.stderr.write(f"ERROR {error}\n")
-        return 1
-    return 0
+        return 1, f"ERROR {error}\n"
+    return 0, ""
+
+
+def main(argv: list[str]) -> int:
+    """Run the tool named by argv[1] with the rest of argv (the tools without the agent)."""
+    name, args, state_path = argv[1], argv[2:], os.environ[STATE_ENV]
+    if name == "juju-exec":
+        _record(state_path, name, args)
+        try:
+            return juju_exec(state_path, args)
+        except ToolError as error:
+            sys.stderr.write(f"ERROR {error}\n")
+            return 1
+    env = {key: value for key, value in os.environ.items() if key.startswith("JUJU_")}
+    call = Call(state_path, env, sys.stdin.read() if name == "relation-set" else "")
+    code, error = run(name, args, call)
+    sys.stdout.write("".join(call.stdout))
+    sys.stderr.write(error)
+    return code
 
 
 if __name__ == "__main__":
