@@ -27,10 +27,10 @@ import pathlib
 import posixpath
 import re
 import subprocess
+from typing import TYPE_CHECKING
 
 import ops
 import pydantic
-import tenacity
 from charms.storage_libs.v0.nfs_interfaces import (
     MountShareEvent,
     NFSRequires,
@@ -38,6 +38,9 @@ from charms.storage_libs.v0.nfs_interfaces import (
     UmountShareEvent,
     parse_endpoint,
 )
+
+if TYPE_CHECKING:
+    import tenacity
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,9 @@ def normalise_mountpoint(path: str) -> str:
 class NfsMountParams(pydantic.BaseModel):
     """Parameters of the `nfs-mount` action (actions.yaml), validated."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    # defer_build: the validator is built on first use (the action, a stored request), not at
+    # import, so hooks that never validate parameters do not pay for it.
+    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
 
     name: str
     size: int | None = pydantic.Field(default=None, ge=1)
@@ -185,6 +190,8 @@ def set_fstab_entry(mountpoint: str, line: str | None) -> None:
 
 
 def _retrying() -> tenacity.Retrying:
+    import tenacity  # here, not at the top: only a mount or umount retries
+
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
         wait=tenacity.wait_exponential(min=RETRY_WAIT_MIN, max=RETRY_WAIT_MAX),
@@ -314,8 +321,9 @@ class NfsShare(ops.Object):
                     set_fstab_entry(previous, None)
                 self._stored.mounted_at = self._stored.source = None
             if target is None:
+                if previous or self._stored.error:  # else there is nothing of ours to withdraw
+                    self._publish(None)
                 self._stored.error = None
-                self._publish(None)
                 return
             source, mountpoint, options = target
             current = mounted_source(mountpoint)
@@ -372,8 +380,10 @@ class NfsShare(ops.Object):
 
     def _target(self) -> tuple[str, str, list[str]] | None:
         """(source, mount point, options) that should be mounted here, or None."""
+        if self._stored.endpoint is None:  # no share served: no need to read the request
+            return None
         wanted = self._wanted()
-        if self._stored.endpoint is None or wanted is None:
+        if wanted is None:
             return None
         try:
             endpoint = parse_endpoint(self._stored.endpoint)

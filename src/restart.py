@@ -47,7 +47,8 @@ class Engine(Protocol):
 class RestartParams(pydantic.BaseModel):
     """The `restart` action's parameters (Juju validates them too; we never trust that alone)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    # defer_build: built when the action first validates, not at every hook's import.
+    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
 
     delay: int = pydantic.Field(default=0, ge=0, le=3600)
     engine: str

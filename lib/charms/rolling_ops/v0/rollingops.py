@@ -120,7 +120,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 10
+LIBPATCH = 11
 
 logger = logging.getLogger(__name__)
 
@@ -725,8 +725,8 @@ class RollingOpsManager(ops.Object):
     def _lead(self, data: _PeerData, departing: str | None = None) -> None:
         """Leader processing: forget departed units, clear finished holders, grant the next."""
         members = data.member_names(departing)
-        self._forget_departed(data, members)
-        self._clear_released(data, members)
+        forgot = self._forget_departed(data, members)
+        cleared = self._clear_released(data, members)
         order = self._update_order(data, members)
         held = [name for name in members if data.state(name) is LockState.GRANTED]
         self._check_holder_record(data, held)
@@ -735,7 +735,8 @@ class RollingOpsManager(ops.Object):
                 logger.warning("%s: %s all hold the lock; granting nothing", self.name, held)
             return
         if not order:
-            self._restore_app_status()
+            if forgot or cleared:  # the lock has just come free: take back our app status
+                self._restore_app_status()
             return
         me = self.model.unit.name
         if order[0] == me and len(order) > 1 and data.yielded() != me:
@@ -743,20 +744,24 @@ class RollingOpsManager(ops.Object):
             data.write(data.relation.data[self.model.app], _YIELDED, me)
         self._grant(data, order[0], order[1:])
 
-    def _forget_departed(self, data: _PeerData, members: list[str]) -> None:
+    def _forget_departed(self, data: _PeerData, members: list[str]) -> bool:
+        """Drop the app keys of units no longer on the relation; True if there were any."""
         app_bag = data.relation.data[self.model.app]
-        for name in data.app_key_units():
-            if name not in members:
-                logger.info("%s: forgetting the lock of departed unit %s", self.name, name)
-                data.write(app_bag, _app_key(name), None)
+        departed = [name for name in data.app_key_units() if name not in members]
+        for name in departed:
+            logger.info("%s: forgetting the lock of departed unit %s", self.name, name)
+            data.write(app_bag, _app_key(name), None)
+        return bool(departed)
 
-    def _clear_released(self, data: _PeerData, members: list[str]) -> None:
+    def _clear_released(self, data: _PeerData, members: list[str]) -> bool:
+        """Mark the units that released the lock idle; True if there were any."""
         app_bag = data.relation.data[self.model.app]
-        for name in members:
-            if data.state(name) is LockState.RELEASE:
-                data.write(app_bag, _app_key(name), _IDLE)
-                if name == self.model.unit.name:
-                    self._promote_next_request(data)
+        released = [name for name in members if data.state(name) is LockState.RELEASE]
+        for name in released:
+            data.write(app_bag, _app_key(name), _IDLE)
+            if name == self.model.unit.name:
+                self._promote_next_request(data)
+        return bool(released)
 
     def _update_order(self, data: _PeerData, members: list[str]) -> list[str]:
         """Keep the FIFO of pending units: known ones first, newly seen ones appended."""
