@@ -31,11 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from tests.dispatch import charmdir
 
@@ -65,16 +67,48 @@ def _lines(path: pathlib.Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _time_dispatch(unit: charmdir.Unit, hook: str) -> tuple[float, int, int]:
-    """Seconds one dispatch took, its hook tool calls, and its juju-log calls (shell, cheap)."""
+class Sample(NamedTuple):
+    """One dispatch: wall seconds, CPU seconds of its processes, hook tool and juju-log calls."""
+
+    wall_s: float
+    cpu_s: float
+    calls: int
+    logs: int
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time_dispatch(unit: charmdir.Unit, hook: str) -> Sample:
+    """Measure one dispatch of `hook` (juju-log is a shell script, counted apart)."""
     calls, logs = unit.work / "calls.jsonl", unit.work / "juju-log.txt"
     calls_before, logs_before = _lines(calls), _lines(logs)
+    cpu_before = _children_cpu_s()
     start = time.perf_counter()
     run = unit.dispatch(f"hooks/{hook}")
     elapsed = time.perf_counter() - start
     if run.returncode != 0:
         raise SystemExit(f"{unit.unit}: {hook} exited {run.returncode}:\n{run.output}")
-    return elapsed, _lines(calls) - calls_before, _lines(logs) - logs_before
+    return Sample(
+        elapsed,
+        _children_cpu_s() - cpu_before,
+        _lines(calls) - calls_before,
+        _lines(logs) - logs_before,
+    )
+
+
+def _import_cpu_s(unit: charmdir.Unit, module: str, samples: int) -> float:
+    """Median CPU seconds of `python -c "import <module>"` with the charm's venv and paths."""
+    python = unit.charm_dir / "venv" / "bin" / "python"
+    env = {**unit.env, "PYTHONPATH": f"{unit.charm_dir}/lib:{unit.charm_dir}/src"}
+    times = []
+    for _ in range(samples):
+        before = _children_cpu_s()
+        subprocess.run([str(python), "-c", f"import {module}"], env=env, check=True)
+        times.append(_children_cpu_s() - before)
+    return statistics.median(times)
 
 
 def _time_hook_tool(unit: charmdir.Unit, samples: int) -> float:
@@ -126,30 +160,39 @@ def main(argv: list[str] | None = None) -> int:
             for unit in (charm, ops_only):
                 for hook in ("install", "start", "update-status"):  # warm: state, bytecode
                     _time_dispatch(unit, hook)
-            charm_times, ops_times, charm_calls, ops_calls, charm_logs = [], [], [], [], []
+            charm_runs: list[Sample] = []
+            ops_runs: list[Sample] = []
             for _ in range(args.samples):
-                seconds, calls, logs = _time_dispatch(charm, "update-status")
-                charm_times.append(seconds)
-                charm_calls.append(calls)
-                charm_logs.append(logs)
-                seconds, calls, _ = _time_dispatch(ops_only, "update-status")
-                ops_times.append(seconds)
-                ops_calls.append(calls)
+                charm_runs.append(_time_dispatch(charm, "update-status"))
+                ops_runs.append(_time_dispatch(ops_only, "update-status"))
             tool_s = _time_hook_tool(charm, args.samples)
+            import_charm_cpu = _import_cpu_s(charm, "charm", args.samples)
+            import_ops_cpu = _import_cpu_s(charm, "ops", args.samples)
         finally:
             charm.close()
             ops_only.close()
 
-    charm_median = statistics.median(charm_times)
-    ops_median = statistics.median(ops_times)
+    def median(runs: list[Sample], field: str) -> float:
+        return statistics.median(getattr(run, field) for run in runs)
+
+    charm_median, ops_median = median(charm_runs, "wall_s"), median(ops_runs, "wall_s")
+    charm_calls = [run.calls for run in charm_runs]
+    ops_calls = [run.calls for run in ops_runs]
     result = {
         "charm_dispatch_s_median": round(charm_median, 4),
         "ops_only_s_median": round(ops_median, 4),
         "ratio": round(charm_median / ops_median, 3),
-        "charm_dispatch_s_max": round(max(charm_times), 4),
-        "ops_only_s_max": round(max(ops_times), 4),
+        "charm_dispatch_s_max": round(max(run.wall_s for run in charm_runs), 4),
+        "ops_only_s_max": round(max(run.wall_s for run in ops_runs), 4),
+        # CPU time of the dispatch's processes (charm and hook tool clients): less sensitive to
+        # the machine's load than wall time.
+        "charm_dispatch_cpu_s_median": round(median(charm_runs, "cpu_s"), 4),
+        "ops_only_cpu_s_median": round(median(ops_runs, "cpu_s"), 4),
+        "cpu_ratio": round(median(charm_runs, "cpu_s") / median(ops_runs, "cpu_s"), 3),
+        "import_charm_cpu_s_median": round(import_charm_cpu, 4),
+        "import_ops_cpu_s_median": round(import_ops_cpu, 4),
         "charm_hook_tool_calls": statistics.median(charm_calls),
-        "charm_juju_log_calls": statistics.median(charm_logs),
+        "charm_juju_log_calls": median(charm_runs, "logs"),
         "ops_only_hook_tool_calls": statistics.median(ops_calls),
         # The ratio's sensitivity to what one hook tool call costs (calls x one call's median
         # taken out, or replaced by 5 ms a call).
@@ -168,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         f"update-status dispatch, median of {args.samples}: coordinated-ops {charm_median:.3f} s "
         f"({result['charm_hook_tool_calls']} hook tool calls), ops only {ops_median:.3f} s "
         f"({result['ops_only_hook_tool_calls']} calls), ratio {result['ratio']} (target <= 1.3); "
-        f"one stub hook tool call {tool_s:.3f} s, ratio without hook tools "
-        f"{result['ratio_without_hook_tools']}"
+        f"one stub hook tool call {tool_s:.4f} s, ratio without hook tools "
+        f"{result['ratio_without_hook_tools']}; CPU ratio {result['cpu_ratio']}; import CPU: "
+        f"charm {import_charm_cpu:.3f} s, ops {import_ops_cpu:.3f} s"
     )
     print(json.dumps(result))
     return 0
