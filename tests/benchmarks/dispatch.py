@@ -15,7 +15,7 @@ small compiled client per call (tests/dispatch/hooktool_client.c) asking an agen
 process, which loads (and on a change writes) the unit's JSON state file; about 1.5 ms a call on an
 idle machine, where a real `jujuc` call takes a few ms. Their calls are counted.
 
-    python -m tests.benchmarks.dispatch --json [--samples 15] [--venv DIR]
+    python -m tests.benchmarks.dispatch --json [--samples 15] [--venv DIR] [--source DIR]
 
 The last line is JSON: {"charm_dispatch_s_median", "ops_only_s_median", "ratio", ...}; the
 target is ratio <= 1.3. `ratio_without_hook_tools` takes out the stub tools' own cost (calls x
@@ -144,12 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="end with the JSON line (always on)")
     parser.add_argument("--samples", type=int, default=15)
     parser.add_argument("--venv", type=pathlib.Path, help="reuse this charm venv")
+    parser.add_argument(
+        "--source",
+        type=pathlib.Path,
+        default=charmdir.ROOT,
+        help="the charm's source tree (default: this repository; e.g. a copy with a change)",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
         work = pathlib.Path(tmp)
         venv = args.venv or charmdir.build_venv(work / "venv", charmdir.ROOT / "requirements.txt")
-        charm = charmdir.Unit(work / "charm-unit", venv, unit="coordinated-ops/0")
+        charm = charmdir.Unit(
+            work / "charm-unit", venv, unit="coordinated-ops/0", source=args.source
+        )
         ops_only = charmdir.Unit(
             work / "ops-only-unit",
             venv,
