@@ -16,9 +16,8 @@ Faults of this engine (on top of soak.py's generic ones):
 - `fail_check`: one unit's post-upgrade check fails at 1.1.0 (its service does not answer
   there, so it bites on the `action` path); the rollout halts. An operator stands by: once a
   unit reports `failed`, it runs `upgrade version=1.0.0` on the leader (the rollback), and the
-  schedule must end with every unit idle. A unit that completed the failed round is upgraded
-  twice in all (its rollback is a new request, added to the liveness accounting then); units
-  added mid-rollout, never asked by soak.py, are asked for what the rollback gives them.
+  schedule must end with every unit idle. Once the rollback command has run, every member is
+  owed one more upgrade than it was served so far (see `Operator._account_rollback`).
 - `remove_leader`: the leader is removed (graceful or abrupt) at a random time mid-rollout.
 The operator retries an action that failed because leadership moved (R16), as a person would.
 """
@@ -93,6 +92,8 @@ class Operator:
         self.retries = 0
         self.refreshed = False
         self.rolled_back = False
+        self.accounted = False
+        self.served_before: dict[str, int] = {}
         self.requested: set[str] = set()
         sim.listeners.append(self)
 
@@ -114,27 +115,50 @@ class Operator:
             self.pending = None
 
     def on_start(self, sim: Simulator, run: Any) -> None:
-        pass
+        if sim is self.sim and self.rolled_back and run.item.action is self.pending:
+            self.served_before = self._served()  # the action may upgrade this very unit
+
+    def _served(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for i in self.sim.recorder.intervals:
+            if i.operation == "upgrade" and i.committed and not i.failed:
+                counts[i.unit] = counts.get(i.unit, 0) + 1
+        return counts
 
     def on_commit(self, sim: Simulator, run: Any, ok: bool) -> None:
         if sim is not self.sim:
             return
         if self.want is not None and not self._settle_pending():
             return
-        if self.path == "refresh" and not self.refreshed and self.want is None:
+        if self.rolled_back and not self.accounted:
+            self._account_rollback()
+        errored = any(sim.units[u].error for u in sim.members(APP))
+        if self.path == "refresh" and not self.refreshed and self.want is None and not errored:
+            # A person resolves a unit in error before refreshing (Juju skips it, R20).
             self.refreshed = True
             delayed = tuple(u for u in sim.members(APP) if sim.rng.random() < 0.3)
             sim.refresh(APP, delayed=delayed)
         states = self._states()
         if "failed" in states.values() and not self.rolled_back and self.want is None:
             self.rolled_back = True
-            # The rollback upgrades every member once more; a unit that completed the failed
-            # round is upgraded twice in all. Units added mid-rollout were never asked: ask now.
-            for unit, state in states.items():
-                owed = (2 if state == "completed" else 1) - (unit in self.requested)
-                for _ in range(owed):
-                    sim.recorder.request(unit, "upgrade")
             self._issue("upgrade", {"version": PREVIOUS})
+
+    def _account_rollback(self) -> None:
+        """Once the rollback command succeeded: every member is owed one more upgrade.
+
+        Counted from when the command started running (not when issued): what it started from
+        is then known.
+        A unit's asks become what it was served so far plus one (at least its asks), so a unit
+        that completed the failed round is upgraded twice, and one the failed round never
+        reached, once. Units added mid-rollout, never asked by soak.py, are asked here too.
+        """
+        self.accounted = True
+        recorder = self.sim.recorder
+        for unit in self.sim.members(APP):
+            served = self.served_before.get(unit, 0)
+            asked = sum(1 for u, op, _ in recorder.requests if u == unit and op == "upgrade")
+            for _ in range(max(0, served + 1 - asked)):
+                recorder.request(unit, "upgrade")
 
     def _settle_pending(self) -> bool:
         """True once the wanted command has succeeded; retries it when it failed."""

@@ -30,6 +30,12 @@ def service(fake_workload):
     return fake_workload
 
 
+def _state(**kwargs):
+    """A State whose app plans as many units as any test shows (no removal in progress)."""
+    kwargs.setdefault("planned_units", 10)
+    return testing.State(**kwargs)
+
+
 def _ctx(unit_id=0):
     return charm_context(app_name=APP, unit_id=unit_id)
 
@@ -65,7 +71,7 @@ def _fails(ctx, state, **params):
 def test_upgrade_action_starts_a_rollout_in_stack_order(service):
     ctx = _ctx()
     rel = _upgrade_rel()
-    out = _run_action(ctx, testing.State(leader=True, relations={rel}), version="1.1.0")
+    out = _run_action(ctx, _state(leader=True, relations={rel}), version="1.1.0")
     got = out.get_relation(rel.id)
     assert got.local_app_data["upgrade-stack"] == "[0, 1, 2]"
     assert json.loads(got.local_app_data["workload-rollout"]) == {
@@ -100,7 +106,7 @@ def test_bad_version_fails_with_the_broken_constraint_and_changes_nothing(
 ):
     ctx = _ctx()
     rel = _upgrade_rel()
-    got, out = _fails(ctx, testing.State(leader=True, relations={rel}), version=version)
+    got, out = _fails(ctx, _state(leader=True, relations={rel}), version=version)
     assert got == message
     after = out.get_relation(rel.id)
     assert after.local_app_data == {}
@@ -112,14 +118,14 @@ def test_upgrade_from_1_1_to_1_2_is_allowed(service):
     service.installed = "1.1.0"
     ctx = _ctx()
     rel = _upgrade_rel()
-    _run_action(ctx, testing.State(leader=True, relations={rel}), version="1.2.0")
+    _run_action(ctx, _state(leader=True, relations={rel}), version="1.2.0")
     assert ctx.action_results is not None
     assert ctx.action_results["previous-version"] == "1.1.0"
 
 
 def test_non_leader_is_refused(service):
     rel = _upgrade_rel(peers={0: {"state": "idle"}, 2: {"state": "idle"}})
-    message, _ = _fails(_ctx(1), testing.State(relations={rel}), version="1.1.0")
+    message, _ = _fails(_ctx(1), _state(relations={rel}), version="1.1.0")
     assert message == "upgrade must run on the leader unit"
 
 
@@ -129,14 +135,14 @@ def test_upgrade_while_an_upgrade_runs_names_it(service):
         unit={"state": "ready"},
         peers={1: {"state": "ready"}, 2: {"state": "completed"}},
     )
-    message, out = _fails(_ctx(), testing.State(leader=True, relations={rel}), version="1.1.0")
+    message, out = _fails(_ctx(), _state(leader=True, relations={rel}), version="1.1.0")
     assert message == "an upgrade is already in progress (upgrade to 1.1.0: 1/3 units done)"
     assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[0, 1]"
 
 
 def test_upgrade_while_a_restart_is_in_flight_names_the_engine(service):
     restart_rel = testing.PeerRelation("restart", peers_data={1: {"state": "acquire"}})
-    state = testing.State(leader=True, relations={_upgrade_rel(), restart_rel})
+    state = _state(leader=True, relations={_upgrade_rel(), restart_rel})
     message, _ = _fails(_ctx(), state, version="1.1.0")
     assert message == "a restart with engine 'v0' is in flight; wait for it to finish"
 
@@ -150,7 +156,7 @@ def test_restart_is_refused_while_an_upgrade_is_in_flight(service):
     with pytest.raises(testing.ActionFailed) as failure:
         ctx.run(
             ctx.on.action("restart", params={"engine": "v0", "delay": 0}),
-            testing.State(leader=True, relations={rel, testing.PeerRelation("restart")}),
+            _state(leader=True, relations={rel, testing.PeerRelation("restart")}),
         )
     assert failure.value.message == (
         "upgrade to 1.1.0: 0/3 units done; wait for it to finish or roll it back"
@@ -162,7 +168,7 @@ def test_pre_upgrade_check_refuses_an_unhealthy_service(fake_workload):
     ctx = _ctx()
     rel = _upgrade_rel()
     with pytest.raises(testing.ActionFailed) as failure:
-        ctx.run(ctx.on.action("pre-upgrade-check"), testing.State(leader=True, relations={rel}))
+        ctx.run(ctx.on.action("pre-upgrade-check"), _state(leader=True, relations={rel}))
     assert failure.value.message == f"the demo service on {APP}/0 is not healthy"
 
 
@@ -175,7 +181,7 @@ def test_unit_seeing_a_new_round_reports_ready(service):
         app={"upgrade-stack": "[0, 2, 1]", "workload-rollout": _rollout()},
         peers={0: {"state": "ready"}, 2: {"state": "idle"}},
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "ready"
     assert service.calls == []  # unit 1 is the top, but unit 2 is not ready yet
     # Same round again (a later relation-changed): no second transition, nothing else happens.
@@ -186,7 +192,7 @@ def test_unit_seeing_a_new_round_reports_ready(service):
 def test_done_rollout_does_not_pull_a_newcomer_in(service):
     ctx = _ctx(1)
     rel = _upgrade_rel(app={"workload-rollout": _rollout(done=True)}, peers={0: {"state": "idle"}})
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "idle"
 
 
@@ -200,7 +206,7 @@ def test_top_unit_upgrades_checks_and_completes(service, tmp_path):
         unit={"state": "ready"},
         peers={0: {"state": "ready"}, 1: {"state": "ready"}},
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
     assert service.calls == [("stop",), ("install", "1.1.0"), ("start",)]
     assert out.get_relation(rel.id).local_unit_data["state"] == "completed"
     assert out.workload_version == "1.1.0"
@@ -219,7 +225,7 @@ def test_wrong_served_version_fails_the_unit_and_halts(service, monkeypatch):
         unit={"state": "ready"},
         peers={0: {"state": "ready"}, 1: {"state": "ready"}},
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
     assert out.unit_status == testing.BlockedStatus("health check failed after upgrade to 1.1.0")
     (entry,) = journal.read(journal.local_path())
@@ -234,7 +240,7 @@ def test_unhealthy_after_start_fails_the_unit(service, monkeypatch):
         unit={"state": "ready"},
         peers={0: {"state": "ready"}, 1: {"state": "ready"}},
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
 
 
@@ -246,7 +252,7 @@ def test_leader_shows_how_to_roll_back_after_a_failure(service):
         peers={1: {"state": "ready"}, 2: {"state": "failed"}},
     )
     out = ctx.run(
-        ctx.on.relation_changed(rel, remote_unit=2), testing.State(leader=True, relations={rel})
+        ctx.on.relation_changed(rel, remote_unit=2), _state(leader=True, relations={rel})
     )
     assert out.app_status == testing.BlockedStatus(
         f"upgrade failed on {APP}/2: roll back with 'juju run {APP}/leader upgrade version=1.0.0'"
@@ -261,7 +267,7 @@ def test_rollback_prepares_recovery_with_the_failed_unit_first(service):
         unit={"state": "ready"},
         peers={1: {"state": "completed"}, 2: {"state": "failed"}},
     )
-    out = _run_action(ctx, testing.State(leader=True, relations={rel}), version="1.0.0")
+    out = _run_action(ctx, _state(leader=True, relations={rel}), version="1.0.0")
     got = out.get_relation(rel.id)
     assert got.local_app_data["upgrade-stack"] == "[0, 1, 2]"
     assert json.loads(got.local_app_data["workload-rollout"]) == {
@@ -282,7 +288,7 @@ def test_leader_marks_the_rollout_done_when_everyone_is_idle(service):
     ctx = _ctx(0)
     rel = _upgrade_rel(app={"upgrade-stack": "[]", "workload-rollout": _rollout()})
     out = ctx.run(
-        ctx.on.relation_changed(rel, remote_unit=1), testing.State(leader=True, relations={rel})
+        ctx.on.relation_changed(rel, remote_unit=1), _state(leader=True, relations={rel})
     )
     rollout = json.loads(out.get_relation(rel.id).local_app_data["workload-rollout"])
     assert rollout["done"] is True
@@ -293,7 +299,7 @@ def test_refresh_single_unit_installs_the_bundled_version(service):
     service.installed = "0.9.0"
     ctx = _ctx(0)
     rel = _upgrade_rel(app={"upgrade-stack": "[0]"}, peers={})
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     assert ("install", workload.DEFAULT_VERSION) in service.calls
     got = out.get_relation(rel.id)
     assert got.local_unit_data["state"] == "idle"
@@ -315,7 +321,7 @@ def test_refresh_single_unit_installs_the_bundled_version(service):
 def test_malformed_peer_data_blocks_with_the_reason(service, app, reason):
     ctx = _ctx(1)
     rel = _upgrade_rel(app=app, peers={0: {"state": "idle"}})
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert out.unit_status.name == "blocked"
     assert out.unit_status.message.startswith(reason)
     assert out.get_relation(rel.id).local_unit_data["state"] == "idle"
@@ -328,7 +334,7 @@ def test_new_leader_does_not_end_a_rollout_that_has_not_reached_it(service):
         app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
         peers={2: {"state": "idle"}},
     )
-    out = ctx.run(ctx.on.leader_elected(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.leader_elected(), _state(leader=True, relations={rel}))
     got = out.get_relation(rel.id)
     assert json.loads(got.local_app_data["workload-rollout"])["done"] is False
     assert got.local_unit_data["state"] == "ready"  # it joined the round instead

@@ -88,6 +88,12 @@ def _reset():
     Behaviour.rollback_logged = 0
 
 
+def _state(**kwargs):
+    """A State whose app plans as many units as any test shows (no removal in progress)."""
+    kwargs.setdefault("planned_units", 10)
+    return testing.State(**kwargs)
+
+
 def _ctx(unit_id=0, actions=ACTIONS):
     return testing.Context(_TestCharm, meta=META, actions=actions, app_name=APP, unit_id=unit_id)
 
@@ -241,7 +247,7 @@ def test_upgrade_error_none_cause_is_empty():
 def test_missing_action_is_logged_not_a_crash(caplog):
     ctx = _ctx(actions={"pre-upgrade-check": {}})
     with caplog.at_level(logging.ERROR):
-        ctx.run(ctx.on.update_status(), testing.State())
+        ctx.run(ctx.on.update_status(), _state())
     assert "'resume-upgrade' is not declared" in caplog.text
 
 
@@ -257,7 +263,7 @@ def test_abstract_methods_are_required():
 
     ctx = testing.Context(Charm, meta=META, actions=ACTIONS, app_name=APP)
     with pytest.raises(testing.errors.UncaughtCharmError, match="abstract"):
-        ctx.run(ctx.on.update_status(), testing.State())
+        ctx.run(ctx.on.update_status(), _state())
 
 
 # --- relation-created ---------------------------------------------------------------------------
@@ -266,7 +272,7 @@ def test_abstract_methods_are_required():
 def test_relation_created_on_leader_writes_idle_and_dependencies_verbatim():
     ctx = _ctx()
     rel = _peer()
-    out = ctx.run(ctx.on.relation_created(rel), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.relation_created(rel), _state(leader=True, relations={rel}))
     got = out.get_relation(rel.id)
     assert got.local_unit_data["state"] == "idle"
     assert got.local_app_data["dependencies"] == json.dumps(
@@ -277,7 +283,7 @@ def test_relation_created_on_leader_writes_idle_and_dependencies_verbatim():
 def test_relation_created_mid_rollout_is_ready_and_non_leader_writes_no_app_data():
     ctx = _ctx(unit_id=4)
     rel = _peer(app={"upgrade-stack": "[0, 1]"}, peers={0: {"state": "ready"}})
-    out = ctx.run(ctx.on.relation_created(rel), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_created(rel), _state(relations={rel}))
     got = out.get_relation(rel.id)
     assert got.local_unit_data["state"] == "ready"
     assert "dependencies" not in got.local_app_data
@@ -293,7 +299,7 @@ def _idle_cluster(**app):
 def test_pre_upgrade_check_writes_stack_verbatim():
     ctx = _ctx()
     rel = _idle_cluster()
-    out = ctx.run(ctx.on.action("pre-upgrade-check"), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.action("pre-upgrade-check"), _state(leader=True, relations={rel}))
     assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[1, 2, 3]"
     assert ctx.action_results is not None
     assert ctx.action_results["upgrade-stack"] == "[1, 2, 3]"
@@ -318,7 +324,7 @@ def test_pre_upgrade_check_failures(leader, relations, check_error, message):
         "busy": {_peer(unit={"state": "idle"}, peers={1: {"state": "upgrading"}})},
     }[relations]
     with pytest.raises(testing.ActionFailed) as failure:
-        ctx.run(ctx.on.action("pre-upgrade-check"), testing.State(leader=leader, relations=rels))
+        ctx.run(ctx.on.action("pre-upgrade-check"), _state(leader=leader, relations=rels))
     assert failure.value.message == message
     state = failure.value.state
     assert isinstance(state, testing.State)
@@ -334,7 +340,7 @@ def test_pre_upgrade_check_on_failed_cluster_prepares_recovery():
         unit={"state": "ready"},
         peers={1: {"state": "completed"}, 2: {"state": "failed"}},
     )
-    out = ctx.run(ctx.on.action("pre-upgrade-check"), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.action("pre-upgrade-check"), _state(leader=True, relations={rel}))
     got = out.get_relation(rel.id)
     assert json.loads(got.local_app_data["upgrade-stack"]) == [0, 1, 2]  # failed unit first
     assert got.local_unit_data["state"] == "recovery"
@@ -347,7 +353,7 @@ def test_pre_upgrade_check_on_failed_cluster_prepares_recovery():
 def test_mutating_the_returned_stack_changes_nothing():
     ctx = _ctx()
     rel = _peer(app={"upgrade-stack": "[0, 1]"}, unit={"state": "idle"})
-    with ctx(ctx.on.update_status(), testing.State(leader=True, relations={rel})) as mgr:
+    with ctx(ctx.on.update_status(), _state(leader=True, relations={rel})) as mgr:
         upgrade = mgr.charm.upgrade
         stack = upgrade.upgrade_stack
         assert stack is not None
@@ -366,7 +372,7 @@ def test_malformed_stack_is_logged_and_blocks_with_reason(raw, caplog):
     rel = _peer(app={"upgrade-stack": raw}, unit={"state": "ready"})
     with (
         caplog.at_level(logging.ERROR),
-        ctx(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel})) as mgr,
+        ctx(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel})) as mgr,
     ):
         assert mgr.charm.upgrade.upgrade_stack is None
         mgr.run()
@@ -380,7 +386,7 @@ def test_malformed_peer_state_blocks_nothing_and_raises_nothing(caplog):
         app={"upgrade-stack": "[1, 0]"}, unit={"state": "ready"}, peers={1: {"state": "?"}}
     )
     with caplog.at_level(logging.ERROR):
-        out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), testing.State(relations={rel}))
+        out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "ready"
     assert "invalid unit state '?'" in caplog.text
     assert Behaviour.granted == []
@@ -393,7 +399,7 @@ def test_upgrade_charm_without_stack_blocks_and_remembers(caplog):
     ctx = _ctx()
     rel = _idle_cluster()
     with caplog.at_level(logging.ERROR):
-        out = ctx.run(ctx.on.upgrade_charm(), testing.State(relations={rel}))
+        out = ctx.run(ctx.on.upgrade_charm(), _state(relations={rel}))
     assert "ensure pre-upgrade checks are ran first" in caplog.text
     assert out.unit_status == testing.BlockedStatus(
         "run pre-upgrade-check on the leader to continue the upgrade"
@@ -412,7 +418,7 @@ def test_upgrade_charm_with_absent_or_bad_dependencies_warns_and_is_ready(stored
         app["dependencies"] = stored
     rel = _peer(app=app, unit={"state": "idle"}, peers={1: {"state": "idle"}})
     with caplog.at_level(logging.WARNING):
-        out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+        out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     assert "version compatibility check skipped" in caplog.text
     assert out.get_relation(rel.id).local_unit_data["state"] == "ready"
     assert out.unit_status == testing.WaitingStatus("other units upgrading first...")
@@ -425,7 +431,7 @@ def test_upgrade_charm_incompatible_version_fails_the_leader():
         unit={"state": "idle"},
         peers={1: {"state": "idle"}},
     )
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
     assert out.unit_status == testing.BlockedStatus(
         "Upgrades only supported for specific versions, test_charm versions satisfying "
@@ -439,7 +445,7 @@ def test_single_unit_refresh_upgrades_and_returns_to_idle():
     rel = _peer(
         app={"upgrade-stack": "[0]", "dependencies": _deps_json("1")}, unit={"state": "idle"}
     )
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     got = out.get_relation(rel.id)
     assert Behaviour.granted == [f"{APP}/0"]
     assert got.local_unit_data["state"] == "idle"
@@ -456,7 +462,7 @@ def test_top_unit_grants_itself_when_everyone_is_ready():
     rel = _peer(
         app={"upgrade-stack": "[0, 1]"}, unit={"state": "ready"}, peers={0: {"state": "ready"}}
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert Behaviour.granted == [f"{APP}/1"]
     assert out.get_relation(rel.id).local_unit_data["state"] == "completed"
     assert out.unit_status == testing.MaintenanceStatus("upgrade completed")
@@ -476,7 +482,7 @@ def test_top_unit_grants_itself_when_everyone_is_ready():
 def test_no_grant(stack, own, peer, why):
     ctx = _ctx(unit_id=1)
     rel = _peer(app={"upgrade-stack": stack}, unit={"state": own}, peers={0: {"state": peer}})
-    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert Behaviour.granted == [], why
 
 
@@ -488,7 +494,7 @@ def test_leader_pops_completed_top_and_grants_itself_next_without_help():
         peers={1: {"state": "completed"}},
     )
     out = ctx.run(
-        ctx.on.relation_changed(rel, remote_unit=1), testing.State(leader=True, relations={rel})
+        ctx.on.relation_changed(rel, remote_unit=1), _state(leader=True, relations={rel})
     )
     got = out.get_relation(rel.id)
     assert Behaviour.granted == [f"{APP}/0"]
@@ -503,7 +509,7 @@ def test_non_leader_turns_idle_when_the_stack_empties():
     rel = _peer(
         app={"upgrade-stack": "[]"}, unit={"state": "completed"}, peers={0: {"state": "idle"}}
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "idle"
     assert out.unit_status == testing.ActiveStatus()
 
@@ -514,7 +520,7 @@ def test_failed_grant_handler_blocks_and_leader_reports_once():
     rel = _peer(
         app={"upgrade-stack": "[1, 0]"}, unit={"state": "ready"}, peers={1: {"state": "ready"}}
     )
-    state = testing.State(leader=True, relations={rel})
+    state = _state(leader=True, relations={rel})
     out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), state)
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
     assert out.unit_status == testing.BlockedStatus("boom")
@@ -531,7 +537,7 @@ def test_dependency_error_in_grant_marks_the_unit_failed():
     rel = _peer(
         app={"upgrade-stack": "[0, 1]"}, unit={"state": "ready"}, peers={0: {"state": "ready"}}
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
     assert out.unit_status == testing.BlockedStatus("db too old")
 
@@ -542,7 +548,7 @@ def test_recovery_logs_exactly_one_debug_record(caplog):
         app={"upgrade-stack": "[0, 1]"}, unit={"state": "ready"}, peers={0: {"state": "recovery"}}
     )
     with caplog.at_level(logging.DEBUG, logger="charms.data_platform_libs.v0.upgrade"):
-        ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+        ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     records = [r for r in caplog.records if r.getMessage() == "Cluster in recovery, skip..."]
     assert len(records) == 1
     assert Behaviour.granted == []
@@ -558,7 +564,7 @@ def test_departed_top_is_dropped_and_next_top_proceeds(caplog):
     with caplog.at_level(logging.WARNING):
         out = ctx.run(
             ctx.on.relation_departed(rel, remote_unit=2, departing_unit=2),
-            testing.State(leader=True, relations={rel}),
+            _state(leader=True, relations={rel}),
         )
     assert "unit 2 left during upgrade; removed from upgrade-stack" in caplog.text
     assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[0, 1]"
@@ -573,7 +579,7 @@ def test_newcomer_mid_rollout_is_added_at_the_bottom():
         peers={1: {"state": "upgrading"}, 3: {"state": "ready"}},
     )
     out = ctx.run(
-        ctx.on.relation_changed(rel, remote_unit=3), testing.State(leader=True, relations={rel})
+        ctx.on.relation_changed(rel, remote_unit=3), _state(leader=True, relations={rel})
     )
     assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[3, 0, 1]"
 
@@ -589,7 +595,7 @@ def test_stale_deferred_grant_after_completion_does_not_reach_the_handler(caplog
         observer="_guard_upgrade_granted",
     )
     with caplog.at_level(logging.WARNING):
-        ctx.run(ctx.on.update_status(), testing.State(relations={rel}, deferred=[stale]))
+        ctx.run(ctx.on.update_status(), _state(relations={rel}, deferred=[stale]))
     assert Behaviour.granted == []
     assert "stale upgrade_granted dropped" in caplog.text
 
@@ -602,7 +608,7 @@ def test_leader_in_recovery_waits_for_every_other_unit_before_rollback():
         unit={"state": "recovery"},
         peers={1: {"state": "completed"}, 2: {"state": "ready"}},
     )
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     got = out.get_relation(rel.id)
     assert got.local_unit_data["state"] == "recovery"
     assert got.local_app_data["upgrade-stack"] == "[0, 1, 2]"
@@ -614,7 +620,7 @@ def test_leader_in_recovery_waits_for_every_other_unit_before_rollback():
     )
     out = ctx.run(
         ctx.on.relation_changed(rel2, remote_unit=1),
-        testing.State(leader=True, relations={rel2}, stored_states=out.stored_states),
+        _state(leader=True, relations={rel2}, stored_states=out.stored_states),
     )
     got = out.get_relation(rel2.id)
     assert got.local_unit_data["state"] == "ready"
@@ -629,7 +635,7 @@ def test_leader_on_top_in_recovery_is_not_stuck():
         unit={"state": "recovery"},
         peers={1: {"state": "ready"}},
     )
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     got = out.get_relation(rel.id)
     assert Behaviour.granted == [f"{APP}/0"]
     assert got.local_app_data["upgrade-stack"] == "[1]"
@@ -639,13 +645,13 @@ def test_leader_on_top_in_recovery_is_not_stuck():
 def test_refresh_pending_unit_becomes_ready_once_the_stack_appears():
     ctx = _ctx(unit_id=1)
     rel = _peer(app={}, unit={"state": "idle"}, peers={0: {"state": "idle"}})
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(relations={rel}))
     rel2 = _peer(
         app={"upgrade-stack": "[1, 0]"}, unit={"state": "idle"}, peers={0: {"state": "ready"}}
     )
     out = ctx.run(
         ctx.on.relation_changed(rel2, remote_unit=0),
-        testing.State(relations={rel2}, stored_states=out.stored_states),
+        _state(relations={rel2}, stored_states=out.stored_states),
     )
     assert out.get_relation(rel2.id).local_unit_data["state"] == "ready"
 
@@ -654,7 +660,7 @@ def test_pre_upgrade_check_with_refresh_pending_readies_the_leader():
     ctx = _ctx(unit_id=0)
     rel = _idle_cluster()
     Behaviour.stack = [0, 1]
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(leader=True, relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
     out = ctx.run(ctx.on.action("pre-upgrade-check"), out)
     got = out.get_relation(rel.id)
     assert got.local_app_data["upgrade-stack"] == "[0, 1]"
@@ -667,7 +673,7 @@ def test_still_upgrading_top_is_granted_once_per_hook_again_on_later_hooks():
         app={"upgrade-stack": "[0, 1]"}, unit={"state": "ready"}, peers={0: {"state": "ready"}}
     )
     Behaviour.grant_result = "nothing"
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
     assert Behaviour.granted == [f"{APP}/1"]
     assert out.get_relation(rel.id).local_unit_data["state"] == "upgrading"
     ctx.run(ctx.on.update_status(), out)
@@ -681,7 +687,7 @@ def test_anchor_style_handler_calling_on_upgrade_changed_is_harmless():
         app={"upgrade-stack": "[1, 0]"}, unit={"state": "ready"}, peers={1: {"state": "ready"}}
     )
     out = ctx.run(
-        ctx.on.relation_changed(rel, remote_unit=1), testing.State(leader=True, relations={rel})
+        ctx.on.relation_changed(rel, remote_unit=1), _state(leader=True, relations={rel})
     )
     assert Behaviour.granted == [f"{APP}/0"]
     got = out.get_relation(rel.id)
@@ -697,7 +703,7 @@ def test_in_progress():
         ({}, ("idle", "failed"), True),
     ]:
         rel = _peer(app=app, unit={"state": states[0]}, peers={1: {"state": states[1]}})
-        with ctx(ctx.on.update_status(), testing.State(relations={rel})) as mgr:
+        with ctx(ctx.on.update_status(), _state(relations={rel})) as mgr:
             assert mgr.charm.upgrade.in_progress() is expected
 
 
@@ -705,6 +711,29 @@ def test_unit_alone_in_its_view_is_not_granted_unless_on_top():
     """A unit that has not met its peers yet must not upgrade out of turn at upgrade-charm."""
     ctx = _ctx(unit_id=3)
     rel = _peer(app={"upgrade-stack": "[0, 1, 2]"}, unit={"state": "idle"})
-    out = ctx.run(ctx.on.upgrade_charm(), testing.State(relations={rel}))
+    out = ctx.run(ctx.on.upgrade_charm(), _state(relations={rel}))
     assert Behaviour.granted == []
     assert out.get_relation(rel.id).local_unit_data["state"] == "ready"
+
+
+def test_no_grant_while_a_unit_is_being_removed():
+    """Fewer planned units than the view: a leaving unit may still run hooks; nobody starts."""
+    ctx = _ctx(unit_id=1)
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1]"}, unit={"state": "ready"}, peers={0: {"state": "ready"}}
+    )
+    state = _state(relations={rel}, planned_units=1)
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+    assert Behaviour.granted == []
+
+
+def test_a_unit_that_saw_its_own_departure_never_upgrades_again():
+    ctx = _ctx(unit_id=1)
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1]"}, unit={"state": "ready"}, peers={0: {"state": "ready"}}
+    )
+    out = ctx.run(
+        ctx.on.relation_departed(rel, remote_unit=0, departing_unit=1), _state(relations={rel})
+    )
+    ctx.run(ctx.on.update_status(), out)
+    assert Behaviour.granted == []

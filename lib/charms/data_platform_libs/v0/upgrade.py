@@ -287,7 +287,7 @@ class DataUpgrade(Object, ABC):
         self.dependency_model = dependency_model
         self.relation_name = relation_name
         self.substrate = substrate
-        self._stored.set_default(refresh_pending=False, rollback_reported=[])
+        self._stored.set_default(refresh_pending=False, rollback_reported=[], departing=False)
         self._upgrade_stack: list[int] | None = None
         self._departing: Unit | None = None
         self._reconciling = False
@@ -514,12 +514,13 @@ class DataUpgrade(Object, ABC):
                 logger.error("%s (%s)", e.message, e.cause)
                 self.set_unit_failed(e.cause)
                 return
-            if self.state == "recovery" and not self._others_ready():
-                # A rollback starts only once every other unit is ready: a unit still
-                # `completed` from the failed rollout must not be popped as already done.
-                logger.info("rollback prepared; waiting for the other units to be ready")
-                self._stored.refresh_pending = True
-                return
+        if self.state == "recovery" and not self._others_ready():
+            # A rollback starts only once every other unit is ready: a unit still `completed`
+            # from the failed rollout must not be popped as already done. (The unit in recovery
+            # is the leader that prepared it, or was until leadership moved.)
+            logger.info("rollback prepared; waiting for the other units to be ready")
+            self._stored.refresh_pending = True
+            return
         self._set_state("ready")
         self.charm.unit.status = WaitingStatus(WAITING_TEXT)
         self._stored.refresh_pending = False
@@ -581,7 +582,8 @@ class DataUpgrade(Object, ABC):
         self._departing = event.departing_unit
         try:
             if event.departing_unit == self.charm.unit:
-                return  # this unit is leaving: nothing of the rollout is its business
+                self._stored.departing = True  # never upgrade again: this unit is leaving
+                return
             self._upgrade_stack = None
             self.on_upgrade_changed(event)
         finally:
@@ -619,9 +621,9 @@ class DataUpgrade(Object, ABC):
                 logger.error("%s (%s)", e.message, e.cause)
                 self.set_unit_failed(e.cause)
                 return
-            if self.state == "recovery":
-                self.set_unit_ready()  # waits for the others first (see set_unit_ready)
-                return
+        if self.state == "recovery":
+            self.set_unit_ready()  # waits for the others first (see set_unit_ready)
+            return
         self.charm.unit.status = WaitingStatus(WAITING_TEXT)
         self._set_state("ready")
         self._stored.refresh_pending = False
@@ -760,6 +762,7 @@ class DataUpgrade(Object, ABC):
             self.charm.unit.status = WaitingStatus(WAITING_TEXT)
         if (
             not self._granted  # at most one grant per reconcile
+            and not self._removal_in_progress()
             and stack[-1] == _unit_number(self.charm.unit)
             and self.state in ("ready", "upgrading")
             and self.cluster_state == "ready"
@@ -767,13 +770,28 @@ class DataUpgrade(Object, ABC):
         ):
             self._grant()
 
+    def _removal_in_progress(self) -> bool:
+        """A unit is being removed (fewer planned units than this unit sees), or it is this one.
+
+        Until every unit has run its departed hooks, a leaving unit may still run hooks while
+        the leader already dropped it from the stack; nobody starts an upgrade meanwhile. The
+        departed hooks that end the removal reconcile again.
+        """
+        if self._stored.departing:
+            return True
+        try:
+            planned = self.model.app.planned_units()
+        except Exception:  # planned_units is leader-independent but may be unavailable
+            return False
+        return planned < len(self.app_units)
+
     def _ready_if_pending(self, leader: bool, cluster: str | None) -> bool:
         """Step 1: a refresh (or rollout round) arrived before the stack: report ready now."""
         if not (self._stored.refresh_pending and self.upgrade_stack):
             return False
-        # While failed or in recovery, only the leader's own pending rollback may proceed, and
-        # only once every other unit is ready.
-        rollback_go = leader and self.state == "recovery" and self._others_ready()
+        # While failed or in recovery, only the pending rollback of the unit in recovery (the
+        # leader that prepared it, or was) may proceed, and only once every other unit is ready.
+        rollback_go = self.state == "recovery" and self._others_ready()
         if cluster in ("failed", "recovery") and not rollback_go:
             return False
         self.set_unit_ready()
