@@ -44,10 +44,20 @@ def test_config_changed_never_restarts_the_service(ctx, fake_workload):
     assert fake_workload.config == (8080, 2.0)
 
 
-def test_invalid_config_blocks_and_does_not_touch_the_service(ctx, fake_workload):
-    out = ctx.run(ctx.on.config_changed(), testing.State(config={"port": 80}))
+@pytest.mark.parametrize(
+    "config",
+    [{"port": 80}, {"port": 65536}, {"startup-seconds": -1.0}, {"startup-seconds": 30.5}],
+)
+def test_invalid_config_blocks_and_does_not_touch_the_service(ctx, fake_workload, config):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config=config))
     assert out.unit_status == testing.BlockedStatus("invalid config: see `juju debug-log`")
     assert fake_workload.calls == []
+
+
+@pytest.mark.parametrize("config", [{"port": 1024}, {"port": 65535, "startup-seconds": 30.0}])
+def test_config_at_the_bounds_is_valid(ctx, fake_workload, config):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config=config))
+    assert out.unit_status == testing.ActiveStatus("serving 1.0.0")
 
 
 def test_unhealthy_service_blocks_with_what_to_do(ctx, fake_workload):
