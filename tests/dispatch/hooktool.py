@@ -232,6 +232,21 @@ def relation_model_get(state: dict, args: list[str], call: Call) -> None:
     call.out({"uuid": state["env"]["JUJU_MODEL_UUID"]})
 
 
+def goal_state(state: dict, args: list[str], call: Call) -> None:
+    """`goal-state`: every unit is where it should be (this one, and the peers relations list)."""
+    since = "2026-01-01T00:00:00Z"
+    units = {state["unit"]: {"status": "active", "since": since}}
+    relations: dict[str, dict] = {}
+    for relation in state["relations"].values():
+        related = relations.setdefault(relation["endpoint"], {})
+        related[relation["remote-app"]] = {"status": "joined", "since": since}
+        for name in relation["remote-units"]:
+            related[name] = {"status": "joined", "since": since}
+            if name.split("/")[0] == state["app"]:
+                units[name] = {"status": "active", "since": since}
+    call.out({"units": units, "relations": relations})
+
+
 def network_get(state: dict, args: list[str], call: Call) -> None:
     address = state.get("address", "127.0.0.1")
     call.out(
@@ -291,6 +306,7 @@ TOOLS = {
     "relation-set": relation_set,
     "relation-model-get": relation_model_get,
     "network-get": network_get,
+    "goal-state": goal_state,
 }
 
 # Tools a charm may call that this stub does not implement: present on PATH, so a call fails with
@@ -299,7 +315,6 @@ UNSUPPORTED = (
     "action-fail-with-reason",
     "close-port",
     "credential-get",
-    "goal-state",
     "juju-reboot",
     "leader-get",
     "leader-set",
