@@ -102,8 +102,7 @@ from ops import (
     Unit,
     WaitingStatus,
 )
-from poetry.core.constraints.version import Version, parse_constraint
-from pydantic import BaseModel, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 # The unique Charmhub library identifier, never change it
 LIBID = "5b8f3a0c2e7d4c19a6f1d2e3b4c5a697"
@@ -113,7 +112,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 1
+LIBPATCH = 2
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -146,6 +145,9 @@ def verify_requirements(version: str, requirement: str) -> bool:
     `verify_requirements("1.3.4", "^1.2.3")` is True, `verify_requirements("2.0.0", "^1.2.3")`
     False. Unparsable input raises `ValueError`.
     """
+    # Imported here, not at the top: most hooks check no version, and poetry-core is slow to load.
+    from poetry.core.constraints.version import Version, parse_constraint
+
     return parse_constraint(requirement).allows(Version.parse(version))
 
 
@@ -157,6 +159,9 @@ class DependencyModel(BaseModel):
     their version must satisfy.
     """
 
+    # The validator is built when first used, not at import: most hooks never validate one.
+    model_config = ConfigDict(defer_build=True)
+
     dependencies: dict[str, str]
     name: str
     upgrade_supported: str
@@ -166,6 +171,8 @@ class DependencyModel(BaseModel):
     @classmethod
     def dependencies_validator(cls, value: Any) -> Any:
         """Every constraint must parse as a Poetry constraint."""
+        from poetry.core.constraints.version import parse_constraint  # see verify_requirements
+
         constraints = value.values() if isinstance(value, dict) else [value]
         for constraint in constraints:
             try:
