@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 import ops
 import pydantic
-import tenacity
 from charms.data_platform_libs.v0.upgrade import (
     BaseModel,
     ClusterNotReadyError,
@@ -40,7 +39,6 @@ from charms.data_platform_libs.v0.upgrade import (
     UpgradeGrantedEvent,
     verify_requirements,
 )
-from poetry.core.constraints.version import Version
 
 import journal
 import workload
@@ -84,8 +82,21 @@ HEALTH_CHECK_WAIT = 1.0  # seconds between attempts (start() already returns onc
 class DemoDependencies(BaseModel):
     """The versioned components of this charm (DEPENDENCIES as a model)."""
 
+    model_config = pydantic.ConfigDict(defer_build=True)
+
     demo_charm: DependencyModel
     demo_workload: DependencyModel
+
+
+def dependencies() -> DemoDependencies:
+    """DEPENDENCIES as the library's model, unvalidated: a constant the unit tests validate.
+
+    Validating it in every hook would build pydantic validators and load poetry-core each time.
+    """
+    return DemoDependencies.model_construct(
+        demo_charm=DependencyModel.model_construct(**DEPENDENCIES["demo_charm"]),
+        demo_workload=DependencyModel.model_construct(**DEPENDENCIES["demo_workload"]),
+    )
 
 
 def release(version: str) -> DependencyModel:
@@ -101,13 +112,15 @@ def release(version: str) -> DependencyModel:
 class UpgradeParams(pydantic.BaseModel):
     """The `upgrade` action's parameters."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
 
     version: str
 
 
 class Rollout(pydantic.BaseModel):
     """The app key `workload-rollout`: the current (or last) workload rollout."""
+
+    model_config = pydantic.ConfigDict(defer_build=True)
 
     round: int = pydantic.Field(ge=1)
     target: str
@@ -126,7 +139,7 @@ class DemoUpgrade(DataUpgrade):
     _demo = ops.StoredState()
 
     def __init__(self, charm: CoordinatedOpsCharm):
-        super().__init__(charm, DemoDependencies.model_validate(DEPENDENCIES), RELATION, "vm")
+        super().__init__(charm, dependencies(), RELATION, "vm")
         self._charm = charm
         self._demo.set_default(handled_round=0, worked_round=0, failure="")
         rel = charm.on[RELATION]
@@ -364,6 +377,8 @@ class DemoUpgrade(DataUpgrade):
             raise UpgradeRefused(
                 f"a restart with engine {busy[0]!r} is in flight; wait for it to finish"
             )
+        from poetry.core.constraints.version import Version  # the action only, not every hook
+
         try:
             Version.parse(target)
         except ValueError:
@@ -401,6 +416,8 @@ def check_upgraded(target: str) -> None:
 
     A few attempts, because a service may answer a moment after it reported ready.
     """
+    import tenacity  # only an upgrading unit checks; most hooks never load it
+
     for attempt in tenacity.Retrying(
         stop=tenacity.stop_after_attempt(HEALTH_CHECK_ATTEMPTS),
         wait=tenacity.wait_fixed(HEALTH_CHECK_WAIT),

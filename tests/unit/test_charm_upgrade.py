@@ -338,3 +338,9 @@ def test_new_leader_does_not_end_a_rollout_that_has_not_reached_it(service):
     got = out.get_relation(rel.id)
     assert json.loads(got.local_app_data["workload-rollout"])["done"] is False
     assert got.local_unit_data["state"] == "ready"  # it joined the round instead
+
+
+def test_dependencies_constant_validates_as_built_in_every_hook():
+    """DemoUpgrade builds DEPENDENCIES without validating it (every hook); it must be valid."""
+    validated = upgrade.DemoDependencies.model_validate(upgrade.DEPENDENCIES)
+    assert validated.model_dump() == upgrade.dependencies().model_dump() == upgrade.DEPENDENCIES
