@@ -276,7 +276,13 @@ class BaseCoordinator(ops.Object):
 
     def _update_visibility(self) -> None:
         """Mark the own locks the charm sees as granted in this dispatch (released at its end)."""
-        self._paused = self._unit_leaving()
+        granted = [
+            lock
+            for lock, ts in self._own_requests().items()
+            if self._committed_grants.get(lock) == ts
+        ]
+        # Only a grant can be paused: goal-state is asked only when this unit holds one.
+        self._paused = bool(granted) and self._unit_leaving()
         self._visible = {}
         for lock, ts in sorted(self._own_requests().items()):
             if self._committed_grants.get(lock) != ts:
