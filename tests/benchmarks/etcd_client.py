@@ -111,7 +111,7 @@ def bench_ours(server: EtcdServer, calls: int) -> dict:
 
 def bench_etcd3gw(server: EtcdServer, calls: int) -> dict | str:
     try:
-        import etcd3gw
+        import etcd3gw  # pyright: ignore[reportMissingImports]  # optional comparison
         import requests
     except ImportError as e:
         return f"not installed: {e}"
