@@ -16,6 +16,7 @@ unit agent serialises a unit's hooks.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import pathlib
 import shutil
@@ -35,7 +36,9 @@ def build_client() -> pathlib.Path | None:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    binary = pathlib.Path(tempfile.mkdtemp(prefix="hooktool-client-")) / "hooktool-client"
+    build_dir = pathlib.Path(tempfile.mkdtemp(prefix="hooktool-client-"))
+    atexit.register(shutil.rmtree, build_dir, ignore_errors=True)
+    binary = build_dir / "hooktool-client"
     built = subprocess.run(
         [compiler, "-O2", "-o", str(binary), str(CLIENT_SOURCE)],
         capture_output=True,

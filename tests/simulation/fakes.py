@@ -23,7 +23,9 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -71,6 +73,7 @@ class DemoFakes:
     def __init__(self, sim: Simulator):
         self.sim = sim
         self._tmp = pathlib.Path(tempfile.mkdtemp(prefix="sim-units-"))
+        weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
         self.attach(sim)
 
     def attach(self, sim: Simulator) -> DemoFakes:

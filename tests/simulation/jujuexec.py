@@ -14,15 +14,18 @@ ever runs it, since that would mean a call escaped the interception.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
 _FAKE_DIR = pathlib.Path(tempfile.mkdtemp(prefix="sim-juju-exec-"))
+atexit.register(shutil.rmtree, _FAKE_DIR, ignore_errors=True)
 _FAKE = _FAKE_DIR / "juju-exec"
 _FAKE.write_text(
     "#!/bin/sh\n"

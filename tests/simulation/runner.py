@@ -20,7 +20,9 @@ import inspect
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,22 +97,30 @@ def _maybe_yaml(path: pathlib.Path) -> dict[str, Any]:
 
 # --- Scenario speed patch -------------------------------------------------------------------
 
-_ROOTS: dict[int, tuple[Any, str]] = {}  # id(charm spec) -> (the spec, kept alive; its root dir)
+_ROOTS: dict[int, str] = {}  # id(charm spec) -> its root dir, while the spec lives
 _METAS: dict[str, ops.CharmMeta] = {}
 _original_load_meta = _ops_main_mock.Ops._load_charm_meta
+
+
+def _forget_root(key: int, root: str) -> None:
+    """The spec is gone: drop its cached root and metadata and delete the directory."""
+    _ROOTS.pop(key, None)
+    _METAS.pop(root, None)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _cached_charm_root(self: Any) -> Iterator[pathlib.Path]:
     spec = self._charm_spec
-    entry = _ROOTS.get(id(spec))
-    if entry is None:
+    root = _ROOTS.get(id(spec))
+    if root is None:
         root = tempfile.mkdtemp(prefix="sim-charm-")
         for name, content in (("metadata", spec.meta), ("config", spec.config or {})):
             pathlib.Path(root, f"{name}.yaml").write_text(yaml.safe_dump(content))
         pathlib.Path(root, "actions.yaml").write_text(yaml.safe_dump(spec.actions or {}))
-        entry = _ROOTS[id(spec)] = (spec, root)
-    yield pathlib.Path(entry[1])
+        _ROOTS[id(spec)] = root
+        weakref.finalize(spec, _forget_root, id(spec), root)
+    yield pathlib.Path(root)
 
 
 def _cached_load_meta(self: Any) -> ops.CharmMeta:
