@@ -285,33 +285,26 @@ class Simulator:
         if truth.departing:
             return
         truth.departing = True
-        app = self.apps[truth.app]
-        app.units.remove(unit)
-        for rel in self._relations_of(unit):
-            for other in list(rel.known):
-                if other == unit or unit not in rel.known[other]:
-                    continue
-                rel.known[other].discard(unit)
-                self.queues[other].drop(
-                    lambda i, r=rel.id: i.relation == r and i.remote == unit and not i.app_level
-                )
-                if unit in rel.views.get(other, ()):
-                    self.enqueue(
-                        other, "relation_departed", relation=rel.id, remote=unit, departing=unit,
-                        cause=f"remove_unit {unit}",
-                    )  # fmt: skip
+        truth.departing_seq = self._next_seq()
+        self.apps[truth.app].units.remove(unit)
         if graceful:
+            # The agent acts on Dying between hooks: what is in flight or queued runs first, then
+            # the unit's own departed (and broken) hooks; it leaves each relation's scope after its
+            # last one there (the others' departed follow), and leadership when `remove` commits.
             self.queues[unit].drop(
                 lambda i: i.event in ("relation_joined", "relation_changed") and i.attempts == 0
             )
             for rel in self._relations_of(unit):
-                for remote in sorted(rel.views.get(unit, ()), key=unit_id):
+                remotes = sorted(rel.views.get(unit, ()), key=unit_id)
+                for remote in remotes:
                     self.enqueue(
                         unit, "relation_departed", relation=rel.id, remote=remote,
                         departing=unit, cause=f"remove_unit {unit}",
                     )  # fmt: skip
                 if not rel.is_peer:
                     self.enqueue(unit, "relation_broken", relation=rel.id, cause="remove_unit")
+                elif not remotes:
+                    self._leave_scope(unit, rel)
             self.enqueue(unit, "stop", cause=f"remove_unit {unit}")
             self.enqueue(unit, "remove", cause=f"remove_unit {unit}")
         else:
@@ -320,11 +313,33 @@ class Simulator:
             if lost is not None:
                 self._finish(lost, ok=False, why="machine gone")
             truth.removed = True
+            for rel in self._relations_of(unit):
+                self._leave_scope(unit, rel)
+            self._resign_leadership(unit)
+        self.log(f"remove_unit {unit} graceful={graceful}")
+        self._collect_garbage()
+
+    def _leave_scope(self, unit: str, rel: RelationTruth) -> None:
+        """`unit` leaves `rel`'s scope: every remaining member that knew it gets departed (R12)."""
+        for other in list(rel.known):
+            if other == unit or unit not in rel.known[other]:
+                continue
+            rel.known[other].discard(unit)
+            self.queues[other].drop(
+                lambda i, r=rel.id: i.relation == r and i.remote == unit and not i.app_level
+            )
+            if unit in rel.views.get(other, ()):
+                self.enqueue(
+                    other, "relation_departed", relation=rel.id, remote=unit, departing=unit,
+                    cause=f"remove_unit {unit}",
+                )  # fmt: skip
+
+    def _resign_leadership(self, unit: str) -> None:
+        """A removed leader's lease ends: Juju elects another unit (R15)."""
+        app = self.apps[app_of(unit)]
         if app.leader == unit:
             app.leader = None
             self._elect(app.name)
-        self.log(f"remove_unit {unit} graceful={graceful}")
-        self._collect_garbage()
 
     @operator
     def remove_relation(self, rel_id: int) -> None:
@@ -927,7 +942,9 @@ class Simulator:
             if rel is None or unit not in rel.unit_bags:
                 self.log(f"drop writes of {unit} to relation {rel_id}: relation gone")
                 continue
-            if truth.departing:  # R13: a departing unit's writes are not published
+            # R13: writes of a hook a departing unit started after its removal began are not
+            # published; a hook already in flight then still commits in scope.
+            if truth.departing and run.seq > truth.departing_seq:
                 self.log(f"drop writes of departing {unit} to relation {rel_id} (R13)")
                 continue
             if unit_changes and rel.unit_bags[unit].apply(unit_changes):
@@ -1020,8 +1037,19 @@ class Simulator:
             rel.views.pop(unit, None)
             if rel.attached <= rel.broken | {u for u in rel.attached if self.units[u].removed}:
                 del self.relations[rel.id]
+        truth = self.units[unit]
+        last_departure_hook = (
+            truth.departing
+            and rel is not None
+            and item.event in ("relation_departed", "relation_broken")
+            and not any(i.relation == rel.id for i in self.queues[unit].items)
+        )
+        if last_departure_hook:
+            assert rel is not None
+            self._leave_scope(unit, rel)
         if item.event == "remove":
-            self.units[unit].removed = True
+            truth.removed = True
+            self._resign_leadership(unit)
             self._collect_garbage()
 
 

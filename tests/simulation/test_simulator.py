@@ -279,6 +279,22 @@ def test_r12_r15_removing_the_leader_elects_another():
     assert seen("leader_elected") == [("toy/1", seen("leader_elected")[0][1])]
 
 
+def test_r12_r15_graceful_removal_mid_hook_takes_effect_when_that_hook_commits():
+    """Juju acts on Dying between hooks: a hook in flight finishes in scope, still leader."""
+    sim = toy(n=3)
+    sim.run_action("toy/0", "write", key="last", value="words")
+    sim.start("toy/0")  # the action is in flight on the leader
+    sim.remove_unit("toy/0")
+    assert sim.leader("toy") == "toy/0"
+    assert not sim.queues["toy/1"] and not sim.queues["toy/2"]
+    drain(sim)
+    for unit in ("toy/1", "toy/2"):
+        departed = seen("peers_relation_departed", unit)
+        assert len(departed) == 1
+        assert departed[0][1]["data"]["last"] == "words"  # committed in scope, not dropped
+    assert sim.leader("toy") == "toy/1"
+
+
 def test_r12_abrupt_removal_runs_nothing_on_the_gone_unit():
     sim = toy(n=3)
     sim.remove_unit("toy/2", graceful=False)
