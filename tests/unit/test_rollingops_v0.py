@@ -645,6 +645,25 @@ def test_defect4_departing_holder_does_not_run_its_callback():
     assert mine(out)["state"] == "acquire"
 
 
+def test_defect4_leader_releasing_in_a_departed_hook_never_grants_the_departing_unit():
+    # The leader holds its own grant from an earlier dispatch and runs it in the departed hook
+    # of unit 2, which still asks for the lock. ops lists unit 2 in relation.units for the
+    # whole dispatch, so the hand-over after the release must still leave it out.
+    c = ctx()
+    rel = peer(
+        me={"state": "acquire"},
+        app={key(0): "granted", "rolling-ops-holder": f'{{"unit": "{APP}/0", "token": 1}}'},
+        peers={1: {}, 2: {"state": "acquire"}},
+    )
+    out = c.run(
+        c.on.relation_departed(rel, remote_unit=2, departing_unit=2), state(rel, leader=True)
+    )
+    assert [name for name, _ in Record.calls] == ["_restart"]
+    assert mine(out)["state"] == "release"
+    assert key(2) not in app(out)
+    assert "rolling-ops-holder" not in app(out)
+
+
 def test_defect4_new_leader_reprocesses_release_of_old_holder():
     c = ctx()
     rel = peer(app={key(2): "granted"}, peers={2: {"state": "release"}, 1: {"state": "acquire"}})

@@ -120,7 +120,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 11
+LIBPATCH = 12
 
 logger = logging.getLogger(__name__)
 
@@ -520,6 +520,9 @@ class RollingOpsManager(ops.Object):
         self.charm = charm
         self._callback = callback
         self._granted_myself = False  # per-dispatch memory, reset on the framework commit
+        # The unit whose relation-departed this dispatch handles. ops still lists it in
+        # relation.units for the whole dispatch, so every leader pass must leave it out.
+        self._departing: str | None = None
         prefix = relation.replace("-", "_")
         _define_event(charm, f"{prefix}_run_with_lock", RunWithLock)
         _define_event(charm, f"{prefix}_acquire_lock", AcquireLock)
@@ -619,7 +622,8 @@ class RollingOpsManager(ops.Object):
 
     def _on_relation_departed(self, event: ops.RelationDepartedEvent) -> None:
         departing = event.departing_unit
-        self._reconcile(departing.name if departing else None)
+        self._departing = departing.name if departing else None
+        self._reconcile()
 
     def _on_leader_elected(self, event: ops.LeaderElectedEvent) -> None:
         self._reconcile()
@@ -632,10 +636,11 @@ class RollingOpsManager(ops.Object):
 
     def _on_commit(self, event: ops.CommitEvent) -> None:
         self._granted_myself = False
+        self._departing = None
 
     # -- the reconcile routine --
 
-    def _reconcile(self, departing: str | None = None) -> None:
+    def _reconcile(self) -> None:
         """Bring this unit's side of the protocol up to date with the relation data.
 
         Idempotent; re-reads everything, so coalesced or repeated triggers are harmless.
@@ -646,12 +651,12 @@ class RollingOpsManager(ops.Object):
         data = _PeerData(relation, self.model)
         if not data.readable():
             return
-        if departing == self.model.unit.name:
+        if self._departing == self.model.unit.name:
             logger.debug("%s: this unit is leaving; nothing to coordinate", self.name)
             return
         self._promote_next_request(data)
         if self.model.unit.is_leader():
-            self._lead(data, departing)
+            self._lead(data)
         self._run_if_granted(data)
 
     # -- unit side --
@@ -722,9 +727,9 @@ class RollingOpsManager(ops.Object):
 
     # -- leader side --
 
-    def _lead(self, data: _PeerData, departing: str | None = None) -> None:
+    def _lead(self, data: _PeerData) -> None:
         """Leader processing: forget departed units, clear finished holders, grant the next."""
-        members = data.member_names(departing)
+        members = data.member_names(self._departing)
         forgot = self._forget_departed(data, members)
         cleared = self._clear_released(data, members)
         order = self._update_order(data, members)
