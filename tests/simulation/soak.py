@@ -34,7 +34,8 @@ from .script import format_script
 from .simulator import Simulator
 
 MAX_STEPS = 100_000
-MAX_RESOLVE_ROUNDS = 8
+MAX_RESOLVE_ROUNDS = 32  # each retry consumes one injected failure; no schedule injects more
+MAX_UPDATE_STATUS_TICKS = 3
 
 
 def _move_leadership(sim: Simulator, unit: str) -> None:
@@ -85,6 +86,33 @@ def arm_faults(sim: Simulator, engine: Engine, units: list[str]) -> list[str]:
     return armed
 
 
+def finish(sim: Simulator, scheduler: Any, recorder: Recorder, app: str) -> tuple[bool, int]:
+    """Run `sim` to quiescence the way an operator and Juju would; return (resolved?, ticks).
+
+    With retry none a unit in error is a legitimate stuck state: exclusion so far is checked by
+    the recorder already; the operator resolves it (retrying the hook) until it recovers. Juju
+    then keeps firing update-status (every 5 min by default): a request whose only wake-up was
+    lost (a failed juju-exec dispatch is never retried) is picked up by the next tick. Up to
+    MAX_UPDATE_STATUS_TICKS ticks are fired while a request is unserved; the count is reported.
+    """
+    stuck_seen = False
+    ticks = 0
+    while True:
+        drain(sim, scheduler, MAX_STEPS)
+        for _ in range(MAX_RESOLVE_ROUNDS):
+            stuck = sim.stuck_units()
+            if not stuck:
+                break
+            stuck_seen = True
+            for unit in stuck:
+                sim.resolve(unit, retry=True)
+            drain(sim, scheduler, MAX_STEPS)
+        if ticks == MAX_UPDATE_STATUS_TICKS or not recorder.liveness_failures():
+            return stuck_seen, ticks
+        ticks += 1
+        sim.update_status(app)
+
+
 def run_schedule(
     base: Simulator, fakes: DemoFakes, engine: Engine, seed: int, retry: str, faults: bool
 ) -> dict[str, Any]:
@@ -98,17 +126,7 @@ def run_schedule(
     armed = arm_faults(sim, engine, units) if faults else []
     for unit in units:
         engine.request(sim, unit)
-    scheduler = SeededRandom()
-    stuck_seen = False
-    drain(sim, scheduler, MAX_STEPS)
-    for _ in range(MAX_RESOLVE_ROUNDS):
-        stuck = sim.stuck_units()
-        if not stuck:
-            break
-        stuck_seen = True  # retry none: exclusion so far is checked by the recorder already
-        for unit in stuck:
-            sim.resolve(unit, retry=True)
-        drain(sim, scheduler, MAX_STEPS)
+    stuck_seen, ticks = finish(sim, SeededRandom(), recorder, engine.app)
     violations = recorder.violations + recorder.ghost_holders()
     liveness = recorder.liveness_failures()
     uncaught = recorder.uncaught()
@@ -119,6 +137,7 @@ def run_schedule(
         "leader_sees_own_app_writes": sim.leader_sees_own_app_writes,
         "faults": armed,
         "stuck_resolved": stuck_seen,
+        "update_status_ticks": ticks,
         "violations": violations,
         "liveness": liveness,
         "uncaught": uncaught,
@@ -192,6 +211,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "liveness_failures": sum(len(r["liveness"]) for r in results),
         "uncaught_errors": sum(len(r["uncaught"]) for r in results),
         "stuck_then_resolved": sum(1 for r in results if r["stuck_resolved"]),
+        "served_after_update_status": sum(1 for r in results if r["update_status_ticks"]),
         "combinations": per_combo,
         "hooks_total_p50": _p50([f["hooks_total"] for f in figures]),
         "hooks_per_unit_max": max((f["hooks_per_unit_max"] for f in figures), default=0),

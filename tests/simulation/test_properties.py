@@ -26,21 +26,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from .engines import ENGINES, Engine
 from .fakes import DemoFakes
 from .invariants import Recorder
-from .scheduler import SeededRandom, drain
+from .scheduler import SeededRandom
 from .script import format_script
 from .simulator import Simulator
-from .soak import run_schedule, settle
+from .soak import finish, run_schedule, settle
 
 UNITS = 3
 SEEDS_PER_COMBO = 2
-# Engines whose owner is still fixing a property this test found; each entry says which.
-NOT_YET = {
-    "rollingops-etcd": "I4: after a 'kill worker' fault no unit is served (seed 0)",
-}
-ENGINE_PARAMS = [
-    pytest.param(name, marks=pytest.mark.skip(reason=NOT_YET[name])) if name in NOT_YET else name
-    for name in sorted(ENGINES)
-]
+ENGINE_PARAMS = sorted(ENGINES)
 _BASES: dict[tuple[str, bool], tuple[Simulator, DemoFakes]] = {}
 
 
@@ -48,7 +41,7 @@ def settled(engine: Engine, switch: bool) -> tuple[Simulator, DemoFakes]:
     """A settled UNITS-unit deployment per (engine, switch), built once per session."""
     key = (engine.name, switch)
     if key not in _BASES:
-        fakes = DemoFakes(Simulator())
+        fakes = engine.fakes(Simulator())
         with fakes.installed():
             _BASES[key] = settle(engine, UNITS, fakes, leader_sees_own_app_writes=switch), fakes
     return _BASES[key]
@@ -135,13 +128,7 @@ class LockMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            drain(self.sim, SeededRandom())
-            for _ in range(8):
-                if not self.sim.stuck_units():
-                    break
-                for unit in self.sim.stuck_units():
-                    self.sim.resolve(unit, retry=True)
-                drain(self.sim, SeededRandom())
+            finish(self.sim, SeededRandom(), self.recorder, self.engine.app)
             problems = (
                 self.recorder.violations
                 + self.recorder.ghost_holders()
