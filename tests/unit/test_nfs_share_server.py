@@ -231,3 +231,12 @@ def test_bad_share_name_blocks_and_serves_nothing(ctx, machine, tmp_path):
     assert "share name 'a b'" in out.unit_status.message
     assert out.get_relation(rel.id).local_app_data == {}
     assert machine.restarts == 0
+
+
+def test_the_server_charm_vendors_the_same_nfs_interfaces_library():
+    """charmcraft packs each charm's own lib/, so the server charm carries a copy: keep it equal."""
+    ours = ROOT / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
+    vendored = SERVER / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
+    assert vendored.read_bytes() == ours.read_bytes(), (
+        f"copy {ours.relative_to(ROOT)} to {vendored.relative_to(ROOT)}"
+    )
