@@ -112,7 +112,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 2
+LIBPATCH = 3
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -318,7 +318,7 @@ class DataUpgrade(Object, ABC):
             ("pre-upgrade-check", self._on_pre_upgrade_check_action),
             ("resume-upgrade", self._on_resume_upgrade_action),
         ):
-            if action.replace("-", "_") + "_action" in charm.on.events():
+            if action in charm.meta.actions:  # a dict lookup; on.events() reflects on every type
                 self.framework.observe(charm.on[action].action, handler)
             else:
                 logger.error("action %r is not declared in actions.yaml; not observed", action)
