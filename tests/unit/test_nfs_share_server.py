@@ -234,7 +234,7 @@ def test_bad_share_name_blocks_and_serves_nothing(ctx, machine, tmp_path):
 
 
 def test_the_server_charm_vendors_the_same_nfs_interfaces_library():
-    """charmcraft packs each charm's own lib/, so the server charm carries a copy: keep it equal."""
+    """Charmcraft packs each charm's own lib/: the server charm carries a copy; keep it equal."""
     ours = ROOT / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
     vendored = SERVER / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
     assert vendored.read_bytes() == ours.read_bytes(), (
