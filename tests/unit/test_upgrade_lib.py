@@ -280,6 +280,32 @@ def test_relation_created_on_leader_writes_idle_and_dependencies_verbatim():
     )
 
 
+MODELS_BUILT: list[str] = []
+
+
+class _LazyModelCharm(CharmBase):
+    """Passes DataUpgrade a function that builds the model (see "pydantic on demand")."""
+
+    def __init__(self, framework):
+        super().__init__(framework)
+        self.upgrade = _TestUpgrade(self, self._dependencies)
+
+    def _dependencies(self) -> LibTestDependencies:
+        MODELS_BUILT.append(self.framework.model.unit.name)
+        return LibTestDependencies.model_validate(DEPS)
+
+
+def test_a_model_function_is_called_only_when_the_model_is_needed():
+    MODELS_BUILT.clear()
+    ctx = testing.Context(_LazyModelCharm, meta=META, actions=ACTIONS, app_name=APP)
+    rel = _peer(unit={"state": "idle"}, peers={1: {"state": "idle"}})
+    idle = ctx.run(ctx.on.update_status(), _state(leader=True, relations={rel}))
+    assert MODELS_BUILT == []
+    out = ctx.run(ctx.on.relation_created(rel), idle)
+    assert len(MODELS_BUILT) == 1
+    assert out.get_relation(rel.id).local_app_data["dependencies"] == _deps_json()
+
+
 def test_relation_created_mid_rollout_is_ready_and_non_leader_writes_no_app_data():
     ctx = _ctx(unit_id=4)
     rel = _peer(app={"upgrade-stack": "[0, 1]"}, peers={0: {"state": "ready"}})

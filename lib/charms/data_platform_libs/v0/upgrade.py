@@ -75,6 +75,21 @@ call `prepare_upgrade()`, then have every unit call `set_unit_ready()`.
 Versions are Poetry-style constraints (`^1.2`, `~1.2.3`, `1.*`, `>=1,<2`, `^1 || ^2`), checked
 with `verify_requirements(version, requirement)`.
 
+pydantic on demand
+------------------
+Importing pydantic costs about half as much as importing ops, in every hook. This module does not
+import it: `BaseModel` and `DependencyModel` are built on first access (a PEP 562 module
+`__getattr__`), so `from charms.data_platform_libs.v0.upgrade import DependencyModel` works as
+always and imports pydantic at that point. To keep pydantic out of the hooks that validate
+nothing, a charm imports those two names only where it builds its model, and passes
+`DataUpgrade` a function that returns the model instead of the model: it is called on the first
+use of `dependency_model` (relation-created, leader-elected, version checks, the end of a rollout).
+
+    def dependencies() -> MyDependencies:  # in a module that imports BaseModel, DependencyModel
+        return MyDependencies(**DEPENDENCIES)
+
+    self.upgrade = MyUpgrade(self, dependencies)
+
 The library never defers, sleeps, shells out or touches the workload. It sets the unit status for
 the states it owns (and the app status only through `log_rollback_instructions`, which is yours).
 """
@@ -84,7 +99,8 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from ops import (
     ActionEvent,
@@ -102,7 +118,9 @@ from ops import (
     Unit,
     WaitingStatus,
 )
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 # The unique Charmhub library identifier, never change it
 LIBID = "5b8f3a0c2e7d4c19a6f1d2e3b4c5a697"
@@ -112,7 +130,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 3
+LIBPATCH = 4
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -151,55 +169,77 @@ def verify_requirements(version: str, requirement: str) -> bool:
     return parse_constraint(requirement).allows(Version.parse(version))
 
 
-class DependencyModel(BaseModel):
-    """One versioned component of an application.
+# --- the pydantic names, built on first access (see "pydantic on demand") ------------------------
 
-    `version` is what this charm revision runs; `upgrade_supported` is the constraint the version
-    being upgraded FROM must satisfy; `dependencies` maps related applications to the constraint
-    their version must satisfy.
-    """
 
-    # The validator is built when first used, not at import: most hooks never validate one.
-    model_config = ConfigDict(defer_build=True)
+def __getattr__(name: str) -> Any:
+    """PEP 562: `BaseModel` and `DependencyModel` are built when first looked up."""
+    if name in ("BaseModel", "DependencyModel"):
+        _define_models()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    dependencies: dict[str, str]
-    name: str
-    upgrade_supported: str
-    version: str
 
-    @field_validator("dependencies", "upgrade_supported")
-    @classmethod
-    def dependencies_validator(cls, value: Any) -> Any:
-        """Every constraint must parse as a Poetry constraint."""
-        from poetry.core.constraints.version import parse_constraint  # see verify_requirements
+def _define_models() -> None:
+    """Import pydantic and define `BaseModel` and `DependencyModel`, once."""
+    global BaseModel, DependencyModel
+    if "DependencyModel" in globals():
+        return
+    from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-        constraints = value.values() if isinstance(value, dict) else [value]
-        for constraint in constraints:
+    class DependencyModel(BaseModel):
+        """One versioned component of an application.
+
+        `version` is what this charm revision runs; `upgrade_supported` is the constraint the
+        version being upgraded FROM must satisfy; `dependencies` maps related applications to the
+        constraint their version must satisfy.
+        """
+
+        # The validator is built when first used, not at import: most hooks never validate one.
+        model_config = ConfigDict(defer_build=True)
+
+        dependencies: dict[str, str]
+        name: str
+        upgrade_supported: str
+        version: str
+
+        @field_validator("dependencies", "upgrade_supported")
+        @classmethod
+        def dependencies_validator(cls, value: Any) -> Any:
+            """Every constraint must parse as a Poetry constraint."""
+            from poetry.core.constraints.version import parse_constraint  # see verify_requirements
+
+            constraints = value.values() if isinstance(value, dict) else [value]
+            for constraint in constraints:
+                try:
+                    parse_constraint(constraint)
+                except ValueError as e:
+                    raise ValueError(f"invalid version constraint {constraint!r}: {e}") from None
+                if not str(constraint).strip():
+                    raise ValueError("empty version constraint")
+            return value
+
+        @model_validator(mode="after")
+        def version_upgrade_supported_validator(self) -> DependencyModel:
+            """`version` must satisfy `upgrade_supported`."""
             try:
-                parse_constraint(constraint)
+                allowed = verify_requirements(self.version, self.upgrade_supported)
             except ValueError as e:
-                raise ValueError(f"invalid version constraint {constraint!r}: {e}") from None
-            if not str(constraint).strip():
-                raise ValueError("empty version constraint")
-        return value
+                raise ValueError(
+                    f"invalid version {self.version!r} for {self.name}: {e}"
+                ) from None
+            if not allowed:
+                raise ValueError(
+                    f"upgrade_supported value {self.upgrade_supported} greater than version value "
+                    f"{self.version} for {self.name}."
+                )
+            return self
 
-    @model_validator(mode="after")
-    def version_upgrade_supported_validator(self) -> DependencyModel:
-        """`version` must satisfy `upgrade_supported`."""
-        try:
-            allowed = verify_requirements(self.version, self.upgrade_supported)
-        except ValueError as e:
-            raise ValueError(f"invalid version {self.version!r} for {self.name}: {e}") from None
-        if not allowed:
-            raise ValueError(
-                f"upgrade_supported value {self.upgrade_supported} greater than version value "
-                f"{self.version} for {self.name}."
-            )
-        return self
+        def can_upgrade(self, dependency: DependencyModel) -> bool:
+            """True iff this (old) version satisfies `dependency.upgrade_supported` (new)."""
+            return verify_requirements(self.version, dependency.upgrade_supported)
 
-    def can_upgrade(self, dependency: DependencyModel) -> bool:
-        """Return True iff this (old) version satisfies `dependency.upgrade_supported` (new)."""
-        return verify_requirements(self.version, dependency.upgrade_supported)
+    DependencyModel.__qualname__ = "DependencyModel"  # as if defined at module level
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -285,13 +325,13 @@ class DataUpgrade(Object, ABC):
     def __init__(
         self,
         charm: CharmBase,
-        dependency_model: BaseModel,
+        dependency_model: BaseModel | Callable[[], BaseModel],
         relation_name: str = "upgrade",
         substrate: Literal["vm", "k8s"] = "vm",
     ):
         super().__init__(charm, relation_name)
         self.charm = charm
-        self.dependency_model = dependency_model
+        self._dependency_model = dependency_model
         self.relation_name = relation_name
         self.substrate = substrate
         self._stored.set_default(refresh_pending=False, rollback_reported=[], departing=False)
@@ -324,6 +364,17 @@ class DataUpgrade(Object, ABC):
                 logger.error("action %r is not declared in actions.yaml; not observed", action)
 
     # --- properties --------------------------------------------------------------------------
+
+    @property
+    def dependency_model(self) -> BaseModel:
+        """The charm's dependency model; a function given instead is called on first use."""
+        if callable(self._dependency_model):
+            self._dependency_model = self._dependency_model()
+        return self._dependency_model
+
+    @dependency_model.setter
+    def dependency_model(self, model: BaseModel) -> None:
+        self._dependency_model = model
 
     @property
     def peer_relation(self) -> Relation | None:
@@ -364,7 +415,7 @@ class DataUpgrade(Object, ABC):
             return None
         try:
             return type(self.dependency_model).model_validate(json.loads(raw))
-        except (ValueError, ValidationError) as e:
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
             self._data_error(f"invalid dependencies data: {e}".splitlines()[0])
             return None
 
@@ -694,6 +745,7 @@ class DataUpgrade(Object, ABC):
         if stored is None:
             logger.warning("no valid stored dependencies; version compatibility check skipped")
             return
+        _define_models()  # for DependencyModel below
         for key, new in self.dependency_model:
             old = getattr(stored, key, None)
             if not isinstance(old, DependencyModel) or not isinstance(new, DependencyModel):
