@@ -12,7 +12,6 @@ import logging
 import pathlib
 
 import ops
-import pydantic
 
 import nfs
 import restart
@@ -122,10 +121,14 @@ class CoordinatedOpsCharm(ops.CharmBase):
         self.nfs.handle_event(event)
 
     def _on_restart_action(self, event: ops.ActionEvent):
+        import pydantic  # here, not at the top: only actions validate with pydantic
+
+        from models import RestartParams, explain
+
         try:
-            params = restart.RestartParams(**event.params)
+            params = RestartParams(**event.params)
         except pydantic.ValidationError as error:
-            event.fail(_explain(error))
+            event.fail(explain(error))
             return
         engine = self.engines.get(params.engine)
         if engine is None:
@@ -191,14 +194,6 @@ def _restart_sync(engine: restart.Engine, delay: int) -> str:
             f"sync: engine {engine.name!r} has no sync mode; use rollingops"
         )
     return restart_now(delay)
-
-
-def _explain(error: pydantic.ValidationError) -> str:
-    """One clause per bad parameter, naming it: 'delay: Input should be greater than ...'."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc']) or 'params'}: {problem['msg']}"
-        for problem in error.errors()
-    )
 
 
 if __name__ == "__main__":  # pragma: nocover

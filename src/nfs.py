@@ -20,6 +20,7 @@ removes the mount point or anything in it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,6 @@ import subprocess
 from typing import TYPE_CHECKING
 
 import ops
-import pydantic
 from charms.storage_libs.v0.nfs_interfaces import (
     MountShareEvent,
     NFSRequires,
@@ -86,38 +86,38 @@ def normalise_mountpoint(path: str) -> str:
     return normal
 
 
-class NfsMountParams(pydantic.BaseModel):
-    """Parameters of the `nfs-mount` action (actions.yaml), validated."""
+def check_name(name: str) -> str:
+    """Return the share name, or raise ValueError saying what is wrong."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            "must be 1-63 letters, digits, '.', '_' or '-' (a leading '/' is allowed)"
+        )
+    return name
 
-    # defer_build: the validator is built on first use (the action, a stored request), not at
-    # import, so hooks that never validate parameters do not pay for it.
-    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
+
+@dataclasses.dataclass(frozen=True)
+class ShareRequest:
+    """The request the action stored in the peer app bag, read back with the action's rules.
+
+    The action validates its parameters with pydantic (models.NfsMountParams); this is plain
+    Python because every hook reads the request once a share is served, and importing pydantic
+    costs about half of importing ops (tests/unit/test_lazy_imports.py).
+    """
 
     name: str
-    size: int | None = pydantic.Field(default=None, ge=1)
+    size: int | None = None
     mountpoint: str = DEFAULT_MOUNTPOINT
 
-    @pydantic.field_validator("name")
+    def __post_init__(self):
+        check_name(self.name)
+        if self.size is not None and (type(self.size) is not int or self.size < 1):
+            raise ValueError(f"size must be an integer of at least 1, not {self.size!r}")
+        object.__setattr__(self, "mountpoint", normalise_mountpoint(self.mountpoint))
+
     @classmethod
-    def _check_name(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError(
-                "must be 1-63 letters, digits, '.', '_' or '-' (a leading '/' is allowed)"
-            )
-        return name
-
-    @pydantic.field_validator("mountpoint")
-    @classmethod
-    def _check_mountpoint(cls, path: str) -> str:
-        return normalise_mountpoint(path)
-
-
-def explain(error: pydantic.ValidationError) -> str:
-    """One clause per bad parameter: 'size: Input should be greater than or equal to 1'."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in problem['loc']) or 'params'}: {problem['msg']}"
-        for problem in error.errors()
-    )
+    def from_json(cls, raw: str) -> ShareRequest:
+        """Parse the stored JSON; ValueError or TypeError (e.g. an unknown key) when invalid."""
+        return cls(**json.loads(raw))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,6 +249,10 @@ class NfsShare(ops.Object):
 
     def run_action(self, event: ops.ActionEvent) -> None:
         """`nfs-mount`: validate, request the share, publish the mount point, report."""
+        import pydantic  # here, not at the top: only actions validate with pydantic
+
+        from models import NfsMountParams, explain
+
         try:
             params = NfsMountParams(**event.params)
         except pydantic.ValidationError as error:
@@ -364,7 +368,7 @@ class NfsShare(ops.Object):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _wanted(self) -> NfsMountParams | None:
+    def _wanted(self) -> ShareRequest | None:
         """The request the action stored in the peer app bag (None if absent or unreadable)."""
         peer = self.model.get_relation(PEER)
         if peer is None:
@@ -373,7 +377,7 @@ class NfsShare(ops.Object):
         if not raw:
             return None
         try:
-            return NfsMountParams(**json.loads(raw))
+            return ShareRequest.from_json(raw)
         except (ValueError, TypeError) as error:
             logger.error("ignoring malformed %s in the peer data: %s", PEER_KEY, error)
             return None

@@ -11,8 +11,6 @@ import pathlib
 import threading
 from typing import TYPE_CHECKING, Protocol
 
-import pydantic
-
 import journal
 import workload
 
@@ -42,17 +40,6 @@ class Engine(Protocol):
     def unit_status(self) -> ops.StatusBase | None:
         """This unit's status as far as this engine is concerned, or None when idle."""
         ...
-
-
-class RestartParams(pydantic.BaseModel):
-    """The `restart` action's parameters (Juju validates them too; we never trust that alone)."""
-
-    # defer_build: built when the action first validates, not at every hook's import.
-    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
-
-    delay: int = pydantic.Field(default=0, ge=0, le=3600)
-    engine: str
-    sync: bool = False  # restart inside the action under the engine's sync lock (rollingops)
 
 
 def hold_lock_for(seconds: float) -> None:

@@ -20,21 +20,23 @@ stack (the failed unit first) and the same one-at-a-time rollout runs back.
 
 Which workload versions exist: `WORKLOAD_RELEASES`, each with the Poetry constraint the installed
 version must satisfy to move to it (the same rule as `upgrade_supported` in DEPENDENCIES).
+
+Most hooks run this module's observers and import neither pydantic nor poetry-core: the dependency
+model is built on first use (`dependencies`), `workload-rollout` is parsed in plain Python
+(`Rollout`), and only the `upgrade` action and the library's version checks import the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import TYPE_CHECKING
 
 import ops
-import pydantic
 from charms.data_platform_libs.v0.upgrade import (
-    BaseModel,
     ClusterNotReadyError,
     DataUpgrade,
-    DependencyModel,
     UpgradeError,
     UpgradeGrantedEvent,
     verify_requirements,
@@ -44,7 +46,10 @@ import journal
 import workload
 
 if TYPE_CHECKING:
+    from charms.data_platform_libs.v0.upgrade import DependencyModel
+
     from charm import CoordinatedOpsCharm
+    from models import DemoDependencies
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +84,16 @@ HEALTH_CHECK_ATTEMPTS = 3
 HEALTH_CHECK_WAIT = 1.0  # seconds between attempts (start() already returns once ready)
 
 
-class DemoDependencies(BaseModel):
-    """The versioned components of this charm (DEPENDENCIES as a model)."""
-
-    model_config = pydantic.ConfigDict(defer_build=True)
-
-    demo_charm: DependencyModel
-    demo_workload: DependencyModel
-
-
 def dependencies() -> DemoDependencies:
     """DEPENDENCIES as the library's model, unvalidated: a constant the unit tests validate.
 
-    Validating it in every hook would build pydantic validators and load poetry-core each time.
+    DemoUpgrade passes this function, not its result, to DataUpgrade, which calls it when it
+    first needs the model: most hooks never do, so they import no pydantic for it.
     """
+    from charms.data_platform_libs.v0.upgrade import DependencyModel
+
+    from models import DemoDependencies
+
     return DemoDependencies.model_construct(
         demo_charm=DependencyModel.model_construct(**DEPENDENCIES["demo_charm"]),
         demo_workload=DependencyModel.model_construct(**DEPENDENCIES["demo_workload"]),
@@ -101,6 +102,8 @@ def dependencies() -> DemoDependencies:
 
 def release(version: str) -> DependencyModel:
     """The workload release `version` as a DependencyModel (KeyError if not in the catalogue)."""
+    from charms.data_platform_libs.v0.upgrade import DependencyModel
+
     return DependencyModel(
         dependencies={},
         name=DEPENDENCIES["demo_workload"]["name"],
@@ -109,23 +112,37 @@ def release(version: str) -> DependencyModel:
     )
 
 
-class UpgradeParams(pydantic.BaseModel):
-    """The `upgrade` action's parameters."""
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """The app key `workload-rollout`: the current (or last) workload rollout.
 
-    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
+    Plain Python, not pydantic: every hook reads it (tests/unit/test_lazy_imports.py).
+    """
 
-    version: str
-
-
-class Rollout(pydantic.BaseModel):
-    """The app key `workload-rollout`: the current (or last) workload rollout."""
-
-    model_config = pydantic.ConfigDict(defer_build=True)
-
-    round: int = pydantic.Field(ge=1)
+    round: int
     target: str
     previous: str
     done: bool
+
+    def __post_init__(self):
+        for name, kind in (("round", int), ("target", str), ("previous", str), ("done", bool)):
+            value = getattr(self, name)
+            if type(value) is not kind:  # `is`: True is not a round number
+                raise ValueError(f"{name} must be {kind.__name__}, not {value!r}")
+        if self.round < 1:
+            raise ValueError(f"round must be at least 1, not {self.round}")
+
+    @classmethod
+    def from_json(cls, raw: str) -> Rollout:
+        """Parse the key's value (other keys are ignored); ValueError says what is wrong."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object: {raw[:40]!r}")
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return cls(**{name: data[name] for name in names})
 
 
 class UpgradeCheckFailed(Exception):
@@ -139,7 +156,7 @@ class DemoUpgrade(DataUpgrade):
     _demo = ops.StoredState()
 
     def __init__(self, charm: CoordinatedOpsCharm):
-        super().__init__(charm, dependencies(), RELATION, "vm")
+        super().__init__(charm, dependencies, RELATION, "vm")  # the model, built on first use
         self._charm = charm
         self._demo.set_default(handled_round=0, worked_round=0, failure="")
         rel = charm.on[RELATION]
@@ -170,7 +187,9 @@ class DemoUpgrade(DataUpgrade):
         if self.peer_relation is None:
             return None
         self.upgrade_stack  # noqa: B018  (reading it records malformed data)
-        self.stored_dependencies  # noqa: B018
+        raw = self.peer_relation.data[self.charm.app].get("dependencies")
+        if raw and raw != json.dumps(DEPENDENCIES):  # our own constant is valid (unit tests)
+            self.stored_dependencies  # noqa: B018  (validates: imports pydantic and poetry-core)
         if self.data_errors:
             return ops.BlockedStatus(f"upgrade relation: {self.data_errors[0]}"[:120])
         state = self.state
@@ -299,9 +318,9 @@ class DemoUpgrade(DataUpgrade):
         if not raw:
             return None
         try:
-            return Rollout.model_validate_json(raw)
-        except pydantic.ValidationError as error:
-            self._data_error(f"invalid {ROLLOUT_KEY} data: {error.errors()[0]['msg']}")
+            return Rollout.from_json(raw)
+        except ValueError as error:
+            self._data_error(f"invalid {ROLLOUT_KEY} data: {error}")
             return None
 
     def _on_rollout_signal(self, event: ops.EventBase) -> None:
@@ -326,12 +345,12 @@ class DemoUpgrade(DataUpgrade):
             and self.idle
             and not self.upgrade_stack
         ):
-            self._write_rollout(rollout.model_copy(update={"done": True}))
+            self._write_rollout(dataclasses.replace(rollout, done=True))
 
     def _write_rollout(self, rollout: Rollout) -> None:
         relation = self.peer_relation
         if relation is not None:
-            relation.data[self.charm.app][ROLLOUT_KEY] = json.dumps(rollout.model_dump())
+            relation.data[self.charm.app][ROLLOUT_KEY] = json.dumps(dataclasses.asdict(rollout))
 
     def _on_upgrade_action(self, event: ops.ActionEvent) -> None:
         try:
@@ -364,6 +383,10 @@ class DemoUpgrade(DataUpgrade):
 
     def _check_upgrade_request(self, params: dict) -> tuple[str, bool]:
         """Validate an `upgrade` request; return (target, is_rollback) or raise UpgradeRefused."""
+        import pydantic  # here, not at the top: only actions validate with pydantic
+
+        from models import UpgradeParams
+
         try:
             target = UpgradeParams(**params).version.strip()
         except pydantic.ValidationError as error:

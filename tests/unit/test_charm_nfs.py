@@ -9,6 +9,7 @@ the fstab file and the operation journal are real files under tmp_path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -16,6 +17,7 @@ import pytest
 from ops import testing
 
 import journal
+import models
 import nfs
 from tests.unit.conftest import charm_context
 
@@ -431,7 +433,44 @@ def test_fstab_entry_keeps_other_lines(tmp_path, monkeypatch):
 
 def test_params_model_rejects_unknown_keys_and_normalises_mountpoint():
     with pytest.raises(ValueError, match="colour"):
-        nfs.NfsMountParams(name="demo", colour="red")  # pyright: ignore[reportCallIssue]
-    assert nfs.NfsMountParams(name="/demo", mountpoint="/srv//a/../b/").mountpoint == "/srv/b"
+        models.NfsMountParams(name="demo", colour="red")  # pyright: ignore[reportCallIssue]
+    assert models.NfsMountParams(name="/demo", mountpoint="/srv//a/../b/").mountpoint == "/srv/b"
     with pytest.raises(ValueError, match="system directory"):
-        nfs.NfsMountParams(name="demo", mountpoint="/srv/../proc/x")
+        models.NfsMountParams(name="demo", mountpoint="/srv/../proc/x")
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"name": "demo", "size": None, "mountpoint": "/srv//a/../b/"},
+        {"name": "/demo", "size": 5, "mountpoint": "/srv/b"},
+        {"name": "demo"},
+    ],
+)
+def test_stored_request_is_read_with_the_action_rules(request_):
+    """nfs.ShareRequest (plain Python, every hook) accepts what models.NfsMountParams accepts."""
+    raw = json.dumps(request_)
+    got = nfs.ShareRequest.from_json(raw)
+    assert dataclasses.asdict(got) == models.NfsMountParams.model_validate_json(raw).model_dump()
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"name": "demo", "colour": "red"},
+        {"size": 5},
+        {"name": "no spaces"},
+        {"name": 7},
+        {"name": "demo", "size": 0},
+        {"name": "demo", "size": "big"},
+        {"name": "demo", "mountpoint": "relative"},
+        {"name": "demo", "mountpoint": "/srv/../proc/x"},
+        ["demo"],
+    ],
+)
+def test_stored_request_rejects_what_the_action_rejects(request_):
+    raw = json.dumps(request_)
+    with pytest.raises(ValueError):
+        models.NfsMountParams.model_validate_json(raw)
+    with pytest.raises((ValueError, TypeError)):
+        nfs.ShareRequest.from_json(raw)

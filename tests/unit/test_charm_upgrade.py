@@ -4,12 +4,14 @@ The workload is the in-memory FakeWorkload (conftest.py: no machine here); the u
 the journal are the real ones. One unit per run: multi-unit rollouts are the simulator's job.
 """
 
+import dataclasses
 import json
 
 import pytest
 from ops import testing
 
 import journal
+import models
 import upgrade
 import workload
 from tests.unit.conftest import charm_context
@@ -342,5 +344,30 @@ def test_new_leader_does_not_end_a_rollout_that_has_not_reached_it(service):
 
 def test_dependencies_constant_validates_as_built_in_every_hook():
     """DemoUpgrade builds DEPENDENCIES without validating it (every hook); it must be valid."""
-    validated = upgrade.DemoDependencies.model_validate(upgrade.DEPENDENCIES)
+    validated = models.DemoDependencies.model_validate(upgrade.DEPENDENCIES)
     assert validated.model_dump() == upgrade.dependencies().model_dump() == upgrade.DEPENDENCIES
+    # The wire format too: unit_status skips validating stored data equal to this text.
+    assert json.dumps(validated.model_dump()) == json.dumps(upgrade.DEPENDENCIES)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("[1]", "not a JSON object"),
+        ('{"round": 1, "target": "1.1.0"}', "missing previous, done"),
+        ('{"round": 0, "target": "1.1.0", "previous": "1.0.0", "done": false}', "at least 1"),
+        ('{"round": true, "target": "1.1.0", "previous": "1.0.0", "done": false}', "round must"),
+        ('{"round": 1, "target": 1.1, "previous": "1.0.0", "done": false}', "target must"),
+        ('{"round": 1, "target": "1.1.0", "previous": "1.0.0", "done": "no"}', "done must"),
+        ("{oops", "Expecting property name"),
+    ],
+)
+def test_malformed_rollout_is_a_clear_value_error(raw, problem):
+    with pytest.raises(ValueError, match=problem):
+        upgrade.Rollout.from_json(raw)
+
+
+def test_rollout_reads_what_it_writes_and_ignores_other_keys():
+    rollout = upgrade.Rollout(round=2, target="1.1.0", previous="1.0.0", done=False)
+    raw = json.dumps({**dataclasses.asdict(rollout), "note": "from a later revision"})
+    assert upgrade.Rollout.from_json(raw) == rollout

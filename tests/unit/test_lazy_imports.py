@@ -1,0 +1,113 @@
+"""Hooks that validate nothing must not import pydantic (tests/benchmarks/dispatch.py).
+
+Importing pydantic costs about 60% of importing ops, and every hook is a fresh interpreter. Only
+the actions and the upgrade's version checks validate with pydantic; they import it themselves.
+Each check runs in a fresh interpreter: this test process has long imported pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.unit.conftest import ROOT
+
+PRELUDE = f"import sys; sys.path[:0] = [{str(ROOT)!r}, 'lib', 'src']\n"
+
+
+def _run(code: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELUDE + code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_importing_the_charm_does_not_import_pydantic():
+    _run("import charm\nassert 'pydantic' not in sys.modules, 'import charm loaded pydantic'")
+
+
+def test_the_upgrade_lib_builds_its_pydantic_names_on_first_use():
+    out = _run(
+        "import charms.data_platform_libs.v0.upgrade as lib\n"
+        "assert 'pydantic' not in sys.modules\n"
+        "from charms.data_platform_libs.v0.upgrade import BaseModel, DependencyModel\n"
+        "import pydantic\n"
+        "assert BaseModel is pydantic.BaseModel and issubclass(DependencyModel, BaseModel)\n"
+        "assert lib.DependencyModel is DependencyModel\n"
+        "print(sorted(set(lib.__all__) - set(dir(lib))))\n"
+    )
+    assert json.loads(out.replace("'", '"')) == []
+
+
+# update-status, config-changed and the peer relation-changed hooks of a unit with stored upgrade
+# dependencies, a finished workload rollout and a mounted NFS share (as in test_charm_nfs.py,
+# which this script does not import: it imports pydantic).
+HOOKS = """
+import json, os, pathlib, tempfile
+os.environ["COORDINATED_OPS_ROOT"] = tmp = tempfile.mkdtemp()
+from ops import testing
+import nfs, upgrade, workload
+from tests.unit.conftest import charm_context
+
+workload.is_installed, workload.get_version = lambda: True, lambda: "1.0.0"
+workload.health = lambda: {"status": "ok", "version": "1.0.0"}
+commands = []
+nfs.run_command = lambda argv: commands.append(argv) or ""
+source, mountpoint = "10.0.0.5:/demo", f"{tmp}/srv/demo-share"
+pathlib.Path(mountpoint).mkdir(parents=True)
+nfs.MOUNTS_FILE = pathlib.Path(tmp) / "mounts"
+nfs.MOUNTS_FILE.write_text(f"{source} {mountpoint} nfs4 rw 0 0\\n")
+rollout = {"round": 1, "target": "1.1.0", "previous": "1.0.0", "done": True}
+up = testing.PeerRelation(
+    "upgrade",
+    local_app_data={
+        "dependencies": json.dumps(upgrade.DEPENDENCIES),
+        "workload-rollout": json.dumps(rollout),
+    },
+    local_unit_data={"state": "idle"},
+    peers_data={1: {"state": "idle"}},
+)
+share = testing.Relation(
+    "nfs-share",
+    remote_app_name="nfs-share-server",
+    remote_app_data={"endpoint": "nfs://10.0.0.5:2050/demo"},
+)
+request = {"name": "demo", "size": None, "mountpoint": mountpoint}
+nfs_peer = testing.PeerRelation(
+    nfs.PEER, local_app_data={nfs.PEER_KEY: json.dumps(request)}, peers_data={1: {}}
+)
+stored = testing.StoredState(
+    owner_path="CoordinatedOpsCharm/NfsShare[nfs]",
+    content={"endpoint": "nfs://10.0.0.5:2050/demo", "mounted_at": mountpoint, "source": source},
+)
+state = testing.State(
+    leader=sys.argv[1] == "leader",
+    relations={up, share, nfs_peer},
+    stored_states={stored},
+    planned_units=2,
+)
+ctx = charm_context(app_name="coordinated-ops", unit_id=0)
+for event in (
+    ctx.on.update_status(),
+    ctx.on.config_changed(),
+    ctx.on.relation_changed(up, remote_unit=1),
+    ctx.on.relation_changed(nfs_peer, remote_unit=1),
+):
+    out = ctx.run(event, state)
+    status = out.unit_status
+    assert status == testing.ActiveStatus(f"mounted {source} at {mountpoint}"), status
+    assert commands == [], commands
+    loaded = [name for name in ("pydantic", "poetry") if name in sys.modules]
+    assert not loaded, f"{event.name} imported {loaded}"
+"""
+
+
+def test_hooks_that_validate_nothing_do_not_import_pydantic():
+    for leader in ("leader", "follower"):
+        _run(HOOKS, leader)
