@@ -4,11 +4,12 @@ Each sample is a fresh interpreter (`python -X importtime` is not used: it adds 
 the figures include interpreter start-up, as a hook dispatch pays it. Prints one JSON line last:
   {"ops_ms": ..., "rollingops_ms": ..., "ratio": ..., "heavy_modules_loaded": [...]}
 `heavy_modules_loaded` lists etcd-only or heavy modules that the import pulled in (should be []).
-Run: PYTHONPATH=lib python tests/benchmarks/import_cost.py [samples]
+Run: PYTHONPATH=lib python -m tests.benchmarks.import_cost --json [--samples 15]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -45,7 +46,10 @@ def sample(runs: int) -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    parser = argparse.ArgumentParser(description="Cold import of charmlibs.rollingops vs ops.")
+    parser.add_argument("--json", action="store_true", help="end with the JSON line (always on)")
+    parser.add_argument("--samples", type=int, default=15)
+    runs = parser.parse_args().samples
     ops_times, lib_times = sample(runs)
     ops_ms, lib_ms = statistics.median(ops_times), statistics.median(lib_times)
     probe = (
