@@ -160,6 +160,23 @@ def _keep_logging(self: Any) -> None:
     """Leave the process's logging alone: ops would set the root logger to DEBUG on every run."""
 
 
+_original_event_env = _runtime.Runtime._get_event_env
+
+
+def _event_env_with_true_departing_unit(
+    self: Any, state: Any, event: Any, charm_root: pathlib.Path
+) -> dict[str, str]:
+    """Set JUJU_DEPARTING_UNIT to the departing unit the simulator knows.
+
+    Scenario 8.9 takes a unit id, reads id 0 as "unset" (and then names the remote unit), and
+    always puts the id in the remote application.
+    """
+    env = _original_event_env(self, state, event, charm_root)
+    if Live.departing is not None and event.name.endswith("_relation_departed"):
+        env["JUJU_DEPARTING_UNIT"] = Live.departing
+    return env
+
+
 @contextlib.contextmanager
 def fast_scenario() -> Iterator[None]:
     """Cache the charm root and parsed metadata per Context for the duration of a run."""
@@ -167,6 +184,7 @@ def fast_scenario() -> Iterator[None]:
     saved = _runtime.Runtime._virtual_charm_root, ops_cls._load_charm_meta
     saved_logging = ops_cls._setup_root_logging
     _runtime.Runtime._virtual_charm_root = _cached_charm_root  # type: ignore[method-assign]
+    _runtime.Runtime._get_event_env = _event_env_with_true_departing_unit  # type: ignore[method-assign]
     ops_cls._load_charm_meta = _cached_load_meta  # type: ignore[method-assign]
     ops_cls._setup_root_logging = _keep_logging  # type: ignore[method-assign]
     ops.framework.inspect = _INSPECT  # type: ignore[attr-defined]
@@ -175,6 +193,7 @@ def fast_scenario() -> Iterator[None]:
     finally:
         ops.framework.inspect = inspect  # type: ignore[attr-defined]
         _runtime.Runtime._virtual_charm_root, ops_cls._load_charm_meta = saved
+        _runtime.Runtime._get_event_env = _original_event_env  # type: ignore[method-assign]
         ops_cls._setup_root_logging = saved_logging  # type: ignore[method-assign]
 
 
@@ -209,6 +228,7 @@ class Live:
     """The run in progress: lets patched workload/journal functions see the unit's live view."""
 
     manager: Any = None
+    departing: str | None = None  # the departing unit of the relation-departed being run
 
     @classmethod
     def state(cls) -> testing.State | None:
@@ -235,11 +255,16 @@ def build_event(ctx: testing.Context, item: Item, relation: Any, remote_id: int 
 
 
 def run(
-    ctx: testing.Context, event: Any, state: testing.State, env: dict[str, str] | None = None
+    ctx: testing.Context,
+    event: Any,
+    state: testing.State,
+    env: dict[str, str] | None = None,
+    departing: str | None = None,
 ) -> RunResult:
     """Run `event` on the unit of `ctx`; classify the outcome (success, failed action, error)."""
     saved_env = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
+    Live.departing = departing
     try:
         with fast_scenario():
             manager = ctx(event, state)
@@ -264,6 +289,7 @@ def run(
         )
     finally:
         Live.manager = None
+        Live.departing = None
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

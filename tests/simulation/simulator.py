@@ -698,7 +698,9 @@ class Simulator:
                 run.result = RunResult(state=None, error=f"InjectedFault: at entry on {unit}")
             else:
                 with intercept_juju_exec(self, run):
-                    run.result = runner.run(truth.ctx, event, state, item.env or None)
+                    run.result = runner.run(
+                        truth.ctx, event, state, item.env or None, departing=item.departing
+                    )
                 if run.fault is not None and run.fault.point == "before_return":
                     run.result = RunResult(state=None, error="InjectedFault: before return")
         except SimulatorBug as bug:
@@ -942,9 +944,10 @@ class Simulator:
             if rel is None or unit not in rel.unit_bags:
                 self.log(f"drop writes of {unit} to relation {rel_id}: relation gone")
                 continue
-            # R13: writes of a hook a departing unit started after its removal began are not
-            # published; a hook already in flight then still commits in scope.
-            if truth.departing and run.seq > truth.departing_seq:
+            # R13: writes of what a departing unit was given after its removal began (its own
+            # departure hooks) are not published; what was in flight or already queued (an
+            # action, a custom event) still runs in scope and publishes.
+            if truth.departing and run.item.seq > truth.departing_seq:
                 self.log(f"drop writes of departing {unit} to relation {rel_id} (R13)")
                 continue
             if unit_changes and rel.unit_bags[unit].apply(unit_changes):
@@ -1038,17 +1041,22 @@ class Simulator:
             if rel.attached <= rel.broken | {u for u in rel.attached if self.units[u].removed}:
                 del self.relations[rel.id]
         truth = self.units[unit]
+        departure = ("relation_departed", "relation_broken")
         last_departure_hook = (
             truth.departing
             and rel is not None
-            and item.event in ("relation_departed", "relation_broken")
-            and not any(i.relation == rel.id for i in self.queues[unit].items)
+            and item.event in departure
+            and not any(
+                i.relation == rel.id and i.event in departure for i in self.queues[unit].items
+            )
         )
         if last_departure_hook:
             assert rel is not None
             self._leave_scope(unit, rel)
         if item.event == "remove":
             truth.removed = True
+            for rel in self._relations_of(unit):  # a scope it had not left yet (idempotent)
+                self._leave_scope(unit, rel)
             self._resign_leadership(unit)
             self._collect_garbage()
 

@@ -251,8 +251,8 @@ def test_r12_r13_d6_remove_unit_sequence_departed_data_readable_writes_not_route
     sim.run_action("toy/2", "write", key="last", value="words")
     drain(sim)
     SEEN.clear()
-    sim.run_action("toy/2", "write", key="late", value="never-seen")
     sim.remove_unit("toy/2")
+    sim.run_action("toy/2", "write", key="late", value="never-seen")  # runs during departure
     drain(sim)
     for unit in ("toy/0", "toy/1"):
         departed = seen("peers_relation_departed", unit)
@@ -260,6 +260,7 @@ def test_r12_r13_d6_remove_unit_sequence_departed_data_readable_writes_not_route
         info = departed[0][1]
         assert info["remote"] == info["departing"] == "toy/2"
         assert info["data"]["last"] == "words"  # R13: readable in the departed hook
+        assert "late" not in info["data"]  # R13: written during departure, not published
         assert not any(
             i.get("data", {}).get("late") for _, i in seen("peers_relation_changed", unit)
         )
@@ -293,6 +294,29 @@ def test_r12_r15_graceful_removal_mid_hook_takes_effect_when_that_hook_commits()
         assert len(departed) == 1
         assert departed[0][1]["data"]["last"] == "words"  # committed in scope, not dropped
     assert sim.leader("toy") == "toy/1"
+
+
+def test_r12_r13_an_action_queued_before_removal_still_runs_in_scope():
+    """What was queued before removal runs before the departure hooks, and its writes publish."""
+    sim = toy(n=3)
+    sim.run_action("toy/0", "write", key="queued", value="before")
+    sim.remove_unit("toy/0")  # the action has not started yet
+    drain(sim)
+    for unit in ("toy/1", "toy/2"):
+        departed = seen("peers_relation_departed", unit)
+        assert len(departed) == 1
+        assert departed[0][1]["data"]["queued"] == "before"
+
+
+def test_r12_unit_zero_departing_is_named_as_itself():
+    """Scenario reads departing_unit=0 as unset; the runner must still name toy/0 as departing."""
+    sim = toy(n=3)
+    sim.remove_unit("toy/0")
+    drain(sim)
+    own = seen("peers_relation_departed", "toy/0")
+    assert len(own) == 2
+    assert {info["departing"] for _, info in own} == {"toy/0"}
+    assert {info["departing"] for _, info in seen("peers_relation_departed", "toy/1")} == {"toy/0"}
 
 
 def test_r12_abrupt_removal_runs_nothing_on_the_gone_unit():

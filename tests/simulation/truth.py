@@ -103,7 +103,7 @@ class UnitTruth:
     error: str | None = None  # 'hook failed: "<event>"' while the unit is in error
     seen: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
     departing: bool = False
-    departing_seq: int = 0  # run sequence number when its removal began (R13)
+    departing_seq: int = 0  # sequence number when its removal began (R13)
     removed: bool = False
     hooks: int = 0
 
