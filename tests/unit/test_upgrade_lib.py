@@ -4,6 +4,7 @@ A small test charm subclasses DataUpgrade; its grant handler records what it was
 Multi-unit schedules (exclusion, liveness, rollbacks) live in the simulator suite.
 """
 
+import dataclasses
 import json
 import logging
 
@@ -595,6 +596,30 @@ def test_departed_top_is_dropped_and_next_top_proceeds(caplog):
     assert "unit 2 left during upgrade; removed from upgrade-stack" in caplog.text
     assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[0, 1]"
     assert Behaviour.granted == []  # unit 1 is the top now, not the leader
+
+
+def test_a_departing_leader_never_drops_live_units_from_the_stack():
+    # Leader 1 is being removed: it already saw unit 0 depart (its own departure), and now
+    # learns that unit 2 (removed earlier) left. Unit 0 is alive and must stay in the stack;
+    # the departing leader leaves even 2 to the next leader. Found by the upgrade soak.
+    # (Unit 1, not 0: Scenario 8.9 reads departing_unit=0 as unset.)
+    ctx = _ctx(unit_id=1)
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1, 2]"},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 2: {"state": "ready"}},
+    )
+    out = ctx.run(
+        ctx.on.relation_departed(rel, remote_unit=0, departing_unit=1),
+        _state(leader=True, relations={rel}, planned_units=1),
+    )
+    rel = dataclasses.replace(out.get_relation(rel.id), peers_data={2: {"state": "ready"}})
+    out = ctx.run(
+        ctx.on.relation_departed(rel, remote_unit=2, departing_unit=2),
+        dataclasses.replace(out, relations={rel}),
+    )
+    assert json.loads(out.get_relation(rel.id).local_app_data["upgrade-stack"]) == [0, 1, 2]
+    assert Behaviour.granted == []
 
 
 def test_newcomer_mid_rollout_is_added_at_the_bottom():

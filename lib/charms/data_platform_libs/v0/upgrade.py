@@ -130,7 +130,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 4
+LIBPATCH = 5
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -810,7 +810,10 @@ class DataUpgrade(Object, ABC):
         if cluster == "recovery":
             logger.debug("Cluster in recovery, skip...")
             return
-        if leader:
+        if leader and not self._stored.departing:
+            # A leader that is being removed sees its peers leave one by one as it departs;
+            # repairing from that shrinking view would drop live units from the stack. The next
+            # leader repairs on leader-elected.
             self._leader_repair()
         stack = self.upgrade_stack
         if not stack:
