@@ -64,6 +64,28 @@ def test_seeded_schedules_with_faults_hold_every_invariant(engine_name, switch, 
             assert result["figures"]["operations"] >= 1
 
 
+# Schedules the long soak once failed; each replays here so the fix stays in place.
+SOAK_REGRESSIONS = [
+    # The operator's command was queued on a leader being removed: the operator must wait for
+    # that unit to be gone before re-running it, and take whichever attempt succeeds.
+    ("upgrade", 128, "none", True),
+    ("upgrade", 754, "none", False),
+    # A departing leader repaired the upgrade stack from its shrinking view (upgrade LIBPATCH 5).
+    ("upgrade", 332, "none", True),
+    ("upgrade", 685, "backoff", True),
+]
+
+
+@pytest.mark.parametrize(("engine_name", "seed", "retry", "switch"), SOAK_REGRESSIONS)
+def test_schedules_the_soak_once_failed_now_hold_every_invariant(engine_name, seed, retry, switch):
+    engine = ENGINES[engine_name]
+    base, fakes = settled(engine, switch)
+    with fakes.installed():
+        result = run_schedule(base, fakes, engine, seed, retry, faults=True)
+    problems = result["violations"] + result["liveness"] + result["uncaught"]
+    assert not problems, f"seed {seed}: {problems}\n{format_script(result['sim'].steps)}"
+
+
 class LockMachine(RuleBasedStateMachine):
     """Hypothesis drives the v0 engine's schedule; exclusion must hold after every step."""
 

@@ -24,6 +24,7 @@ The operator retries an action that failed because leadership moved (R16), as a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -88,7 +89,7 @@ class Operator:
         self.sim = sim
         self.path = path
         self.want: tuple[str, dict[str, Any]] | None = None  # the command to (re)issue
-        self.pending: Any = None  # its ActionRecord while queued or running
+        self.attempts: list[Any] = []  # its ActionRecords, one per time it was issued
         self.retries = 0
         self.refreshed = False
         self.rolled_back = False
@@ -101,7 +102,7 @@ class Operator:
         """soak.py asks for the operation on every unit; one operator command serves them all."""
         self.sim.recorder.request(unit, "upgrade")
         self.requested.add(unit)
-        if self.want is None and self.pending is None and not self.refreshed:
+        if self.want is None and not self.attempts and not self.refreshed:
             if self.path == "action":
                 self._issue("upgrade", {"version": TARGET})
             else:
@@ -109,13 +110,12 @@ class Operator:
 
     def _issue(self, name: str, params: dict[str, Any]) -> None:
         self.want = (name, params)
-        try:
-            self.pending = self.sim.run_action(f"{APP}/leader", name, **params)
-        except ActionRejected:  # no leader at this instant: try again after the next commit
-            self.pending = None
+        # No leader at this instant: ActionRejected; try again after the next commit.
+        with contextlib.suppress(ActionRejected):
+            self.attempts.append(self.sim.run_action(f"{APP}/leader", name, **params))
 
     def on_start(self, sim: Simulator, run: Any) -> None:
-        if sim is self.sim and self.rolled_back and run.item.action is self.pending:
+        if sim is self.sim and self.rolled_back and run.item.action in self.attempts:
             self.served_before = self._served()  # the action may upgrade this very unit
 
     def _served(self) -> dict[str, int]:
@@ -161,18 +161,25 @@ class Operator:
                 recorder.request(unit, "upgrade")
 
     def _settle_pending(self) -> bool:
-        """True once the wanted command has succeeded; retries it when it failed."""
-        record = self.pending
-        gone = record is not None and self.sim.units[record.unit].departing
-        if record is not None and record.status == "completed":
-            self.want, self.pending = None, None
+        """True once an attempt at the wanted command succeeded; reissues it when none can.
+
+        As a person running `juju run <app>/leader ...` would: wait for the answer. An attempt
+        queued on a unit that is being removed may still run (R12), so it is given up only once
+        that unit is gone; a failed attempt (leadership moved, R16) is reissued on the leader.
+        """
+        if any(record.status == "completed" for record in self.attempts):
+            self.want, self.attempts = None, []
             return True
-        if record is not None and record.status != "failed" and not gone:
+        if any(
+            record.status not in ("completed", "failed")
+            and not self.sim.units[record.unit].removed
+            for record in self.attempts
+        ):
             return False  # still queued or running
         if self.retries >= self.MAX_RETRIES:
             return False
         assert self.want is not None
-        self.retries += 1  # failed (e.g. leadership moved, R16), never ran, or no leader yet
+        self.retries += 1
         self._issue(*self.want)
         return False
 
