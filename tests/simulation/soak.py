@@ -1,6 +1,6 @@
 """Soak: many seeded schedules of a rolling operation on every unit, with faults, checked.
 
-    python -m tests.simulation.soak --engine v0 --units 5 --seeds 1000 --faults all --json
+    python -m tests.simulation.soak --engine v0 --units 5 --seeds 1000 --faults all --jobs 2 --json
 
 Each schedule forks a settled N-unit deployment of the demo charm, requests the engine's operation
 on every unit, optionally arms a random mix of faults (failed hooks at entry / inside the critical
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import statistics
 import sys
 import time
@@ -168,44 +169,80 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def soak(args: argparse.Namespace) -> dict[str, Any]:
-    engine = ENGINES[args.engine]
+def _combos(args: argparse.Namespace) -> list[tuple[bool, str]]:
     switch_values = {"on": [True], "off": [False], "both": [True, False]}[args.leader_sees_own]
     retry_values = {"none": ["none"], "backoff": ["backoff"], "both": ["none", "backoff"]}[
         args.retry
     ]
-    combos = list(itertools.product(switch_values, retry_values))
+    return list(itertools.product(switch_values, retry_values))
+
+
+def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[str, Any]], int]:
+    """Run the schedules `indices` (positions in --seeds); return their results and hooks run.
+
+    Schedule i uses seed start_seed + i and the i-th combination in turn, whichever process
+    runs it, so a schedule replays alone with --start-seed and --seeds 1 --leader-sees-own/--retry.
+    """
+    engine = ENGINES[args.engine]
+    combos = _combos(args)
     results: list[dict[str, Any]] = []
-    per_combo: dict[str, dict[str, int]] = {}
-    started = time.perf_counter()
     hooks = 0
     fakes = engine.fakes(Simulator())
     with fakes.installed():
-        for switch in switch_values:
+        for switch in sorted({switch for switch, _ in combos}, reverse=True):
+            mine = [i for i in indices if combos[i % len(combos)][0] == switch]
+            if not mine:
+                continue
             base = settle(engine, args.units, fakes, leader_sees_own_app_writes=switch)
             hooks += base.hooks_run
-            for index in range(args.seeds):
-                combo_switch, retry = combos[index % len(combos)]
-                if combo_switch != switch:
-                    continue
-                seed = args.start_seed + index
-                result = run_schedule(base, fakes, engine, seed, retry, args.faults == "all")
+            for index in mine:
+                retry = combos[index % len(combos)][1]
+                result = run_schedule(
+                    base, fakes, engine, args.start_seed + index, retry, args.faults == "all"
+                )
                 hooks += result["hooks"]
-                key = f"leader_sees_own={'on' if switch else 'off'},retry={retry}"
-                counts = per_combo.setdefault(key, {"schedules": 0, "bad": 0})
-                counts["schedules"] += 1
                 if result["violations"] or result["liveness"] or result["uncaught"]:
-                    counts["bad"] += 1
                     report_failure(result)
                 result.pop("sim")
                 results.append(result)
+    return results, hooks
+
+
+def _run_share(job: tuple[argparse.Namespace, list[int]]) -> tuple[list[dict[str, Any]], int]:
+    return run_seeds(*job)
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every schedule, in --jobs processes (one per core is the fastest); summarise."""
+    started = time.perf_counter()
+    indices = list(range(args.seeds))
+    jobs = max(1, min(args.jobs, args.seeds))
+    if jobs == 1:
+        results, hooks = run_seeds(args, indices)
+    else:
+        shares = [(args, indices[j::jobs]) for j in range(jobs)]
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            outputs = pool.map(_run_share, shares)
+        results = [result for share, _ in outputs for result in share]
+        hooks = sum(share_hooks for _, share_hooks in outputs)
     elapsed = time.perf_counter() - started
+    per_combo: dict[str, dict[str, int]] = {}
+    for result in sorted(results, key=lambda r: r["seed"]):
+        key = (
+            f"leader_sees_own={'on' if result['leader_sees_own_app_writes'] else 'off'},"
+            f"retry={result['retry']}"
+        )
+        counts = per_combo.setdefault(key, {"schedules": 0, "bad": 0})
+        counts["schedules"] += 1
+        if result["violations"] or result["liveness"] or result["uncaught"]:
+            counts["bad"] += 1
     figures = [r["figures"] for r in results]
     return {
-        "engine": engine.name,
+        "engine": args.engine,
         "units": args.units,
         "seeds": args.seeds,
         "faults": args.faults,
+        "jobs": jobs,
         "schedules": len(results),
         "violations": sum(len(r["violations"]) for r in results),
         "liveness_failures": sum(len(r["liveness"]) for r in results),
@@ -240,7 +277,7 @@ def report_failure(result: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--engine", choices=sorted(ENGINES), default="v0")
     parser.add_argument("--units", type=int, default=3)
@@ -249,8 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", choices=["none", "all"], default="all")
     parser.add_argument("--leader-sees-own", choices=["on", "off", "both"], default="both")
     parser.add_argument("--retry", choices=["none", "backoff", "both"], default="both")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes to spread the schedules over (one per core)"
+    )
     parser.add_argument("--json", action="store_true", help="only the JSON line on stdout")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     summary = soak(args)
     if not args.json:
         for key, value in summary.items():

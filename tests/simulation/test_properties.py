@@ -17,6 +17,7 @@ service and the journal are replaced (fakes.py). For every engine in the registr
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -29,7 +30,7 @@ from .invariants import Recorder
 from .scheduler import SeededRandom
 from .script import format_script
 from .simulator import Simulator
-from .soak import finish, run_schedule, settle
+from .soak import finish, main, run_schedule, settle
 
 UNITS = 3
 SEEDS_PER_COMBO = 2
@@ -84,6 +85,19 @@ def test_schedules_the_soak_once_failed_now_hold_every_invariant(engine_name, se
         result = run_schedule(base, fakes, engine, seed, retry, faults=True)
     problems = result["violations"] + result["liveness"] + result["uncaught"]
     assert not problems, f"seed {seed}: {problems}\n{format_script(result['sim'].steps)}"
+
+
+def _soak_json(capsys, *argv: str) -> dict:
+    main(["--engine", "v0", "--units", "3", "--seeds", "4", "--json", *argv])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_soak_over_two_processes_runs_the_same_schedules_as_one(capsys):
+    one, two = _soak_json(capsys, "--jobs", "1"), _soak_json(capsys, "--jobs", "2")
+    assert (one["jobs"], two["jobs"]) == (1, 2)
+    same = ["schedules", "combinations", "hooks_total_p50", "hooks_per_unit_max", "violations"]
+    assert {k: one[k] for k in same} == {k: two[k] for k in same}
+    assert one["schedules"] == 4
 
 
 class LockMachine(RuleBasedStateMachine):
