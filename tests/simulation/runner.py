@@ -297,7 +297,27 @@ def run(
                 os.environ[key] = value
     result.logs = list(ctx.action_logs)
     _reset_streams(ctx)
+    forget_bound_events()
     return result
+
+
+def forget_bound_events() -> None:
+    """Let the objects of finished runs be freed; call after every run.
+
+    ops binds an object's events (`charm.on`, `framework.on`, a library's `on`) through a class
+    attribute that caches the bound events in a WeakKeyDictionary keyed by the object. The cached
+    value refers back to its key, so no entry ever goes away. Juju runs one hook per process and
+    never notices; the simulator runs thousands of hooks in one process, and every framework,
+    charm and model they built stayed alive (about 8 MB per soak schedule at N=5, until the
+    kernel killed the soak). Clearing the caches between runs is safe: the next run binds anew.
+    """
+    classes = [ops.Object]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        for value in vars(cls).values():
+            if isinstance(value, ops.ObjectEvents):
+                value._cache.clear()  # type: ignore[attr-defined]  # ops internals, see above
 
 
 def _reset_streams(ctx: testing.Context) -> None:

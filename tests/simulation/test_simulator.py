@@ -7,8 +7,10 @@ here is that it delivers what Juju would deliver, in Juju's order, with Juju's f
 
 from __future__ import annotations
 
+import gc
 import json
 
+import ops
 import pytest
 from hypothesis import find, settings
 from hypothesis import strategies as st
@@ -697,3 +699,17 @@ def test_inconsistent_state_is_a_loud_simulator_bug_with_the_schedule():
     sim.update_status("toy")
     with pytest.raises(SimulatorBug, match=r"(?s)Inconsistent.*schedule.*sim.update_status"):
         drain(sim)
+
+
+def test_memory_stays_flat_finished_runs_free_their_framework_and_charm():
+    # ops caches bound events per object in a class-level WeakKeyDictionary whose values refer
+    # back to their keys; without runner.forget_bound_events every run's framework and charm
+    # stayed alive, and a long soak was killed for lack of memory.
+    sim = toy(3)
+    for _ in range(5):
+        sim.update_status()
+        drain(sim)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, (ops.Framework, ops.CharmBase))]
+    assert sim.hooks_run > 15
+    assert len(alive) <= 2, f"{len(alive)} frameworks/charms outlived their runs"
