@@ -169,6 +169,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _failed(result: dict[str, Any]) -> bool:
+    return bool(result["violations"] or result["liveness"] or result["uncaught"])
+
+
 def _combos(args: argparse.Namespace) -> list[tuple[bool, str]]:
     switch_values = {"on": [True], "off": [False], "both": [True, False]}[args.leader_sees_own]
     retry_values = {"none": ["none"], "backoff": ["backoff"], "both": ["none", "backoff"]}[
@@ -201,7 +205,7 @@ def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[s
                     base, fakes, engine, args.start_seed + index, retry, args.faults == "all"
                 )
                 hooks += result["hooks"]
-                if result["violations"] or result["liveness"] or result["uncaught"]:
+                if _failed(result):
                     report_failure(result)
                 result.pop("sim")
                 results.append(result)
@@ -234,7 +238,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         )
         counts = per_combo.setdefault(key, {"schedules": 0, "bad": 0})
         counts["schedules"] += 1
-        if result["violations"] or result["liveness"] or result["uncaught"]:
+        if _failed(result):
             counts["bad"] += 1
     figures = [r["figures"] for r in results]
     return {

@@ -171,8 +171,7 @@ class Operator:
             self.want, self.attempts = None, []
             return True
         if any(
-            record.status not in ("completed", "failed")
-            and not self.sim.units[record.unit].removed
+            record.status != "failed" and not self.sim.units[record.unit].removed
             for record in self.attempts
         ):
             return False  # still queued or running
