@@ -62,6 +62,29 @@ class FailSpec:
     seen: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Writable:
+    """A copy of what a run may write (its own relation bags, secret contents), taken at its start.
+
+    Scenario runs the charm on the input State itself (runner.fast_scenario skips its deepcopy),
+    so the commit diffs the output against this copy.
+    """
+
+    bags: dict[int, tuple[dict[str, str], dict[str, str]]]  # relation id -> (unit bag, app bag)
+    secrets: dict[str, tuple[dict[str, str], dict[str, str]]]  # id -> (latest, tracked content)
+
+    @classmethod
+    def of(cls, state: testing.State) -> Writable:
+        return cls(
+            bags={
+                r.id: (dict(r.local_unit_data), dict(r.local_app_data)) for r in state.relations
+            },
+            secrets={
+                s.id: (dict(s.latest_content), dict(s.tracked_content)) for s in state.secrets
+            },
+        )
+
+
 @dataclasses.dataclass
 class Running:
     """An item that started and has not committed yet."""
@@ -71,7 +94,7 @@ class Running:
     item: Item
     start: int
     end: int = 0
-    state_in: testing.State | None = None
+    before: Writable | None = None  # the run's writable data at its start; writes diff against it
     result: RunResult | None = None
     juju_exec: list[tuple[str, str, dict[str, str]]] = dataclasses.field(default_factory=list)
     fault: FailSpec | None = None
@@ -687,7 +710,7 @@ class Simulator:
         if item.relation is not None:
             relation = state.get_relation(item.relation)
         event = runner.build_event(truth.ctx, item, relation, remote_id)
-        run = Running(self._next_seq(), unit, item, self.now, state_in=state)
+        run = Running(self._next_seq(), unit, item, self.now, before=Writable.of(state))
         run.leader_at_start = state.leader
         run.fault = self._match_fault(unit, item)
         for listener in self.listeners:
@@ -858,10 +881,11 @@ class Simulator:
             self._fail(run, result.error or "failed")
             return
         out = result.state
-        writes = self._diff(run.state_in, out, unit)
+        assert run.before is not None
+        writes = self._diff(run.before, out)
         is_leader = self.apps[truth.app].leader == unit
         app_writes = any(app_changes for _, _, app_changes in writes)
-        if not is_leader and (app_writes or self._secrets_changed(run.state_in, out)):
+        if not is_leader and (app_writes or self._secrets_changed(run.before, out)):
             # R16: app data (and app secrets) are refused once leadership has moved
             self._fail(run, "ModelError: leadership lost before the hook ended (R16)")
             return
@@ -892,7 +916,7 @@ class Simulator:
         run.ok = ok
         if run.item.on_done is not None:
             run.item.on_done(ok)
-        run.state_in = run.result = None
+        run.before = run.result = None
         for listener in self.listeners:
             listener.on_commit(self, run, ok)
 
@@ -919,18 +943,16 @@ class Simulator:
         self._finish(run, ok=False, why=error)
 
     def _diff(
-        self, before: testing.State | None, after: testing.State, unit: str
+        self, before: Writable, after: testing.State
     ) -> list[tuple[int, dict[str, str | None], dict[str, str | None]]]:
         """Per relation: (id, unit-bag changes, app-bag changes), key level (None deletes)."""
-        assert before is not None
         out = []
         for rel_out in after.relations:
-            try:
-                rel_in = before.get_relation(rel_out.id)
-            except KeyError:
+            if rel_out.id not in before.bags:
                 continue
-            unit_changes = _changes(rel_in.local_unit_data, rel_out.local_unit_data)
-            app_changes = _changes(rel_in.local_app_data, rel_out.local_app_data)
+            unit_before, app_before = before.bags[rel_out.id]
+            unit_changes = _changes(unit_before, rel_out.local_unit_data)
+            app_changes = _changes(app_before, rel_out.local_app_data)
             if unit_changes or app_changes:
                 out.append((rel_out.id, unit_changes, app_changes))
         return out
@@ -989,15 +1011,14 @@ class Simulator:
             app_level=bool(writer_app), writer_app=writer_app or None, cause=f"write by {writer}",
         )  # fmt: skip
 
-    def _secrets_changed(self, before: testing.State | None, after: testing.State) -> bool:
-        assert before is not None
-        old = {s.id: s.latest_content for s in before.secrets}
+    def _secrets_changed(self, before: Writable, after: testing.State) -> bool:
+        old = {id_: latest for id_, (latest, _) in before.secrets.items()}
         return any(old.get(s.id) != s.latest_content for s in after.secrets if s.owner == "app")
 
     def _commit_secrets(self, run: Running, out: testing.State) -> None:
         unit = run.unit
-        assert run.state_in is not None
-        before = {s.id: s for s in run.state_in.secrets}
+        assert run.before is not None
+        before = run.before.secrets
         for sec in out.secrets:
             known = self.secrets.get(sec.id)
             if known is None:
@@ -1006,13 +1027,13 @@ class Simulator:
                     tracked={unit: 1},
                 )  # fmt: skip
                 continue
-            old = before.get(sec.id)
-            if old is not None and dict(sec.latest_content) != dict(old.latest_content):
+            old_latest, old_tracked = before.get(sec.id, (None, None))
+            if old_latest is not None and dict(sec.latest_content) != old_latest:
                 known.revisions.append(dict(sec.latest_content))
                 for other, rev in sorted(known.tracked.items()):
                     if app_of(other) != known.owner_app and rev < known.latest:
                         self.enqueue(other, "secret_changed", cause=f"secret {sec.id}")
-            if old is not None and dict(sec.tracked_content) != dict(old.tracked_content):
+            if old_tracked is not None and dict(sec.tracked_content) != old_tracked:
                 known.tracked[unit] = known.latest
             if sec.owner == "app" and sec.label and sec.label != known.label:
                 known.label = sec.label
