@@ -21,6 +21,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -191,6 +192,7 @@ def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[s
     combos = _combos(args)
     results: list[dict[str, Any]] = []
     hooks = 0
+    progress = Progress(len(indices))
     fakes = engine.fakes(Simulator())
     with fakes.installed():
         for switch in sorted({switch for switch, _ in combos}, reverse=True):
@@ -209,7 +211,29 @@ def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[s
                     report_failure(result)
                 result.pop("sim")
                 results.append(result)
+                progress.done(_failed(result))
     return results, hooks
+
+
+class Progress:
+    """A stderr line per tenth of a process's schedules (10 or more): a long soak shows life."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.finished, self.failed = total, 0, 0
+        self.step = total // 10
+        self.started = time.perf_counter()
+
+    def done(self, failed: bool) -> None:
+        self.finished += 1
+        self.failed += failed
+        if self.step and self.finished % self.step == 0:
+            elapsed = time.perf_counter() - self.started
+            print(
+                f"soak pid {os.getpid()}: {self.finished}/{self.total} schedules, "
+                f"{self.failed} failing, {elapsed:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _run_share(job: tuple[argparse.Namespace, list[int]]) -> tuple[list[dict[str, Any]], int]:

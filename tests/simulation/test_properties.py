@@ -30,7 +30,7 @@ from .invariants import Recorder
 from .scheduler import SeededRandom
 from .script import format_script
 from .simulator import Simulator
-from .soak import finish, main, run_schedule, settle
+from .soak import Progress, finish, main, run_schedule, settle
 
 UNITS = 3
 SEEDS_PER_COMBO = 2
@@ -98,6 +98,17 @@ def test_soak_over_two_processes_runs_the_same_schedules_as_one(capsys):
     same = ["schedules", "combinations", "hooks_total_p50", "hooks_per_unit_max", "violations"]
     assert {k: one[k] for k in same} == {k: two[k] for k in same}
     assert one["schedules"] == 4
+
+
+def test_soak_progress_is_a_stderr_line_per_tenth_with_the_failures_so_far(capsys):
+    progress = Progress(20)
+    for index in range(20):
+        progress.done(failed=index == 4)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10
+    assert "2/20 schedules, 0 failing" in lines[0] and "20/20 schedules, 1 failing" in lines[-1]
+    Progress(9).done(failed=False)  # fewer than 10 schedules: silent
+    assert capsys.readouterr().err == ""
 
 
 class LockMachine(RuleBasedStateMachine):
