@@ -260,6 +260,26 @@ def test_accept_app_status_back_to_active_when_nothing_left():
     assert out.app_status == testing.ActiveStatus()
 
 
+@pytest.mark.parametrize(
+    ("bag", "app_value", "expected"),
+    [
+        ({"state": "acquire"}, None, testing.WaitingStatus("Awaiting restart operation")),
+        ({"state": "acquire"}, "idle", testing.WaitingStatus("Awaiting restart operation")),
+        ({"state": "release"}, "idle", testing.ActiveStatus("charm's own")),
+        ({}, None, testing.ActiveStatus("charm's own")),
+    ],
+)
+def test_compat_relation_changed_shows_own_pending_request(bag, app_value, expected):
+    # As the replaced library: on relation-changed a unit whose own request is pending (state
+    # acquire, not granted) shows "Awaiting <name> operation"; otherwise its status is kept.
+    c = ctx(unit_id=1)
+    rel = peer(me=bag, app={key(1): app_value} if app_value else {}, peers={0: {}})
+    st = state(rel, unit_status=testing.ActiveStatus("charm's own"))
+    out = c.run(c.on.relation_changed(rel, remote_unit=0), st)
+    assert out.unit_status == expected
+    assert Record.calls == []
+
+
 def test_app_status_set_by_charm_is_not_replaced():
     c = ctx()
     rel = peer(app={key(1): "granted"}, peers={1: {"state": "release"}})

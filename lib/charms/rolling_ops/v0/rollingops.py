@@ -91,6 +91,34 @@ Relation data (identical to the library this replaces, plus hint keys it ignores
   ``rolling-ops-order`` (JSON list, FIFO of pending units), ``rolling-ops-token`` (grant counter),
   ``rolling-ops-holder`` (JSON ``{"unit": ..., "token": ...}``), ``rolling-ops-yielded``.
 
+Compatibility with the library this replaces
+============================================
+
+The same:
+
+- import path, public names, event names (``<relation>_acquire_lock`` etc.), constructor
+  ``RollingOpsManager(charm, relation, callback)`` and observer names (``_on_acquire_lock`` ...);
+- ``Lock``/``Locks`` methods and ``LockState`` values; the relation keys and values above;
+- statuses: "Awaiting <name> operation" when a request is made or seen pending on
+  relation-changed, "Executing <name> operation" around the callback, "Beginning rolling <name>"
+  on the leader's app status;
+- one holder at a time; a charm-emitted ``run_with_lock`` runs the callback as before.
+
+Different on purpose (each fixes a defect of that library):
+
+- no relation yet: ``acquire_lock`` is deferred and ``Lock()`` raises ``LockNoRelationError``
+  (was ``IndexError``);
+- a deferring callback keeps the lock (it was released early);
+- internal steps are direct calls, not nested ``emit()``s (ops dropped them as duplicates);
+- departed units' keys are cleared and a new leader re-processes everything;
+- grants are first-come-first-served, the leader yields at most once (was set order);
+- requests from one unit queue (``rolling-ops-queue``) instead of overwriting the last one;
+- the leader's own grant is committed before its callback runs (a failed hook lost it);
+- callbacks may be any callable; overrides are resolved by name when they run;
+- the handle key is the relation name, so two managers on one charm do not collide;
+- the unit (app) status goes back to Active only over the library's own "Executing"
+  ("Beginning rolling") status, never over a status the charm set meanwhile.
+
 Malformed values are logged and read as absent (``RollingOpsManager.malformed_data()`` lists them
 for a status message); they never raise.
 """
@@ -120,7 +148,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 12
+LIBPATCH = 13
 
 logger = logging.getLogger(__name__)
 
@@ -618,6 +646,8 @@ class RollingOpsManager(ops.Object):
             self._release(data)
 
     def _on_relation_changed(self, event: ops.RelationChangedEvent) -> None:
+        # As the library this replaces: a unit that sees its own request pending says so.
+        self._show_pending()
         self._reconcile()
 
     def _on_relation_departed(self, event: ops.RelationDepartedEvent) -> None:
@@ -637,6 +667,15 @@ class RollingOpsManager(ops.Object):
     def _on_commit(self, event: ops.CommitEvent) -> None:
         self._granted_myself = False
         self._departing = None
+
+    def _show_pending(self) -> None:
+        """Set "Awaiting <name> operation" if this unit's request waits for its grant."""
+        relation = self.model.get_relation(self.name)
+        if relation is None:
+            return
+        data = _PeerData(relation, self.model)
+        if data.readable() and data.state(self.model.unit.name) is LockState.ACQUIRE:
+            self.model.unit.status = ops.WaitingStatus(f"Awaiting {self.name} operation")
 
     # -- the reconcile routine --
 
