@@ -75,6 +75,50 @@ call `prepare_upgrade()`, then have every unit call `set_unit_ready()`.
 Versions are Poetry-style constraints (`^1.2`, `~1.2.3`, `1.*`, `>=1,<2`, `^1 || ^2`), checked
 with `verify_requirements(version, requirement)`.
 
+On Kubernetes
+-------------
+Pass `substrate="k8s"` and override `_set_rolling_update_partition(partition)`. The flow is the
+original library's: `pre-upgrade-check` writes every unit number, sorted; `juju refresh` restarts
+the highest ordinal first, whose `upgrade-charm` checks versions and marks it `upgrading`; the
+charm calls `set_unit_completed()` once the pod is healthy; the operator checks that unit and runs
+`resume-upgrade`; from then on each finished unit lets the StatefulSet roll the next lower one.
+
+Compatibility with the library this replaces (data-platform-libs v0, LIBPATCH 19)
+-----------------------------------------------------------------------------------
+The same:
+
+- import path, public names, exceptions (`str()` format), events, `STATES`;
+- peer data: unit `state`, app `upgrade-stack` and `dependencies`, byte for byte;
+- actions, their failure messages and results; status texts;
+- the methods a charm overrides and their signatures: `pre_upgrade_check()`,
+  `log_rollback_instructions()`, `build_upgrade_stack()`, `_on_upgrade_granted(event)`,
+  `_set_rolling_update_partition(partition)`, and, if a charm overrides them,
+  `set_unit_failed()`, `set_unit_completed()`, `on_upgrade_changed(event)`: the library calls
+  each with the original's arguments only;
+- Kubernetes: the whole flow above (stack, `upgrade-charm`, partition, `resume-upgrade` only when
+  the stack holds every unit but the first upgraded), finalisation and grant conditions as on VMs;
+- every action reads the relation afresh (nothing cached by an earlier handler).
+
+Different on purpose:
+
+- pydantic 2 (the original needs pydantic 1); `BaseModel` is pydantic 2's;
+- never defers (deferred grants could reach two units at once); it reconciles from the relation
+  data instead, also on relation-joined/departed, leader-elected, config-changed, update-status;
+- VMs: a unit alone in its view, or a leader in recovery on top, reconciles instead of emitting
+  the grant directly, so the grant still needs the top of the stack and a ready cluster;
+- VMs: the library wakes itself after its own writes (Juju does not tell a unit about them), so a
+  grant handler need not call `on_upgrade_changed`; calling it is harmless;
+- VMs: a refresh without `pre-upgrade-check` waits (Blocked) and resumes once the stack exists;
+- a rollback starts only when every unit is ready (a unit still `completed` is not popped);
+- a departed unit is dropped from the stack (the original raised KeyError); on VMs a unit added
+  mid-rollout joins the bottom of the stack;
+- absent or invalid `dependencies` skip the version check with a WARNING (was AttributeError);
+- malformed peer data is logged and ignored, never raised;
+- the leader calls `log_rollback_instructions()` once per new set of failed units;
+- `set_unit_failed` also accepts a cause; failures the library detects show their cause in the
+  Blocked status when the charm's `set_unit_failed()` left it empty;
+- additive: `prepare_upgrade()`, `set_unit_ready()`, `in_progress()`, a model factory.
+
 pydantic on demand
 ------------------
 Importing pydantic costs about half as much as importing ops, in every hook. This module does not
@@ -130,7 +174,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 5
+LIBPATCH = 6
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -544,6 +588,17 @@ class DataUpgrade(Object, ABC):
             reported = set(self._stored.rollback_reported) | {self.charm.unit.name}
             self._stored.rollback_reported = sorted(reported)
 
+    def _fail(self, error: UpgradeError) -> None:
+        """Fail this unit for `error` through `set_unit_failed()`, called without arguments.
+
+        Charms override `set_unit_failed` with the original's signature (no argument), so the
+        library never passes one; the cause is shown if the status is still the bare Blocked.
+        """
+        logger.error("%s (%s)", error.message, error.cause)
+        self.set_unit_failed()
+        if self.charm.unit.status == BlockedStatus(""):
+            self.charm.unit.status = BlockedStatus(error.cause)
+
     def set_unit_completed(self) -> None:
         """Mark this unit's upgrade as completed (healthy on the new version)."""
         self._upgrade_stack = None
@@ -555,7 +610,7 @@ class DataUpgrade(Object, ABC):
             self.on.upgrade_finished.emit()
         elif self.charm.unit.is_leader():
             # Juju does not tell the leader about its own writes: pop itself now.
-            self.on_upgrade_changed()
+            self.on_upgrade_changed(None)
 
     def set_unit_ready(self) -> None:
         """Report this unit ready to be upgraded (VM) and re-evaluate."""
@@ -569,8 +624,7 @@ class DataUpgrade(Object, ABC):
             try:
                 self._upgrade_supported_check()
             except VersionError as e:
-                logger.error("%s (%s)", e.message, e.cause)
-                self.set_unit_failed(e.cause)
+                self._fail(e)
                 return
         if self.state == "recovery" and not self._others_ready():
             # A rollback starts only once every other unit is ready: a unit still `completed`
@@ -582,13 +636,15 @@ class DataUpgrade(Object, ABC):
         self._set_state("ready")
         self.charm.unit.status = WaitingStatus(WAITING_TEXT)
         self._stored.refresh_pending = False
-        self.on_upgrade_changed()
+        self.on_upgrade_changed(None)
 
     def prepare_upgrade(self) -> list[int]:
         """Leader: check the cluster and write the upgrade stack (or prepare a rollback).
 
         Returns the stack. Raises `UpgradeError` (its `message` is the action failure text).
+        On Kubernetes the stack is every unit number, sorted (the StatefulSet's order).
         """
+        self._upgrade_stack = None  # read the relation, not what an earlier handler cached
         relation = self.peer_relation
         if relation is None:
             raise UpgradeError("Could not find upgrade relation.", cause=None, resolution=None)
@@ -609,7 +665,10 @@ class DataUpgrade(Object, ABC):
             )
         try:
             self.pre_upgrade_check()
-            stack = self.build_upgrade_stack()
+            if self.substrate == "k8s":
+                stack = sorted(_unit_number(u) for u in self.app_units)
+            else:
+                stack = self.build_upgrade_stack()
         except ClusterNotReadyError:
             raise
         except Exception as e:
@@ -676,8 +735,7 @@ class DataUpgrade(Object, ABC):
             try:
                 self._upgrade_supported_check()
             except VersionError as e:
-                logger.error("%s (%s)", e.message, e.cause)
-                self.set_unit_failed(e.cause)
+                self._fail(e)
                 return
         if self.state == "recovery":
             self.set_unit_ready()  # waits for the others first (see set_unit_ready)
@@ -688,7 +746,7 @@ class DataUpgrade(Object, ABC):
         if len(self.app_units) == 1:
             # Alone in its view (a single-unit app, or a unit that has not met its peers yet):
             # nobody else will wake it, so reconcile now. The grant still needs the stack's top.
-            self.on_upgrade_changed()
+            self.on_upgrade_changed(event)
 
     def _guard_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
         if self.state not in ("ready", "upgrading") or self.cluster_state in (
@@ -700,10 +758,30 @@ class DataUpgrade(Object, ABC):
         self._on_upgrade_granted(event)
 
     def _on_upgrade_finished(self, event: EventBase) -> None:
-        """Kubernetes: after a unit finished, let the StatefulSet roll the next one."""
-        if self.substrate != "k8s" or not self.charm.unit.is_leader():
+        """Kubernetes: this unit finished; let the StatefulSet roll the next lower ordinal.
+
+        The leader reconciles (it pops this unit). The highest unit stops there: the operator
+        checks it and runs `resume-upgrade`. Unit 0 is the last one.
+        """
+        if self.substrate != "k8s" or self.peer_relation is None:
             return
-        self.on_upgrade_changed(event)
+        if self.charm.unit.is_leader():
+            self.on_upgrade_changed(event)
+        number = _unit_number(self.charm.unit)
+        if self._is_highest_unit():
+            logger.info(
+                "%s unit upgraded. Evaluate and run `resume-upgrade` action to continue upgrade",
+                self.charm.unit.name,
+            )
+            return
+        if number == 0:
+            logger.info("%s unit upgraded. Upgrade is complete", self.charm.unit.name)
+            return
+        try:
+            self._set_rolling_update_partition(partition=number - 1)
+        except KubernetesClientError as e:
+            logger.exception("Cannot set rolling update partition")
+            self._fail(e)
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -720,6 +798,7 @@ class DataUpgrade(Object, ABC):
         event.set_results({"message": message, "upgrade-stack": json.dumps(stack)})
 
     def _on_resume_upgrade_action(self, event: ActionEvent) -> None:
+        self._upgrade_stack = None  # read the relation, not what an earlier handler cached
         if not self.charm.unit.is_leader():
             event.fail("Action must be ran on the Juju leader.")
             return
@@ -727,7 +806,7 @@ class DataUpgrade(Object, ABC):
         if not stack:
             event.fail("Nothing to resume, upgrade stack unset.")
             return
-        if len(stack) < len(self.app_units) - 1:
+        if len(stack) != len(self.app_units) - 1:  # exactly once, after the first unit
             event.fail("Upgrade can be resumed only once after juju refresh is called.")
             return
         try:
@@ -787,34 +866,37 @@ class DataUpgrade(Object, ABC):
                 self._again = False
                 before = self._writes
                 self._upgrade_stack = None  # re-read the relation on every pass
-                if self.substrate == "k8s":
-                    self._k8s_pass()
-                else:
-                    self._vm_pass()
+                self._pass()
                 if self._writes == before and not self._again:
                     break
         finally:
             self._reconciling = False
 
-    def _vm_pass(self) -> None:
+    def _pass(self) -> None:
+        """One pass of the reconcile.
+
+        Kubernetes keeps the original's flow: no refresh-pending step (a refresh there needs
+        the stack first), no recovery skip, no insertion of newcomers into the stack.
+        """
         if self.peer_relation is None:
             return
+        vm = self.substrate == "vm"
         leader = self.charm.unit.is_leader()
         cluster = self.cluster_state
-        if self._ready_if_pending(leader, cluster):
+        if vm and self._ready_if_pending(leader, cluster):
             return
         if cluster == "failed":
             logger.debug("Cluster failed to upgrade, exiting...")
             self._report_failed_units(leader)
             return
-        if cluster == "recovery":
+        if vm and cluster == "recovery":
             logger.debug("Cluster in recovery, skip...")
             return
         if leader and not self._stored.departing:
             # A leader that is being removed sees its peers leave one by one as it departs;
             # repairing from that shrinking view would drop live units from the stack. The next
             # leader repairs on leader-elected.
-            self._leader_repair()
+            self._leader_repair(add_newcomers=vm)
         stack = self.upgrade_stack
         if not stack:
             self._finalise(leader)
@@ -876,8 +958,7 @@ class DataUpgrade(Object, ABC):
         try:
             self.on.upgrade_granted.emit()
         except DependencyError as e:
-            logger.error("%s (%s)", e.message, e.cause)
-            self.set_unit_failed(e.cause)
+            self._fail(e)
 
     def _report_failed_units(self, leader: bool) -> None:
         if not leader:
@@ -887,7 +968,7 @@ class DataUpgrade(Object, ABC):
             self.log_rollback_instructions()
             self._stored.rollback_reported = failed
 
-    def _leader_repair(self) -> None:
+    def _leader_repair(self, add_newcomers: bool) -> None:
         stack = self.upgrade_stack or []
         members = {_unit_number(u): u for u in self.app_units}
         changed = False
@@ -899,7 +980,9 @@ class DataUpgrade(Object, ABC):
             if top not in members:
                 logger.warning("unit %s left during upgrade; removed from upgrade-stack", top)
         states = {n: self._state_of(u) for n, u in members.items()}
-        if stack or any(s in ("upgrading", "completed") for s in states.values()):
+        if add_newcomers and (
+            stack or any(s in ("upgrading", "completed") for s in states.values())
+        ):
             for number in sorted(members):
                 if states[number] == "ready" and number not in stack:
                     stack.insert(0, number)
@@ -907,35 +990,24 @@ class DataUpgrade(Object, ABC):
         if changed:
             self.upgrade_stack = stack
 
-    # --- Kubernetes (kept minimal: not a target of this project, must not crash) -------------
+    # --- Kubernetes: the original's flow -------------------------------------------------------
+
+    def _is_highest_unit(self) -> bool:
+        """Kubernetes: this unit has the highest StatefulSet ordinal (it upgrades first)."""
+        return _unit_number(self.charm.unit) == self.model.app.planned_units() - 1
 
     def _k8s_upgrade_charm(self) -> None:
+        """The pod restarted on the new charm: this unit is upgrading now (no reconcile)."""
         if self.peer_relation is None:
             return
-        if self.charm.unit.is_leader() and not self.upgrade_stack:
-            self.upgrade_stack = sorted(_unit_number(u) for u in self.app_units)
-        self._set_state("ready")
-        self.charm.unit.status = WaitingStatus(WAITING_TEXT)
-        self.on_upgrade_changed()
-
-    def _k8s_pass(self) -> None:
-        if self.peer_relation is None:
+        if not self.upgrade_stack:
+            logger.error("Cluster upgrade failed, ensure pre-upgrade checks are ran first.")
             return
-        if self.charm.unit.is_leader():
-            self._leader_repair()
-        stack = self.upgrade_stack
-        if not stack:
-            if self.state == "completed":
-                self._set_state("idle")
-                self.charm.unit.status = ActiveStatus()
-                self._store_dependencies()
-            return
-        if stack[-1] == _unit_number(self.charm.unit) and self.state == "ready":
-            self._set_state("upgrading")
-            self.on.upgrade_granted.emit()
-            return
-        if self.charm.unit.is_leader() and self.cluster_state != "failed":
+        if self._is_highest_unit():  # the first unit to run the new charm checks versions
             try:
-                self._set_rolling_update_partition(partition=stack[-1])
-            except (KubernetesClientError, NotImplementedError) as e:
-                logger.error("cannot set the rolling update partition: %s", e)
+                self._upgrade_supported_check()
+            except VersionError as e:
+                self._fail(e)
+                return
+        self.charm.unit.status = MaintenanceStatus("upgrading unit")
+        self._set_state("upgrading")
