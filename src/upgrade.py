@@ -194,7 +194,7 @@ class DemoUpgrade(DataUpgrade):
             return ops.BlockedStatus(f"upgrade relation: {self.data_errors[0]}"[:120])
         state = self.state
         if state == "failed":
-            return ops.BlockedStatus(self._demo.failure or "upgrade failed")
+            return ops.BlockedStatus(self._demo.failure or self._library_cause())
         if state == "recovery":
             return ops.BlockedStatus("ready to rollback application")
         if state == "upgrading":
@@ -263,9 +263,21 @@ class DemoUpgrade(DataUpgrade):
         )
 
     def set_unit_failed(self, cause: str | None = None) -> None:
-        """Remember the cause for the unit status, then let the library record the failure."""
-        self._demo.failure = cause or "upgrade failed"
+        """Remember our cause for the unit status, then let the library record the failure.
+
+        The library calls this without a cause (the original's signature) for failures it finds
+        itself (an incompatible version or dependency); it then shows the cause as a Blocked
+        status, which `_library_cause` picks up.
+        """
+        self._demo.failure = cause or ""
         super().set_unit_failed(cause)
+
+    def _library_cause(self) -> str:
+        """The cause the library put in this unit's Blocked status, else a generic line."""
+        status = self.charm.unit.status
+        if isinstance(status, ops.BlockedStatus) and status.message:
+            return status.message
+        return "upgrade failed"
 
     def _on_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
         """This unit's turn: stop, install, start, check; then completed or failed."""

@@ -371,3 +371,20 @@ def test_rollout_reads_what_it_writes_and_ignores_other_keys():
     rollout = upgrade.Rollout(round=2, target="1.1.0", previous="1.0.0", done=False)
     raw = json.dumps({**dataclasses.asdict(rollout), "note": "from a later revision"})
     assert upgrade.Rollout.from_json(raw) == rollout
+
+
+def test_an_incompatible_refresh_shows_the_library_cause_in_the_unit_status(service):
+    """The demo's status says why an incompatible refresh failed, not a bare "upgrade failed".
+
+    The library fails the unit through `set_unit_failed()` without a cause (the original's
+    signature), then shows the cause in the unit status.
+    """
+    stored = json.loads(json.dumps(upgrade.DEPENDENCIES))
+    stored["demo_charm"]["version"] = "0.5"  # the running charm; ours supports >=1 only
+    stored["demo_charm"]["upgrade_supported"] = ">=0.1"
+    rel = _upgrade_rel(app={"upgrade-stack": "[0, 1, 2]", "dependencies": json.dumps(stored)})
+    out = _ctx().run(_ctx().on.upgrade_charm(), _state(leader=True, relations={rel}))
+    assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message not in ("", "upgrade failed")
+    assert "version" in out.unit_status.message.lower()
