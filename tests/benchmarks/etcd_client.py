@@ -1,23 +1,26 @@
-"""R9: per-call latency of the etcd client, measured on a real mTLS etcd on 127.0.0.1.
+"""R9: per-call latency of the etcd client on a real etcd set up like charmed-etcd (127.0.0.1).
 
     python -m tests.benchmarks.etcd_client --json [--calls 300]
 
-Measures the library's own client (``charmlibs.rollingops._etcd_client``, kept-alive HTTPS
-connection) for each call the lock makes: get, put, txn (the acquire transaction), lease
-keep-alive, and a watch round trip (put by one client, event seen by another watching one).
-For the record of docs/adr/0001-etcd-client.md it also measures, when available, the
-alternatives: etcd3gw with an injected ``requests.Session`` (``trust_env=False``, our CA and
-certificate), and ``etcdctl`` (one process per call), plus the cold-import cost of each client.
+etcd has authentication on and knows us only as our certificate's common name (see
+tests/functional/etcd_server.py). Measures the library's own client
+(``charmlibs.rollingops._etcd_client``: gRPC through grpcio, one kept-alive channel) for each call
+the lock makes: get, put, txn (the acquire transaction), lease keep-alive, and a watch round trip
+(put by one client, event seen by another watching one). For docs/adr/0002-etcd-grpc-transport.md
+it also measures the other candidate, ``etcdctl`` (one process per call: get, put, txn), records
+what the JSON gateway of ADR 0001 answers now, and the cold-import cost of each piece.
 The last line is JSON; times are milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import pathlib
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -109,48 +112,56 @@ def bench_ours(server: EtcdServer, calls: int) -> dict:
     return result
 
 
-def bench_etcd3gw(server: EtcdServer, calls: int) -> dict | str:
-    try:
-        import etcd3gw  # pyright: ignore[reportMissingImports]  # optional comparison
-        import requests
-    except ImportError as e:
-        return f"not installed: {e}"
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE must not replace our CA
-    session.verify = server.server_ca
-    session.cert = (server.client_cert, server.client_key)
-    host, port = server.endpoint.split(":")
-    client = etcd3gw.client(host=host, port=int(port), protocol="https", session=session)
-    client.put("/bench/gw/k", "v")
-    return {
-        "get": timed(lambda: client.get("/bench/gw/k"), calls),
-        "put": timed(lambda: client.put("/bench/gw/k", "v"), calls),
-    }
-
-
-def bench_etcdctl(server: EtcdServer, calls: int) -> dict | str:
+def etcdctl_argv(server: EtcdServer) -> list[str] | None:
+    """Return an etcdctl command line authenticated by our certificate alone (no user)."""
     etcdctl = shutil.which("etcdctl") or (
         "/usr/bin/etcdctl" if os.access("/usr/bin/etcdctl", os.X_OK) else None
     )
     if etcdctl is None:
-        return "not installed"
-    argv = [
+        return None
+    return [
         etcdctl,
         f"--endpoints=https://{server.endpoint}",
         f"--cacert={server.server_ca}",
         f"--cert={server.client_cert}",
         f"--key={server.client_key}",
     ]
+
+
+def bench_etcdctl(server: EtcdServer, calls: int) -> dict | str:
+    """Candidate (b): an etcdctl binary shipped in the charm, one process per call."""
+    argv = etcdctl_argv(server)
+    if argv is None:
+        return "not installed"
     env = {**os.environ, "ETCDCTL_API": "3"}
-    subprocess.run([*argv, "put", "/bench/ctl/k", "v"], check=True, env=env, capture_output=True)
+    key = "/bench/ctl/k"
+
+    def run(*args: str, stdin: str | None = None) -> None:
+        subprocess.run([*argv, *args], check=True, env=env, capture_output=True, input=stdin,
+                       text=True)  # fmt: skip
+
+    run("put", key, "v")
+    # The acquire transaction's shape (interactive txn syntax on stdin).
+    txn = f'create("{key}") = "0"\n\nput {key} me\n\nget {key}\n\n'
+    n = max(10, calls // 10)
     return {
-        "get": timed(
-            lambda: subprocess.run(
-                [*argv, "get", "/bench/ctl/k"], check=True, env=env, capture_output=True
-            ),
-            max(10, calls // 10),
-        )
+        "get": timed(lambda: run("get", key), n),
+        "put": timed(lambda: run("put", key, "v"), n),
+        "txn": timed(lambda: run("txn", stdin=txn), n),
     }
+
+
+def gateway_answer(server: EtcdServer) -> str:
+    """What etcd's JSON gateway (the transport of ADR 0001) answers our certificate now."""
+    context = ssl.create_default_context(cafile=server.server_ca)
+    context.load_cert_chain(server.client_cert, server.client_key)
+    host, port = server.endpoint.split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+    conn.request("POST", "/v3/kv/range", '{"key": "L2JlbmNoLw=="}')
+    response = conn.getresponse()
+    text = response.read().decode().strip()
+    conn.close()
+    return f"HTTP {response.status}: {text}"
 
 
 def main() -> int:
@@ -165,20 +176,21 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="etcd-client-") as tmp,
         EtcdServer(pathlib.Path(tmp)) as server,
     ):
+        server.allow("/bench/")
         result = {
             "benchmark": "etcd_client",
-            "client": "charmlibs.rollingops._etcd_client (in-house, http.client + ssl)",
+            "etcd": "auth on, our user = our certificate's common name, RBAC on /bench/",
+            "client": "charmlibs.rollingops._etcd_client (grpcio generic calls, own codec)",
             "calls": args.calls,
             "ours": bench_ours(server, args.calls),
-            "etcd3gw_with_session": bench_etcd3gw(server, args.calls),
             "etcdctl_process_per_call": bench_etcdctl(server, args.calls),
+            "json_gateway": gateway_answer(server),
         }
+    # The client module alone costs what the package costs (it imports no grpc until a client
+    # is built); grpc is what the worker and the etcd-touching hooks pay on top.
     result["cold_import_ms"] = {
-        "charmlibs.rollingops._etcd_client (deps: http.client, ssl, json)": import_ms(
-            "http.client, ssl, json, base64"
-        ),
-        "etcd3gw": import_ms("etcd3gw"),
-        "requests": import_ms("requests"),
+        name: import_ms(name)
+        for name in ("ops", "charmlibs.rollingops", "charmlibs.rollingops._etcd_client", "grpc")
     }
     if not args.json:
         for name, figures in result["ours"].items():

@@ -1,10 +1,12 @@
-"""R2: lock handoff latency between real rolling-ops workers on a real mTLS etcd.
+"""R2: lock handoff latency between real rolling-ops workers on a real etcd (charmed-etcd setup).
 
     python -m tests.benchmarks.etcd_handoff --json [--units 2] [--ops 12]
 
-Starts etcd on 127.0.0.1 (tests/functional/etcd_server.py), then ``--units`` worker processes
-(``sys.executable -m charmlibs.rollingops._worker``) with ``--ops`` operations each and the
-stand-in ``juju-exec`` of tests/functional/worker_harness.py. The workers record, on the shared
+Starts etcd on 127.0.0.1 as charmed-etcd runs it (tests/functional/etcd_server.py: auth on, the
+workers known only by their certificate's common name, allowed on the lock prefix), then
+``--units`` worker processes (``sys.executable -m charmlibs.rollingops._worker``, gRPC client)
+with ``--ops`` operations each and the stand-in ``juju-exec`` of
+tests/functional/worker_harness.py. The workers record, on the shared
 monotonic clock of this machine, when they release the lock and when they call ``juju-exec``.
 A handoff is a release by one unit followed by the next grant to another unit; its latency runs
 from the release response to the next holder's ``juju-exec`` call (``release_to_dispatch``), and
@@ -67,7 +69,7 @@ def run(units: int, ops: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="etcd-handoff-") as tmp:
         root = pathlib.Path(tmp)
         with EtcdServer(root) as server:
-            prefix = f"/coordinated-ops/rollingops/v1/bench-{uuid.uuid4().hex[:8]}/"
+            prefix = server.allow(f"/coordinated-ops/rollingops/v1/bench-{uuid.uuid4().hex[:8]}/")
             harness = WorkerHarness(root, server, prefix)
             fake_units = [harness.add_unit(f"bench/{n}", pending=ops) for n in range(units)]
             try:

@@ -21,6 +21,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEAVY = [
     "cryptography",
+    "grpc",
     "pydantic",
     "requests",
     "etcd3gw",

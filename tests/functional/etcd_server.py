@@ -1,17 +1,27 @@
-"""A real etcd on 127.0.0.1 with mutual TLS, for functional tests and benchmarks.
+"""A real etcd on 127.0.0.1 set up as charmed-etcd sets it up, for functional tests and benchmarks.
 
-The server gets its own CA and certificate (made here with ``cryptography``), requires client
-certificates (``--client-cert-auth``) and trusts the CA of the client credentials made by the
-library's own :func:`charmlibs.rollingops._certs.generate_client_credentials`, exactly as the etcd
-charm trusts the ``mtls-cert`` a rolling-ops leader publishes. Ports are free ports of the moment,
-data lives in a temporary directory, and startup waits for etcd's own "serving client traffic"
-log line (no sleeps).
+What the etcd charm does, reproduced here:
 
-The binary is ``$ETCD_BIN_DIR/etcd``, else ``etcd`` on PATH, else ``/usr/bin/etcd``; tests skip
-(with the reason printed) when none exists.
+- server TLS with its own CA and certificate (made here with ``cryptography``), and client
+  certificates required (``--client-cert-auth``); the trusted file (``--trusted-ca-file``) holds
+  the client *leaf* certificates themselves (ours from the library's own
+  :func:`charmlibs.rollingops._certs.generate_client_credentials`, and another application's);
+- authentication on: user ``root`` (with a password) and role ``root``; one user per client
+  named after its certificate's common name, with no password (etcd authenticates it by the
+  common name); a role with ``readwrite`` on the client's key prefix only, granted to that
+  user; then ``auth enable``. Setup runs ``etcdctl`` (``/usr/bin/etcdctl``, API v3) as root.
+
+Our user (:data:`OUR_CN`) gets its prefixes through :meth:`EtcdServer.allow` (one per test);
+:data:`OTHER_CN` is another application with its own prefix :data:`OTHER_PREFIX`. Ports are free
+ports of the moment, data lives in a temporary directory (kept across restarts, auth included),
+and startup waits for etcd's own "serving client traffic" log line (no sleeps).
+
+The binaries are ``$ETCD_BIN_DIR/etcd`` and ``etcdctl``, else on PATH, else in ``/usr/bin``;
+tests skip (with the reason printed) when either is missing.
 
     with EtcdServer(tmp_path) as server:
-        client = server.client()          # an EtcdClient with the trusted client certificate
+        server.allow("/coordinated-ops/rollingops/v1/x/")
+        client = server.client()          # an EtcdClient authenticated as OUR_CN
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import datetime
 import ipaddress
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import socket
@@ -35,17 +46,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 READY_MARK = "serving client traffic"
+OUR_CN = "rollingops-functional-test"
+OUR_ROLE = "rollingops-functional-test-rw"
+OTHER_CN = "other-application"
+OTHER_PREFIX = "/other-application/"
+
+
+def _find(name: str) -> str | None:
+    bin_dir = os.environ.get("ETCD_BIN_DIR")
+    if bin_dir and os.access(os.path.join(bin_dir, name), os.X_OK):
+        return os.path.join(bin_dir, name)
+    found = shutil.which(name)
+    if found:
+        return found
+    return f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None
 
 
 def find_etcd() -> str | None:
-    """Return the etcd binary to use, or None."""
-    bin_dir = os.environ.get("ETCD_BIN_DIR")
-    if bin_dir and os.access(os.path.join(bin_dir, "etcd"), os.X_OK):
-        return os.path.join(bin_dir, "etcd")
-    found = shutil.which("etcd")
-    if found:
-        return found
-    return "/usr/bin/etcd" if os.access("/usr/bin/etcd", os.X_OK) else None
+    """Return the etcd binary to use, or None (also None when etcdctl is missing)."""
+    return _find("etcd") if _find("etcdctl") else None
 
 
 def free_port() -> int:
@@ -123,14 +142,22 @@ class EtcdServer:
         self.endpoint = f"127.0.0.1:{self.client_port}"
 
         server_ca, server_cert, server_key = _server_credentials()
-        self.credentials = generate_client_credentials("rollingops-functional-test")
+        self.etcdctl_binary = _find("etcdctl") or "/usr/bin/etcdctl"
+        self.root_password = secrets.token_hex(12)
+        self.credentials = generate_client_credentials(OUR_CN)
+        self.other_credentials = generate_client_credentials(OTHER_CN)
         self.server_ca = self._write("server-ca.pem", server_ca)
         self.server_cert = self._write("server.pem", server_cert)
         self.server_key = self._write("server.key", server_key, 0o600)
-        # etcd accepts clients whose certificate chains to this bundle (ours + its own CA).
-        self.trusted = self._write("trusted.pem", server_ca + self.credentials["client-ca"])
+        # What the etcd charm trusts: the client leaves themselves, plus its own CA (etcd's
+        # embedded gateway dials etcd with the server certificate).
+        leaves = self.credentials["client-cert"] + self.other_credentials["client-cert"]
+        self.trusted = self._write("trusted.pem", server_ca + leaves)
         self.client_cert = self._write("client.pem", self.credentials["client-cert"])
         self.client_key = self._write("client.key", self.credentials["client-key"], 0o600)
+        self.other_cert = self._write("other.pem", self.other_credentials["client-cert"])
+        self.other_key = self._write("other.key", self.other_credentials["client-key"], 0o600)
+        self.auth_enabled = False
 
     def _write(self, name: str, text: str, mode: int = 0o644) -> str:
         path = self.dir / name
@@ -169,6 +196,48 @@ class EtcdServer:
         if not ready.wait(timeout) or self.process.poll() is not None:
             self.stop()
             raise RuntimeError("etcd did not start:\n" + "\n".join(self.log_lines[-20:]))
+        if not self.auth_enabled:
+            self._enable_auth()
+
+    def etcdctl(self, *args: str, user: str | None = "root") -> str:
+        """Run ``etcdctl`` (API v3) against this etcd, as root by default; return its stdout."""
+        argv = [
+            self.etcdctl_binary,
+            f"--endpoints=https://{self.endpoint}",
+            f"--cacert={self.server_ca}",
+            f"--cert={self.client_cert}",
+            f"--key={self.client_key}",
+        ]
+        if user == "root" and self.auth_enabled:
+            argv.append(f"--user=root:{self.root_password}")
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        proc = subprocess.run(
+            [*argv, *args], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+        return proc.stdout
+
+    def _enable_auth(self) -> None:
+        """Users, roles and ``auth enable`` exactly as the etcd charm does (first start only)."""
+        self.etcdctl("user", "add", f"root:{self.root_password}")
+        self.etcdctl("role", "add", "root")
+        self.etcdctl("user", "grant-role", "root", "root")
+        for cn, role, prefix in ((OUR_CN, OUR_ROLE, None), (OTHER_CN, "other-rw", OTHER_PREFIX)):
+            self.etcdctl("user", "add", cn, "--no-password")
+            self.etcdctl("role", "add", role)
+            if prefix is not None:
+                self.etcdctl(
+                    "role", "grant-permission", role, "--prefix=true", "readwrite", prefix
+                )
+            self.etcdctl("user", "grant-role", cn, role)
+        self.etcdctl("auth", "enable")
+        self.auth_enabled = True
+
+    def allow(self, prefix: str) -> str:
+        """Grant our common-name user ``readwrite`` on keys starting with ``prefix``; return it."""
+        self.etcdctl("role", "grant-permission", OUR_ROLE, "--prefix=true", "readwrite", prefix)
+        return prefix
 
     def _read_log(self, stream: IO[str], ready: threading.Event) -> None:
         for line in stream:
@@ -191,12 +260,22 @@ class EtcdServer:
         self.process = None
 
     def client(self, **kwargs: object) -> EtcdClient:
-        """Return a client with the trusted client certificate."""
+        """Return a client authenticated as :data:`OUR_CN` (by its certificate only)."""
         return EtcdClient(
             [self.endpoint],
             ca_file=self.server_ca,
             cert_file=self.client_cert,
             key_file=self.client_key,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def other_client(self, **kwargs: object) -> EtcdClient:
+        """Return a client of the other application (:data:`OTHER_CN`)."""
+        return EtcdClient(
+            [self.endpoint],
+            ca_file=self.server_ca,
+            cert_file=self.other_cert,
+            key_file=self.other_key,
             **kwargs,  # type: ignore[arg-type]
         )
 

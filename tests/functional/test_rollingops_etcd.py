@@ -1,23 +1,38 @@
-"""The etcd lock of charmlibs.rollingops against a real etcd with mutual TLS.
+"""The etcd lock and client of charmlibs.rollingops against a real etcd set up like charmed-etcd.
 
 Nothing is mocked here: etcd is the Debian/upstream binary started by ``etcd_server.py`` with
-client-certificate authentication, and each contender has its own client, lease and owner, as
+client-certificate authentication, RBAC on, and our user being our certificate's common name,
+allowed on the test's prefix only. Each contender has its own client, lease and owner, as
 separate units would. Worker-process tests are in test_rollingops_worker.py.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import os
+import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from charmlibs.rollingops._certs import generate_client_credentials
-from charmlibs.rollingops._etcd_client import EtcdClient, EtcdConnectionError, prefix_end
+from charmlibs.rollingops._etcd_client import (
+    EtcdClient,
+    EtcdConnectionError,
+    EtcdError,
+    WatchCancelledError,
+    op_range,
+    prefix_end,
+)
 from charmlibs.rollingops._etcd_lock import EtcdLock, Lease, LockCancelledError
 
-from tests.functional.etcd_server import EtcdServer
+from tests.functional.etcd_server import OTHER_PREFIX, EtcdServer
+
+PERMISSION_DENIED = 7  # gRPC status code
 
 
 def make_lock(server: EtcdServer, prefix: str, n: int, model: str = "m") -> EtcdLock:
@@ -235,14 +250,14 @@ def test_compacted_watch_start_rereads(etcd_server: EtcdServer, etcd_prefix: str
     client = lock.client
     revision = client.put(etcd_prefix + "x", "1")
     client.put(etcd_prefix + "x", "2")
-    client._post("/kv/compaction", {"revision": str(revision + 1)})
+    etcd_server.etcdctl("compact", str(revision + 1))
     with Lease(client, 10) as lease:
         started = time.monotonic()
         lock._wait_for_deletion(revision, time.monotonic() + 5, lease)  # returns: compacted
         assert time.monotonic() - started < 5
 
 
-def test_client_without_trusted_certificate_is_refused(etcd_server: EtcdServer):
+def test_client_without_trusted_certificate_is_refused(etcd_server: EtcdServer, etcd_prefix: str):
     other = generate_client_credentials("stranger")
     d = etcd_server.dir
     (d / "stranger.pem").write_text(other["client-cert"])
@@ -267,4 +282,161 @@ def test_client_without_trusted_certificate_is_refused(etcd_server: EtcdServer):
     conn.close()
 
     # The trusted client still works.
-    assert etcd_server.client().range("/").revision > 0
+    assert etcd_server.client().range(etcd_prefix).revision > 0
+
+
+def test_another_common_name_is_refused_on_our_prefix(etcd_server: EtcdServer, etcd_prefix: str):
+    ours = etcd_server.client()
+    ours.put(etcd_prefix + "lock", "mine")
+    other = etcd_server.other_client(attempts=1)
+    other.put(OTHER_PREFIX + "x", "1")  # a trusted, authenticated client on its own prefix...
+    with pytest.raises(EtcdError) as read:  # ... reads nothing of ours
+        other.get(etcd_prefix + "lock")
+    with pytest.raises(EtcdError) as write:  # ... writes nothing of ours
+        other.put(etcd_prefix + "lock", "theirs")
+    with pytest.raises(EtcdError) as txn:
+        other.txn([], [op_range(etcd_prefix, prefix_end(etcd_prefix))], [])
+    with pytest.raises(EtcdError):
+        other.watch(etcd_prefix, prefix_end(etcd_prefix), start_revision=1, timeout=5)
+    for error in (read, write, txn):
+        assert error.value.code == PERMISSION_DENIED, error.value
+    kv = ours.get(etcd_prefix + "lock")
+    assert kv is not None and kv.value == b"mine"
+    # And our user may use nothing but its prefix.
+    with pytest.raises(EtcdError) as outside:
+        etcd_server.client(attempts=1).get(OTHER_PREFIX + "x")
+    assert outside.value.code == PERMISSION_DENIED
+
+
+def test_the_json_gateway_refuses_common_name_auth(etcd_server: EtcdServer, etcd_prefix: str):
+    """Why the client speaks gRPC: with auth on, etcd's gateway answers 400 to a trusted client."""
+    etcd_server.client().put(etcd_prefix + "x", "1")  # gRPC with the same certificate works
+    context = ssl.create_default_context(cafile=etcd_server.server_ca)
+    context.load_cert_chain(etcd_server.client_cert, etcd_server.client_key)
+    host, port = etcd_server.endpoint.split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+    body = json.dumps({"key": "L2Nvb3JkaW5hdGVkLW9wcy8="})
+    conn.request("POST", "/v3/kv/range", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    text = response.read().decode()
+    conn.close()
+    assert response.status == 400, text
+    assert "CommonName" in text
+
+
+def test_cancel_from_another_thread_wakes_a_blocked_watch(
+    etcd_server: EtcdServer, etcd_prefix: str
+):
+    client = etcd_server.client()
+    revision = client.put(etcd_prefix + "x", "1")
+    watch = client.watch(etcd_prefix, prefix_end(etcd_prefix), start_revision=revision + 1)
+    threading.Timer(0.2, watch.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(WatchCancelledError):
+        watch.next(timeout=30)
+    assert time.monotonic() - started < 10
+    assert client.get(etcd_prefix + "x") is not None  # the client is still usable
+
+
+# A child process, so that the environment is read by a fresh grpc. It builds our client with a
+# CA that did NOT sign etcd's certificate while every CA variable names the one that did: the
+# call must fail. Then our client with the right CA, while every proxy variable points at a
+# listening socket: the call must go straight to etcd. Controls show each variable would matter
+# to a channel built without our settings.
+ENV_CHILD = """
+import json, socket, sys, threading
+import grpc
+from charmlibs.rollingops._etcd_client import EtcdClient, EtcdConnectionError
+
+endpoint, good_ca, wrong_ca, cert, key, prefix = sys.argv[1:7]
+proxy = socket.socket()
+proxy.bind(("127.0.0.1", int(sys.argv[7])))
+proxy.listen(8)
+proxied = []
+def serve():
+    while True:
+        conn, _ = proxy.accept()
+        proxied.append(conn.recv(200).decode(errors="replace"))
+        conn.close()
+threading.Thread(target=serve, daemon=True).start()
+out = {}
+try:
+    EtcdClient([endpoint], ca_file=wrong_ca, cert_file=cert, key_file=key, attempts=1).get(prefix)
+    out["wrong_ca"] = "connected"
+except EtcdConnectionError as e:
+    out["wrong_ca"] = "refused"
+out["right_ca"] = EtcdClient(
+    [endpoint], ca_file=good_ca, cert_file=cert, key_file=key, attempts=1
+).range(prefix).revision > 0
+out["proxied"] = list(proxied)
+
+def control(options, root):
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=open(key, "rb").read(),
+        certificate_chain=open(cert, "rb").read())
+    channel = grpc.secure_channel(endpoint, creds, options=options)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=5)
+        return "connected"
+    except grpc.FutureTimeoutError:
+        return "failed"
+    finally:
+        channel.close()
+
+# Default roots come from GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (= the right CA): connects.
+out["control_default_roots"] = control([("grpc.enable_http_proxy", 0)], None)
+before = len(proxied)
+out["control_proxy"] = control([], open(good_ca, "rb").read())
+out["control_proxied"] = proxied[before:]
+print(json.dumps(out))
+"""
+
+
+def test_no_environment_variable_replaces_our_ca_or_routes_our_traffic(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path
+):
+    wrong_ca = generate_client_credentials("not the etcd CA")["client-ca"]
+    (tmp_path / "wrong-ca.pem").write_text(wrong_ca)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        proxy_port = s.getsockname()[1]
+    proxy_url = f"http://127.0.0.1:{proxy_port}"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "grpc_no_proxy")}
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": etcd_server.server_ca,
+            "REQUESTS_CA_BUNDLE": etcd_server.server_ca,
+            "CURL_CA_BUNDLE": etcd_server.server_ca,
+            "SSL_CERT_FILE": etcd_server.server_ca,
+            "https_proxy": proxy_url,
+            "HTTPS_PROXY": proxy_url,
+            "http_proxy": proxy_url,
+            "grpc_proxy": proxy_url,
+        }
+    )
+    args = [
+        etcd_server.endpoint,
+        etcd_server.server_ca,
+        str(tmp_path / "wrong-ca.pem"),
+        etcd_server.client_cert,
+        etcd_server.client_key,
+        etcd_prefix,
+        str(proxy_port),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", ENV_CHILD, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["wrong_ca"] == "refused"  # the CA variables added no trust
+    assert out["right_ca"] is True
+    assert out["proxied"] == []  # the proxy variables routed nothing of ours
+    # Controls: the same variables do act on a channel built without our settings.
+    assert out["control_default_roots"] == "connected"
+    assert out["control_proxied"] and "CONNECT" in out["control_proxied"][0]

@@ -129,7 +129,7 @@ class TwoUnits:
 @pytest.fixture
 def etcd(tmp_path: pathlib.Path):
     if find_etcd() is None:
-        pytest.skip("no etcd binary found (install etcd-server or set ETCD_BIN_DIR)")
+        pytest.skip("no etcd/etcdctl binary found (install etcd-server and etcd-client)")
     server = EtcdServer(tmp_path / "etcd-r10")
     server.start()
     yield server
@@ -140,7 +140,7 @@ def test_etcd_stops_while_a_unit_holds_the_lock_fallback_then_return(
     tmp_path: pathlib.Path, etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
 ):
     CALLS.clear()
-    prefix = "/coordinated-ops/rollingops/v1/r10/"
+    prefix = etcd.allow("/coordinated-ops/rollingops/v1/r10/")
     harness = WorkerHarness(tmp_path / "units", etcd, prefix)
     try:
         _run_scenario(harness, etcd, monkeypatch)

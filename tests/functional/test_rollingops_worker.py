@@ -9,6 +9,7 @@ is a stand-in (no Juju agent can run here): see worker_harness.py.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pathlib
 import signal
@@ -159,3 +160,21 @@ def test_request_after_exit_gets_a_new_worker(harness: WorkerHarness):
     harness.start_worker(unit)
     assert wait_exit(unit) == 0
     assert [r["result"] for r in unit.dispatches()] == ["release", "release"]
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1", "127.0.0.1:notaport", "[::1]"])
+def test_unusable_endpoint_marks_the_worker_failed_and_falls_back(
+    harness: WorkerHarness, endpoint: str
+):
+    """Issue 16: an endpoint without a port used to kill the worker with ``failed: false``."""
+    unit = harness.add_unit("app/0", pending=1)
+    config_file = _files.etcd_dir(unit.base_dir) / _files.CONFIG_FILE
+    config = json.loads(config_file.read_text())
+    config["endpoints"] = [endpoint]  # as an older charm revision or a bad provider wrote it
+    config_file.write_text(json.dumps(config))
+    harness.start_worker(unit, forbid_sleep=False)
+    assert wait_exit(unit) == 1
+    status = _files.read_worker_status(unit.base_dir)
+    assert status is not None and status.failed
+    assert [r["event"] for r in unit.dispatches()] == ["rollingops_etcd_failed"]
+    assert not _files.worker_alive(unit.base_dir)

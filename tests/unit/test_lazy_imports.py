@@ -1,7 +1,9 @@
-"""Hooks that validate nothing must not import pydantic (tests/benchmarks/dispatch.py).
+"""Hooks import only what they use (tests/benchmarks/dispatch.py, import_cost.py).
 
 Importing pydantic costs about 60% of importing ops, and every hook is a fresh interpreter. Only
 the actions and the upgrade's version checks validate with pydantic; they import it themselves.
+Likewise grpc (the etcd transport of charmlibs.rollingops, ~60 ms): only the etcd worker and the
+hooks that really talk to etcd (a fence check, a sync lock, a clean-up) import it.
 Each check runs in a fresh interpreter: this test process has long imported pydantic.
 """
 
@@ -103,7 +105,7 @@ for event in (
     status = out.unit_status
     assert status == testing.ActiveStatus(f"mounted {source} at {mountpoint}"), status
     assert commands == [], commands
-    loaded = [name for name in ("pydantic", "poetry") if name in sys.modules]
+    loaded = [name for name in ("pydantic", "poetry", "grpc") if name in sys.modules]
     assert not loaded, f"{event.name} imported {loaded}"
 """
 
@@ -111,3 +113,44 @@ for event in (
 def test_hooks_that_validate_nothing_do_not_import_pydantic():
     for leader in ("leader", "follower"):
         _run(HOOKS, leader)
+
+
+# Hooks of a rollingops charm with the etcd relation and a local etcd config, on the peer and on
+# the etcd backend, that do not talk to etcd: update-status, and a request in etcd mode (which
+# writes the queue and starts the worker process). The control at the end shows that a fence
+# check does import grpc, so the assertion can fail.
+ROLLINGOPS_HOOKS = """
+import json, subprocess
+from ops import testing
+from tests.unit import test_rollingops_etcd as t
+
+t.BASE[0] = tmp = sys.argv[2]
+creds = t._certs.generate_client_credentials("lazy-imports")
+t._files.write_config(tmp, endpoints=["127.0.0.1:2379"], prefix="/p/", owner="o",
+                      server_ca_pem=creds["client-ca"], cert_pem=creds["client-cert"],
+                      key_pem=creds["client-key"])
+started = []
+subprocess.Popen = lambda argv, **kw: started.append(argv)
+leader = sys.argv[1] == "leader"
+import charmlibs.rollingops._etcd_client, charmlibs.rollingops._etcd_lock  # EtcdError & co
+for backend, mode in (("peer", "peer"), ("etcd", "etcd")):
+    t.run(t.unit_bag(backend=backend), t.app_bag(mode), leader=leader)
+    t.run(t.unit_bag(backend=backend), t.app_bag(mode), event="config_changed", leader=leader)
+ctx = testing.Context(t.EtcdCharm, meta=t.META, app_name=t.APP, unit_id=1)
+rel = testing.PeerRelation("restart", local_app_data=t.app_bag("etcd"))
+state = testing.State(planned_units=t.PLANNED, leader=leader,
+                      relations={rel, testing.Relation("etcd")})
+with ctx(ctx.on.update_status(), state) as mgr:
+    mgr.charm.rolling.request_async_lock("restart", {"a": 1}, 0)
+    mgr.run()
+assert len(started) == 1, started
+assert "grpc" not in sys.modules, "a hook that does not talk to etcd imported grpc"
+lock = t._etcd_lock.EtcdLock.from_config(t._files.read_config(tmp), "app/1")
+print("control", "grpc" in sys.modules)
+"""
+
+
+def test_rollingops_hooks_that_do_not_talk_to_etcd_do_not_import_grpc(tmp_path):
+    for leader in ("leader", "follower"):
+        out = _run(ROLLINGOPS_HOOKS, leader, str(tmp_path / leader))
+        assert out.splitlines()[-1] == "control True"

@@ -372,3 +372,25 @@ def test_late_cluster_id_publishes_the_request_at_the_end_of_that_dispatch():
     requests = json.loads(out.get_relation(etcd.id).local_app_data["requests"])
     assert [r["resource"] for r in requests] == ["/coordinated-ops/rollingops/v1/renamed/"]
     assert out.get_relation(rel.id).local_app_data["rollingops-client-secret-id"] == secret_id
+
+
+def test_sync_lock_with_an_endpoint_without_a_port_falls_back_instead_of_raising(tmp_path):
+    """Issue 16: the client raised ValueError for an endpoint without a port; now EtcdError."""
+    from charmlibs.rollingops import RollingOpsSyncLockError
+
+    config_file = _files.etcd_dir(tmp_path) / _files.CONFIG_FILE
+    config_file.write_text(config_file.read_text().replace("127.0.0.1:2379", "127.0.0.1"))
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    rel = testing.PeerRelation(
+        "restart", local_app_data=app_bag("etcd"), local_unit_data=unit_bag(backend="etcd")
+    )
+    state = testing.State(planned_units=PLANNED, relations={rel, testing.Relation("etcd")})
+    with ctx(ctx.on.update_status(), state) as mgr:
+        # etcd failed: the manager fell back to the charm's sync backend, which this charm lacks.
+        with (
+            pytest.raises(RollingOpsSyncLockError, match="no sync lock backend"),
+            mgr.charm.rolling.acquire_sync_lock("restart", 5),
+        ):
+            pytest.fail("must not enter")
+        out = mgr.run()
+    assert out.get_relation(rel.id).local_unit_data["rollingops-backend"] == "peer"

@@ -66,13 +66,20 @@ Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
 Release is detected without clocks: unit U has finished grant T when its `rollingops-done.token`
 is T. No PID and no timestamp used for a decision is ever written to relation data.
 
-etcd client: our own (`charmlibs.rollingops._etcd_client`), stdlib only (http.client + ssl +
-json) over etcd's v3 JSON gateway (`/v3/...`), mutual TLS from the files in base_dir/etcd (no
-environment variable can override the CA). Measured on a real mTLS etcd 3.4: ~0.7 ms per get,
-~1.2 ms per acquire transaction, vs ~1.4 ms with etcd3gw and ~20 ms per etcdctl process; lock
-handoff between two workers p50 ~10 ms (docs/adr/0001-etcd-client.md,
-tests/benchmarks/etcd_client.py, tests/benchmarks/etcd_handoff.py). `cryptography` and the
-client are imported only on the etcd path.
+etcd client: our own (`charmlibs.rollingops._etcd_client`), gRPC through the `grpcio` package
+with our own encoding of the dozen etcd v3 messages it uses (`_etcd_proto.py`; no generated code,
+no `protobuf`). charmed-etcd runs etcd with authentication on and our user named after our client
+certificate's common name, which etcd honours for gRPC clients only (its JSON gateway answers
+HTTP 400). Trust comes from the files in base_dir/etcd only: our CA as the channel's explicit
+roots, our certificate and key; proxies are off, and no environment variable (`https_proxy`,
+`grpc_proxy`, `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`, `REQUESTS_CA_BUNDLE`) changes whom we trust or
+where traffic goes. Every failure is an `EtcdError` (a `RollingOpsEtcdctlError`). Measured on
+etcd 3.4 set up as charmed-etcd sets it up: ~0.7 ms per get, ~1 ms per acquire transaction
+(etcdctl: ~15 ms a process); lock handoff between two workers p50 ~5 ms
+(docs/adr/0002-etcd-grpc-transport.md, tests/benchmarks/etcd_client.py,
+tests/benchmarks/etcd_handoff.py). `grpc` (~70 ms) is imported only by the worker and by the
+hooks that talk to etcd (a fence check, a sync lock, a clean-up), `cryptography` only when the
+leader makes the client certificate; importing the package imports neither.
 
 Worker (one background process per etcd-managed unit with pending work):
 `python -m charmlibs.rollingops._worker --base-dir D --unit U --charm-dir C` (see
@@ -101,10 +108,10 @@ from ._models import (
     SyncLockBackend,
 )
 
-__version__ = "1.2.0"
+__version__ = "1.2.1"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 0
+LIBPATCH = 1
 
 __all__ = [
     "LockGrant",

@@ -1,11 +1,14 @@
-"""A small etcd v3 client over the gRPC-gateway JSON API, with mutual TLS and no dependencies.
+"""A small etcd v3 client over gRPC with mutual TLS: etcd authenticates us by our certificate.
 
-etcd serves its v3 API as JSON on the client port (``POST /v3/kv/range``, ``/v3/kv/txn``,
-``/v3/lease/grant``, ``/v3/watch`` ...; etcd 3.4 also answers under ``/v3beta/``, we use ``/v3/``).
-Keys and values travel base64-encoded and 64-bit integers as strings. This module speaks exactly
-the calls the rolling-ops lock needs, over ``http.client`` with an ``ssl`` context built from our
-own files, so no environment variable (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, proxies) can
-change whom we trust. Why in-house rather than etcd3gw: docs/adr/0001-etcd-client.md.
+charmed-etcd turns etcd's authentication on and makes our etcd user the common name of our
+client certificate, with no password. etcd maps a certificate to a user only for gRPC clients
+(its HTTP/JSON gateway answers HTTP 400 to every call once authentication is on), so this client
+speaks gRPC, through the ``grpcio`` package, with our own encoding of the few messages we use
+(:mod:`._etcd_proto`: no generated code, no ``protobuf`` package). Why: docs/adr/0002.
+
+``grpc`` is imported when the first client is built, so importing this module (for
+:class:`EtcdError` or the transaction builders) stays cheap: only the worker and the hooks that
+really talk to etcd pay for it.
 
 Example::
 
@@ -16,35 +19,80 @@ Example::
     with client.watch("/app/", prefix_end("/app/"), start_revision=rev + 1) as watch:
         response = watch.next(timeout=10)  # blocks until events arrive, or TimeoutError
 
-Every failure raises :class:`EtcdError` (a ``RollingOpsEtcdctlError``). Transport failures
-(:class:`EtcdConnectionError`) are retried on the next endpoint with bounded exponential backoff;
-the calls the lock makes are idempotent, so a retry after a lost response is harmless.
-Thread safety: unary calls share one kept-alive connection behind a lock; each watch has its own.
+Trust is explicit: the channel trusts exactly the CA file we are given and presents our
+certificate and key; it never reads the system trust store or ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``
+(an explicit root certificate replaces them), ignores proxies (``grpc.enable_http_proxy`` off,
+so ``https_proxy`` / ``grpc_proxy`` cannot route our traffic), and nothing of ``requests``
+(``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) is involved.
+
+Every failure raises :class:`EtcdError` (a ``RollingOpsEtcdctlError``), whatever the transport or
+a malformed reply throws. Transport failures (:class:`EtcdConnectionError`: unreachable,
+TLS refused, deadline exceeded, etcd unavailable) are retried on the next endpoint with bounded
+exponential backoff; the calls the lock makes are idempotent, so a retry after a lost response is
+harmless. Thread safety: one gRPC channel (HTTP/2 connection) per client, shared by every call and
+watch; each watch is its own stream.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
+import binascii
 import dataclasses
-import http.client
 import json
 import logging
-import socket
-import ssl
+import queue
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
+from ._etcd_proto import ProtoError, decode, encode
 from ._models import RollingOpsEtcdctlError
+
+if TYPE_CHECKING:
+    import grpc
 
 logger = logging.getLogger(__name__)
 
-API = "/v3"
+# gRPC status codes (numbers of grpc.StatusCode) that mean "try again / elsewhere".
+CANCELLED = 1
+DEADLINE_EXCEEDED = 4
+NOT_FOUND = 5
+UNAVAILABLE = 14
+_TRANSPORT_CODES = frozenset({CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE})
+
+# Channel options. Trust and routing come from our arguments only; a broken connection is noticed
+# by HTTP/2 pings (etcd accepts one every 5 s or slower); after a failure the channel reconnects
+# within 2 s instead of gRPC's default backoff of up to two minutes.
+CHANNEL_OPTIONS = (
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+# method -> (path, request message, response message)
+_UNARY = {
+    "range": ("/etcdserverpb.KV/Range", "RangeRequest", "RangeResponse"),
+    "put": ("/etcdserverpb.KV/Put", "PutRequest", "PutResponse"),
+    "delete": ("/etcdserverpb.KV/DeleteRange", "DeleteRangeRequest", "DeleteRangeResponse"),
+    "txn": ("/etcdserverpb.KV/Txn", "TxnRequest", "TxnResponse"),
+    "lease_grant": ("/etcdserverpb.Lease/LeaseGrant", "LeaseGrantRequest", "LeaseGrantResponse"),
+    "lease_revoke": (
+        "/etcdserverpb.Lease/LeaseRevoke",
+        "LeaseRevokeRequest",
+        "LeaseRevokeResponse",
+    ),
+}
+KEEPALIVE_PATH = "/etcdserverpb.Lease/LeaseKeepAlive"
+WATCH_PATH = "/etcdserverpb.Watch/Watch"
 
 
 class EtcdError(RollingOpsEtcdctlError):
-    """etcd could not be reached or answered with an error."""
+    """etcd could not be reached or answered with an error (``code``: the gRPC status code)."""
 
     def __init__(self, message: str, code: int | None = None):
         super().__init__(message)
@@ -52,7 +100,7 @@ class EtcdError(RollingOpsEtcdctlError):
 
 
 class EtcdConnectionError(EtcdError):
-    """Transport failure (connection refused or reset, TLS failure, etcd unavailable)."""
+    """Transport failure (unreachable, TLS refused, deadline exceeded, etcd unavailable)."""
 
 
 class EtcdCompactedError(EtcdError):
@@ -75,18 +123,26 @@ def _b64(data: str | bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _unb64(data: str | None) -> bytes:
-    return base64.b64decode(data) if data else b""
+def _unb64(data: Any) -> bytes:
+    if not data:
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise EtcdError(f"etcd sent invalid base64: {str(data)[:80]!r}") from e
 
 
 def _int(value: Any) -> int:
-    return int(value) if value else 0
+    try:
+        return int(value) if value else 0
+    except (TypeError, ValueError) as e:
+        raise EtcdError(f"etcd sent a non-integer where a number belongs: {value!r}") from e
 
 
 def prefix_end(prefix: str) -> str:
     """Return the ``range_end`` that selects every key starting with ``prefix``."""
     raw = prefix.encode()
-    if not raw or raw[-1] == 0xFF:
+    if not raw or raw[-1] >= 0x7F:
         raise ValueError(f"cannot build a range end for {prefix!r}")
     return (raw[:-1] + bytes([raw[-1] + 1])).decode()
 
@@ -103,10 +159,16 @@ class KeyValue:
     lease: int
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KeyValue:
-        """Decode a gateway ``KeyValue`` object."""
+    def from_json(cls, data: Any) -> KeyValue:
+        """Decode a ``KeyValue`` message in its JSON mapping (``EtcdError`` if malformed)."""
+        if not isinstance(data, dict):
+            raise EtcdError(f"etcd sent a malformed key-value: {str(data)[:200]!r}")
+        try:
+            key = _unb64(data.get("key")).decode()
+        except UnicodeDecodeError as e:
+            raise EtcdError("etcd sent a key that is not UTF-8") from e
         return cls(
-            key=_unb64(data.get("key")).decode(),
+            key=key,
             value=_unb64(data.get("value")),
             create_revision=_int(data.get("create_revision")),
             mod_revision=_int(data.get("mod_revision")),
@@ -141,6 +203,8 @@ class TxnResult:
 
     def kvs(self, index: int) -> list[KeyValue]:
         """Return the keys read by the range op at ``index`` of the branch that ran."""
+        if not 0 <= index < len(self.responses):
+            raise EtcdError(f"etcd txn reply has no result #{index}")
         body = self.responses[index].get("response_range", {})
         return [KeyValue.from_json(kv) for kv in body.get("kvs", [])]
 
@@ -215,19 +279,50 @@ def _range_body(key: str, range_end: str | None) -> dict[str, Any]:
 # --- the client -------------------------------------------------------------------------------
 
 
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    address = endpoint.split("://", 1)[-1].rstrip("/")
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """Return ``(host, port)`` of ``host:port`` (``https://`` and IPv6 brackets allowed).
+
+    Raises :class:`EtcdError` when there is no valid port.
+    """
+    address = str(endpoint).strip().split("://", 1)[-1].rstrip("/")
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"etcd endpoint must be host:port, got {endpoint!r}")
-    return host.strip("[]"), int(port)
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EtcdError(f"etcd endpoint must be host:port, got {endpoint!r}")
+    return host, int(port)
 
 
-_TRANSPORT_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError)
+def _target(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _grpc_error(what: str, error: Exception) -> EtcdError:
+    """Map a gRPC failure (or anything else the transport threw) to an ``EtcdError``."""
+    code_fn = getattr(error, "code", None)
+    details_fn = getattr(error, "details", None)
+    try:
+        status: Any = code_fn() if callable(code_fn) else None
+        code = int(status.value[0]) if status is not None else None
+        details = details_fn() if callable(details_fn) else str(error)
+    except Exception:  # a malformed status is still a failed call
+        status, code, details = None, None, str(error)
+    if code is None:
+        return EtcdConnectionError(f"etcd {what}: {error.__class__.__name__}: {error}")
+    name = getattr(status, "name", code)
+    error_class = EtcdConnectionError if code in _TRANSPORT_CODES else EtcdError
+    return error_class(f"etcd {what}: {name}: {details}", code)
 
 
 class EtcdClient:
-    """Client for one etcd cluster (``endpoints`` are ``host:port`` strings) with mutual TLS."""
+    """Client for one etcd cluster (``endpoints`` are ``host:port`` strings) with mutual TLS.
+
+    Raises :class:`EtcdError` for an endpoint without a valid port or unreadable TLS files.
+    """
 
     def __init__(
         self,
@@ -240,52 +335,81 @@ class EtcdClient:
         attempts: int = 3,
     ):
         if not endpoints:
-            raise ValueError("no etcd endpoints")
-        self.endpoints = [_split_endpoint(e) for e in endpoints]
+            raise EtcdError("no etcd endpoints")
+        self.endpoints = [split_endpoint(e) for e in endpoints]
         self.timeout = timeout
         self.attempts = max(1, attempts)
         try:
-            self._ssl = ssl.create_default_context(cafile=ca_file)
-            self._ssl.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as e:
-            raise EtcdError(f"cannot load the etcd TLS files: {e}") from e
+            self._ca, self._cert, self._key = _read(ca_file), _read(cert_file), _read(key_file)
+        except OSError as e:
+            raise EtcdError(f"cannot read the etcd TLS files: {e}") from e
+        try:
+            import grpc  # ~60 ms: only the worker and hooks that talk to etcd get here
+        except ImportError as e:
+            raise EtcdError(f"the etcd backend needs the grpcio package: {e}") from e
+        self._grpc = grpc
         self._current = 0
-        self._conn: http.client.HTTPSConnection | None = None
+        self._channel: grpc.Channel | None = None
         self._lock = threading.Lock()
 
     # -- transport --
 
-    def _connect(self, timeout: float | None) -> http.client.HTTPSConnection:
-        host, port = self.endpoints[self._current % len(self.endpoints)]
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
-
-    def _post_once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
+    def channel(self) -> grpc.Channel:
+        """The gRPC channel to the current endpoint (created on first use)."""
         with self._lock:
-            if self._conn is None:
-                self._conn = self._connect(self.timeout)
-            conn = self._conn
-            try:
-                conn.request("POST", API + path, data, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                raw = response.read()
-            except _TRANSPORT_ERRORS as e:
-                conn.close()
-                self._conn = None
-                self._current += 1  # the next attempt tries the next endpoint
-                raise EtcdConnectionError(f"etcd {path}: {e.__class__.__name__}: {e}") from e
-        return _decode(path, response.status, raw)
+            if self._channel is None:
+                grpc = self._grpc
+                host, port = self.endpoints[self._current % len(self.endpoints)]
+                try:
+                    credentials = grpc.ssl_channel_credentials(
+                        root_certificates=self._ca,
+                        private_key=self._key,
+                        certificate_chain=self._cert,
+                    )
+                    self._channel = grpc.secure_channel(
+                        _target(host, port), credentials, options=CHANNEL_OPTIONS
+                    )
+                except Exception as e:
+                    raise EtcdError(f"cannot set up the etcd channel: {e}") from e
+            return self._channel
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _next_endpoint(self, failed: grpc.Channel) -> None:
+        """After a transport failure on ``failed``: the next call uses the next endpoint."""
+        if len(self.endpoints) == 1:
+            return  # the channel reconnects by itself (backoff at most 2 s)
+        with self._lock:
+            if self._channel is not failed:
+                return  # another thread moved on already
+            self._channel = None
+            self._current += 1
+        failed.close()
+
+    def _call_once(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
+        path, request_type, response_type = _UNARY[method]
         try:
-            return self._post_once(path, body)
+            payload = encode(request_type, request)
+        except ProtoError as e:
+            raise EtcdError(f"etcd {method}: cannot encode the request: {e}") from e
+        channel = self.channel()
+        try:
+            raw = channel.unary_unary(path)(payload, timeout=self.timeout)
+        except Exception as e:
+            error = _grpc_error(method, e)
+            if isinstance(error, EtcdConnectionError):
+                self._next_endpoint(channel)
+            raise error from e
+        return _decode(method, response_type, raw)
+
+    def _call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._call_once(method, request)
         except EtcdConnectionError as e:
             if self.attempts == 1:
                 raise
             logger.info("etcd call failed, retrying with backoff: %s", e)
-        return self._retry(path, body)
+        return self._retry(method, request)
 
-    def _retry(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _retry(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
         # Bounded exponential backoff after a failed call (tenacity is imported only then).
         import tenacity
 
@@ -295,14 +419,14 @@ class EtcdClient:
             retry=tenacity.retry_if_exception_type(EtcdConnectionError),
             reraise=True,
         )
-        return retrying(self._post_once, path, body)
+        return retrying(self._call_once, method, request)
 
     def close(self) -> None:
-        """Close the kept-alive connection (the client stays usable)."""
+        """Close the channel (cancelling open watches); the client stays usable."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
     # -- KV --
 
@@ -318,7 +442,7 @@ class EtcdClient:
         body = op_range(key, range_end, limit=limit)["request_range"]
         if count_only:
             body["count_only"] = True
-        reply = self._post("/kv/range", body)
+        reply = self._call("range", body)
         return RangeResult(
             revision=_revision(reply),
             kvs=[KeyValue.from_json(kv) for kv in reply.get("kvs", [])],
@@ -332,44 +456,64 @@ class EtcdClient:
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
         """Put ``key``; return the store revision after the put."""
-        return _revision(self._post("/kv/put", _put_body(key, value, lease)))
+        return _revision(self._call("put", _put_body(key, value, lease)))
 
     def delete(self, key: str, range_end: str | None = None) -> int:
         """Delete ``key`` (or a range); return how many keys were deleted."""
-        return _int(self._post("/kv/deleterange", _range_body(key, range_end)).get("deleted"))
+        return _int(self._call("delete", _range_body(key, range_end)).get("deleted"))
 
     def txn(
         self, compare: list[dict], success: list[dict], failure: list[dict] | None = None
     ) -> TxnResult:
         """Run ``success`` if every comparison holds, else ``failure``, atomically."""
-        body = {"compare": compare, "success": success, "failure": failure or []}
-        reply = self._post("/kv/txn", body)
-        return TxnResult(
-            succeeded=bool(reply.get("succeeded")),
-            revision=_revision(reply),
-            responses=reply.get("responses", []),
-        )
+        failure = failure or []
+        reply = self._call("txn", {"compare": compare, "success": success, "failure": failure})
+        succeeded = bool(reply.get("succeeded"))
+        responses = reply.get("responses", [])
+        if len(responses) != len(success if succeeded else failure):
+            raise EtcdError(f"etcd txn: {len(responses)} results for the ops of the branch")
+        return TxnResult(succeeded=succeeded, revision=_revision(reply), responses=responses)
 
     # -- leases --
 
     def lease_grant(self, ttl: int) -> int:
         """Grant a lease of ``ttl`` seconds; return its id."""
-        reply = self._post("/lease/grant", {"TTL": str(ttl)})
+        reply = self._call("lease_grant", {"TTL": ttl})
         if reply.get("error"):
             raise EtcdError(f"lease grant: {reply['error']}")
-        return _int(reply.get("ID"))
+        lease = _int(reply.get("ID"))
+        if lease <= 0:
+            raise EtcdError(f"lease grant: etcd returned lease id {lease}")
+        return lease
 
     def lease_keepalive(self, lease: int) -> int:
-        """Refresh ``lease``; return its new TTL, 0 when the lease no longer exists."""
-        reply = self._post("/lease/keepalive", {"ID": str(lease)})
-        return _int(reply.get("result", {}).get("TTL"))
+        """Refresh ``lease``; return its new TTL, 0 when the lease no longer exists.
+
+        One short ``LeaseKeepAlive`` stream per call: one request, one answer.
+        """
+        payload = encode("LeaseKeepAliveRequest", {"ID": lease})
+        channel = self.channel()
+        try:
+            call = channel.stream_stream(KEEPALIVE_PATH)(iter([payload]), timeout=self.timeout)
+            try:
+                raw = next(call, None)
+            finally:
+                call.cancel()
+        except Exception as e:
+            error = _grpc_error("lease keep-alive", e)
+            if isinstance(error, EtcdConnectionError):
+                self._next_endpoint(channel)
+            raise error from e
+        if raw is None:
+            raise EtcdConnectionError("etcd lease keep-alive: the stream ended without an answer")
+        return _int(_decode("lease keep-alive", "LeaseKeepAliveResponse", raw).get("TTL"))
 
     def lease_revoke(self, lease: int) -> bool:
         """Revoke ``lease`` (deleting its keys); return False if it did not exist."""
         try:
-            self._post("/lease/revoke", {"ID": str(lease)})
+            self._call("lease_revoke", {"ID": lease})
         except EtcdError as e:
-            if e.code == 5:  # NOT_FOUND: expired or revoked already
+            if e.code == NOT_FOUND:  # expired or revoked already
                 return False
             raise
         return True
@@ -389,47 +533,71 @@ class EtcdClient:
 
         ``timeout`` bounds connecting and the creation response only.
         """
-        request: dict[str, Any] = {"key": _b64(key), "start_revision": str(start_revision)}
+        request: dict[str, Any] = {"key": _b64(key), "start_revision": start_revision}
         if range_end is not None:
             request["range_end"] = _b64(range_end)
         if no_put:
             request["filters"] = ["NOPUT"]
-        connect_timeout = self.timeout if timeout is None else min(timeout, self.timeout)
-        with self._lock:
-            conn = self._connect(connect_timeout)
-        return Watch(conn, {"create_request": request}, connect_timeout)
+        create_timeout = self.timeout if timeout is None else min(timeout, self.timeout)
+        channel = self.channel()
+        try:
+            return Watch(channel, request, create_timeout)
+        except EtcdConnectionError:
+            self._next_endpoint(channel)
+            raise
+
+
+_END = object()  # queued when the stream ends or is cancelled
 
 
 class Watch:
-    """One open watch stream; iterate with :meth:`next`, stop with :meth:`cancel` or ``close``."""
+    """One open watch stream; iterate with :meth:`next`, stop with :meth:`cancel` or ``close``.
 
-    def __init__(
-        self, conn: http.client.HTTPSConnection, request: dict[str, Any], timeout: float | None
-    ):
-        self._conn = conn
+    A daemon thread reads the stream into a queue, so :meth:`next` can wait with a timeout and
+    :meth:`cancel` can wake it from any thread.
+    """
+
+    def __init__(self, channel: grpc.Channel, request: dict[str, Any], timeout: float | None):
         self._cancelled = threading.Event()
-        self._sock: socket.socket | None = None
+        self._closed = threading.Event()  # ends our side of the stream
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
-            conn.request(
-                "POST", API + "/watch", json.dumps(request), {"Content-Type": "application/json"}
-            )
-            self._response = conn.getresponse()
-            self._sock = conn.sock
-            if self._response.status != 200:
-                raw = self._response.read()
-                _decode("/watch", self._response.status, raw)
-            first = self._read_message(timeout)
-        except _TRANSPORT_ERRORS as e:
-            conn.close()
-            raise EtcdConnectionError(f"etcd watch: {e.__class__.__name__}: {e}") from e
+            payload = encode("WatchRequest", {"create_request": request})
+            self._call = channel.stream_stream(WATCH_PATH)(self._requests(payload))
+        except Exception as e:
+            self._closed.set()
+            raise _grpc_error("watch", e) from e
+        threading.Thread(target=self._read, name="etcd-watch", daemon=True).start()
+        try:
+            first = self._message(timeout)
+        except TimeoutError as e:
+            self.close()
+            raise EtcdConnectionError("etcd watch: no creation response before the timeout") from e
         except BaseException:
-            conn.close()
+            self.close()
             raise
         if not first.get("created"):
-            conn.close()
-            raise EtcdError(f"etcd watch was not created: {first}")
-        self._check_cancel(first)
+            self.close()
+            raise EtcdError(f"etcd watch was not created: {str(first)[:200]}")
+        try:
+            self._check_cancel(first)
+        except EtcdError:
+            self.close()
+            raise
         self.revision = _revision(first)  # store revision when the watch was created
+
+    def _requests(self, payload: bytes) -> Iterator[bytes]:
+        yield payload
+        self._closed.wait()  # keep our half open: etcd ends the watch when we close it
+
+    def _read(self) -> None:
+        try:
+            for raw in self._call:
+                self._queue.put(raw)
+            self._queue.put(EtcdConnectionError("etcd closed the watch stream"))
+        except Exception as e:
+            self._queue.put(_grpc_error("watch", e))
+        self._queue.put(_END)
 
     def __enter__(self) -> Watch:
         return self
@@ -437,22 +605,20 @@ class Watch:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _read_message(self, timeout: float | None) -> dict[str, Any]:
-        if self._sock is not None:
-            self._sock.settimeout(timeout)
-        line = self._response.readline()
+    def _message(self, timeout: float | None) -> dict[str, Any]:
+        """The next decoded ``WatchResponse``; ``TimeoutError`` after ``timeout`` seconds."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("no etcd watch event before the timeout") from None
         if self._cancelled.is_set():
             raise WatchCancelledError("watch cancelled")
-        if not line:
-            raise EtcdConnectionError("etcd closed the watch stream")
-        try:
-            message = json.loads(line)
-        except ValueError as e:
-            raise EtcdError(f"etcd watch sent invalid JSON: {line[:200]!r}") from e
-        if "error" in message:
-            error = message["error"]
-            raise EtcdError(f"etcd watch: {error.get('message', error)}", error.get("grpc_code"))
-        return message.get("result", {})
+        if item is _END:
+            self._queue.put(_END)  # every later call sees the end too
+            raise EtcdConnectionError("etcd watch stream ended")
+        if isinstance(item, EtcdError):
+            raise item
+        return _decode("watch", "WatchResponse", item)
 
     def _check_cancel(self, result: dict[str, Any]) -> None:
         if result.get("canceled"):
@@ -471,53 +637,39 @@ class Watch:
         """
         while True:  # skip progress notifications that carry no events
             try:
-                result = self._read_message(timeout)
-            except TimeoutError as e:
-                self.close()
-                raise TimeoutError("no etcd watch event before the timeout") from e
-            except _TRANSPORT_ERRORS as e:
-                self.close()
-                if self._cancelled.is_set():
-                    raise WatchCancelledError("watch cancelled") from e
-                raise EtcdConnectionError(f"etcd watch: {e.__class__.__name__}: {e}") from e
-            except EtcdError:
+                result = self._message(timeout)
+                self._check_cancel(result)
+                events = [_event(event) for event in result.get("events", [])]
+            except BaseException:
                 self.close()
                 raise
-            self._check_cancel(result)
-            events = [
-                WatchEvent(
-                    kind=event.get("type", "PUT"), kv=KeyValue.from_json(event.get("kv", {}))
-                )
-                for event in result.get("events", [])
-            ]
             if events:
                 return WatchResponse(revision=_revision(result), events=events)
 
     def cancel(self) -> None:
         """Wake a thread blocked in :meth:`next` (it raises :class:`WatchCancelledError`)."""
         self._cancelled.set()
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._queue.put(_END)
+        self.close()
 
     def close(self) -> None:
-        """Close the stream (etcd drops the watch with the connection)."""
-        self._conn.close()
+        """End the stream (etcd drops the watch with it)."""
+        self._closed.set()
+        self._call.cancel()
+
+
+def _event(event: Any) -> WatchEvent:
+    if not isinstance(event, dict):
+        raise EtcdError(f"etcd watch sent a malformed event: {str(event)[:200]!r}")
+    return WatchEvent(kind=str(event.get("type", "PUT")), kv=KeyValue.from_json(event.get("kv")))
 
 
 def _revision(reply: dict[str, Any]) -> int:
     return _int(reply.get("header", {}).get("revision"))
 
 
-def _decode(path: str, status: int, raw: bytes) -> dict[str, Any]:
+def _decode(what: str, message: str, raw: Any) -> dict[str, Any]:
     try:
-        reply = json.loads(raw) if raw else {}
-    except ValueError as e:
-        raise EtcdError(f"etcd {path}: HTTP {status}, invalid JSON: {raw[:200]!r}") from e
-    if status == 200 and isinstance(reply, dict):
-        return reply
-    message = reply.get("message") or reply.get("error") if isinstance(reply, dict) else reply
-    code = reply.get("code") if isinstance(reply, dict) else None
-    error_class = EtcdConnectionError if code == 14 or status in (502, 503) else EtcdError
-    raise error_class(f"etcd {path}: HTTP {status}: {message}", code)
+        return decode(message, raw)
+    except ProtoError as e:
+        raise EtcdError(f"etcd {what}: malformed reply: {e}") from e

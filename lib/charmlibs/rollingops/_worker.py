@@ -23,6 +23,10 @@ without ``JUJU_CONTEXT_ID``.) What it does, with no sleeps and no polling:
 
 SIGTERM (sent by a hook through :func:`._files.stop_worker`) abandons a ``juju-exec`` still
 waiting for the hook lock, releases the etcd lock, revokes the lease and exits.
+
+The worker never dies unmarked: any unexpected exception (bad local config, a bug) is logged,
+``worker-status.json`` gets ``failed: true`` and ``rollingops_etcd_failed`` is dispatched, exactly
+as after repeated etcd failures, so the unit falls back to the peer backend.
 """
 
 from __future__ import annotations
@@ -135,6 +139,9 @@ class Worker:
         except WorkerStopped:
             logger.info("SIGTERM: stopping")
             return 0
+        except Exception as e:  # never die unmarked: mark failed and ask for the fallback
+            logger.exception("worker crashed")
+            return self._give_up(f"unexpected {e.__class__.__name__}: {e}")
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second stop during clean-up
             self._cleanup()
