@@ -150,6 +150,7 @@ def demo(monkeypatch, tmp_path):
     monkeypatch.setattr(nfs, "MOUNTS_FILE", mounter.table)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
+    monkeypatch.setattr(nfs, "MOUNT_ROOTS", (*nfs.MOUNT_ROOTS, str(tmp_path / "mnt")))
     from charm import CoordinatedOpsCharm
 
     ctx = testing.Context(
@@ -211,7 +212,8 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
         testing.State(leader=True, relations={server_rel}, config=config),
     )
     endpoint = served.get_relation(server_rel.id).local_app_data["endpoint"]
-    assert endpoint == f"nfs://127.0.0.1:{server.port}/data"
+    share = f"r{server_rel.id}-data"  # the relation's own directory and pseudo path
+    assert endpoint == f"nfs://127.0.0.1:{server.port}/{share}"
     assert "Clients = 127.0.0.1, 127.0.0.2;" in server.config_path.read_text()
 
     # 3. Demo unit 0 gets mount_share and "mounts" (userspace check of the same source/port).
@@ -230,21 +232,21 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
         )
 
     mounted = demo_unit_sees({"endpoint": endpoint})
-    source = "127.0.0.1:/data"
+    source = f"127.0.0.1:/{share}"
     assert mounter.commands[-1] == [
         "mount",
         "-t",
         "nfs4",
         "-o",
-        f"port={server.port},rw,hard,proto=tcp,retry=0",
+        f"port={server.port},rw,nosuid,nodev,hard,proto=tcp,retry=0",
         source,
         mountpoint,
     ]
     assert mounted.unit_status == testing.ActiveStatus(f"mounted {source} at {mountpoint}")
-    file_url = nfs_url("127.0.0.1", server.port, "data/journal-probe.txt")
+    file_url = nfs_url("127.0.0.1", server.port, f"{share}/journal-probe.txt")
     assert nfs_write(file_url, b"unit 0 was here\n", tmp_path).returncode == 0
     assert nfs_cat(file_url).stdout == b"unit 0 was here\n"
-    assert (tmp_path / "exports" / "data" / "journal-probe.txt").exists()
+    assert (tmp_path / "exports" / share / "journal-probe.txt").exists()
 
     # 4. Unit 0 (127.0.0.1) is removed: the export is re-rendered for 127.0.0.2 only; we are out.
     server_rel = served.get_relation(server_rel.id)
@@ -259,7 +261,7 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
     assert refused.unit_status.name == "blocked"
     assert refused.unit_status.message.startswith(f"NFS mount of {source} at {mountpoint} failed")
     assert (
-        tmp_path / "exports" / "data" / "journal-probe.txt"
+        tmp_path / "exports" / share / "journal-probe.txt"
     ).read_bytes() == b"unit 0 was here\n"
 
     # 5. A unit at 127.0.0.1 joins again: access is back.
