@@ -375,3 +375,66 @@ def test_two_clients_at_once_only_the_listed_one_gets_in(namespaces, tmp_path):
             ).stdout
             == b"client a\n"
         )
+
+
+@pytest.mark.parametrize("hostile", ["*", "0.0.0.0/0", "10.231.0.0/16", "10.231.2.2/32"])
+def test_a_requirer_unit_cannot_open_the_export_to_another_address(
+    namespaces, tmp_path, monkeypatch, hostile
+):
+    """The review's attack, replayed against real ganesha through the server charm.
+
+    Requirer unit 0 is at 10.231.1.2 (client a); unit 1 publishes `hostile` as its address. The
+    export must list 10.231.1.2 only, so client b (10.231.2.2) is refused.
+    """
+    from charms.storage_libs.v0.nfs_interfaces import parse_endpoint
+
+    with GaneshaServer(tmp_path / "ganesha-ns", port=free_port(), netns=namespaces["srv"]) as srv:
+        monkeypatch.setattr(server_charm, "CONFIG_FILE", srv.config_path)
+        monkeypatch.setattr(server_charm, "STATE_DIR", tmp_path / "server-state")
+        monkeypatch.setattr(server_charm, "restart_ganesha", srv.restart)
+        monkeypatch.setattr(server_charm, "run", lambda argv: None)
+        ctx = testing.Context(
+            server_charm.NfsShareServerCharm,
+            meta=yaml.safe_load((SERVER_CHARM / "metadata.yaml").read_text()),
+            config=yaml.safe_load((SERVER_CHARM / "config.yaml").read_text()),
+        )
+        rel = testing.Relation(
+            "nfs-share",
+            remote_app_name="tenant",
+            remote_app_data={"name": "shared", "allowlist": "0.0.0.0", "size": "-1"},
+            remote_units_data={
+                0: {"ingress-address": "10.231.1.2"},
+                1: {"ingress-address": hostile},
+            },
+        )
+        config = {
+            "export-root": str(tmp_path / "exports"),
+            "nfs-port": srv.port,
+            "bind-address": "0.0.0.0",  # every address of the server namespace
+        }
+        out = ctx.run(
+            ctx.on.relation_changed(rel, remote_unit=1),
+            testing.State(leader=True, relations={rel}, config=config),
+        )
+        assert srv.process is not None, "the charm did not start ganesha"
+        path = parse_endpoint(out.get_relation(rel.id).local_app_data["endpoint"]).path
+        clients = [x for x in srv.config_path.read_text().splitlines() if "Clients" in x]
+        print(f"unit 1 at {hostile!r}; rendered: {clients}")
+
+        url_a = nfs_url("10.231.1.1", srv.port, f"{path}/from-a.txt")
+        wrote_a = nfs_write(url_a, b"tenant unit 0\n", tmp_path, netns=namespaces["a"])
+        assert wrote_a.returncode == 0, wrote_a.stderr
+        assert nfs_cat(url_a, netns=namespaces["a"]).stdout == b"tenant unit 0\n"
+
+        read_b = nfs_cat(nfs_url("10.231.2.1", srv.port, f"{path}/from-a.txt"), namespaces["b"])
+        wrote_b = nfs_write(
+            nfs_url("10.231.2.1", srv.port, f"{path}/from-b.txt"),
+            b"intruder\n",
+            tmp_path,
+            netns=namespaces["b"],
+        )
+        assert read_b.returncode != 0 and read_b.stdout == b""
+        assert wrote_b.returncode != 0
+        directory = tmp_path / "exports" / path.lstrip("/")
+        assert sorted(p.name for p in directory.iterdir()) == ["from-a.txt"]
+        assert out.unit_status.name == "blocked"  # the bad address is shown, not silently used
