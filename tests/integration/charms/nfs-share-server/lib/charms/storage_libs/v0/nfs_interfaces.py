@@ -675,6 +675,8 @@ class NFSRequires(_BaseInterface):
             self._reconcile(relation, None)
 
     def _on_leader_elected(self, _event: EventBase) -> None:
+        if not self.unit.is_leader():  # leadership may already have moved on
+            return
         for relation in self.integrations:
             if relation.units and not relation.data[self.app].get("name"):
                 self.on.server_connected.emit(relation, app=relation.app)
@@ -840,6 +842,8 @@ class NFSProvides(_BaseInterface):
         )
 
     def _on_leader_elected(self, _event: EventBase) -> None:
+        if not self.unit.is_leader():  # leadership may already have moved on
+            return
         # Memory is per unit: a new leader serves every relation afresh.
         for relation in self.integrations:
             self._stored.requests.pop(str(relation.id), None)
