@@ -181,8 +181,17 @@ class Deployment:
         return sorted(self.juju.status().apps[NFS].units)[0]
 
     def share_dir_on_server(self) -> str:
-        """Where the share's files live on the NFS server."""
-        return f"{EXPORT_ROOT}/{SHARE_NAME}"
+        """Where the share's files live on the NFS server: `<export-root>/r<relation id>-<name>`.
+
+        Shares are per relation; the current relation has the highest id (ids are never reused).
+        """
+        pattern = f"{EXPORT_ROOT}/r*-{SHARE_NAME}"
+        out = self.sh(self.nfs_server_unit(), f"ls -1d {pattern} 2>/dev/null || true")
+        dirs = [line.strip() for line in out.splitlines() if line.strip()]
+        if not dirs:
+            return f"{EXPORT_ROOT}/r0-{SHARE_NAME}"  # not served yet: a path that does not exist
+        prefix = len(f"{EXPORT_ROOT}/r")
+        return max(dirs, key=lambda d: int(d[prefix:].split("-", 1)[0]))
 
     # -- the journal on the share --
 
