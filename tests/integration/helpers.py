@@ -187,11 +187,13 @@ class Deployment:
         """
         pattern = f"{EXPORT_ROOT}/r*-{SHARE_NAME}"
         out = self.sh(self.nfs_server_unit(), f"ls -1d {pattern} 2>/dev/null || true")
-        dirs = [line.strip() for line in out.splitlines() if line.strip()]
-        if not dirs:
-            return f"{EXPORT_ROOT}/r0-{SHARE_NAME}"  # not served yet: a path that does not exist
-        prefix = len(f"{EXPORT_ROOT}/r")
-        return max(dirs, key=lambda d: int(d[prefix:].split("-", 1)[0]))
+        ids = []
+        for line in out.splitlines():
+            relation_id, _, name = line.strip()[len(f"{EXPORT_ROOT}/r") :].partition("-")
+            if relation_id.isdigit() and name == SHARE_NAME:
+                ids.append(int(relation_id))
+        # Not served yet: a path that does not exist (an empty journal).
+        return f"{EXPORT_ROOT}/r{max(ids, default=0)}-{SHARE_NAME}"
 
     # -- the journal on the share --
 
