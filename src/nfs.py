@@ -478,7 +478,7 @@ class NfsShare(ops.Object):
         try:
             return ShareRequest.from_json(raw)
         except ValueError as error:
-            self._problem = f"ignoring the invalid NFS request in the peer data: {error}"
+            self._problem = f"ignoring the invalid NFS request in the peer data: {error}"[:200]
             logger.error("%s", self._problem)
             return None
 
