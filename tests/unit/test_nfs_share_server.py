@@ -337,3 +337,15 @@ def test_absurd_requests_block_and_never_crash(ctx, machine, tmp_path, name, siz
 def test_render_refuses_wide_clients_and_duplicates(exports, match):
     with pytest.raises(ValueError, match=match):
         ganesha.render(exports, ganesha.Settings("10.0.0.5"))
+
+
+def test_an_export_directory_that_cannot_be_made_blocks_without_failing_the_hook(
+    ctx, machine, tmp_path
+):
+    (tmp_path / "exports").write_text("a file where the export root should be")
+    rel = requirer()
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state(tmp_path, rel))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith("bad share request: ")
+    assert out.get_relation(rel.id).local_app_data == {}
+    assert machine.restarts == 0
