@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pathlib
+import stat
 from collections.abc import Iterator, Sequence
 
 import workload
@@ -63,14 +64,39 @@ def _append(entry: dict, paths: Sequence[pathlib.Path]) -> None:
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # One write() of a line on an O_APPEND file: lines of several units never interleave.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            _append_line(path, line)
         except OSError as error:
             logger.warning("could not write the operation journal %s: %s", path, error)
+
+
+def _append_line(path: pathlib.Path, line: bytes) -> None:
+    """Append `line` to the regular file `path` and fsync it.
+
+    The file may sit on a share other machines write to, so: O_NOFOLLOW (a symlink planted there
+    must not make root append to a local file) and regular files only (a FIFO or a device is
+    refused, never written or waited on). One write() on an O_APPEND file keeps lines of several
+    units apart; if the file does not end with a newline (a write cut short, e.g. a full share),
+    this line starts on a fresh one, so the cut line is lost alone and ours stays readable.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file; not writing to it")
+        if info.st_size and os.pread(fd, 1, info.st_size - 1) != b"\n":
+            line = b"\n" + line
+        written = os.write(fd, line)
+        if written < len(line):
+            logger.warning(
+                "journal %s took %d of %d bytes (share full?); the next line starts afresh",
+                path,
+                written,
+                len(line),
+            )
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read(path: pathlib.Path) -> list[dict]:

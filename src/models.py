@@ -30,7 +30,7 @@ class NfsMountParams(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
 
     name: str
-    size: int | None = pydantic.Field(default=None, ge=1)
+    size: int | None = pydantic.Field(default=None, ge=1, le=nfs.MAX_SIZE_GB)
     mountpoint: str = nfs.DEFAULT_MOUNTPOINT
 
     @pydantic.field_validator("name")

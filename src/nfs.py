@@ -25,13 +25,14 @@ import json
 import logging
 import os
 import pathlib
-import posixpath
 import re
+import stat
 import subprocess
 from typing import TYPE_CHECKING
 
 import ops
 from charms.storage_libs.v0.nfs_interfaces import (
+    MAX_SIZE_GB,
     MountShareEvent,
     NFSRequires,
     ServerConnectedEvent,
@@ -50,17 +51,25 @@ PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
 STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
 DEFAULT_MOUNTPOINT = "/srv/demo-share"
 # retry=0: mount.nfs tries once (its default keeps trying for 2 minutes); tenacity retries.
-MOUNT_OPTIONS = ["rw", "hard", "proto=tcp", "retry=0"]
+# nosuid,nodev: files on a share another application writes never become setuid or devices here.
+MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "hard", "proto=tcp", "retry=0"]
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
-FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc")
+
+# The mount point policy: strictly under one of these directories, after following symlinks.
+MOUNT_ROOTS = ("/srv", "/mnt", "/media")
+MAX_MOUNTPOINT = 512  # characters of the whole path
+MAX_COMPONENT = 255  # bytes of one path component (NAME_MAX)
+# Plain characters only: nothing fstab or mount decodes (`\040`), no whitespace, no controls.
+_COMPONENT = re.compile(r"[A-Za-z0-9._+@-]+")
+MAX_REQUEST = 4096  # characters of the stored request JSON; longer is not ours
 
 # Bounded retry of mount/umount: 5 attempts, waits 1, 2, 4, 8 s (tests set the waits to 0).
 RETRY_ATTEMPTS = 5
 RETRY_WAIT_MIN = 1.0
 RETRY_WAIT_MAX = 10.0
 
-_NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"/?[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class MountError(Exception):
@@ -72,23 +81,58 @@ class MountError(Exception):
 # ------------------------------------------------------------------------------------------------
 
 
+def echo(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: error messages never echo a whole input back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _under_a_root(path: str) -> bool:
+    for root in MOUNT_ROOTS:
+        for base in {root, os.path.realpath(root)}:
+            if path.startswith(base.rstrip("/") + "/"):
+                return True
+    return False
+
+
 def normalise_mountpoint(path: str) -> str:
-    """Return the normalised absolute mount point, or raise ValueError saying what is wrong."""
+    r"""Return the mount point with symlinks resolved, or raise ValueError saying what is wrong.
+
+    The policy: an absolute path strictly under /srv, /mnt or /media (`MOUNT_ROOTS`), also once
+    the symlinks of its existing part are followed; components of letters, digits and `._+@-`
+    only (so nothing that fstab or mount would decode, such as `\057`), no `.` or `..`, each
+    component at most 255 bytes, at most 512 characters in all; and if it exists, a directory.
+    """
+    roots = ", ".join(MOUNT_ROOTS)
     if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError(f"must be an absolute path, got {path!r}")
-    if re.search(r"[\s\x00]", path):
-        raise ValueError("must not contain whitespace")
-    normal = posixpath.normpath(path)
-    if normal.startswith("//"):
-        normal = "/" + normal.lstrip("/")
-    if normal == "/" or any(normal == r or normal.startswith(r + "/") for r in FORBIDDEN_ROOTS):
-        raise ValueError(f"{normal} is a system directory; use e.g. {DEFAULT_MOUNTPOINT}")
-    return normal
+        raise ValueError(f"must be an absolute path under {roots}, got {echo(path)}")
+    if len(path) > MAX_MOUNTPOINT:
+        raise ValueError(f"must be at most {MAX_MOUNTPOINT} characters, got {len(path)}")
+    parts = [part for part in path.split("/") if part]
+    for part in parts:
+        if part in (".", ".."):
+            raise ValueError("must not contain '.' or '..' components")
+        if not _COMPONENT.fullmatch(part):
+            raise ValueError(
+                "may contain only letters, digits and '.', '_', '+', '@', '-' between slashes "
+                "(no spaces, backslashes or control characters)"
+            )
+        if len(part.encode()) > MAX_COMPONENT:
+            raise ValueError(f"a path component is longer than {MAX_COMPONENT} bytes")
+    normal = "/" + "/".join(parts)
+    if not _under_a_root(normal):
+        raise ValueError(f"{normal} is not under {roots}; use e.g. {DEFAULT_MOUNTPOINT}")
+    resolved = os.path.realpath(normal)
+    if not _under_a_root(resolved):
+        raise ValueError(f"{normal} resolves to {echo(resolved)}, which is not under {roots}")
+    if os.path.lexists(resolved) and not os.path.isdir(resolved):
+        raise ValueError(f"{resolved} exists and is not a directory")
+    return resolved
 
 
 def check_name(name: str) -> str:
     """Return the share name, or raise ValueError saying what is wrong."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             "must be 1-63 letters, digits, '.', '_' or '-' (a leading '/' is allowed)"
         )
@@ -110,14 +154,27 @@ class ShareRequest:
 
     def __post_init__(self):
         check_name(self.name)
-        if self.size is not None and (type(self.size) is not int or self.size < 1):
-            raise ValueError(f"size must be an integer of at least 1, not {self.size!r}")
+        if self.size is not None and (
+            type(self.size) is not int or not 1 <= self.size <= MAX_SIZE_GB
+        ):
+            raise ValueError(f"size must be an integer from 1 to {MAX_SIZE_GB}, not {self.size!r}")
         object.__setattr__(self, "mountpoint", normalise_mountpoint(self.mountpoint))
 
     @classmethod
     def from_json(cls, raw: str) -> ShareRequest:
-        """Parse the stored JSON; ValueError or TypeError (e.g. an unknown key) when invalid."""
-        return cls(**json.loads(raw))
+        """Parse the stored JSON; ValueError when invalid (too long, too deep, an unknown key)."""
+        if len(raw) > MAX_REQUEST:
+            raise ValueError(f"longer than {MAX_REQUEST} characters")
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,14 +218,30 @@ def _fstab_path() -> pathlib.Path:
     return pathlib.Path(os.environ.get("COORDINATED_OPS_ROOT", "/")) / "etc" / "fstab"
 
 
-def set_fstab_entry(mountpoint: str, line: str | None) -> None:
-    """Put (or with None remove) our marked fstab entry for `mountpoint`; others are kept."""
+def _escape(field: str) -> str:
+    r"""Escape one fstab field as fstab(5) reads it: space `\040`, tab, newline, backslash."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in field)
+
+
+def fstab_line(source: str, mountpoint: str, options: list[str]) -> list[str]:
+    """The fields of our fstab entry (escaped when written by `set_fstab_entry`)."""
+    return [source, mountpoint, "nfs4", ",".join([*options, "_netdev", "nofail"]), "0", "0"]
+
+
+def set_fstab_entry(mountpoint: str, fields: list[str] | None) -> None:
+    """Put (or with None remove) our marked fstab entry for `mountpoint`; others are kept.
+
+    The file is replaced atomically (a temporary file, fsync, rename) with the original's mode
+    (0644 for a new file), so a crash leaves either the old or the new fstab, never half of one.
+    """
     path = _fstab_path()
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        lines = []
-    marker = f"{FSTAB_MARK} {mountpoint}"
+        text, mode = "", 0o644
+    lines = text.splitlines()
+    marker = f"{FSTAB_MARK} {_escape(mountpoint)}"
     kept: list[str] = []
     skip_next = False
     for current in lines:
@@ -179,14 +252,32 @@ def set_fstab_entry(mountpoint: str, line: str | None) -> None:
             skip_next = True
             continue
         kept.append(current)
-    if line is not None:
-        kept += [marker, line]
+    if fields is not None:
+        kept += [marker, " ".join(_escape(field) for field in fields)]
     if kept == lines:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".coordinated-ops")
-    tmp.write_text("".join(f"{x}\n" for x in kept))
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask does not narrow it
+        with os.fdopen(fd, "w", closefd=False) as out:
+            out.write("".join(f"{x}\n" for x in kept))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _retrying() -> tenacity.Retrying:
@@ -212,7 +303,7 @@ def mount(source: str, mountpoint: str, options: list[str]) -> None:
     for attempt in _retrying():
         with attempt:
             run_command(["mount", "-t", "nfs4", "-o", opts, source, mountpoint])
-    set_fstab_entry(mountpoint, f"{source} {mountpoint} nfs4 {opts},_netdev,nofail 0 0")
+    set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))
 
 
 def umount(mountpoint: str) -> None:
@@ -244,6 +335,7 @@ class NfsShare(ops.Object):
         # endpoint: of the last mount_share not followed by umount_share.
         # mounted_at / source: what this unit mounted. error: why the last mount failed.
         self._stored.set_default(endpoint=None, mounted_at=None, source=None, error=None)
+        self._problem: str | None = None  # why the stored request was ignored, this hook
 
     # -- the action ---------------------------------------------------------------------------
 
@@ -314,32 +406,39 @@ class NfsShare(ops.Object):
             self.requirer.request_share(relation.id, wanted.name, size=wanted.size)
 
     def reconcile(self) -> None:
-        """Make this unit's mount match the desired one (idempotent; never raises on failure)."""
+        """Make this unit's mount match the desired one (idempotent; never raises on failure).
+
+        Only what this unit mounted (`mounted_at`, `source` in its local stored state) is ever
+        unmounted: a mount point holding anything else is left alone and the unit is Blocked.
+        """
+        self._problem = None
         target = self._target()
-        previous = self._stored.mounted_at
+        previous, ours = self._stored.mounted_at, self._stored.source
         try:
             if previous and (target is None or target[1] != previous):
-                if mounted_source(previous) is not None:
+                if ours is not None and mounted_source(previous) == ours:
                     umount(previous)
                 else:
                     set_fstab_entry(previous, None)
                 self._stored.mounted_at = self._stored.source = None
             if target is None:
-                if previous or self._stored.error:  # else there is nothing of ours to withdraw
-                    self._publish(None)
-                self._stored.error = None
+                if previous or self._stored.error or self._problem:
+                    self._publish("failed" if self._problem else None)
+                self._stored.error = self._problem
                 return
             source, mountpoint, options = target
             current = mounted_source(mountpoint)
             if current != source:
                 if current is not None:
+                    if self._stored.mounted_at != mountpoint or current != ours:
+                        raise MountError(
+                            f"{echo(current)} is mounted at {mountpoint} and was not mounted by "
+                            "this charm; unmount it or choose another mountpoint"
+                        )
                     umount(mountpoint)
                 mount(source, mountpoint, options)
             else:
-                set_fstab_entry(
-                    mountpoint,
-                    f"{source} {mountpoint} nfs4 {','.join(options)},_netdev,nofail 0 0",
-                )
+                set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))
         except (MountError, OSError) as error:
             where = f" of {target[0]} at {target[1]}" if target else ""
             self._stored.error = f"NFS mount{where} failed: {error}"
@@ -378,8 +477,9 @@ class NfsShare(ops.Object):
             return None
         try:
             return ShareRequest.from_json(raw)
-        except (ValueError, TypeError) as error:
-            logger.error("ignoring malformed %s in the peer data: %s", PEER_KEY, error)
+        except ValueError as error:
+            self._problem = f"ignoring the invalid NFS request in the peer data: {error}"[:200]
+            logger.error("%s", self._problem)
             return None
 
     def _target(self) -> tuple[str, str, list[str]] | None:

@@ -83,13 +83,16 @@ class RollingOpsEngine(ops.Object):
             base_dir=base_dir(),
         )
 
-    def request(self, delay: int) -> str:
-        """Queue a restart; it runs when this unit is granted the lock."""
+    def _require_peer_relation(self) -> None:
         if self.model.get_relation(PEER_RELATION) is None:
             raise restart.EngineNotReady(
                 f"the peer relation '{PEER_RELATION}' is not ready yet; run the action again "
                 "once the unit has started"
             )
+
+    def request(self, delay: int) -> str:
+        """Queue a restart; it runs when this unit is granted the lock."""
+        self._require_peer_relation()
         try:
             self.manager.request_async_lock(
                 "restart", kwargs={"delay": delay}, max_retry=MAX_RETRY
@@ -101,6 +104,7 @@ class RollingOpsEngine(ops.Object):
 
     def restart_now(self, delay: int) -> str:
         """Restart inside this action under the sync lock; raise EngineNotReady if not possible."""
+        self._require_peer_relation()  # else the peer lock looks busy, which it is not
         try:
             with self.manager.acquire_sync_lock("peer", timeout=SYNC_TIMEOUT) as grant:
                 token = getattr(grant, "token", None)
@@ -111,7 +115,8 @@ class RollingOpsEngine(ops.Object):
             raise restart.EngineNotReady(f"sync restart: {error.__cause__ or error}") from error
         if not ok:
             raise restart.EngineNotReady("sync restart: the service did not come back healthy")
-        return f"restarted synchronously under the rollingops sync lock (token {token})"
+        fenced = "" if token is None else f" (token {token})"
+        return f"restarted synchronously under the rollingops sync lock{fenced}"
 
     def in_flight(self) -> bool:
         """Any unit of the application with a restart queued or running."""

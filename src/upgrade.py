@@ -417,10 +417,14 @@ class DemoUpgrade(DataUpgrade):
         try:
             Version.parse(target)
         except ValueError:
-            raise UpgradeRefused(f"invalid version {target!r}: not a version number") from None
+            raise UpgradeRefused(
+                f"invalid version {_echo(target)}: not a version number"
+            ) from None
         if target not in WORKLOAD_RELEASES:
             known = ", ".join(WORKLOAD_RELEASES)
-            raise UpgradeRefused(f"unknown workload version {target}; available: {known}")
+            raise UpgradeRefused(
+                f"unknown workload version {_echo(target)[1:-1]}; available: {known}"
+            )
         cluster = self.cluster_state
         if cluster in ("failed", "recovery"):
             return target, True
@@ -437,6 +441,12 @@ class DemoUpgrade(DataUpgrade):
 
 class UpgradeRefused(Exception):
     """The `upgrade` action cannot start; the message says why."""
+
+
+def _echo(value: str, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters: a failure message never echoes a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...'"
 
 
 def _satisfies(version: str, constraint: str) -> bool:

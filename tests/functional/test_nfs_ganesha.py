@@ -150,6 +150,7 @@ def demo(monkeypatch, tmp_path):
     monkeypatch.setattr(nfs, "MOUNTS_FILE", mounter.table)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
+    monkeypatch.setattr(nfs, "MOUNT_ROOTS", (*nfs.MOUNT_ROOTS, str(tmp_path / "mnt")))
     from charm import CoordinatedOpsCharm
 
     ctx = testing.Context(
@@ -211,7 +212,8 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
         testing.State(leader=True, relations={server_rel}, config=config),
     )
     endpoint = served.get_relation(server_rel.id).local_app_data["endpoint"]
-    assert endpoint == f"nfs://127.0.0.1:{server.port}/data"
+    share = f"r{server_rel.id}-data"  # the relation's own directory and pseudo path
+    assert endpoint == f"nfs://127.0.0.1:{server.port}/{share}"
     assert "Clients = 127.0.0.1, 127.0.0.2;" in server.config_path.read_text()
 
     # 3. Demo unit 0 gets mount_share and "mounts" (userspace check of the same source/port).
@@ -230,21 +232,21 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
         )
 
     mounted = demo_unit_sees({"endpoint": endpoint})
-    source = "127.0.0.1:/data"
+    source = f"127.0.0.1:/{share}"
     assert mounter.commands[-1] == [
         "mount",
         "-t",
         "nfs4",
         "-o",
-        f"port={server.port},rw,hard,proto=tcp,retry=0",
+        f"port={server.port},rw,nosuid,nodev,hard,proto=tcp,retry=0",
         source,
         mountpoint,
     ]
     assert mounted.unit_status == testing.ActiveStatus(f"mounted {source} at {mountpoint}")
-    file_url = nfs_url("127.0.0.1", server.port, "data/journal-probe.txt")
+    file_url = nfs_url("127.0.0.1", server.port, f"{share}/journal-probe.txt")
     assert nfs_write(file_url, b"unit 0 was here\n", tmp_path).returncode == 0
     assert nfs_cat(file_url).stdout == b"unit 0 was here\n"
-    assert (tmp_path / "exports" / "data" / "journal-probe.txt").exists()
+    assert (tmp_path / "exports" / share / "journal-probe.txt").exists()
 
     # 4. Unit 0 (127.0.0.1) is removed: the export is re-rendered for 127.0.0.2 only; we are out.
     server_rel = served.get_relation(server_rel.id)
@@ -259,7 +261,7 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
     assert refused.unit_status.name == "blocked"
     assert refused.unit_status.message.startswith(f"NFS mount of {source} at {mountpoint} failed")
     assert (
-        tmp_path / "exports" / "data" / "journal-probe.txt"
+        tmp_path / "exports" / share / "journal-probe.txt"
     ).read_bytes() == b"unit 0 was here\n"
 
     # 5. A unit at 127.0.0.1 joins again: access is back.
@@ -373,3 +375,66 @@ def test_two_clients_at_once_only_the_listed_one_gets_in(namespaces, tmp_path):
             ).stdout
             == b"client a\n"
         )
+
+
+@pytest.mark.parametrize("hostile", ["*", "0.0.0.0/0", "10.231.0.0/16", "10.231.2.2/32"])
+def test_a_requirer_unit_cannot_open_the_export_to_another_address(
+    namespaces, tmp_path, monkeypatch, hostile
+):
+    """The review's attack, replayed against real ganesha through the server charm.
+
+    Requirer unit 0 is at 10.231.1.2 (client a); unit 1 publishes `hostile` as its address. The
+    export must list 10.231.1.2 only, so client b (10.231.2.2) is refused.
+    """
+    from charms.storage_libs.v0.nfs_interfaces import parse_endpoint
+
+    with GaneshaServer(tmp_path / "ganesha-ns", port=free_port(), netns=namespaces["srv"]) as srv:
+        monkeypatch.setattr(server_charm, "CONFIG_FILE", srv.config_path)
+        monkeypatch.setattr(server_charm, "STATE_DIR", tmp_path / "server-state")
+        monkeypatch.setattr(server_charm, "restart_ganesha", srv.restart)
+        monkeypatch.setattr(server_charm, "run", lambda argv: None)
+        ctx = testing.Context(
+            server_charm.NfsShareServerCharm,
+            meta=yaml.safe_load((SERVER_CHARM / "metadata.yaml").read_text()),
+            config=yaml.safe_load((SERVER_CHARM / "config.yaml").read_text()),
+        )
+        rel = testing.Relation(
+            "nfs-share",
+            remote_app_name="tenant",
+            remote_app_data={"name": "shared", "allowlist": "0.0.0.0", "size": "-1"},
+            remote_units_data={
+                0: {"ingress-address": "10.231.1.2"},
+                1: {"ingress-address": hostile},
+            },
+        )
+        config = {
+            "export-root": str(tmp_path / "exports"),
+            "nfs-port": srv.port,
+            "bind-address": "0.0.0.0",  # every address of the server namespace
+        }
+        out = ctx.run(
+            ctx.on.relation_changed(rel, remote_unit=1),
+            testing.State(leader=True, relations={rel}, config=config),
+        )
+        assert srv.process is not None, "the charm did not start ganesha"
+        path = parse_endpoint(out.get_relation(rel.id).local_app_data["endpoint"]).path
+        clients = [x for x in srv.config_path.read_text().splitlines() if "Clients" in x]
+        print(f"unit 1 at {hostile!r}; rendered: {clients}")
+
+        url_a = nfs_url("10.231.1.1", srv.port, f"{path}/from-a.txt")
+        wrote_a = nfs_write(url_a, b"tenant unit 0\n", tmp_path, netns=namespaces["a"])
+        assert wrote_a.returncode == 0, wrote_a.stderr
+        assert nfs_cat(url_a, netns=namespaces["a"]).stdout == b"tenant unit 0\n"
+
+        read_b = nfs_cat(nfs_url("10.231.2.1", srv.port, f"{path}/from-a.txt"), namespaces["b"])
+        wrote_b = nfs_write(
+            nfs_url("10.231.2.1", srv.port, f"{path}/from-b.txt"),
+            b"intruder\n",
+            tmp_path,
+            netns=namespaces["b"],
+        )
+        assert read_b.returncode != 0 and read_b.stdout == b""
+        assert wrote_b.returncode != 0
+        directory = tmp_path / "exports" / path.lstrip("/")
+        assert sorted(p.name for p in directory.iterdir()) == ["from-a.txt"]
+        assert out.unit_status.name == "blocked"  # the bad address is shown, not silently used

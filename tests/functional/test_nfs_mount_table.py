@@ -41,7 +41,19 @@ def test_mount_table_and_umount_keep_the_mountpoint_and_its_files(mountpoint):
         pytest.skip(f"cannot mount a tmpfs here: {error}")
     assert nfs.mounted_source(mountpoint) == source  # octal-escaped space decoded
     assert not os.path.exists(underneath)  # hidden by the mount
-    nfs.set_fstab_entry(mountpoint, f"{source} {mountpoint} tmpfs rw 0 0")
+    nfs.set_fstab_entry(mountpoint, [source, mountpoint, "tmpfs", "rw", "0", "0"])
+    escaped = mountpoint.replace(" ", "\\040")
+    assert f"{source} {escaped} tmpfs rw 0 0" in nfs._fstab_path().read_text()
+    fields = subprocess.run(  # findmnt reads fstab as mount(8) does: the space comes back
+        ["findmnt", "--fstab", "--tab-file", str(nfs._fstab_path()), "-n", "-o", "TARGET"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if fields.returncode == 0:
+        assert fields.stdout.strip() == mountpoint
+    else:
+        print(f"findmnt could not check the fstab: {fields.stderr.strip()}")
 
     nfs.umount(mountpoint)
 

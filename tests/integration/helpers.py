@@ -181,8 +181,19 @@ class Deployment:
         return sorted(self.juju.status().apps[NFS].units)[0]
 
     def share_dir_on_server(self) -> str:
-        """Where the share's files live on the NFS server."""
-        return f"{EXPORT_ROOT}/{SHARE_NAME}"
+        """Where the share's files live on the NFS server: `<export-root>/r<relation id>-<name>`.
+
+        Shares are per relation; the current relation has the highest id (ids are never reused).
+        """
+        pattern = f"{EXPORT_ROOT}/r*-{SHARE_NAME}"
+        out = self.sh(self.nfs_server_unit(), f"ls -1d {pattern} 2>/dev/null || true")
+        ids = []
+        for line in out.splitlines():
+            relation_id, _, name = line.strip()[len(f"{EXPORT_ROOT}/r") :].partition("-")
+            if relation_id.isdigit() and name == SHARE_NAME:
+                ids.append(int(relation_id))
+        # Not served yet: a path that does not exist (an empty journal).
+        return f"{EXPORT_ROOT}/r{max(ids, default=0)}-{SHARE_NAME}"
 
     # -- the journal on the share --
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import pytest
@@ -71,6 +72,9 @@ def machine(monkeypatch, tmp_path, fake_workload):
     monkeypatch.setattr(nfs, "MOUNTS_FILE", fake.mounts)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
+    # The test's own /srv: the policy admits mount points under it like under the real /srv.
+    roots = (*getattr(nfs, "MOUNT_ROOTS", ()), str(tmp_path / "srv"))
+    monkeypatch.setattr(nfs, "MOUNT_ROOTS", roots, raising=False)
     return fake
 
 
@@ -117,7 +121,8 @@ def failed_state(info: pytest.ExceptionInfo[testing.ActionFailed]) -> testing.St
 
 
 def mount_cmd(target: str, source: str = SOURCE) -> list[str]:
-    return ["mount", "-t", "nfs4", "-o", "port=2050,rw,hard,proto=tcp,retry=0", source, target]
+    options = "port=2050,rw,nosuid,nodev,hard,proto=tcp,retry=0"
+    return ["mount", "-t", "nfs4", "-o", options, source, target]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,8 +139,8 @@ def mount_cmd(target: str, source: str = SOURCE) -> list[str]:
         ),
         ({"name": ""}, "name: Value error, must be 1-63 letters"),
         ({"name": "demo", "size": -5}, "size: Input should be greater than or equal to 1"),
-        ({"name": "demo", "mountpoint": "/etc/x"}, "is a system directory"),
-        ({"name": "demo", "mountpoint": "/"}, "is a system directory"),
+        ({"name": "demo", "mountpoint": "/etc/x"}, "/etc/x is not under /srv, /mnt, /media"),
+        ({"name": "demo", "mountpoint": "/"}, "/ is not under /srv"),
         ({"name": "a/b"}, "name: Value error"),
     ],
 )
@@ -239,8 +244,8 @@ def test_endpoint_arrival_mounts_on_every_unit(ctx, machine, mountpoint, tmp_pat
     assert dirs == [pathlib.Path(mountpoint)]
     fstab = (tmp_path / "etc" / "fstab").read_text()
     assert (
-        f"{SOURCE} {mountpoint} nfs4 port=2050,rw,hard,proto=tcp,retry=0,_netdev,nofail 0 0"
-        in fstab
+        f"{SOURCE} {mountpoint} nfs4 "
+        "port=2050,rw,nosuid,nodev,hard,proto=tcp,retry=0,_netdev,nofail 0 0" in fstab
     )
     # Later events with nothing new: no more commands.
     machine.commands.clear()
@@ -296,7 +301,7 @@ def test_endpoint_change_unmounts_then_mounts(ctx, machine, mountpoint):
         "-t",
         "nfs4",
         "-o",
-        "rw,hard,proto=tcp,retry=0",
+        "rw,nosuid,nodev,hard,proto=tcp,retry=0",
         "10.0.0.9:/demo",
         mountpoint,
     ]
@@ -339,7 +344,7 @@ def test_mountpoint_change_moves_the_mount(ctx, machine, mountpoint, tmp_path):
     out = ctx.run(
         ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel})
     )
-    other = str(tmp_path / "elsewhere")
+    other = str(tmp_path / "srv" / "elsewhere")
     prel2 = peer(other, id=prel.id)
     machine.commands.clear()
     ctx.run(
@@ -421,8 +426,8 @@ def test_fstab_entry_keeps_other_lines(tmp_path, monkeypatch):
     fstab = tmp_path / "etc" / "fstab"
     fstab.parent.mkdir()
     fstab.write_text("LABEL=root / ext4 defaults 0 1\n")
-    nfs.set_fstab_entry("/srv/d", "h:/d /srv/d nfs4 rw,_netdev,nofail 0 0")
-    nfs.set_fstab_entry("/srv/d", "h:/e /srv/d nfs4 rw,_netdev,nofail 0 0")
+    nfs.set_fstab_entry("/srv/d", nfs.fstab_line("h:/d", "/srv/d", ["rw"]))
+    nfs.set_fstab_entry("/srv/d", nfs.fstab_line("h:/e", "/srv/d", ["rw"]))
     assert fstab.read_text() == (
         "LABEL=root / ext4 defaults 0 1\n"
         f"{nfs.FSTAB_MARK} /srv/d\nh:/e /srv/d nfs4 rw,_netdev,nofail 0 0\n"
@@ -434,15 +439,15 @@ def test_fstab_entry_keeps_other_lines(tmp_path, monkeypatch):
 def test_params_model_rejects_unknown_keys_and_normalises_mountpoint():
     with pytest.raises(ValueError, match="colour"):
         models.NfsMountParams(name="demo", colour="red")  # pyright: ignore[reportCallIssue]
-    assert models.NfsMountParams(name="/demo", mountpoint="/srv//a/../b/").mountpoint == "/srv/b"
-    with pytest.raises(ValueError, match="system directory"):
+    assert models.NfsMountParams(name="/demo", mountpoint="/srv//a/b/").mountpoint == "/srv/a/b"
+    with pytest.raises(ValueError, match=r"'\.' or '\.\.'"):
         models.NfsMountParams(name="demo", mountpoint="/srv/../proc/x")
 
 
 @pytest.mark.parametrize(
     "request_",
     [
-        {"name": "demo", "size": None, "mountpoint": "/srv//a/../b/"},
+        {"name": "demo", "size": None, "mountpoint": "/srv//a/b/"},
         {"name": "/demo", "size": 5, "mountpoint": "/srv/b"},
         {"name": "demo"},
     ],
@@ -474,3 +479,150 @@ def test_stored_request_rejects_what_the_action_rejects(request_):
         models.NfsMountParams.model_validate_json(raw)
     with pytest.raises((ValueError, TypeError)):
         nfs.ShareRequest.from_json(raw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile or mistaken input: the review's cases, replayed
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mountpoint_", "message"),
+    [
+        ("/var", "/var is not under /srv, /mnt, /media"),
+        ("/usr", "/usr is not under"),
+        ("/home", "/home is not under"),
+        ("/var/lib/juju", "/var/lib/juju is not under"),
+        ("/var/run/share", "/var/run/share is not under"),
+        ("/srv", "/srv is not under"),
+        ("/srv/x\\057..\\057etc", "may contain only letters, digits"),
+        ("/srv/../etc", "must not contain '.' or '..'"),
+        ("/srv/demo\n", "may contain only letters, digits"),
+        ("/srv/with space", "may contain only letters, digits"),
+        ("/srv/" + "a" * 256, "longer than 255 bytes"),
+        ("/srv/" + "/".join(["abcdefg"] * 80), "at most 512 characters"),
+    ],
+)
+def test_action_refuses_mountpoints_outside_the_policy(ctx, machine, mountpoint_, message):
+    rel, prel = nfs_rel(), peer(None)
+    with pytest.raises(testing.ActionFailed) as info:
+        ctx.run(
+            ctx.on.action("nfs-mount", params={"name": "demo", "mountpoint": mountpoint_}),
+            testing.State(leader=True, relations={rel, prel}),
+        )
+    assert info.value.message.startswith("mountpoint: Value error, ")
+    assert message in info.value.message
+    assert len(info.value.message) < 250  # a long input is not echoed whole
+    assert failed_state(info).get_relation(rel.id).local_app_data == {}
+
+
+def test_action_refuses_a_symlink_into_a_system_tree(ctx, machine, tmp_path):
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "link").symlink_to("/etc")
+    with pytest.raises(testing.ActionFailed) as info:
+        ctx.run(
+            ctx.on.action(
+                "nfs-mount", params={"name": "demo", "mountpoint": str(tmp_path / "srv/link/x")}
+            ),
+            testing.State(leader=True, relations={nfs_rel(), peer(None)}),
+        )
+    assert "resolves to '/etc/x', which is not under" in info.value.message
+
+
+def test_action_refuses_an_existing_file_as_mountpoint(ctx, machine, tmp_path):
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "file").write_text("not a directory")
+    with pytest.raises(testing.ActionFailed) as info:
+        ctx.run(
+            ctx.on.action(
+                "nfs-mount", params={"name": "demo", "mountpoint": str(tmp_path / "srv/file")}
+            ),
+            testing.State(leader=True, relations={nfs_rel(), peer(None)}),
+        )
+    assert "exists and is not a directory" in info.value.message
+
+
+def test_action_refuses_a_name_with_a_trailing_newline(ctx, machine):
+    rel, prel = nfs_rel(), peer(None)
+    with pytest.raises(testing.ActionFailed) as info:
+        ctx.run(
+            ctx.on.action("nfs-mount", params={"name": "demo\n"}),
+            testing.State(leader=True, relations={rel, prel}),
+        )
+    assert info.value.message.startswith("name: Value error, must be 1-63 letters")
+    assert failed_state(info).get_relation(rel.id).local_app_data == {}
+
+
+def test_a_mount_this_charm_did_not_make_is_never_unmounted(ctx, machine, mountpoint):
+    pathlib.Path(mountpoint).mkdir(parents=True)
+    machine.run(["mount", "-t", "ext4", "/dev/sdb1", mountpoint])  # the operator's own mount
+    machine.commands.clear()
+    rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel})
+    )
+    assert machine.commands == []
+    assert machine.mounts_of(mountpoint) == ["/dev/sdb1"]
+    assert out.unit_status == testing.BlockedStatus(
+        f"NFS mount of {SOURCE} at {mountpoint} failed: '/dev/sdb1' is mounted at {mountpoint} "
+        "and was not mounted by this charm; unmount it or choose another mountpoint"
+    )
+    assert out.get_relation(prel.id).local_unit_data[nfs.STATE_KEY] == "failed"
+
+
+def test_moving_away_leaves_a_mount_that_replaced_ours_alone(ctx, machine, mountpoint, tmp_path):
+    rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel})
+    )
+    machine.run(["umount", mountpoint])  # someone unmounts ours and mounts their own disk
+    machine.run(["mount", "-t", "ext4", "/dev/sdb1", mountpoint])
+    machine.commands.clear()
+    other = str(tmp_path / "srv" / "elsewhere")
+    prel2 = peer(other, id=prel.id)
+    ctx.run(
+        ctx.on.relation_changed(prel2, remote_unit=1),
+        testing.State(relations={rel, prel2}, stored_states=out.stored_states),
+    )
+    assert machine.commands == [mount_cmd(other)]
+    assert machine.mounts_of(mountpoint) == ["/dev/sdb1"]
+
+
+@pytest.mark.parametrize("raw", ["[" * 4000, "[" * 100_000, '"' + "x" * 5000 + '"', "null"])
+def test_hostile_peer_request_is_logged_shown_and_ignored(ctx, machine, raw):
+    rel = nfs_rel(ENDPOINT)
+    prel = testing.PeerRelation(nfs.PEER, local_app_data={nfs.PEER_KEY: raw})
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel})
+    )
+    assert machine.commands == []
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith("ignoring the invalid NFS request in the peer data")
+    assert out.get_relation(prel.id).local_unit_data[nfs.STATE_KEY] == "failed"
+
+
+def test_fstab_is_replaced_atomically_keeping_its_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("COORDINATED_OPS_ROOT", str(tmp_path))
+    fstab = tmp_path / "etc" / "fstab"
+    fstab.parent.mkdir()
+    fstab.write_text("LABEL=root / ext4 defaults 0 1\n")
+    fstab.chmod(0o600)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (tmp_path / "etc" / "fstab.coordinated-ops").symlink_to(victim)  # a stale or planted temp
+    nfs.set_fstab_entry("/srv/d", nfs.fstab_line("h:/a b", "/srv/d", ["rw"]))
+    assert not fstab.is_symlink()
+    assert fstab.stat().st_mode & 0o777 == 0o600
+    assert victim.read_text() == "untouched\n"
+    assert fstab.read_text().splitlines()[-1] == "h:/a\\040b /srv/d nfs4 rw,_netdev,nofail 0 0"
+    assert sorted(p.name for p in fstab.parent.iterdir()) == ["fstab"]
+
+
+def test_a_new_fstab_is_0644(tmp_path, monkeypatch):
+    monkeypatch.setenv("COORDINATED_OPS_ROOT", str(tmp_path))
+    old_umask = os.umask(0o077)
+    try:
+        nfs.set_fstab_entry("/srv/d", nfs.fstab_line("h:/d", "/srv/d", ["rw"]))
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "etc" / "fstab").stat().st_mode & 0o777 == 0o644

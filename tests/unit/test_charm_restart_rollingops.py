@@ -173,7 +173,8 @@ def test_sync_restart_on_the_leader_runs_inside_the_action(running, tmp_path):
         context, testing.State(planned_units=PLANNED, leader=True, relations={rel}), sync=True
     )
     assert running.calls == [("restart",)]
-    assert "synchronously" in (context.action_results or {})["message"]
+    message = (context.action_results or {})["message"]
+    assert message == "restarted synchronously under the rollingops sync lock"  # no "token None"
     assert [line["engine"] for line in journal(tmp_path)] == ["rollingops"]
 
 
@@ -188,6 +189,16 @@ def test_sync_restart_waits_for_no_one_while_another_unit_holds_the_lock(running
         restart_action(
             context, testing.State(planned_units=PLANNED, leader=True, relations={rel}), sync=True
         )
+    assert ("restart",) not in running.calls
+
+
+def test_sync_restart_without_peer_relation_says_so_not_lock_busy(running):
+    with pytest.raises(testing.ActionFailed) as info:
+        restart_action(ctx(0), testing.State(planned_units=PLANNED, leader=True), sync=True)
+    assert info.value.message == (
+        "the peer relation 'rollingops' is not ready yet; run the action again once the unit "
+        "has started"
+    )
     assert ("restart",) not in running.calls
 
 

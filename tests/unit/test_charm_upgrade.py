@@ -101,6 +101,13 @@ def test_upgrade_action_starts_a_rollout_in_stack_order(service):
         ("9.9.9", "unknown workload version 9.9.9; available: 1.0.0, 1.1.0, 1.2.0, 2.0.0"),
         ("1.2.0", "cannot upgrade from 1.0.0 to 1.2.0 (requires ^1.1)"),
         ("2.0.0", "cannot upgrade from 1.0.0 to 2.0.0 (requires ^1.2 || ^2)"),
+        ("x" * 40_000, f"invalid version '{'x' * 35}...': not a version number"),
+        ("1" * 40_000, f"invalid version '{'1' * 35}...': not a version number"),
+        (
+            "9." * 20_000 + "9",
+            f"unknown workload version {('9.' * 18)[:35]}...; "
+            "available: 1.0.0, 1.1.0, 1.2.0, 2.0.0",
+        ),
     ],
 )
 def test_bad_version_fails_with_the_broken_constraint_and_changes_nothing(

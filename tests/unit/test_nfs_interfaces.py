@@ -800,3 +800,106 @@ def test_library_makes_no_filesystem_or_process_calls():
     }
     assert lib.LIBAPI == 0 and lib.LIBPATCH >= 1 and len(lib.LIBID) == 32
     assert lib.PYDEPS == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile requirer and provider data: logged, shown in status, ignored; never raised
+# ------------------------------------------------------------------------------------------------
+
+HOSTILE_ADDRESSES = [
+    "*",
+    "0.0.0.0",
+    "::",
+    "0.0.0.0/0",
+    "::/0",
+    "10.0.0.0/8",
+    "10.1.0.7/32",
+    "files.example.com",
+    "@netgroup",
+    "224.0.0.1",
+    "fe80::1%eth0",
+    "10.1.0.8, 10.1.0.9",
+]
+
+
+@pytest.mark.parametrize("allowlist", ["0.0.0.0", "*", "0.0.0.0/0,files.example.com,@netgroup"])
+@pytest.mark.parametrize("address", HOSTILE_ADDRESSES)
+def test_provider_exports_only_literal_single_unit_addresses(address, allowlist, caplog):
+    ctx = prov_ctx()
+    rel = requirer_relation(
+        {"name": "/data", "allowlist": allowlist, "size": "-1"}, addresses=("10.1.0.1", address)
+    )
+    with caplog.at_level(logging.ERROR):
+        out = ctx.run(
+            ctx.on.relation_changed(rel, remote_unit=1),
+            testing.State(leader=True, relations={rel}),
+        )
+    clients = [e for e in provider_events(ctx) if e[0] == "clients"]
+    assert clients == [("clients", "/data", ["10.1.0.1"])]  # the other unit is left out
+    assert "req/1" in caplog.text and "not a single IP address" in caplog.text
+    assert out.unit_status == testing.BlockedStatus(
+        "ignoring req/1 of req: its address is not a single IP"
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_data", "field"),
+    [
+        ({"name": "/data", "allowlist": "0.0.0.0", "size": "9" * 5000}, "size"),
+        ({"name": "/data", "allowlist": "0.0.0.0", "size": "-" + "9" * 5000}, "size"),
+        ({"name": "/data", "allowlist": "0.0.0.0", "size": str(10**12)}, "size"),
+        ({"name": "/" + "a" * 300, "allowlist": "0.0.0.0", "size": "1"}, "name"),
+        ({"name": "a" * 65, "allowlist": "0.0.0.0", "size": "1"}, "name"),
+        ({"name": "/data\n/x", "allowlist": "0.0.0.0", "size": "1"}, "name"),
+        ({"name": "a b", "allowlist": "0.0.0.0", "size": "1"}, "name"),
+        ({"name": "/x/../../etc", "allowlist": "0.0.0.0", "size": "1"}, "name"),
+        ({"name": "/data", "allowlist": "0.0.0.0," * 2000, "size": "1"}, "allowlist"),
+    ],
+)
+def test_provider_out_of_bounds_request_is_blocked_not_raised(request_data, field):
+    ctx = prov_ctx()
+    rel = requirer_relation(request_data)
+    for event in (ctx.on.relation_changed(rel, remote_unit=0), ctx.on.update_status()):
+        out = ctx.run(event, testing.State(leader=True, relations={rel}))
+        assert out.unit_status == testing.BlockedStatus(f"invalid share request from req: {field}")
+    assert provider_events(ctx) == []
+
+
+def test_size_gb_of_a_huge_size_is_none_not_an_error():
+    class Charm(ProviderCharm):
+        def __init__(self, framework):
+            super().__init__(framework)
+            framework.observe(self.on.update_status, self._on_update)
+
+        def _on_update(self, _event):
+            rel = self.model.get_relation("nfs-share")
+            assert rel is not None
+            event = ShareRequestedEvent(ops.Handle(None, "x", "1"), rel, app=rel.app)
+            self.seen = event.size_gb
+
+    ctx = testing.Context(Charm, meta=PROV_META)
+    rel = requirer_relation({"name": "/data", "allowlist": "0.0.0.0", "size": "9" * 5000})
+    with ctx(ctx.on.update_status(), testing.State(leader=True, relations={rel})) as manager:
+        manager.run()
+        assert manager.charm.seen is None
+
+
+@pytest.mark.parametrize("name", ["/data\nx", "a" * 65, "/x/y", "../x"])
+def test_request_share_refuses_names_the_provider_would_refuse(name):
+    with pytest.raises(testing.errors.UncaughtCharmError) as info:
+        run_direct({"name": name})
+    assert "invalid share name" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("cache", ["[" * 4000, "[" * 50_000, '{"a":' * 1500])
+def test_deeply_nested_anchor_cache_is_ignored_and_removed(cache):
+    ctx = req_ctx()
+    rel = provider_relation("nfs://10.0.0.5/data", local_unit_data={"cache": cache})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel}))
+    assert nfs_events(ctx) == [("mount", "nfs://10.0.0.5/data")]
+    assert "cache" not in out.get_relation(rel.id).local_unit_data
+
+
+def test_huge_endpoint_is_refused_quickly():
+    with pytest.raises(ValueError, match="longer than"):
+        parse_endpoint("nfs://10.0.0.5/" + "a" * 100_000)

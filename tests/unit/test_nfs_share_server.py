@@ -7,6 +7,7 @@ tmp_path. tests/functional/test_nfs_ganesha.py runs a real ganesha with the same
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
 import sys
@@ -172,15 +173,16 @@ def test_install_installs_ganesha_and_writes_config(ctx, machine, tmp_path):
 def test_share_request_serves_requirer_units_and_sets_endpoint(ctx, machine, tmp_path):
     rel = requirer(size="3")
     out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state(tmp_path, rel))
-    directory = tmp_path / "exports" / "data"
+    share = f"r{rel.id}-data"  # the relation's own directory and pseudo path
+    directory = tmp_path / "exports" / share
     assert directory.is_dir() and (directory.stat().st_mode & 0o777) == 0o777
     text = conf(tmp_path)
     assert "Export_Id = 1;" in text and f"Path = {directory};" in text
-    assert "Pseudo = /data;" in text
+    assert f"Pseudo = /{share};" in text
     assert "Clients = 10.1.0.1, 10.1.0.2, 10.1.0.3;" in text
-    assert out.get_relation(rel.id).local_app_data == {"endpoint": "nfs://10.0.0.5/data"}
+    assert out.get_relation(rel.id).local_app_data == {"endpoint": f"nfs://10.0.0.5/{share}"}
     assert machine.restarts == 1
-    assert out.unit_status == testing.ActiveStatus("serving data (3 GiB, 3 clients)")
+    assert out.unit_status == testing.ActiveStatus(f"serving {share} (3 GiB, 3 clients)")
 
     # Nothing new: no restart.
     rel = out.get_relation(rel.id)
@@ -209,7 +211,7 @@ def test_export_ids_are_stable_per_relation_and_share(ctx, machine, tmp_path):
     b = out.get_relation(b.id)
     out = ctx.run(ctx.on.relation_changed(b, remote_unit=0), out)
     text = conf(tmp_path)
-    assert text.index("Pseudo = /a;") < text.index("Pseudo = /b;")
+    assert text.index("Pseudo = /r1-a;") < text.index("Pseudo = /r2-b;")
     assert "Export_Id = 2;" in text and "Clients = 10.2.0.1;" in text
     out = ctx.run(ctx.on.config_changed(), out)
     assert conf(tmp_path) == text
@@ -221,14 +223,17 @@ def test_custom_port_is_in_config_and_endpoint(ctx, machine, tmp_path):
     st = testing.State(leader=True, relations={rel}, config={**st.config, "nfs-port": 2050})
     out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), st)
     assert "NFS_Port = 2050;" in conf(tmp_path)
-    assert out.get_relation(rel.id).local_app_data == {"endpoint": "nfs://10.0.0.5:2050/data"}
+    assert out.get_relation(rel.id).local_app_data == {
+        "endpoint": f"nfs://10.0.0.5:2050/r{rel.id}-data"
+    }
 
 
 def test_bad_share_name_blocks_and_serves_nothing(ctx, machine, tmp_path):
     rel = requirer(name="a b")
     out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state(tmp_path, rel))
-    assert out.unit_status.name == "blocked"
-    assert "share name 'a b'" in out.unit_status.message
+    assert out.unit_status == testing.BlockedStatus(
+        "invalid share request from coordinated-ops: name"
+    )
     assert out.get_relation(rel.id).local_app_data == {}
     assert machine.restarts == 0
 
@@ -240,3 +245,107 @@ def test_the_server_charm_vendors_the_same_nfs_interfaces_library():
     assert vendored.read_bytes() == ours.read_bytes(), (
         f"copy {ours.relative_to(ROOT)} to {vendored.relative_to(ROOT)}"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Tenants and hostile requirers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_two_applications_asking_for_the_same_name_get_separate_shares(ctx, machine, tmp_path):
+    a = requirer(("10.1.0.1",), name="shared", id=1)
+    b = testing.Relation(
+        "nfs-share",
+        id=2,
+        remote_app_name="other-app",
+        remote_app_data={"name": "shared", "allowlist": "0.0.0.0", "size": "-1"},
+        remote_units_data={0: {"ingress-address": "10.2.0.1"}},
+    )
+    out = ctx.run(ctx.on.relation_changed(a, remote_unit=0), state(tmp_path, a, b))
+    out = ctx.run(ctx.on.relation_changed(out.get_relation(b.id), remote_unit=0), out)
+    text = conf(tmp_path)
+    assert text.count("EXPORT {") == 2
+    assert f"Path = {tmp_path / 'exports' / 'r1-shared'};" in text
+    assert f"Path = {tmp_path / 'exports' / 'r2-shared'};" in text
+    assert "Pseudo = /r1-shared;" in text and "Pseudo = /r2-shared;" in text
+    endpoint_a = out.get_relation(a.id).local_app_data["endpoint"]
+    endpoint_b = out.get_relation(b.id).local_app_data["endpoint"]
+    assert endpoint_a != endpoint_b
+
+    # Tenant a goes; a later application asking for `shared` never sees a's files.
+    (tmp_path / "exports" / "r1-shared" / "secret.txt").write_text("a's data")
+    out = ctx.run(ctx.on.relation_broken(out.get_relation(a.id)), out)
+    c = testing.Relation(
+        "nfs-share",
+        id=3,
+        remote_app_name="newcomer",
+        remote_app_data={"name": "shared", "allowlist": "0.0.0.0", "size": "-1"},
+        remote_units_data={0: {"ingress-address": "10.3.0.1"}},
+    )
+    out = ctx.run(
+        ctx.on.relation_changed(c, remote_unit=0),
+        dataclasses.replace(out, relations={out.get_relation(b.id), c}),
+    )
+    text = conf(tmp_path)
+    assert "r1-shared" not in text
+    assert "Clients = 10.3.0.1;" in text.split("Pseudo = /r3-shared;")[1]
+    assert "Clients = 10.2.0.1;" in text.split("Pseudo = /r2-shared;")[1].split("EXPORT")[0]
+
+
+@pytest.mark.parametrize(
+    "address", ["*", "0.0.0.0/0", "::/0", "10.0.0.0/8", "host.example", "@ng"]
+)
+def test_a_hostile_unit_address_never_reaches_the_export(ctx, machine, tmp_path, address):
+    rel = requirer(("10.1.0.1", address))
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), state(tmp_path, rel))
+    assert "Clients = 10.1.0.1;" in conf(tmp_path)
+    assert address not in conf(tmp_path).split("EXPORT")[1]
+    assert out.unit_status == testing.BlockedStatus(
+        "ignoring coordinated-ops/1 of coordinated-ops: its address is not a single IP"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("/data", "9" * 5000), ("/" + "a" * 300, "1"), ("x" * 300, "-1")]
+)
+def test_absurd_requests_block_and_never_crash(ctx, machine, tmp_path, name, size):
+    rel = requirer(name=name, size=size)
+    for event in (ctx.on.relation_changed(rel, remote_unit=0), ctx.on.update_status()):
+        out = ctx.run(event, state(tmp_path, rel))
+        assert out.unit_status.name == "blocked"
+    assert not (tmp_path / "exports").exists()
+    assert machine.restarts == 0
+
+
+@pytest.mark.parametrize(
+    ("exports", "match"),
+    [
+        ([ganesha.Export(1, "/srv/a", "/a", ("*",))], "not a single IP address"),
+        ([ganesha.Export(1, "/srv/a", "/a", ("10.0.0.0/8",))], "not a single IP address"),
+        ([ganesha.Export(1, "/srv/a", "/a", ("@netgroup",))], "not a single IP address"),
+        ([ganesha.Export(1, "/srv/a", "/a", ("0.0.0.0",))], "not a single host address"),
+        (
+            [ganesha.Export(1, "/srv/a", "/a"), ganesha.Export(2, "/srv/b", "/a")],
+            "pseudo path '/a' is used by two exports",
+        ),
+        (
+            [ganesha.Export(1, "/srv/a", "/a"), ganesha.Export(2, "/srv/a", "/b")],
+            "path '/srv/a' is used by two exports",
+        ),
+    ],
+)
+def test_render_refuses_wide_clients_and_duplicates(exports, match):
+    with pytest.raises(ValueError, match=match):
+        ganesha.render(exports, ganesha.Settings("10.0.0.5"))
+
+
+def test_an_export_directory_that_cannot_be_made_blocks_without_failing_the_hook(
+    ctx, machine, tmp_path
+):
+    (tmp_path / "exports").write_text("a file where the export root should be")
+    rel = requirer()
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state(tmp_path, rel))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith("bad share request: ")
+    assert out.get_relation(rel.id).local_app_data == {}
+    assert machine.restarts == 0

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """nfs-share-server: serves each requested share with nfs-ganesha (a test charm).
 
-On `share_requested` (leader) the charm creates `<export-root>/<slug>`, gives the share a stable
-Export_Id, renders /etc/ganesha/ganesha.conf with src/ganesha.py, restarts ganesha when the text
-changed, and publishes `nfs://<address>[:<port>]/<slug>`. On `clients_changed` it re-renders with
+On `share_requested` (leader) the charm creates `<export-root>/r<relation id>-<slug>`, gives the
+share a stable Export_Id, renders /etc/ganesha/ganesha.conf with src/ganesha.py, restarts ganesha
+when the text changed, and publishes `nfs://<address>[:<port>]/r<relation id>-<slug>`.
+
+Shares belong to one relation: two applications that both ask for `shared` get two directories
+and two pseudo paths, and a later relation never serves the files of an earlier one (relation ids
+are never reused in a model). On `clients_changed` it re-renders with
 the new client list (the library computes it from the requirer units' addresses). On
 relation-broken the export goes away; the directory and its data stay.
 """
@@ -50,8 +54,10 @@ class NfsShareServerCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        # exports: relation id -> {"slug", "clients", "size"}; ids: "<relation id>/<slug>" -> id.
-        self._stored.set_default(exports={}, ids={}, next_id=1, problem="")
+        # exports: relation id -> {"slug", "clients", "size"}, where slug is the per-relation
+        # directory and pseudo name; ids: "<relation id>/<slug>" -> Export_Id; problems: relation
+        # id -> why its request is not served.
+        self._stored.set_default(exports={}, ids={}, next_id=1, problems={})
         self.nfs = NFSProvides(self, RELATION)
         framework.observe(self.on.install, self._on_install)
         framework.observe(self.on.config_changed, self._on_config_changed)
@@ -72,16 +78,17 @@ class NfsShareServerCharm(ops.CharmBase):
             self._publish_endpoint(relation)
 
     def _on_share_requested(self, event: ShareRequestedEvent):
+        relation_id = str(event.relation.id)
         try:
-            share = ganesha.slug(event.name or "")
-        except ValueError as error:
-            self._stored.problem = str(error)
-            logger.error("relation %s: %s", event.relation.id, error)
+            share = ganesha.share_dir(event.relation.id, event.name or "")
+            directory = self._export_root() / share
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o777)
+        except (ValueError, OSError) as error:
+            self._stored.problems[relation_id] = str(error)[:200]
+            logger.error("relation %s: %s", relation_id, error)
             return
-        self._stored.problem = ""
-        directory = self._export_root() / share
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o777)
+        self._stored.problems.pop(relation_id, None)
         key = f"{event.relation.id}/{share}"
         if key not in self._stored.ids:
             self._stored.ids[key] = self._stored.next_id
@@ -101,12 +108,13 @@ class NfsShareServerCharm(ops.CharmBase):
             self.apply()
 
     def _on_relation_broken(self, event: ops.RelationBrokenEvent):
+        self._stored.problems.pop(str(event.relation.id), None)
         if self._stored.exports.pop(str(event.relation.id), None) is not None:
             self.apply()
 
     def _on_collect_status(self, event: ops.CollectStatusEvent):
-        if self._stored.problem:
-            event.add_status(ops.BlockedStatus(f"bad share request: {self._stored.problem}"))
+        for problem in self._stored.problems.values():
+            event.add_status(ops.BlockedStatus(f"bad share request: {problem}"))
         if self._address() is None:
             event.add_status(ops.WaitingStatus("waiting for an address to serve on"))
         shares = [

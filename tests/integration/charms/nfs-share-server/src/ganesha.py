@@ -3,8 +3,10 @@
 `render(exports, settings)` turns the shares into the text of ganesha.conf: NFSv4 only over TCP
 (no rpcbind, so a custom port works), `Graceless` (no 90 s grace period after each restart), and
 one EXPORT block per share that refuses everyone (`Access_Type = None`) except the listed clients
-(`CLIENT { Clients = ...; Access_Type = RW; }`). The same text runs on a unit and in the
-functional tests (tests/functional/test_nfs_ganesha.py), which start a real ganesha with it.
+(`CLIENT { Clients = ...; Access_Type = RW; }`), each a single IP address, never a network, a
+wildcard, a host name or a netgroup. Export ids, paths and pseudo paths are unique. The same
+text runs on a unit and in the functional tests (tests/functional/test_nfs_ganesha.py), which
+start a real ganesha with it.
 
     text = render([Export(1, "/srv/nfs-share-server/demo", "/demo", ("10.0.0.7",))],
                   Settings("10.0.0.5"))
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DEFAULT_PORT = 2049
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # at most 64: mkdir never fails
 _UNSAFE = re.compile(r'[\s;{}",]')  # values are written unquoted
 
 
@@ -44,9 +46,17 @@ class Settings:
 def slug(name: str) -> str:
     """The export's directory and pseudo name for a requested share name: `/data` -> `data`."""
     candidate = name.strip().lstrip("/")
-    if not _SLUG.match(candidate) or candidate in {".", ".."}:
-        raise ValueError(f"share name {name!r}: use letters, digits, '.', '_', '-'")
+    if not _SLUG.fullmatch(candidate):
+        raise ValueError(f"share name {name!r:.80}: up to 64 letters, digits, '.', '_', '-'")
     return candidate
+
+
+def share_dir(relation_id: int, name: str) -> str:
+    """The directory and pseudo name of one relation's share: `r7-data` for `/data` on relation 7.
+
+    The relation id makes it unique: two applications asking for the same name never share files.
+    """
+    return f"r{int(relation_id)}-{slug(name)}"
 
 
 def endpoint(host: str, share: str, port: int = DEFAULT_PORT) -> str:
@@ -69,7 +79,7 @@ def _check(exports: list[Export], settings: Settings) -> None:
     if not 1 <= settings.port <= 65535:
         raise ValueError(f"port {settings.port} is not 1-65535")
     _safe(settings.recovery_root, "recovery root")
-    seen: set[int] = set()
+    seen: set[object] = set()
     for export in exports:
         if export.export_id < 1 or export.export_id in seen:
             raise ValueError(f"Export_Id {export.export_id} is < 1 or used twice")
@@ -77,8 +87,21 @@ def _check(exports: list[Export], settings: Settings) -> None:
         for value, what in [(export.path, "path"), (export.pseudo, "pseudo path")]:
             if not _safe(value, what).startswith("/"):
                 raise ValueError(f"{what} {value!r} is not absolute")
+            if (what, value) in seen:
+                raise ValueError(f"{what} {value!r} is used by two exports")
+            seen.add((what, value))
         for client in export.clients:
-            _safe(client, "client")
+            _client(client)
+
+
+def _client(text: str) -> None:
+    """A client must be one literal IP address: no network, wildcard, host name or netgroup."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"client {text!r:.80} is not a single IP address") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"client {text!r} is not a single host address")
 
 
 def render(exports: Iterable[Export], settings: Settings) -> str:

@@ -61,6 +61,13 @@ What the library does for you:
   `umount_share` only when the endpoint is withdrawn or no provider unit remains.
 - Malformed relation data is logged, shown as a Blocked unit status (through the charm's
   collect-status event) and ignored: it never raises in a hook.
+
+The one rule for relation data another application wrote: a value that does not parse, is out
+of range or too big is logged, shown in status and ignored; it never raises in a hook. Bounds:
+a share name is at most 64 characters of letters, digits and `._-` (one optional leading `/`);
+`size` is -1 or 1 to `MAX_SIZE_GB`; a client is a literal single IP address (the unit's
+`ingress-address`, else `private-address`): no network, wildcard, host name or netgroup, so an
+export never reaches wider than the requirer's own units, whatever its allowlist says.
 Handlers must be idempotent: a new leader re-emits the provider events once per relation.
 """
 
@@ -92,7 +99,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 1
+LIBPATCH = 2
 
 PYDEPS: list[str] = []
 
@@ -100,6 +107,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ALLOWLIST = "0.0.0.0"  # noqa: S104, RUF100 - an allowlist entry, not a bind address
 """The allowlist written when none is given: every unit of the requirer application."""
+
+MAX_SIZE_GB = 1_000_000_000
+"""The largest share size a requirer may ask for, in GiB (about an exabyte)."""
+MAX_NAME = 64  # characters of a share name
+_NAME = re.compile(r"/?[A-Za-z0-9][A-Za-z0-9._-]*")
+_MAX_TEXT = 4096  # characters of an allowlist, an endpoint or the old `cache` key we read
 
 _WILDCARDS = frozenset({"0.0.0.0", "0.0.0.0/0", "::", "::/0", "*"})  # noqa: S104, RUF100
 _ANCHOR_CACHE_KEY = "cache"  # change-tracking key of the library we replace; read once, deleted
@@ -246,6 +259,8 @@ def parse_endpoint(text: str) -> ShareEndpoint:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty endpoint")
+    if len(text) > _MAX_TEXT:
+        raise ValueError(f"longer than {_MAX_TEXT} characters")
     text = text.strip()
     if "\n" in text or "\x00" in text:
         raise ValueError("endpoint contains a newline or NUL")
@@ -268,44 +283,42 @@ def _split_allowlist(allowlist: str | None) -> list[str]:
     return [entry.strip() for entry in (allowlist or "").split(",") if entry.strip()]
 
 
-def _matches(entry: str, candidate: str) -> bool:
-    """Whether one allowlist entry admits one candidate address (invalid entries admit none)."""
+def _matches(entry: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether one allowlist entry admits one client address (invalid entries admit none)."""
     if entry in _WILDCARDS:
         return True
     try:
-        address = ipaddress.ip_address(candidate)
-    except ValueError:
-        address = None
-    if "/" in entry:
-        try:
+        if "/" in entry:
             network = ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            _warn_once(entry, "invalid network in allowlist, ignored")
-            return False
-        return address is not None and address.version == network.version and address in network
-    try:
-        return address is not None and ipaddress.ip_address(entry) == address
+            return address.version == network.version and address in network
+        return ipaddress.ip_address(entry) == address
     except ValueError:
-        pass
-    if re.fullmatch(r"[0-9.]+", entry) or ":" in entry or not _HOSTNAME.match(entry):
-        _warn_once(entry, "invalid allowlist entry, ignored")
+        _warn_once(entry, "allowlist entry is not an address or a network, ignored")
         return False
-    _warn_once(entry, "allowlist entry is not an address; it matches a unit address equal to it")
-    return entry == candidate
 
 
 def _warn_once(entry: str, message: str) -> None:
-    if entry not in _warned_entries:
+    if entry not in _warned_entries and len(_warned_entries) < 100:
         _warned_entries.add(entry)
         logger.warning("nfs-share: %s: %r", message, entry)
 
 
-def _sort_key(address: str) -> tuple[int, int, str]:
+def _client_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A literal single unicast IP address, else None (networks, `*`, names, `@netgroup`...)."""
+    if len(text) > 64:
+        return None
     try:
-        ip = ipaddress.ip_address(address)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return (2, 0, address)
-    return (0 if ip.version == 4 else 1, int(ip), address)
+        return None
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address == ipaddress.IPv4Address("255.255.255.255")
+        or (isinstance(address, ipaddress.IPv6Address) and address.scope_id)
+    ):
+        return None
+    return address
 
 
 def _unit_address(relation: Relation, unit: Unit) -> str:
@@ -316,30 +329,65 @@ def _unit_address(relation: Relation, unit: Unit) -> str:
         return ""
 
 
+def _invalid_addresses(relation: Relation) -> list[str]:
+    """Names of the requirer units whose published address is not a single IP address."""
+    return sorted(
+        unit.name
+        for unit in relation.units
+        if (text := _unit_address(relation, unit)) and _client_address(text) is None
+    )
+
+
 def _effective_clients(
     relation: Relation, allowlist: str | None, departing: Unit | None = None
 ) -> list[str]:
     """Return the requirer unit addresses the allowlist admits, sorted (IPv4 first, numeric)."""
     entries = _split_allowlist(allowlist)
-    clients: set[str] = set()
+    clients: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for unit in relation.units:
         if departing is not None and unit.name == departing.name:
             continue
-        address = _unit_address(relation, unit)
-        if address and any(_matches(entry, address) for entry in entries):
+        text = _unit_address(relation, unit)
+        if not text:
+            continue  # not published yet
+        address = _client_address(text)
+        if address is None:
+            logger.error(
+                "nfs-share: relation %s: ignoring %s: its address %r is not a single IP address",
+                relation.id,
+                unit.name,
+                text[:64],
+            )
+        elif any(_matches(entry, address) for entry in entries):
             clients.add(address)
-    return sorted(clients, key=_sort_key)
+    return [str(a) for a in sorted(clients, key=lambda a: (a.version, int(a)))]
+
+
+def _parse_size(text: str) -> int:
+    """A requested size in GiB (-1 = unlimited) from its text; ValueError when out of range."""
+    text = text.strip()
+    if text == "-1":
+        return -1
+    if not re.fullmatch(r"[0-9]{1,10}", text) or not 1 <= int(text) <= MAX_SIZE_GB:
+        raise ValueError(f"size must be -1 or 1 to {MAX_SIZE_GB} (GiB)")
+    return int(text)
+
+
+def _name_problem(name: str) -> bool:
+    name = name.strip()
+    return len(name) > MAX_NAME or not _NAME.fullmatch(name)
 
 
 def _request_problem(bag: dict[str, str]) -> str | None:
     """Return the first invalid field of a requirer's request, or None when it is valid."""
-    name = bag.get("name", "")
-    if not name.strip() or any(c in name for c in "\x00\n,") or ".." in name.split("/"):
+    if _name_problem(bag.get("name", "")):
         return "name"
-    size = bag.get("size", "-1").strip()
-    if not re.fullmatch(r"-?[0-9]+", size) or not (int(size) == -1 or int(size) >= 1):
+    try:
+        _parse_size(bag.get("size", "-1"))
+    except ValueError:
         return "size"
-    if not _split_allowlist(bag.get("allowlist", DEFAULT_ALLOWLIST)):
+    allowlist = bag.get("allowlist", DEFAULT_ALLOWLIST)
+    if len(allowlist) > _MAX_TEXT or not _split_allowlist(allowlist):
         return "allowlist"
     return None
 
@@ -422,10 +470,11 @@ class ShareRequestedEvent(RelationEvent):
     @property
     def size_gb(self) -> int | None:
         """The requested size in GiB, or None for unlimited (or unreadable)."""
-        size = self.size
-        if size is None or not re.fullmatch(r"[0-9]+", size.strip()):
+        try:
+            size = _parse_size(self.size or "-1")
+        except ValueError:
             return None
-        return int(size)
+        return None if size == -1 else size
 
     @property
     def clients(self) -> list[str]:
@@ -529,8 +578,11 @@ def _check_request(
     name: str, allowlist: str | list[str] | tuple[str, ...] | None, size: int | None
 ) -> tuple[str, str, str]:
     """Validate `request_share` arguments; return the three strings to write."""
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "\x00\n,"):
-        raise ValueError(f"invalid share name {name!r}: non-empty, no comma, newline or NUL")
+    if not isinstance(name, str) or _name_problem(name):
+        raise ValueError(
+            f"invalid share name {name!r:.80}: 1 to {MAX_NAME} letters, digits, '.', '_', '-'"
+            " (a leading '/' is allowed)"
+        )
     if allowlist is None:
         entries = [DEFAULT_ALLOWLIST]
     elif isinstance(allowlist, str):
@@ -545,8 +597,14 @@ def _check_request(
         )
     if size is None:
         size = -1
-    if isinstance(size, bool) or not isinstance(size, int) or not (size == -1 or size >= 1):
-        raise ValueError(f"invalid size {size!r}: an int >= 1 (GiB) or -1 (unlimited)")
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or not (size == -1 or 1 <= size <= MAX_SIZE_GB)
+    ):
+        raise ValueError(
+            f"invalid size {size!r:.40}: an int from 1 to {MAX_SIZE_GB} (GiB) or -1 (unlimited)"
+        )
     return name.strip(), ",".join(entries), str(size)
 
 
@@ -617,6 +675,8 @@ class NFSRequires(_BaseInterface):
             self._reconcile(relation, None)
 
     def _on_leader_elected(self, _event: EventBase) -> None:
+        if not self.unit.is_leader():  # leadership may already have moved on
+            return
         for relation in self.integrations:
             if relation.units and not relation.data[self.app].get("name"):
                 self.on.server_connected.emit(relation, app=relation.app)
@@ -673,8 +733,8 @@ class NFSRequires(_BaseInterface):
         if raw is None:
             return
         try:
-            seen = json.loads(raw)
-        except ValueError:
+            seen = json.loads(raw) if len(raw) <= _MAX_TEXT else None
+        except (ValueError, RecursionError):
             seen = None
         endpoint = seen.get("endpoint") if isinstance(seen, dict) else None
         if key not in self._stored.mounted and isinstance(endpoint, str) and endpoint:
@@ -782,6 +842,8 @@ class NFSProvides(_BaseInterface):
         )
 
     def _on_leader_elected(self, _event: EventBase) -> None:
+        if not self.unit.is_leader():  # leadership may already have moved on
+            return
         # Memory is per unit: a new leader serves every relation afresh.
         for relation in self.integrations:
             self._stored.requests.pop(str(relation.id), None)
@@ -796,10 +858,15 @@ class NFSProvides(_BaseInterface):
                 bag = dict(relation.data[relation.app])  # type: ignore[index]
             except ModelError:
                 continue
+            app = relation.app.name if relation.app else "?"
             problem = "name" in bag and _request_problem(bag)
             if problem:
-                app = relation.app.name if relation.app else "?"
                 event.add_status(BlockedStatus(f"invalid share request from {app}: {problem}"))
+            bad = _invalid_addresses(relation)
+            if bad:
+                event.add_status(
+                    BlockedStatus(f"ignoring {bad[0]} of {app}: its address is not a single IP")
+                )
 
     def _evaluate(
         self, relation: Relation, remote_unit: Unit | None, departing: Unit | None, broken: bool
@@ -827,7 +894,7 @@ class NFSProvides(_BaseInterface):
                 relation.id,
                 relation.app.name,
                 problem,
-                bag.get(problem),
+                (bag.get(problem) or "")[:80],
             )
             return
         request = [
