@@ -851,15 +851,33 @@ class Simulator:
         )
 
     def _secret_state(self, secret: Secret, unit: str) -> testing.Secret | None:
-        tracked = secret.tracked.setdefault(unit, secret.latest)
+        """The secret as `unit` sees it: its owner's units always, others only through a grant.
+
+        A grant is to one relation instance (R23): it lasts while the relation exists and the
+        unit is in it (attached, relation-broken not yet run), so a re-created relation needs
+        its own grant.
+        """
         owner = "app" if app_of(unit) == secret.owner_app else None
+        if owner is None and not self._granted(secret, unit):
+            return None
+        tracked = secret.tracked.setdefault(unit, secret.latest)
         return testing.Secret(
             dict(secret.revisions[tracked - 1]),
             latest_content=dict(secret.revisions[-1]),
             id=secret.id,
             owner=owner,
             label=secret.label if owner else None,
+            remote_grants={rid: set(apps) for rid, apps in secret.grants.items()} if owner else {},
         )
+
+    def _granted(self, secret: Secret, unit: str) -> bool:
+        for rel_id, apps in secret.grants.items():
+            rel = self.relations.get(rel_id)
+            if rel is None or app_of(unit) not in apps:
+                continue
+            if unit in rel.attached and unit not in rel.broken:
+                return True
+        return False
 
     # --- commit and routing (B4, B6) -------------------------------------------------------
 
@@ -1021,12 +1039,15 @@ class Simulator:
         before = run.before.secrets
         for sec in out.secrets:
             known = self.secrets.get(sec.id)
+            grants = {rid: set(apps) for rid, apps in sec.remote_grants.items()}
             if known is None:
                 self.secrets[sec.id] = Secret(
                     sec.id, app_of(unit), [dict(sec.latest_content)], label=sec.label,
-                    tracked={unit: 1},
+                    tracked={unit: 1}, grants=grants,
                 )  # fmt: skip
                 continue
+            if sec.owner == "app" and grants != known.grants:
+                known.grants = grants
             old_latest, old_tracked = before.get(sec.id, (None, None))
             if old_latest is not None and dict(sec.latest_content) != old_latest:
                 known.revisions.append(dict(sec.latest_content))
