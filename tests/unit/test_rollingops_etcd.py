@@ -7,10 +7,7 @@ replaced by recorders; tests/functional runs the real lock against a real etcd).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import pathlib
 import subprocess
 from typing import Any
 

@@ -83,7 +83,8 @@ def provider_secrets(username=CN, ca=None) -> tuple[testing.Secret, testing.Secr
 
 def answer(user, tls, rid=RID, endpoints="10.1.0.5:2379,10.1.0.6:2379", **extra) -> dict:
     entry = {"resource": PREFIX, "salt": SALT, "request-id": rid, "endpoints": endpoints,
-             "secret-user": user.id, "secret-tls": tls.id, "version": "3.6.13", **extra}  # fmt: skip
+             "secret-user": user.id, "secret-tls": tls.id, "version": "3.6.13",
+             **extra}  # fmt: skip
     return {"requests": json.dumps([entry])}
 
 
@@ -124,7 +125,7 @@ def changed(state, etcd, unit_id=1):
     return out, lock_state
 
 
-# --- the answer accepted ---------------------------------------------------------------------------
+# --- the answer accepted ------------------------------------------------------------------------
 
 
 def test_the_providers_nested_answer_becomes_the_local_config(tmp_path):
@@ -178,62 +179,56 @@ def test_secret_changed_to_a_bad_ca_falls_back(tmp_path):
 # --- bad input (issue 15): logged, in state, peer backend, the restart runs once on peer -------
 
 
+def _with_ca(ca):
+    user, tls = provider_secrets(ca=ca)
+    return answer(user, tls), {user, tls}
+
+
+def _tls_uri_empty(user, tls):
+    entry = json.loads(answer(user, tls)["requests"])[0]
+    entry["secret-tls"] = ""
+    return {"requests": json.dumps([entry])}, {user, tls}
+
+
+def _user_without_username(user, tls):
+    user = dataclasses.replace(user, tracked_content={"uris": "x"}, latest_content=None)
+    return answer(user, tls), {user, tls}
+
+
+def _not_our_user(user, tls):
+    user, tls = provider_secrets(username="someone-else")
+    return answer(user, tls), {user, tls}
+
+
+CORRUPT_PEM = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+# kind -> (make (provider app data, secrets) from good user/tls secrets, words of the problem)
+BAD_ANSWERS = {
+    "endpoint without a port": (
+        lambda u, t: (answer(u, t, endpoints="10.1.0.5"), {u, t}), "no port"),
+    "endpoint with junk": (
+        lambda u, t: (answer(u, t, endpoints="10.1.0.5:2379/v3;rm -rf /"), {u, t}), "valid port"),
+    "endpoint with a scheme": (
+        lambda u, t: (answer(u, t, endpoints="https://10.1.0.5:2379"), {u, t}), "valid host"),
+    "port out of range": (
+        lambda u, t: (answer(u, t, endpoints="10.1.0.5:99999"), {u, t}), "valid port"),
+    "empty endpoints": (lambda u, t: (answer(u, t, endpoints=""), {u, t}), "empty"),
+    "non-PEM CA": (lambda u, t: _with_ca("this is not a certificate"), "not a PEM"),
+    "corrupt PEM CA": (lambda u, t: _with_ca(CORRUPT_PEM), "does not parse"),
+    "answer for another request id": (
+        lambda u, t: (answer(u, t, rid="0123456789abcdef"), {u, t}), "no answer for our request"),
+    "requests not JSON": (lambda u, t: ({"requests": "{oops"}, {u, t}), "not JSON"),
+    "missing secret": (lambda u, t: (answer(u, t), {t}), "unreadable"),
+    "secret without its field": (_user_without_username, "lacks username"),
+    "secret-tls not a URI": (_tls_uri_empty, "secret-tls"),
+    "user is not our common name": (_not_our_user, "common name"),
+}  # fmt: skip
+BAD = list(BAD_ANSWERS)
+
+
 def _bad(kind: str):
-    user, tls = provider_secrets()
-    secrets = {user, tls}
-    if kind == "endpoint without a port":
-        return answer(user, tls, endpoints="10.1.0.5"), secrets, "no port"
-    if kind == "endpoint with junk":
-        return answer(user, tls, endpoints="10.1.0.5:2379/v3;rm -rf /"), secrets, "valid port"
-    if kind == "endpoint with a scheme":
-        return answer(user, tls, endpoints="https://10.1.0.5:2379"), secrets, "valid host"
-    if kind == "port out of range":
-        return answer(user, tls, endpoints="10.1.0.5:99999"), secrets, "valid port"
-    if kind == "empty endpoints":
-        return answer(user, tls, endpoints=""), secrets, "empty"
-    if kind == "non-PEM CA":
-        user, tls = provider_secrets(ca="this is not a certificate")
-        return answer(user, tls), {user, tls}, "not a PEM"
-    if kind == "corrupt PEM CA":
-        user, tls = provider_secrets(
-            ca="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-        )
-        return answer(user, tls), {user, tls}, "does not parse"
-    if kind == "answer for another request id":
-        return answer(user, tls, rid="0123456789abcdef"), secrets, "no answer for our request"
-    if kind == "requests not JSON":
-        return {"requests": "{oops"}, secrets, "not JSON"
-    if kind == "missing secret":
-        return answer(user, tls), {tls}, "unreadable"
-    if kind == "secret without its field":
-        user = dataclasses.replace(user, tracked_content={"uris": "x"}, latest_content=None)
-        return answer(user, tls), {user, tls}, "lacks username"
-    if kind == "secret-tls not a URI":
-        data = answer(user, tls)
-        entry = json.loads(data["requests"])[0]
-        entry["secret-tls"] = ""
-        return {"requests": json.dumps([entry])}, secrets, "secret-tls"
-    if kind == "user is not our common name":
-        user, tls = provider_secrets(username="someone-else")
-        return answer(user, tls), {user, tls}, "common name"
-    raise AssertionError(kind)
-
-
-BAD = [
-    "endpoint without a port",
-    "endpoint with junk",
-    "endpoint with a scheme",
-    "port out of range",
-    "empty endpoints",
-    "non-PEM CA",
-    "corrupt PEM CA",
-    "answer for another request id",
-    "requests not JSON",
-    "missing secret",
-    "secret without its field",
-    "secret-tls not a URI",
-    "user is not our common name",
-]
+    make, why = BAD_ANSWERS[kind]
+    remote, secrets = make(*provider_secrets())
+    return remote, secrets, why
 
 
 @pytest.mark.parametrize("kind", BAD)
@@ -256,8 +251,11 @@ def test_bad_answer_is_logged_shown_and_the_unit_falls_back(kind, tmp_path, capl
 
 @pytest.mark.parametrize("kind", ["endpoint without a port", "answer for another request id"])
 def test_after_a_bad_answer_the_restart_runs_exactly_once_on_the_peer_backend(kind, tmp_path):
-    """The leader alone, its restart queued on etcd: the bad answer moves it to peer, then the
-    peer grant runs the restart once, in the wake-up, and never again."""
+    """A lone leader, its restart queued on etcd, gets a bad answer: the restart runs once on peer.
+
+    The bad answer moves it to the peer backend, the peer grant runs the restart in the wake-up,
+    and later hooks never run it again.
+    """
     remote, secrets, _ = _bad(kind)
     state, peer, etcd = state_with(remote, secrets, unit_bag_=queued_on_etcd(), leader=True)
     out = ctx(0).run(ctx(0).on.relation_changed(etcd), state)
@@ -302,7 +300,7 @@ def test_a_stale_local_config_with_a_bad_endpoint_is_unusable(tmp_path):
 def test_relation_broken_forgets_the_problem(tmp_path):
     remote, secrets, _ = _bad("non-PEM CA")
     state, _, etcd = state_with(remote, secrets)
-    out, _ = changed(state, etcd)
+    changed(state, etcd)
     assert _files.read_problem(tmp_path) is not None
     ctx().run(ctx().on.relation_broken(etcd), state)
     assert _files.read_problem(tmp_path) is None
@@ -329,7 +327,7 @@ def mtls_secret(out) -> testing.Secret:
 
 
 def test_first_leader_hook_publishes_a_v1_request_the_provider_accepts():
-    state, peer, etcd = fresh_leader_state()
+    state, _, etcd = fresh_leader_state()
     out = leader_run(state, ctx(0).on.relation_created(etcd))
     bag = out.get_relation(etcd.id).local_app_data
     (request,) = check_requirer_bag(bag)
@@ -355,7 +353,7 @@ def _certs_cn(pem: str) -> str:
 
 def test_secret_mtls_is_never_empty_and_the_salt_stable_from_the_second_leader_hook_on():
     """The original bug: from the second hook on, secret-mtls was "" (a label lookup's id)."""
-    state, peer, etcd = fresh_leader_state()
+    state, _, etcd = fresh_leader_state()
     out = leader_run(state)
     (first,) = check_requirer_bag(out.get_relation(etcd.id).local_app_data)
     for event in ("update_status", "config_changed", "leader_elected"):

@@ -32,7 +32,7 @@ import re
 import secrets
 import string
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._models import RollingOpsDecodingError
 
@@ -106,7 +106,7 @@ def new_request(resource: str, secret_mtls: str) -> Request:
     return Request(resource, new_salt(), secret_mtls)
 
 
-def is_secret_uri(value: Any) -> bool:
+def is_secret_uri(value: Any) -> TypeGuard[str]:
     """`secret:` followed by something (what the provider checks `secret-mtls` against)."""
     return isinstance(value, str) and value.startswith("secret:") and len(value) > len("secret:")
 

@@ -506,4 +506,4 @@ def _secret_uri(secret: ops.Secret | ops.SecretInfo) -> str:
     uri = secret.id
     if not _contract.is_secret_uri(uri):
         raise RollingOpsError(f"Juju gave no URI for secret {secret!r}")
-    return uri  # type: ignore[return-value]
+    return uri
