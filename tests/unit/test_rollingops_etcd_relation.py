@@ -282,8 +282,8 @@ def test_a_good_answer_after_a_bad_one_clears_the_problem(tmp_path):
     assert _files.read_config(tmp_path) is not None and lock_state.etcd_problem is None
 
 
-def test_a_stale_local_config_with_a_bad_endpoint_is_unusable(tmp_path):
-    """config.json written by an older version (no validation then): refused on read."""
+def _write_stale_config(tmp_path) -> None:
+    """config.json as an older version wrote it (no validation then): its endpoint has no port."""
     path = _files.etcd_dir(tmp_path)
     path.mkdir(parents=True, exist_ok=True)
     for name in ("server-ca.pem", "client-cert.pem", "client-key.pem"):
@@ -293,6 +293,10 @@ def test_a_stale_local_config_with_a_bad_endpoint_is_unusable(tmp_path):
         "server_ca": str(path / "server-ca.pem"), "cert": str(path / "client-cert.pem"),
         "key": str(path / "client-key.pem"),
     }))  # fmt: skip
+
+
+def test_a_stale_local_config_with_a_bad_endpoint_is_unusable(tmp_path):
+    _write_stale_config(tmp_path)
     with pytest.raises(_files.RollingOpsDecodingError, match="no port"):
         _files.read_config(tmp_path)
 
@@ -434,3 +438,14 @@ def test_the_shared_validator_refuses_what_the_provider_refuses():
         check_requirer_bag({**good, "prefix": PREFIX})
     with pytest.raises(Unanswerable, match="version"):
         check_requirer_bag({"requests": good["requests"]})
+
+
+def test_a_stale_config_with_a_bad_endpoint_never_raises_in_update_status(tmp_path):
+    """Issue 16 item 4: with the clean-up flag set, every update-status used to raise."""
+    _write_stale_config(tmp_path)
+    unit = {"rollingops-version": "1", "rollingops-backend": "peer", "rollingops-seq": "1",
+            "rollingops-queue": "[]", "rollingops-etcd-cleanup": "true"}  # fmt: skip
+    state, peer, _ = state_with({}, set(), unit_bag_=unit)
+    out = ctx().run(ctx().on.update_status(), state)
+    bag = out.get_relation(peer.id).local_unit_data
+    assert bag["rollingops-backend"] == "peer"

@@ -91,15 +91,18 @@ class EtcdBackend:
         return self.configured() and self._config() is not None
 
     def _etcd_lock(self) -> EtcdLock:
+        """The lock over the local config; RollingOpsError when it cannot be built (never more)."""
         if self._lock is None:
             from ._etcd_lock import EtcdLock
+            from ._models import RollingOpsEtcdNotConfiguredError
 
             config = self._config()
             if config is None:
-                from ._models import RollingOpsEtcdNotConfiguredError
-
                 raise RollingOpsEtcdNotConfiguredError("no local etcd config")
-            self._lock = EtcdLock.from_config(config, self.manager.model.unit.name)
+            try:
+                self._lock = EtcdLock.from_config(config, self.manager.model.unit.name)
+            except (ValueError, OSError) as error:  # a config the client cannot use
+                raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
         return self._lock
 
     # --- mode ----------------------------------------------------------------------------------
