@@ -358,20 +358,18 @@ class EtcdBackend:
         is logged, recorded for `state`, and the local config is deleted: this unit then runs on
         (or falls back to) the peer backend. Nothing raises out of this hook.
         """
+        problem = None  # stays None when the answer is used or has not come yet
         try:
             config = self._provider_config()
-            if config is None:
-                problem = None  # no answer yet: nothing to refuse, nothing to use
-            else:
+            if config is not None:
                 _files.write_config(self.base_dir, **config)
-                problem = ""
         except (RollingOpsError, OSError) as error:
             config, problem = None, str(error)
             logger.error("etcd provider data refused, using the peer backend: %s", problem)
         try:
             if config is None:
                 _files.delete_config(self.base_dir)
-            _files.write_problem(self.base_dir, problem or None)
+            _files.write_problem(self.base_dir, problem)
         except (OSError, RollingOpsError) as error:
             logger.error("could not update the local etcd state: %s", error)
 
