@@ -449,3 +449,21 @@ def test_a_stale_config_with_a_bad_endpoint_never_raises_in_update_status(tmp_pa
     out = ctx().run(ctx().on.update_status(), state)
     bag = out.get_relation(peer.id).local_unit_data
     assert bag["rollingops-backend"] == "peer"
+
+
+def test_a_request_whose_mtls_secret_is_gone_is_made_again():
+    client = client_secret()
+    peer = testing.PeerRelation("restart", local_app_data={
+        "rollingops-version": "1", "rollingops-client-secret-id": client.id,
+        "rollingops-etcd-request": our_request(mtls="secret:gone")})  # fmt: skip
+    etcd = testing.Relation("etcd", remote_app_name="charmed-etcd")
+    state = testing.State(
+        planned_units=PLANNED, leader=True, relations={peer, etcd}, secrets={client}
+    )
+    out = leader_run(state)  # logged, not raised; the stale request is dropped
+    assert "requests" not in out.get_relation(etcd.id).local_app_data
+    out = leader_run(out)
+    (request,) = check_requirer_bag(out.get_relation(etcd.id).local_app_data)
+    mtls = mtls_secret(out)
+    assert request["secret-mtls"] == mtls.id and etcd.id in mtls.remote_grants
+    assert mtls.latest_content == {"mtls-cert": CREDS["client-cert"]}

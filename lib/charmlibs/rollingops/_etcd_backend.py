@@ -452,7 +452,12 @@ class EtcdBackend:
         wanted = request.databag()
         if all(bag.get(key) == value for key, value in wanted.items()):
             return
-        manager.model.get_secret(id=request.secret_mtls).grant(etcd)
+        try:
+            mtls = manager.model.get_secret(id=request.secret_mtls)
+        except ops.SecretNotFoundError:
+            del ours[KEY_ETCD_REQUEST]  # its secret is gone: the next leader hook makes a new one
+            raise
+        mtls.grant(etcd)
         bag.update(wanted)
         logger.info("published etcd request %s for prefix %s", request.request_id, prefix)
 
@@ -476,7 +481,7 @@ class EtcdBackend:
             return _secret_uri(model.get_secret(label=MTLS_SECRET_LABEL).get_info())
         except ops.SecretNotFoundError:
             pass  # made by an older version without it: make it from the client certificate
-        content = model.get_secret(id=ours[KEY_CLIENT_SECRET_ID]).get_content()
+        content = model.get_secret(id=ours[KEY_CLIENT_SECRET_ID]).get_content(refresh=True)
         if not content.get("client-cert"):
             raise RollingOpsInvalidSecretContentError("our client secret lacks client-cert")
         return self._put_secret(MTLS_SECRET_LABEL, {"mtls-cert": content["client-cert"]})
