@@ -55,18 +55,26 @@ def journal_dirs(charm: ops.CharmBase) -> list[pathlib.Path]:
 
 
 def run_restart(
-    charm: ops.CharmBase, *, engine: str, delay: int, token: int | None = None
+    charm: ops.CharmBase,
+    *,
+    engine: str,
+    delay: int,
+    token: int | None = None,
+    backend: str | None = None,
 ) -> bool:
     """The critical section: restart the service, check it is healthy, hold for `delay` seconds.
 
     Returns False (and logs why) when the service did not come back; the journal records the
     operation as failed and the charm's status, derived from /health, shows it. The caller releases
-    its lock either way: a failed restart must not wedge the other units.
+    its lock either way: a failed restart must not wedge the other units. `backend` (the lock
+    backend that granted this run, when the engine has several) goes into the journal entry.
     """
     try:
         with journal.operation(
             charm.unit.name, "restart", engine, token, dirs=journal_dirs(charm)
-        ):
+        ) as entry:
+            if backend is not None:
+                entry["backend"] = backend
             logger.info("restarting the demo service (engine %s, token %s)", engine, token)
             workload.restart()
             if workload.health() is None:

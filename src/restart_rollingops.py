@@ -32,6 +32,7 @@ PEER_RELATION = "rollingops"
 ETCD_RELATION = "etcd"
 MAX_RETRY = 2  # a failed restart runs at most 3 times, then is dropped (and logged)
 SYNC_TIMEOUT = 60
+STATUS_LIMIT = 160  # characters of the etcd problem shown in the unit status
 
 
 def base_dir() -> pathlib.Path:
@@ -108,15 +109,18 @@ class RollingOpsEngine(ops.Object):
         try:
             with self.manager.acquire_sync_lock("peer", timeout=SYNC_TIMEOUT) as grant:
                 token = getattr(grant, "token", None)
-                ok = restart.run_restart(self.charm, engine=self.name, delay=delay, token=token)
+                backend = str(grant.backend) if grant is not None else "peer"
+                ok = restart.run_restart(
+                    self.charm, engine=self.name, delay=delay, token=token, backend=backend
+                )
         except TimeoutError as error:
             raise restart.EngineNotReady(f"sync restart: lock busy: {error}") from error
         except RollingOpsError as error:
             raise restart.EngineNotReady(f"sync restart: {error.__cause__ or error}") from error
         if not ok:
             raise restart.EngineNotReady("sync restart: the service did not come back healthy")
-        fenced = "" if token is None else f" (token {token})"
-        return f"restarted synchronously under the rollingops sync lock{fenced}"
+        fenced = "" if token is None else f", token {token}"
+        return f"restarted synchronously under the rollingops sync lock ({backend} backend{fenced})"
 
     def in_flight(self) -> bool:
         """Any unit of the application with a restart queued or running."""
@@ -127,10 +131,13 @@ class RollingOpsEngine(ops.Object):
         return any(self.manager.is_waiting(unit) for unit in units)
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Maintenance while restarting under the lock, waiting while queued."""
+        """Blocked: etcd refused; maintenance: restarting; waiting: queued."""
         if self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state
+        if state.etcd_problem:
+            problem = state.etcd_problem[:STATUS_LIMIT]
+            return ops.BlockedStatus(f"etcd refused, restarts use the peer relation: {problem}")
         if state.status is RollingOpsStatus.GRANTED:
             return ops.MaintenanceStatus(f"restarting (rollingops, {state.processing_backend})")
         if state.status is RollingOpsStatus.WAITING:
@@ -142,5 +149,8 @@ class RollingOpsEngine(ops.Object):
     def _restart(self, delay: int = 0) -> OperationResult:
         grant = self.manager.lock_grant
         token = grant.token if grant is not None else None
-        ok = restart.run_restart(self.charm, engine=self.name, delay=delay, token=token)
+        backend = str(grant.backend) if grant is not None else None
+        ok = restart.run_restart(
+            self.charm, engine=self.name, delay=delay, token=token, backend=backend
+        )
         return OperationResult.RELEASE if ok else OperationResult.RETRY_RELEASE

@@ -247,6 +247,14 @@ class Deployment:
 
     # -- actions --
 
+    def backends(self, offset: int, *, operation: str, engine: str) -> list[str]:
+        """The lock backend of each journal entry after `offset` (rollingops records it)."""
+        return [
+            str(entry.get("backend"))
+            for entry in self.journal()[offset:]
+            if entry.get("operation") == operation and entry.get("engine") == engine
+        ]
+
     def restart_all(self, units: Iterable[str], *, engine: str, delay: int) -> list[jubilant.Task]:
         """Run `restart` on every unit at the same time (each action returns once queued)."""
         units = list(units)

@@ -3,6 +3,10 @@
 The judge is the operation journal on the NFS share (read on the server), where each unit appended
 the interval of its restart; tests/integration/journal_checks.py checks the intervals and prints a
 timeline when they are wrong. The engines come from actions.yaml, so new engines are tested too.
+
+With the `rollingops` engine and charmed-etcd related, every restart must be served by the etcd
+backend: the action result names the backend the request was queued on, and each journal entry
+the backend that granted it. A restart that silently ran on the peer backend fails the test.
 """
 
 from __future__ import annotations
@@ -39,3 +43,10 @@ def test_restart_runs_one_unit_at_a_time(three_units: helpers.Deployment, engine
     after = deployment.pids()
     for unit in units:
         assert after[unit] is not None and after[unit] != pids[unit], (unit, pids, after)
+    if engine == "rollingops" and deployment.related(f"{helpers.APP}:etcd", helpers.ETCD):
+        queued_on = {
+            unit: task.results.get("message", "") for unit, task in zip(units, tasks, strict=True)
+        }
+        assert all("(etcd backend)" in message for message in queued_on.values()), queued_on
+        served_by = deployment.backends(offset, operation="restart", engine=engine)
+        assert served_by and set(served_by) == {"etcd"}, served_by

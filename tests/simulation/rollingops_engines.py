@@ -7,7 +7,9 @@ Both drive the demo charm's `restart engine=rollingops` (charmlibs.rollingops):
   (charms/etcd_provider.py), so the library switches to its etcd backend; etcd itself is the
   in-memory `FakeEtcd` and each unit's worker process a `WorkerActor` (etcd_world.py).
   Faults on top of the simulator's generic ones: an etcd outage [t1, t2), a worker killed (its
-  lease expires `LEASE_TTL_TICKS` later) and the etcd relation removed mid-roll. Juju's periodic
+  lease expires `LEASE_TTL_TICKS` later) and the etcd relation removed mid-roll (and, half the
+  time, integrated again a little later: a new relation id, so our leader must grant its mTLS
+  secret again or the stand-in provider fails its hook). Juju's periodic
   update-status (R19), the library's trigger for restarting a dead worker and noticing a failed
   one (spec §4.4, §5.3), is modelled by one update-status tick after each such fault has played
   out.
@@ -95,8 +97,9 @@ def etcd_setup(sim: Simulator) -> None:
 
 
 def etcd_relation(sim: Simulator) -> int | None:
-    for rel in sim.relations.values():
-        if rel.endpoints.get(APP) == "etcd":
+    """The live etcd relation (the newest one that has not been removed)."""
+    for rel in sorted(sim.relations.values(), key=lambda r: -r.id):
+        if rel.endpoints.get(APP) == "etcd" and rel.known:
             return rel.id
     return None
 
@@ -126,6 +129,11 @@ def etcd_faults(sim: Simulator, units: list[str]) -> list[str]:
         sim.add_timer(at, "remove etcd relation", lambda: _remove_etcd_relation(sim))
         armed.append(f"remove etcd relation at {at}")
         settle_at.append(at + 2 * len(units) + 2)
+        if rng.random() < 0.5:
+            again = at + rng.randint(1, horizon)
+            sim.add_timer(again, "integrate etcd again", lambda: _integrate_etcd(sim))
+            armed.append(f"integrate etcd again at {again}")
+            settle_at.append(again + 2 * len(units) + 2)
     for at in settle_at:  # the periodic update-status Juju runs anyway (R19)
         sim.add_timer(at, "update_status", lambda: sim.update_status(APP))
         sim.add_timer(at + 4 * len(units), "update_status", lambda: sim.update_status(APP))
@@ -136,6 +144,11 @@ def _remove_etcd_relation(sim: Simulator) -> None:
     rel = etcd_relation(sim)
     if rel is not None:
         sim.remove_relation(rel)
+
+
+def _integrate_etcd(sim: Simulator) -> None:
+    if etcd_relation(sim) is None:
+        sim.integrate(APP, "etcd", PROVIDER_APP, "etcd-client")
 
 
 class RollingOpsEtcdFakes(DemoFakes):

@@ -72,6 +72,7 @@ class Writable:
 
     bags: dict[int, tuple[dict[str, str], dict[str, str]]]  # relation id -> (unit bag, app bag)
     secrets: dict[str, tuple[dict[str, str], dict[str, str]]]  # id -> (latest, tracked content)
+    grants: dict[str, dict[int, frozenset[str]]]  # id -> relation id -> apps (owner's view)
 
     @classmethod
     def of(cls, state: testing.State) -> Writable:
@@ -81,6 +82,10 @@ class Writable:
             },
             secrets={
                 s.id: (dict(s.latest_content), dict(s.tracked_content)) for s in state.secrets
+            },
+            grants={
+                s.id: {rid: frozenset(apps) for rid, apps in s.remote_grants.items()}
+                for s in state.secrets
             },
         )
 
@@ -851,15 +856,33 @@ class Simulator:
         )
 
     def _secret_state(self, secret: Secret, unit: str) -> testing.Secret | None:
-        tracked = secret.tracked.setdefault(unit, secret.latest)
+        """The secret as `unit` sees it: its owner's units always, others only through a grant.
+
+        A grant is to one relation instance (R23): it lasts while the relation exists and the
+        unit is in it (attached, relation-broken not yet run), so a re-created relation needs
+        its own grant.
+        """
         owner = "app" if app_of(unit) == secret.owner_app else None
+        if owner is None and not self._granted(secret, unit):
+            return None
+        tracked = secret.tracked.setdefault(unit, secret.latest)
         return testing.Secret(
             dict(secret.revisions[tracked - 1]),
             latest_content=dict(secret.revisions[-1]),
             id=secret.id,
             owner=owner,
             label=secret.label if owner else None,
+            remote_grants={rid: set(apps) for rid, apps in secret.grants.items()} if owner else {},
         )
+
+    def _granted(self, secret: Secret, unit: str) -> bool:
+        for rel_id, apps in secret.grants.items():
+            rel = self.relations.get(rel_id)
+            if rel is None or app_of(unit) not in apps:
+                continue
+            if unit in rel.attached and unit not in rel.broken:
+                return True
+        return False
 
     # --- commit and routing (B4, B6) -------------------------------------------------------
 
@@ -1013,7 +1036,11 @@ class Simulator:
 
     def _secrets_changed(self, before: Writable, after: testing.State) -> bool:
         old = {id_: latest for id_, (latest, _) in before.secrets.items()}
-        return any(old.get(s.id) != s.latest_content for s in after.secrets if s.owner == "app")
+        return any(
+            old.get(s.id) != s.latest_content or _grants(s) != before.grants.get(s.id, {})
+            for s in after.secrets
+            if s.owner == "app"
+        )
 
     def _commit_secrets(self, run: Running, out: testing.State) -> None:
         unit = run.unit
@@ -1025,8 +1052,16 @@ class Simulator:
                 self.secrets[sec.id] = Secret(
                     sec.id, app_of(unit), [dict(sec.latest_content)], label=sec.label,
                     tracked={unit: 1},
+                    grants={rid: set(apps) for rid, apps in sec.remote_grants.items()},
                 )  # fmt: skip
                 continue
+            if sec.owner == "app":  # the grants this run added or revoked (a leader's run, R16)
+                old, new = run.before.grants.get(sec.id, {}), _grants(sec)
+                for rid in old.keys() | new.keys():
+                    added = new.get(rid, frozenset()) - old.get(rid, frozenset())
+                    revoked = old.get(rid, frozenset()) - new.get(rid, frozenset())
+                    known.grants.setdefault(rid, set()).update(added)
+                    known.grants[rid].difference_update(revoked)
             old_latest, old_tracked = before.get(sec.id, (None, None))
             if old_latest is not None and dict(sec.latest_content) != old_latest:
                 known.revisions.append(dict(sec.latest_content))
@@ -1098,3 +1133,7 @@ def intercept_juju_exec(sim: Simulator, run: Running) -> Iterator[None]:
 
     with jujuexec.intercept(lambda target, event, env: run.juju_exec.append((target, event, env))):
         yield
+
+
+def _grants(secret: testing.Secret) -> dict[int, frozenset[str]]:
+    return {rid: frozenset(apps) for rid, apps in secret.remote_grants.items()}

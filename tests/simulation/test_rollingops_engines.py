@@ -8,14 +8,20 @@ each engine hold every invariant.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import pytest
 from charmlibs.rollingops import _etcd_client
 from charmlibs.rollingops._etcd_lock import EtcdLock
+from ops import testing
+
+from tests.etcd_contract import expected_request_id
 
 from . import soak
+from .charms.etcd_provider import SPEC_DIR as PROVIDER_DIR
+from .charms.etcd_provider import EtcdProviderCharm
 from .engines import ENGINES
 from .fake_etcd import FakeEtcd, FakeEtcdClient
 from .rollingops_engines import world_of
@@ -123,3 +129,67 @@ def test_faulted_schedules_hold_every_invariant(engine, seed):
     assert result["violations"] == [], result["faults"]
     assert result["liveness"] == [], result["faults"]
     assert result["uncaught"] == [], result["faults"]
+
+
+# --- the stand-in etcd provider refuses what charmed-etcd refuses ------------------------------
+
+
+def _provider_run(requirer_bag: dict[str, str], secrets=()) -> testing.State:
+    import yaml
+
+    meta = yaml.safe_load((PROVIDER_DIR / "metadata.yaml").read_text())
+    ctx = testing.Context(EtcdProviderCharm, meta=meta, app_name="etcd", unit_id=0)
+    rel = testing.Relation("etcd-client", remote_app_name="app", remote_app_data=requirer_bag)
+    state = testing.State(leader=True, relations={rel}, secrets=set(secrets))
+    return ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
+
+
+def _v1(**request) -> dict[str, str]:
+    return {"version": "v1", "requests": json.dumps([request])}
+
+
+def _request(mtls: str, salt: str = "AbCdEfGh12345678") -> dict[str, str]:
+    rid = expected_request_id("/p/", salt)
+    return {"resource": "/p/", "salt": salt, "request-id": rid, "secret-mtls": mtls}
+
+
+@pytest.mark.parametrize("mtls", [None, "", "rollingops-etcd-mtls", "secret"])
+def test_stand_in_provider_fails_its_hook_on_a_bad_secret_mtls(mtls):
+    request = _request("secret:x")
+    if mtls is None:
+        del request["secret-mtls"]
+    else:
+        request["secret-mtls"] = mtls
+    with pytest.raises(testing.errors.UncaughtCharmError, match="secret-mtls"):
+        _provider_run(_v1(**request))
+
+
+def test_stand_in_provider_does_not_answer_what_it_cannot_parse():
+    bad_salt = _request("secret:x", salt="short")
+    bad_id = {**_request("secret:x"), "request-id": "0" * 16}
+    for bag in (_v1(**bad_salt), _v1(**bad_id), {"version": "v0", "prefix": "/p/"},
+                {**_v1(**_request("secret:x")), "prefix": "/p/"}):  # fmt: skip
+        out = _provider_run(bag)
+        assert "requests" not in next(iter(out.relations)).local_app_data, bag
+
+
+def test_stand_in_provider_needs_the_mtls_secret_granted():
+    with pytest.raises(testing.errors.UncaughtCharmError, match="SecretNotFound"):
+        _provider_run(_v1(**_request("secret:not-granted")))
+
+
+def test_stand_in_provider_publishes_the_nested_v1_answer():
+    from charmlibs.rollingops import _certs
+
+    cert = _certs.generate_client_credentials("rollingops-x-app")["client-cert"]
+    mtls = testing.Secret({"mtls-cert": cert})
+    out = _provider_run(_v1(**_request(mtls.id)), secrets=[mtls])
+    rel = next(iter(out.relations))
+    assert set(rel.local_app_data) == {"requests"}  # nothing at the top level
+    (answer,) = json.loads(rel.local_app_data["requests"])
+    assert answer["request-id"] == expected_request_id("/p/", "AbCdEfGh12345678")
+    user = next(s for s in out.secrets if s.id == answer["secret-user"])
+    tls = next(s for s in out.secrets if s.id == answer["secret-tls"])
+    assert user.latest_content["username"] == "rollingops-x-app"
+    assert "BEGIN CERTIFICATE" in tls.latest_content["tls-ca"]
+    assert rel.id in user.remote_grants and rel.id in tls.remote_grants

@@ -82,6 +82,8 @@ class Secret:
     revisions: list[dict[str, str]]
     label: str | None = None
     tracked: dict[str, int] = dataclasses.field(default_factory=dict)  # unit -> revision (1-based)
+    # relation id -> applications granted access through that relation (`secret-grant`)
+    grants: dict[int, set[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def latest(self) -> int:

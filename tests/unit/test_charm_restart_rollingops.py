@@ -15,6 +15,7 @@ import yaml
 from charmlibs.rollingops import _dispatch
 from ops import testing
 
+from tests.etcd_contract import expected_request_id
 from tests.unit.conftest import ROOT, charm_context
 
 # Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks
@@ -223,3 +224,54 @@ def test_another_engine_is_refused_while_a_rollingops_restart_is_queued(running)
     state = testing.State(planned_units=PLANNED, relations={rel, testing.PeerRelation("restart")})
     with pytest.raises(testing.ActionFailed, match="'rollingops' is in flight"):
         restart_action(context, state, engine="v0")
+
+
+# --- etcd's answer refused (issue 15, bad input): the status says why, sync fails cleanly ------
+
+
+def _etcd_refused_state(tmp_path, *, leader=False, unit=None):
+    """Peer and etcd relations where the provider's `requests` is not JSON."""
+    app = {
+        "rollingops-version": "1",
+        "rollingops-mode": "etcd",
+        "rollingops-client-secret-id": "secret:client",
+        "rollingops-etcd-request": json.dumps({
+            "resource": "/coordinated-ops/rollingops/v1/coordinated-ops/",
+            "salt": "AbCdEfGh12345678", "secret-mtls": "secret:mtls",
+            "request-id": expected_request_id(
+                "/coordinated-ops/rollingops/v1/coordinated-ops/", "AbCdEfGh12345678"),
+        }),
+    }  # fmt: skip
+    rel = testing.PeerRelation(PEER, local_app_data=app, local_unit_data=unit or {})
+    etcd = testing.Relation("etcd", remote_app_name="etcd", remote_app_data={"requests": "{oops"})
+    return testing.State(planned_units=PLANNED, leader=leader, relations={rel, etcd}), etcd
+
+
+def test_a_refused_etcd_answer_shows_in_the_unit_status(running, tmp_path):
+    state, etcd = _etcd_refused_state(tmp_path)
+    out = ctx(1).run(ctx(1).on.relation_changed(etcd, remote_unit=0), state)
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "etcd refused" in out.unit_status.message and "not JSON" in out.unit_status.message
+    out = ctx(1).run(ctx(1).on.update_status(), out)  # every later hook still shows it
+    assert "not JSON" in out.unit_status.message
+
+
+def test_sync_restart_with_an_unusable_etcd_config_fails_the_action_with_a_message(
+    running, tmp_path
+):
+    """config.json from an older version, its endpoint without a port: no exception escapes."""
+    path = tmp_path / "var/lib/rollingops/etcd"
+    path.mkdir(parents=True)
+    for name in ("server-ca.pem", "client-cert.pem", "client-key.pem"):
+        (path / name).write_text("x")
+    (path / "config.json").write_text(json.dumps({
+        "version": 1, "endpoints": ["10.1.0.5"], "prefix": "/p/", "owner": "o",
+        "server_ca": str(path / "server-ca.pem"), "cert": str(path / "client-cert.pem"),
+        "key": str(path / "client-key.pem"),
+    }))  # fmt: skip
+    unit = {"rollingops-version": "1", "rollingops-backend": "etcd", "rollingops-seq": "0",
+            "rollingops-queue": "[]"}  # fmt: skip
+    state, _ = _etcd_refused_state(tmp_path, unit=unit)
+    with pytest.raises(testing.ActionFailed, match="only the leader can restart synchronously"):
+        restart_action(ctx(1), state, sync=True)
+    assert ("restart",) not in running.calls

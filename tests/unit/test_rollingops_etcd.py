@@ -7,10 +7,7 @@ replaced by recorders; tests/functional runs the real lock against a real etcd).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import pathlib
 import subprocess
 from typing import Any
 
@@ -25,6 +22,8 @@ from charmlibs.rollingops import (
     _files,
 )
 from ops import testing
+
+from tests.etcd_contract import check_requirer_bag
 
 # Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks
 # like it is being removed (a holder waits while one is: RollingOpsManager._unit_leaving).
@@ -214,74 +213,8 @@ def test_non_leaders_never_generate_keys(monkeypatch):
     run(unit_bag(), app_bag("peer"))
 
 
-# --- paths added after the first round (relation data -> local config, secrets, health, sync
-# lock timeout, late cluster_id) ---------------------------------------------------------------
-
-SERVER_CA = "-----BEGIN CERTIFICATE-----\nserver CA\n-----END CERTIFICATE-----\n"
-
-
-def _client_secret(content=None, latest=None):
-    content = content or {k: CREDS[k] for k in ("client-cert", "client-key", "client-ca")}
-    return testing.Secret(
-        content, latest_content=latest, owner="app", label="rollingops-etcd-client"
-    )
-
-
-def _etcd_state(secret, remote=None, leader=False, unit_bag_=None, app_mode="etcd"):
-    app = app_bag(app_mode)
-    app["rollingops-client-secret-id"] = secret.id
-    rel = testing.PeerRelation("restart", local_app_data=app, local_unit_data=unit_bag_ or {})
-    etcd = testing.Relation(
-        "etcd",
-        remote_app_name="charmed-etcd",
-        remote_app_data=remote
-        or {"endpoints": "10.1.0.5:2379, 10.1.0.6:2379", "tls-ca": SERVER_CA},
-    )
-    return testing.State(
-        planned_units=PLANNED, leader=leader, relations={rel, etcd}, secrets={secret}
-    ), etcd
-
-
-def test_etcd_relation_changed_writes_the_local_config_from_provider_data(tmp_path):
-    _files.delete_config(tmp_path)
-    secret = _client_secret()
-    state, etcd = _etcd_state(secret)
-    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
-    ctx.run(ctx.on.relation_changed(etcd, remote_unit=0), state)
-    config = _files.read_config(tmp_path)
-    assert config is not None
-    assert config.endpoints == ("10.1.0.5:2379", "10.1.0.6:2379")
-    assert config.prefix == _etcd_lock.lock_prefix("c1")
-    assert config.owner == _etcd_lock.owner_name(state.model.uuid, "app/1")
-    assert pathlib.Path(config.server_ca).read_text() == SERVER_CA
-    assert pathlib.Path(config.cert).read_text() == CREDS["client-cert"]
-    assert os.stat(config.key).st_mode & 0o777 == 0o600
-
-
-def test_etcd_relation_changed_without_endpoints_writes_nothing(tmp_path):
-    _files.delete_config(tmp_path)
-    state, etcd = _etcd_state(_client_secret(), remote={"tls-ca": SERVER_CA})
-    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
-    ctx.run(ctx.on.relation_changed(etcd, remote_unit=0), state)
-    assert _files.read_config(tmp_path) is None
-
-
-def test_secret_changed_of_the_provider_tls_secret_rewrites_the_server_ca(tmp_path):
-    """charmed-etcd sends its CA in a secret; a new revision reaches us as secret-changed.
-
-    (Our own client-certificate secret is owned by our application: Juju never sends its owner
-    secret-changed, so only the provider's secret can trigger this path.)
-    """
-    _files.delete_config(tmp_path)
-    tls = testing.Secret({"tls-ca": SERVER_CA}, latest_content={"tls-ca": "NEW CA PEM\n"})
-    state, _ = _etcd_state(_client_secret(), remote={"endpoints": "10.1.0.5:2379",
-                                                     "secret-tls": tls.id})  # fmt: skip
-    state = dataclasses.replace(state, secrets={*state.secrets, tls})
-    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
-    ctx.run(ctx.on.secret_changed(tls), state)
-    config = _files.read_config(tmp_path)
-    assert config is not None
-    assert pathlib.Path(config.server_ca).read_text() == "NEW CA PEM\n"
+# --- worker health, sync lock timeout, late cluster_id (the relation contract itself:
+# test_rollingops_etcd_relation.py) -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("pending", [True, False])
@@ -361,16 +294,17 @@ def test_late_cluster_id_publishes_the_request_at_the_end_of_that_dispatch():
     LATE[0] = "late-cluster"
     out = ctx.run(ctx.on.update_status(), out)
     bag = out.get_relation(etcd.id).local_app_data
-    requests = json.loads(bag["requests"])
-    assert bag["version"] == "v1"
-    assert [r["resource"] for r in requests] == ["/coordinated-ops/rollingops/v1/late-cluster/"]
+    (request,) = check_requirer_bag(bag)
+    assert request["resource"] == "/coordinated-ops/rollingops/v1/late-cluster/"
     secret_id = out.get_relation(rel.id).local_app_data["rollingops-client-secret-id"]
     assert secret_id in {s.id for s in out.secrets}
     assert "client-key" not in json.dumps(dict(bag))  # only the mtls secret id is published
     LATE[0] = "renamed"  # a changed cluster id replaces the request, same certificate
     out = ctx.run(ctx.on.update_status(), out)
-    requests = json.loads(out.get_relation(etcd.id).local_app_data["requests"])
-    assert [r["resource"] for r in requests] == ["/coordinated-ops/rollingops/v1/renamed/"]
+    (renamed,) = check_requirer_bag(out.get_relation(etcd.id).local_app_data)
+    assert renamed["resource"] == "/coordinated-ops/rollingops/v1/renamed/"
+    assert renamed["salt"] != request["salt"]  # a new prefix is a new request
+    assert renamed["secret-mtls"] == request["secret-mtls"]
     assert out.get_relation(rel.id).local_app_data["rollingops-client-secret-id"] == secret_id
 
 

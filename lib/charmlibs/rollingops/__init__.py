@@ -27,9 +27,10 @@ Usage (one manager per charm; build it in `__init__` with the current `cluster_i
 later, in a hook, when this unit holds the lock. An exception in the callback counts as
 RETRY_RELEASE; an op runs at most `1 + max_retry` times (`max_retry=None`: without limit).
 `acquire_sync_lock(backend_id, timeout)` is a context manager for work that must happen inside the
-current hook. `state` reports `not-ready | waiting | granted | idle` and the backend; derive your
-status from it (the library sets none). Backends: the **peer** backend (the leader grants, one
-holder per application) always works; the **etcd** backend (a lease-backed lock in charmed-etcd,
+current hook. `state` reports `not-ready | waiting | granted | idle`, the backend, and
+`etcd_problem` (why the provider's answer was refused, if it was); derive your status from it
+(the library sets none). Backends: the **peer** backend (the leader grants, one holder per
+application) always works; the **etcd** backend (a lease-backed lock in charmed-etcd,
 one background worker per unit) is used when the `etcd_client` relation is ready. Any etcd
 failure moves the application back to the peer backend without losing or repeating an operation.
 While the application runs on the peer backend, exclusion with *other* applications sharing the
@@ -56,6 +57,28 @@ Peer relation, application databag (written by the leader only):
     rollingops-order    JSON array of unit names: FIFO of the leader's first sighting
     rollingops-mode     peer | etcd   (the application-wide backend chosen by the leader)
     rollingops-client-secret-id   ID of the app secret holding the etcd client certificate
+    rollingops-etcd-request   our etcd_client request object (below), kept so that its salt, and
+                        so its request id, stay the same across hooks and leaders (added in
+                        LIBPATCH 1; optional: a reader without it ignores it, so no version bump)
+etcd_client relation (charmed-etcd's format "v1"; docs/etcd-client-relation.md):
+  our application databag (written by our leader):
+    version             "v1"
+    requests            [{"resource": P, "salt": S, "request-id": R, "secret-mtls": "secret:..."}]
+                        S: 16 of [A-Za-z0-9], new only when P or our certificate changes;
+                        R = sha256(f"{P}:{S}").hexdigest()[:16]; secret-mtls: URI of our app
+                        secret {"mtls-cert": <client certificate PEM>}, granted to this relation
+                        instance before the request is written (a re-created relation gets its
+                        own grant). The URI is the one Juju gave at creation (or `get_info()`),
+                        never a label lookup's `.id` (None).
+  the provider's application databag (read by every unit):
+    requests            [{..., "request-id": R, "endpoints": "host:port,...", "secret-user":
+                        URI {username, uris}, "secret-tls": URI {tls-ca, tls}, "version": ...}]
+                        Only the entry with our R is ours. It is checked on arrival (relation-
+                        changed, secret-changed): endpoints are host:port with a DNS name, IPv4
+                        or [IPv6] host and a port 1-65535; tls-ca parses as PEM certificates;
+                        username equals our certificate's common name. A refused answer is
+                        logged, kept in base_dir/etcd/provider-problem.json for `state`, and the
+                        local config is deleted, so the unit runs on the peer backend.
 etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uuid>.<unit-name>:
     P lock              {"owner": O, "unit": "app/0", "kind": "async" | "sync"} on the holder's
                         lease; the fencing token is this key's create_revision

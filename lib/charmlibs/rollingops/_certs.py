@@ -7,8 +7,10 @@ to make (RSA-4096 takes seconds), and the certificates are valid for ten years::
     creds = generate_client_credentials("rollingops-1f3a...")
     creds["client-cert"], creds["client-key"], creds["client-ca"]   # PEM strings
 
-etcd trusts the client because its operator (or the etcd charm) adds ``client-ca`` to the CAs
-it accepts for client authentication; ``client-cert`` is what we present in the TLS handshake.
+charmed-etcd trusts the client because it adds ``client-cert`` itself (the leaf, which our
+leader shares as ``mtls-cert``) to etcd's trusted client certificates, and names our etcd user
+after its common name; ``client-cert`` is also what we present in the TLS handshake. The CA's key
+is discarded: nothing else can ever be signed with it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import subprocess
@@ -32,12 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import ops
 
-from . import _files
+from . import _contract, _files
 from ._models import (
     DONE_NOT_GRANTED,
+    KEY_CLIENT_SECRET_ID,
+    KEY_ETCD_REQUEST,
     LockGrant,
     ProcessingBackend,
     RollingOpsError,
+    RollingOpsInvalidSecretContentError,
     RollingOpsLibMissingError,
 )
 from ._peer import AppView, Grant, UnitView, execute_grant
@@ -89,15 +91,18 @@ class EtcdBackend:
         return self.configured() and self._config() is not None
 
     def _etcd_lock(self) -> EtcdLock:
+        """The lock over the local config; RollingOpsError when it cannot be built (never more)."""
         if self._lock is None:
             from ._etcd_lock import EtcdLock
+            from ._models import RollingOpsEtcdNotConfiguredError
 
             config = self._config()
             if config is None:
-                from ._models import RollingOpsEtcdNotConfiguredError
-
                 raise RollingOpsEtcdNotConfiguredError("no local etcd config")
-            self._lock = EtcdLock.from_config(config, self.manager.model.unit.name)
+            try:
+                self._lock = EtcdLock.from_config(config, self.manager.model.unit.name)
+            except (ValueError, OSError) as error:  # a config the client cannot use
+                raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
         return self._lock
 
     # --- mode ----------------------------------------------------------------------------------
@@ -325,27 +330,54 @@ class EtcdBackend:
         stack = contextlib.ExitStack()
         try:
             token = stack.enter_context(self._etcd_lock().sync_lock(timeout))
-        except RollingOpsError as error:
+        except TimeoutError:
+            raise  # contention, not a failure: the caller reports "busy"
+        except (RollingOpsError, OSError, ValueError) as error:  # never raise on etcd's account
             self.fall_back(f"sync lock: {error}")
             yield None
             return
         with stack:
             yield LockGrant(ProcessingBackend.ETCD, token, None, None, 0)
 
-    # --- relation ------------------------------------------------------------------------------
+    # --- relation (the etcd_client contract, v1: see _contract.py) -----------------------------
+
+    def problem(self) -> str | None:
+        """Why this unit refused the provider's answer (None: accepted, not come, no relation)."""
+        if not self.configured():
+            return None
+        try:
+            return _files.read_problem(self.base_dir)
+        except (OSError, RollingOpsError) as error:
+            return f"local etcd state unreadable: {error}"
 
     def on_relation_changed(self) -> None:
-        """Write the local config from the provider's answer (endpoints and server CA)."""
-        config = self._provider_config()
-        if config is None:
-            return
+        """Check the provider's answer to our request; write the local config, or refuse it.
+
+        A refused answer (bad endpoints, a PEM that does not parse, a user that is not our
+        certificate's common name, a secret we cannot read, only answers for other request ids)
+        is logged, recorded for `state`, and the local config is deleted: this unit then runs on
+        (or falls back to) the peer backend. Nothing raises out of this hook.
+        """
+        problem = None  # stays None when the answer is used or has not come yet
         try:
-            _files.write_config(self.base_dir, **config)
-        except (OSError, RollingOpsError, ValueError) as error:
-            logger.error("could not write the local etcd config: %s", error)
+            config = self._provider_config()
+            if config is not None:
+                _files.write_config(self.base_dir, **config)
+        except (RollingOpsError, OSError) as error:
+            config, problem = None, str(error)
+            logger.error("etcd provider data refused, using the peer backend: %s", problem)
+        try:
+            if config is None:
+                _files.delete_config(self.base_dir)
+            _files.write_problem(self.base_dir, problem)
+        except (OSError, RollingOpsError) as error:
+            logger.error("could not update the local etcd state: %s", error)
 
     def _provider_config(self) -> dict[str, Any] | None:
-        """Endpoints, prefix, owner and PEMs, or None while something is still missing."""
+        """The checked answer to our request as `write_config` arguments; None while none came.
+
+        Raises RollingOpsError (ProviderDataError mostly) saying what is wrong.
+        """
         from ._etcd_lock import lock_prefix, owner_name
 
         manager = self.manager
@@ -354,26 +386,29 @@ class EtcdBackend:
         peer = manager.model.get_relation(manager.peer_relation_name)
         if relation is None or relation.app is None or peer is None or not manager.cluster_id:
             return None
-        remote = relation.data[relation.app]
-        endpoints = [e.strip() for e in remote.get("endpoints", "").split(",") if e.strip()]
-        server_ca = remote.get("tls-ca")
-        if not server_ca and remote.get("secret-tls"):
-            try:
-                secret = manager.model.get_secret(id=remote["secret-tls"])
-                server_ca = secret.get_content(refresh=True).get("tls-ca")
-            except Exception as error:
-                logger.info("etcd TLS secret not readable yet: %s", error)
-        secret_id = peer.data[manager.model.app].get("rollingops-client-secret-id")
-        if not endpoints or not server_ca or not secret_id:
+        ours = peer.data[manager.model.app]
+        request = _contract.parse_request(ours.get(KEY_ETCD_REQUEST))
+        secret_id = ours.get(KEY_CLIENT_SECRET_ID)
+        if request is None or not secret_id:
+            return None  # our leader has not published a request yet
+        answer = _contract.find_answer(relation.data[relation.app], request.request_id)
+        if answer is None:
             return None
-        try:
-            content = manager.model.get_secret(id=secret_id).get_content(refresh=True)
-            cert, key = content["client-cert"], content["client-key"]
-        except Exception as error:
-            logger.error("client certificate secret unusable: %s", error)
-            return None
+        user = self._secret_content(answer.secret_user, "the provider's secret-user")
+        _contract.require_fields(user, ["username"], "the provider's secret-user")
+        tls = self._secret_content(answer.secret_tls, "the provider's secret-tls")
+        _contract.require_fields(tls, ["tls-ca"], "the provider's secret-tls")
+        server_ca = _contract.check_certificates(tls["tls-ca"], "the provider's tls-ca")
+        client = self._secret_content(secret_id, "our client certificate secret")
+        cert, key = client.get("client-cert"), client.get("client-key")
+        common_name = _contract.client_common_name(cert, key)
+        if user["username"] != common_name:
+            raise _contract.ProviderDataError(
+                f"the provider's user {user['username'][:64]!r} is not our certificate's "
+                f"common name {common_name!r}"
+            )
         return {
-            "endpoints": endpoints,
+            "endpoints": answer.endpoints,
             "prefix": lock_prefix(manager.cluster_id),
             "owner": owner_name(manager.model.uuid, manager.model.unit.name),
             "server_ca_pem": server_ca,
@@ -381,8 +416,21 @@ class EtcdBackend:
             "key_pem": key,
         }
 
+    def _secret_content(self, uri: str, what: str) -> dict[str, str]:
+        try:
+            return dict(self.manager.model.get_secret(id=uri).get_content(refresh=True))
+        except ops.ModelError as error:  # SecretNotFoundError included
+            raise _contract.ProviderDataError(f"{what} ({uri}) is unreadable: {error}") from None
+
     def _publish_request(self, peer: ops.Relation) -> None:
-        """Leader: create the client certificate once (lazily) and (re)publish the request."""
+        """Leader: keep one stable v1 request, publish it and grant our mTLS secret to it.
+
+        The client certificate is made once (lazily); the request (with its salt) is kept in the
+        peer application databag and renewed only when the prefix or the certificate changes.
+        Whenever our databag on the etcd relation lacks that exact request (first hook, a
+        re-created relation, data from an older version) the mTLS secret is granted to this
+        relation instance, then the request written. Steady state: no secret or grant call.
+        """
         from ._etcd_lock import lock_prefix
 
         manager = self.manager
@@ -390,34 +438,78 @@ class EtcdBackend:
         etcd = manager.model.get_relation(manager.etcd_relation_name or "")
         if etcd is None or manager.cluster_id is None:
             return
-        secret_id = peer.data[app].get("rollingops-client-secret-id")
-        if not secret_id:
-            from ._certs import generate_client_credentials
-
-            common_name = f"rollingops-{manager.model.uuid[:8]}-{app.name}"
-            content = generate_client_credentials(common_name)
-            secret = app.add_secret(content, label=CLIENT_SECRET_LABEL)
-            secret_id = secret.id or ""
-            peer.data[app]["rollingops-client-secret-id"] = secret_id
-            mtls = app.add_secret({"mtls-cert": content["client-cert"]}, label=MTLS_SECRET_LABEL)
-            mtls.grant(etcd)
-            mtls_id = mtls.id or ""
-        else:
-            mtls_id = manager.model.get_secret(label=MTLS_SECRET_LABEL).id or ""
         prefix = lock_prefix(manager.cluster_id)
-        request = json.dumps([{"resource": prefix, "secret-mtls": mtls_id}], sort_keys=True)
+        ours = peer.data[app]
+        request = _contract.parse_request(ours.get(KEY_ETCD_REQUEST))
+        if not ours.get(KEY_CLIENT_SECRET_ID):
+            request = _contract.new_request(prefix, self._new_credentials(ours))
+        elif request is None or request.resource != prefix:
+            mtls = request.secret_mtls if request is not None else self._mtls_uri(ours)
+            request = _contract.new_request(prefix, mtls)
+        if ours.get(KEY_ETCD_REQUEST) != request.to_json():
+            ours[KEY_ETCD_REQUEST] = request.to_json()
         bag = etcd.data[app]
-        if bag.get("requests") != request or bag.get("version") != "v1":
-            bag["version"] = "v1"
-            bag["requests"] = request
-            logger.info("published the etcd request for prefix %s", prefix)
+        wanted = request.databag()
+        if all(bag.get(key) == value for key, value in wanted.items()):
+            return
+        try:
+            mtls = manager.model.get_secret(id=request.secret_mtls)
+        except ops.SecretNotFoundError:
+            del ours[KEY_ETCD_REQUEST]  # its secret is gone: the next leader hook makes a new one
+            raise
+        mtls.grant(etcd)
+        bag.update(wanted)
+        logger.info("published etcd request %s for prefix %s", request.request_id, prefix)
+
+    def _new_credentials(self, ours: ops.RelationDataContent) -> str:
+        """Make our client certificate; store it (and its public half for the provider).
+
+        Returns the URI of the mTLS secret (field `mtls-cert`, the certificate alone).
+        """
+        from ._certs import generate_client_credentials
+
+        model = self.manager.model
+        common_name = f"rollingops-{model.uuid[:8]}-{model.app.name}"
+        content = generate_client_credentials(common_name)
+        ours[KEY_CLIENT_SECRET_ID] = self._put_secret(CLIENT_SECRET_LABEL, content)
+        return self._put_secret(MTLS_SECRET_LABEL, {"mtls-cert": content["client-cert"]})
+
+    def _mtls_uri(self, ours: ops.RelationDataContent) -> str:
+        """The mTLS secret's URI, read as its owner (a label lookup's `.id` is None)."""
+        model = self.manager.model
+        try:
+            return _secret_uri(model.get_secret(label=MTLS_SECRET_LABEL).get_info())
+        except ops.SecretNotFoundError:
+            pass  # made by an older version without it: make it from the client certificate
+        content = model.get_secret(id=ours[KEY_CLIENT_SECRET_ID]).get_content(refresh=True)
+        if not content.get("client-cert"):
+            raise RollingOpsInvalidSecretContentError("our client secret lacks client-cert")
+        return self._put_secret(MTLS_SECRET_LABEL, {"mtls-cert": content["client-cert"]})
+
+    def _put_secret(self, label: str, content: dict[str, str]) -> str:
+        """Create our app secret `label` with `content` (or update it if it exists); its URI."""
+        model = self.manager.model
+        try:
+            secret = model.get_secret(label=label)
+        except ops.SecretNotFoundError:
+            return _secret_uri(model.app.add_secret(content, label=label))
+        secret.set_content(content)
+        return _secret_uri(secret.get_info())
 
     def on_relation_broken(self) -> None:
         """The etcd relation is gone: delete the local config and fall back."""
         with contextlib.suppress(OSError, RollingOpsError):
             _files.delete_config(self.base_dir)
+            _files.write_problem(self.base_dir, None)
         self.fall_back("the etcd relation was removed")
 
     def on_secret_changed(self, event: Any) -> None:
-        """A new revision of the client or TLS secret: rewrite the local config."""
+        """A new revision of a provider secret (user or CA): check the answer again."""
         self.on_relation_changed()
+
+
+def _secret_uri(secret: ops.Secret | ops.SecretInfo) -> str:
+    uri = secret.id
+    if not _contract.is_secret_uri(uri):
+        raise RollingOpsError(f"Juju gave no URI for secret {secret!r}")
+    return uri

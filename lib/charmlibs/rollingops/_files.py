@@ -5,7 +5,10 @@ Everything lives under ``<base_dir>/etcd/``; every JSON file carries ``"version"
 - ``config.json``: ``{"version": 1, "endpoints": ["10.0.0.1:2379"], "prefix": P, "owner": O,
   "server_ca": <path>, "cert": <path>, "key": <path>}``. The PEM files sit next to it
   (``server-ca.pem``, ``client-cert.pem``, ``client-key.pem``; the key has mode 0600).
-  Written by the hook side from relation data.
+  Written by the hook side from the provider's answer once it passed validation; endpoints are
+  checked again on every read (`_contract.check_endpoints`), so a bad one never reaches a client.
+- ``provider-problem.json``: ``{"version": 1, "problem": "..."}``, why the provider's answer
+  was refused (absent when it was accepted or has not come yet); ``state`` reports it.
 - ``work.json``: ``{"version": 1, "pending": n, "head": op_id | null}``, the work hint the hook
   writes after every change of this unit's peer queue, under ``queue.lock``.
 - ``result.json``: ``{"version": 1, "token": t, "op": op_id | null, "result": "release" | ...}``,
@@ -48,6 +51,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+from ._contract import check_endpoints
 from ._models import RollingOpsDecodingError, RollingOpsFileSystemError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ CONFIG_FILE = "config.json"
 WORK_FILE = "work.json"
 RESULT_FILE = "result.json"
 STATUS_FILE = "worker-status.json"
+PROBLEM_FILE = "provider-problem.json"
 WORKER_LOCK_FILE = "worker.lock"
 QUEUE_LOCK_FILE = "queue.lock"
 SERVER_CA_FILE = "server-ca.pem"
@@ -172,9 +177,11 @@ def write_config(
     cert_pem: str,
     key_pem: str,
 ) -> EtcdConfig:
-    """Write the PEM files and ``config.json`` (key 0600); return the resulting config."""
-    if not endpoints:
-        raise ValueError("at least one etcd endpoint is needed")
+    """Write the PEM files and ``config.json`` (key 0600); return the resulting config.
+
+    Raises RollingOpsDecodingError (`_contract.ProviderDataError`) for a bad endpoint.
+    """
+    endpoints = check_endpoints(list(endpoints))
     if not prefix.endswith("/"):
         raise ValueError(f"prefix must end with '/': {prefix!r}")
     path = _ensure_dir(base_dir)
@@ -202,8 +209,10 @@ def read_config(base_dir: str | os.PathLike[str]) -> EtcdConfig | None:
     if data is None:
         return None
     endpoints = _require(data, path, "endpoints", list)
-    if not endpoints or not all(isinstance(e, str) and e for e in endpoints):
-        raise RollingOpsDecodingError(f"{path}: field 'endpoints' is malformed")
+    try:
+        endpoints = check_endpoints(endpoints)
+    except RollingOpsDecodingError as error:
+        raise RollingOpsDecodingError(f"{path}: {error}") from None
     config = EtcdConfig(
         endpoints=tuple(endpoints),
         prefix=_require(data, path, "prefix", str),
@@ -219,10 +228,25 @@ def read_config(base_dir: str | os.PathLike[str]) -> EtcdConfig | None:
 
 
 def delete_config(base_dir: str | os.PathLike[str]) -> None:
-    """Remove ``config.json`` and the PEM files (relation broken)."""
+    """Remove ``config.json`` and the PEM files (relation broken, answer gone or refused)."""
     path = etcd_dir(base_dir)
     for name in (CONFIG_FILE, SERVER_CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE):
         remove(path / name)
+
+
+def write_problem(base_dir: str | os.PathLike[str], problem: str | None) -> None:
+    """Record why the provider's answer was refused; ``None`` removes the record."""
+    if problem is None:
+        remove(etcd_dir(base_dir) / PROBLEM_FILE)
+        return
+    write_json(_ensure_dir(base_dir) / PROBLEM_FILE, {"problem": problem})
+
+
+def read_problem(base_dir: str | os.PathLike[str]) -> str | None:
+    """Why the provider's answer was refused, ``None`` when no refusal is recorded."""
+    path = etcd_dir(base_dir) / PROBLEM_FILE
+    data = read_json(path)
+    return None if data is None else _require(data, path, "problem", str)
 
 
 # --- work.json --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ The constructor only registers observers: no I/O, no subprocess, no key generati
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -231,7 +232,13 @@ class RollingOpsManager(ops.Object):
 
     @property
     def state(self) -> RollingOpsState:
-        """This unit's lock status and backend. Pure: reads data, writes nothing, no network."""
+        """This unit's lock status, backend and etcd problem. Pure: reads, writes nothing."""
+        state = self._lock_state()
+        etcd = self._etcd()
+        problem = etcd.problem() if etcd is not None else None
+        return dataclasses.replace(state, etcd_problem=problem) if problem else state
+
+    def _lock_state(self) -> RollingOpsState:
         relation = self._peer_relation()
         if relation is None:
             return RollingOpsState(RollingOpsStatus.NOT_READY, ProcessingBackend.PEER)
@@ -343,6 +350,7 @@ class RollingOpsManager(ops.Object):
         etcd = self._etcd()
         if etcd is not None:
             etcd.on_secret_changed(event)
+        self._reconcile()  # a refused answer moves this unit to peer in this very hook
 
     def _on_pre_commit(self, _: ops.PreCommitEvent) -> None:
         etcd = self._etcd()

@@ -33,6 +33,7 @@ KEY_GRANT = "rollingops-grant"
 KEY_ORDER = "rollingops-order"
 KEY_MODE = "rollingops-mode"
 KEY_CLIENT_SECRET_ID = "rollingops-client-secret-id"  # noqa: S105
+KEY_ETCD_REQUEST = "rollingops-etcd-request"  # our etcd_client request object (salt kept here)
 
 
 class _StrEnum(str, enum.Enum):
@@ -87,10 +88,16 @@ DONE_RESULTS = frozenset(
 
 @dataclasses.dataclass(frozen=True)
 class RollingOpsState:
-    """`RollingOpsManager.state`: this unit's lock status and the backend serving it."""
+    """`RollingOpsManager.state`: this unit's lock status and the backend serving it.
+
+    `etcd_problem` says why this unit cannot use etcd although the etcd relation exists (the
+    provider's answer was refused: bad endpoints, a PEM that does not parse, an unreadable
+    secret...); None when etcd is usable, not related, or its answer has not come yet.
+    """
 
     status: RollingOpsStatus
     processing_backend: ProcessingBackend
+    etcd_problem: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
