@@ -120,7 +120,8 @@ class RollingOpsEngine(ops.Object):
         if not ok:
             raise restart.EngineNotReady("sync restart: the service did not come back healthy")
         fenced = "" if token is None else f", token {token}"
-        return f"restarted synchronously under the rollingops sync lock ({backend} backend{fenced})"
+        lock = f"the rollingops sync lock ({backend} backend{fenced})"
+        return f"restarted synchronously under {lock}"
 
     def in_flight(self) -> bool:
         """Any unit of the application with a restart queued or running."""

@@ -175,7 +175,8 @@ def test_sync_restart_on_the_leader_runs_inside_the_action(running, tmp_path):
     )
     assert running.calls == [("restart",)]
     message = (context.action_results or {})["message"]
-    assert message == "restarted synchronously under the rollingops sync lock"  # no "token None"
+    # The peer sync lock has no fencing token: no "token None" in the message.
+    assert message == "restarted synchronously under the rollingops sync lock (peer backend)"
     assert [line["engine"] for line in journal(tmp_path)] == ["rollingops"]
 
 
