@@ -13,6 +13,7 @@ The constructor only registers observers: no I/O, no subprocess, no key generati
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -232,6 +233,21 @@ class RollingOpsManager(ops.Object):
     @property
     def state(self) -> RollingOpsState:
         """This unit's lock status and backend. Pure: reads data, writes nothing, no network."""
+        return dataclasses.replace(self._lock_state(), malformed=self._malformed())
+
+    def _malformed(self) -> tuple[str, ...]:
+        """The relation values ignored as malformed: app and own bag; every unit's on the leader."""
+        relation = self._peer_relation()
+        if relation is None:
+            return ()
+        errors = AppView.read(relation.data[self.model.app]).errors
+        errors += UnitView.read(self.model.unit.name, relation.data[self.model.unit]).errors
+        if self.model.unit.is_leader():
+            for unit in relation.units:
+                errors += UnitView.read(unit.name, relation.data[unit]).errors
+        return tuple(errors)
+
+    def _lock_state(self) -> RollingOpsState:
         relation = self._peer_relation()
         if relation is None:
             return RollingOpsState(RollingOpsStatus.NOT_READY, ProcessingBackend.PEER)
