@@ -1,10 +1,10 @@
 """Hypothesis strategies for relation values written by a hostile or broken unit.
 
 Shared by the tests/unit/test_fuzz_*.py property tests: each feeds these values into every relation
-key a library reads and asserts that no hook raises. `hostile_values()` mixes well-formed JSON of
-every shape with `malformed_values()`, which no key of any library accepts: nesting deep enough to
-make `json.loads` recurse, digit strings too long for `int()` (Python refuses more than 4300 digits)
-or for a float, half-written JSON and lone surrogates.
+key a library reads and asserts that no hook raises. `hostile_values` mixes well-formed JSON of
+every shape with `malformed_values`, which no key of any library accepts: nesting deep enough to
+make `json.loads` recurse, digit strings too long for `int()` (Python refuses over 4300 digits) or
+for a float, half-written JSON and lone surrogates.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ FUZZ_SETTINGS = settings(
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=150,
+    max_examples=100,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -30,8 +30,10 @@ json_values = st.recursive(
     | st.integers(min_value=-(1 << 70), max_value=1 << 70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=10,
 )
 

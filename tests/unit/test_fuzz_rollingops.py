@@ -1,12 +1,11 @@
 """charmlibs.rollingops: no peer-relation value another unit wrote can make a hook raise.
 
-Property test (hypothesis, reproducible: derandomized): one key of the peer relation, in another
-unit's bag, the application bag or this unit's own bag, gets an arbitrary value (well-formed JSON of
-any shape, text, huge digit strings, deep nesting, surrogates, empty); the rest of the relation is
-a busy, valid rollout (a grant out, queues waiting). Then one hook runs on a leader or a
-non-leader. No hook may raise, and a malformed value must show in `state.malformed` (the library
-sets no status; the test charm shows it, as the package docstring asks a charm to) unless this
-unit replaced the bad value in the same hook.
+Property test (hypothesis, derandomized): one key of the peer relation, in another unit's bag, the
+application bag or this unit's own bag, gets an arbitrary value (well-formed JSON of any shape,
+text, huge digit strings, deep nesting, surrogates, empty); the rest is a busy, valid rollout (a
+grant out, queues waiting). One hook then runs on a leader or a non-leader. No hook may raise, and
+a malformed value must show in `state.malformed` (the library sets no status; the test charm shows
+it, as the package docstring asks a charm to) unless this unit replaced it in the same hook.
 Regression tests for the crashes found by review follow.
 """
 
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import typing
 
 import ops
 import pytest
@@ -131,7 +131,7 @@ def _state(where: str, key: str, value: str, leader: bool) -> testing.State:
     return testing.State(leader=leader, relations={relation}, planned_units=3)
 
 
-def _event(context: testing.Context, name: str, relation: testing.Relation):
+def _event(context: testing.Context, name: str, relation: typing.Any):
     return {
         "relation-changed": lambda: context.on.relation_changed(relation, remote_unit=1),
         "relation-departed": lambda: context.on.relation_departed(
@@ -154,7 +154,7 @@ def _run(where: str, key: str, value: str, leader: bool, event: str) -> testing.
     try:
         return context.run(_event(context, event, relation), state)
     except testing.ActionFailed as failure:  # a clean failure, not a crash
-        return failure.state
+        return typing.cast("testing.State", failure.state)
 
 
 EVENTS = ["relation-changed", "relation-departed", "update-status", "leader-elected", "request"]
@@ -166,18 +166,14 @@ PLACES = st.one_of(
 
 
 @FUZZ_SETTINGS
-@given(
-    place=PLACES, value=hostile_values, leader=st.booleans(), event=st.sampled_from(EVENTS)
-)
+@given(place=PLACES, value=hostile_values, leader=st.booleans(), event=st.sampled_from(EVENTS))
 def test_no_hook_raises_on_any_peer_value(place, value, leader, event):
     where, key = place
     _run(where, key, value, leader, event)  # raises UncaughtCharmError if the hook raised
 
 
 @FUZZ_SETTINGS
-@given(
-    place=PLACES, value=malformed_values, leader=st.booleans(), event=st.sampled_from(EVENTS)
-)
+@given(place=PLACES, value=malformed_values, leader=st.booleans(), event=st.sampled_from(EVENTS))
 def test_malformed_values_are_reported_and_ignored(place, value, leader, event):
     where, key = place
     out = _run(where, key, value, leader, event)
@@ -223,7 +219,8 @@ def test_regression_bounded_parsers():
     with pytest.raises(ValueError, match="deeper"):
         _models.load_json("[" * 33 + "]" * 33)
     assert _models.load_json("[" * 32 + "]" * 32) is not None
-    assert _models.load_json(json.dumps(["[" * 40, {"x": "{" * 40}])) == ["[" * 40, {"x": "{" * 40}]
+    brackets_in_strings = ["[" * 40, {"x": "{" * 40}]
+    assert _models.load_json(json.dumps(brackets_in_strings)) == brackets_in_strings
     with pytest.raises(ValueError, match="not allowed"):
         _models.load_json('{"a": NaN}')
     with pytest.raises(_models.RollingOpsDecodingError, match="integer in"):

@@ -135,18 +135,14 @@ PLACES = st.one_of(
 
 
 @FUZZ_SETTINGS
-@given(
-    place=PLACES, value=hostile_values, leader=st.booleans(), event=st.sampled_from(EVENTS)
-)
+@given(place=PLACES, value=hostile_values, leader=st.booleans(), event=st.sampled_from(EVENTS))
 def test_no_hook_raises_on_any_peer_value(place, value, leader, event):
     where, key = place
     _run(where, key, value, leader, event)  # raises UncaughtCharmError if the hook raised
 
 
 @FUZZ_SETTINGS
-@given(
-    place=PLACES, value=malformed_values, leader=st.booleans(), event=st.sampled_from(EVENTS)
-)
+@given(place=PLACES, value=malformed_values, leader=st.booleans(), event=st.sampled_from(EVENTS))
 def test_malformed_values_are_reported_and_ignored(place, value, leader, event):
     where, key = place
     out = _run(where, key, value, leader, event)

@@ -13,6 +13,7 @@ Regression tests for the crashes found by review follow.
 from __future__ import annotations
 
 import json
+import typing
 
 import ops
 import pytest
@@ -28,7 +29,12 @@ APP = "app"
 META = {"name": APP, "peers": {"upgrade": {"interface": "upgrade"}}}
 ACTIONS = {"pre-upgrade-check": {}, "resume-upgrade": {}}
 DEPS = {
-    "workload": {"dependencies": {}, "name": "workload", "upgrade_supported": ">=1", "version": "2"}
+    "workload": {
+        "dependencies": {},
+        "name": "workload",
+        "upgrade_supported": ">=1",
+        "version": "2",
+    }
 }
 
 
@@ -103,7 +109,7 @@ def _run(where: str, key: str, value: str, leader: bool, event: str) -> testing.
     try:
         return context.run(trigger, state)
     except testing.ActionFailed as failure:  # a clean failure, not a crash
-        return failure.state
+        return typing.cast("testing.State", failure.state)
 
 
 EVENTS = [
@@ -118,7 +124,9 @@ EVENTS = [
     "resume-upgrade",
 ]
 PLACE = st.sampled_from([(where, key) for key, places in PLACES.items() for where in places])
-constraints = st.one_of(st.sampled_from(["^1", ">=1,<3", "~1.2", "*", "1.*"]), st.text(max_size=12))
+constraints = st.one_of(
+    st.sampled_from(["^1", ">=1,<3", "~1.2", "*", "1.*"]), st.text(max_size=12)
+)
 dependency_maps = st.fixed_dictionaries(
     {
         "workload": st.fixed_dictionaries(

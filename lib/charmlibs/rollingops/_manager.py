@@ -236,7 +236,7 @@ class RollingOpsManager(ops.Object):
         return dataclasses.replace(self._lock_state(), malformed=self._malformed())
 
     def _malformed(self) -> tuple[str, ...]:
-        """The relation values ignored as malformed: app and own bag; every unit's on the leader."""
+        """Relation values ignored as malformed: app and own bag, every unit's on the leader."""
         relation = self._peer_relation()
         if relation is None:
             return ()

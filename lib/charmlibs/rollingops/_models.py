@@ -214,11 +214,7 @@ def load_json(raw: str) -> Any:
 
 
 def _int(value: Any, what: str, minimum: int = 0) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not minimum <= value <= MAX_INT
-    ):
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
         raise RollingOpsDecodingError(
             f"{what} must be an integer in {minimum}..{MAX_INT}, got {short(value)}"
         )

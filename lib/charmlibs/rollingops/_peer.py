@@ -45,10 +45,10 @@ from ._models import (
     RollingOpsDecodingError,
     canonical_json,
     encode_queue,
-    short,
     parse_int,
     parse_order,
     parse_queue,
+    short,
 )
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,9 @@ class AppView:
             view._bad(f"bad {KEY_ORDER} (rebuilt): {error}")
         mode = bag.get(KEY_MODE)
         view.mode = (
-            ProcessingBackend.ETCD if mode == ProcessingBackend.ETCD.value else ProcessingBackend.PEER
+            ProcessingBackend.ETCD
+            if mode == ProcessingBackend.ETCD.value
+            else ProcessingBackend.PEER
         )
         if mode not in (None, ProcessingBackend.PEER.value, ProcessingBackend.ETCD.value):
             view._bad(f"unknown {KEY_MODE} {short(mode)}; reading it as peer")

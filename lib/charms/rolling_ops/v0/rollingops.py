@@ -387,10 +387,13 @@ class _PeerData:
     def token(self) -> int:
         """Last grant number issued (never lower than the recorded holder's)."""
         raw = self._get(self.app, _TOKEN)
-        token = _parse_token(raw) if raw else 0
-        if token is None:
-            self._bad("app", _TOKEN, raw, "a decimal number of at most 18 digits")
-            token = 0
+        token = 0
+        if raw:
+            parsed = _parse_token(raw)
+            if parsed is None:
+                self._bad("app", _TOKEN, raw, "a decimal number of at most 18 digits")
+            else:
+                token = parsed
         holder = self.holder()
         return max(token, holder.token if holder else 0)
 
