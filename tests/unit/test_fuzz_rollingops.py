@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import typing
 
 import ops
@@ -31,7 +32,11 @@ from ops import testing
 from tests.unit.peer_fuzz import FUZZ_SETTINGS, hostile_values, malformed_values
 
 APP = "app"
-META = {"name": APP, "peers": {"restart": {"interface": "rollingops"}}}
+META = {
+    "name": APP,
+    "peers": {"restart": {"interface": "rollingops"}},
+    "requires": {"etcd": {"interface": "etcd_client", "limit": 1, "optional": True}},
+}
 ACTIONS = {"request": {}}
 UNIT_KEYS = [
     "rollingops-version",
@@ -51,9 +56,12 @@ APP_KEYS = [
     "rollingops-client-secret-id",
 ]
 # Keys whose value decides something: a malformed one must be reported. (`intent` is derived by
-# every reader from the queue, and the client secret ID is only read with an etcd relation.)
+# every reader from the queue; the client secret ID is only used, with the etcd relation, to look
+# the secret up, and an unusable one is logged there.)
 UNREPORTED = {"rollingops-intent", "rollingops-client-secret-id"}
 BASE_DIR: list[str] = ["/nonexistent"]
+# Valid values of some keys, so that the fuzz also takes the paths they open (etcd mode...).
+WORDS = ["1", "peer", "etcd", "true", "idle", "request", "retry-hold", "secret:nope"]
 
 
 class FuzzCharm(ops.CharmBase):
@@ -63,6 +71,8 @@ class FuzzCharm(ops.CharmBase):
             self,
             callback_targets={"restart": self._restart},
             peer_relation_name="restart",
+            etcd_relation_name="etcd",
+            cluster_id="fuzz",
             base_dir=BASE_DIR[0],
         )
         framework.observe(self.on.request_action, self._on_request)
@@ -85,9 +95,8 @@ class FuzzCharm(ops.CharmBase):
 
 
 @pytest.fixture(autouse=True)
-def _no_processes(monkeypatch, tmp_path):
-    """No Juju machine here: wake-ups are not spawned; files go to a temporary base_dir."""
-    BASE_DIR[0] = str(tmp_path)
+def _no_processes(monkeypatch):
+    """No Juju machine here: neither wake-ups nor the etcd worker are spawned."""
     monkeypatch.setattr(_dispatch, "juju_exec_path", lambda: "/usr/bin/juju-exec")
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: None)
 
@@ -109,7 +118,7 @@ def _unit_bag(*ids: int, done: dict | None = None) -> dict[str, str]:
     return bag
 
 
-def _state(where: str, key: str, value: str, leader: bool) -> testing.State:
+def _state(where: str, key: str, value: str, leader: bool, etcd: bool) -> testing.State:
     """A busy rollout: unit 1 holds grant 5 (done with it), unit 2 and this unit wait."""
     app = {
         "rollingops-version": "1",
@@ -128,7 +137,11 @@ def _state(where: str, key: str, value: str, leader: bool) -> testing.State:
     relation = testing.PeerRelation(
         "restart", local_app_data=app, local_unit_data=mine, peers_data=peers
     )
-    return testing.State(leader=leader, relations={relation}, planned_units=3)
+    relations: set[testing.RelationBase] = {relation}
+    if etcd:  # a provider that is not usable yet (bad CA, no etcd on port 9)
+        provider = {"endpoints": "127.0.0.1:9", "tls-ca": "not a PEM", "version": "v1"}
+        relations.add(testing.Relation("etcd", remote_app_data=provider))
+    return testing.State(leader=leader, relations=relations, planned_units=3)
 
 
 def _event(context: testing.Context, name: str, relation: typing.Any):
@@ -143,18 +156,22 @@ def _event(context: testing.Context, name: str, relation: typing.Any):
     }[name]()
 
 
-def _run(where: str, key: str, value: str, leader: bool, event: str) -> testing.State:
+def _run(
+    where: str, key: str, value: str, leader: bool, event: str, etcd: bool = False
+) -> testing.State:
     context = testing.Context(FuzzCharm, meta=META, actions=ACTIONS, app_name=APP, unit_id=0)
-    state = _state(where, key, value, leader)
-    (relation,) = state.relations
-    if event == "lock-granted":
-        with context(context.on.update_status(), state) as manager:
-            manager.charm.on.rollingops_lock_granted.emit()
-            return manager.run()
-    try:
-        return context.run(_event(context, event, relation), state)
-    except testing.ActionFailed as failure:  # a clean failure, not a crash
-        return typing.cast("testing.State", failure.state)
+    state = _state(where, key, value, leader, etcd)
+    relation = state.get_relations("restart")[0]
+    with tempfile.TemporaryDirectory() as base_dir:  # no example sees another one's files
+        BASE_DIR[0] = base_dir
+        if event == "lock-granted":
+            with context(context.on.update_status(), state) as manager:
+                manager.charm.on.rollingops_lock_granted.emit()
+                return manager.run()
+        try:
+            return context.run(_event(context, event, relation), state)
+        except testing.ActionFailed as failure:  # a clean failure, not a crash
+            return typing.cast("testing.State", failure.state)
 
 
 EVENTS = ["relation-changed", "relation-departed", "update-status", "leader-elected", "request"]
@@ -166,10 +183,16 @@ PLACES = st.one_of(
 
 
 @FUZZ_SETTINGS
-@given(place=PLACES, value=hostile_values, leader=st.booleans(), event=st.sampled_from(EVENTS))
-def test_no_hook_raises_on_any_peer_value(place, value, leader, event):
+@given(
+    place=PLACES,
+    value=hostile_values | st.sampled_from(WORDS),
+    leader=st.booleans(),
+    event=st.sampled_from(EVENTS),
+    etcd=st.booleans(),
+)
+def test_no_hook_raises_on_any_peer_value(place, value, leader, event, etcd):
     where, key = place
-    _run(where, key, value, leader, event)  # raises UncaughtCharmError if the hook raised
+    _run(where, key, value, leader, event, etcd)  # raises UncaughtCharmError if a hook raised
 
 
 @FUZZ_SETTINGS
@@ -179,7 +202,7 @@ def test_malformed_values_are_reported_and_ignored(place, value, leader, event):
     out = _run(where, key, value, leader, event)
     if key in UNREPORTED or (where == "peer" and not leader):  # non-leaders read no other bag
         return
-    (relation,) = out.relations
+    relation = out.get_relations("restart")[0]
     bag = {"app": relation.local_app_data, "own": relation.local_unit_data}.get(where, {})
     if where != "peer" and bag.get(key) != value:
         return  # this unit rewrote the bad value with a good one in this hook: nothing to show

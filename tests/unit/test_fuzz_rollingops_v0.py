@@ -36,6 +36,8 @@ APP_KEYS = [
 ]
 # Any string is a valid method name to look up (a missing one is logged and dropped) or unit name.
 UNREPORTED = {"callback_override", "rolling-ops-yielded"}
+# Valid values of some keys, so that the fuzz also takes the paths they open.
+WORDS = ["acquire", "release", "granted", "idle", "_other", "_restart", "roll/0", "roll/2", "7"]
 
 
 class FuzzCharm(ops.CharmBase):
@@ -135,7 +137,12 @@ PLACES = st.one_of(
 
 
 @FUZZ_SETTINGS
-@given(place=PLACES, value=hostile_values, leader=st.booleans(), event=st.sampled_from(EVENTS))
+@given(
+    place=PLACES,
+    value=hostile_values | st.sampled_from(WORDS),
+    leader=st.booleans(),
+    event=st.sampled_from(EVENTS),
+)
 def test_no_hook_raises_on_any_peer_value(place, value, leader, event):
     where, key = place
     _run(where, key, value, leader, event)  # raises UncaughtCharmError if the hook raised
