@@ -122,10 +122,14 @@ class RollingOpsEngine(ops.Object):
         return any(self.manager.is_waiting(unit) for unit in units)
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Maintenance while restarting under the lock, waiting while queued."""
+        """Blocked while peer data is ignored; restarting under the lock; waiting while queued."""
         if self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state
+        if state.malformed:
+            return ops.BlockedStatus(
+                f"ignoring malformed '{PEER_RELATION}' data: {state.malformed[0]}"
+            )
         if state.status is RollingOpsStatus.GRANTED:
             return ops.MaintenanceStatus(f"restarting (rollingops, {state.processing_backend})")
         if state.status is RollingOpsStatus.WAITING:

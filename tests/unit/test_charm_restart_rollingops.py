@@ -212,3 +212,17 @@ def test_another_engine_is_refused_while_a_rollingops_restart_is_queued(running)
     state = testing.State(planned_units=PLANNED, relations={rel, testing.PeerRelation("restart")})
     with pytest.raises(testing.ActionFailed, match="'rollingops' is in flight"):
         restart_action(context, state, engine="v0")
+
+
+def test_malformed_peer_data_is_shown_and_ignored(running):
+    context = ctx(0)
+    bad = {**unit_bag(op(1)), "rollingops-seq": "9" * 309}  # raised OverflowError before
+    rel = testing.PeerRelation(PEER, local_app_data=app_bag(0), peers_data={1: bad})
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
+    assert out.unit_status.name == "blocked"
+    assert "ignoring malformed 'rollingops' data: unit coordinated-ops/1: bad rollingops-seq" in (
+        out.unit_status.message
+    )
