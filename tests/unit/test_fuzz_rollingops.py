@@ -254,3 +254,11 @@ def test_regression_bounded_parsers():
 def test_kwargs_every_reader_would_refuse_are_refused_at_request_time():
     with pytest.raises(ValueError, match="too big"):
         _models.validate_request({"a": json.loads("[" * 40 + "]" * 40)}, 0)
+
+
+def test_another_wire_version_is_not_malformed_but_garbage_is():
+    newer = _run("peer", "rollingops-version", "2", leader=True, event="update-status")
+    assert not isinstance(newer.unit_status, ops.BlockedStatus)  # logged; the unit is skipped
+    garbage = _run("peer", "rollingops-version", "v2!", leader=True, event="update-status")
+    assert isinstance(garbage.unit_status, ops.BlockedStatus)
+    assert "bad rollingops-version 'v2!'" in garbage.unit_status.message

@@ -406,6 +406,11 @@ def parse_order(raw: str | None) -> list[str] | None:
     return list(dict.fromkeys(data))
 
 
+def is_wire_version(raw: str | None) -> bool:
+    """Whether `raw` is a wire version at all (a small number), ours or another one."""
+    return raw is not None and 0 < len(raw) <= 4 and raw.isascii() and raw.isdigit()
+
+
 def parse_int(raw: str | None, default: int = 0) -> int:
     """Decode an integer field in 0..MAX_INT; raises RollingOpsDecodingError when malformed.
 

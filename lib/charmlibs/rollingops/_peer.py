@@ -45,6 +45,7 @@ from ._models import (
     RollingOpsDecodingError,
     canonical_json,
     encode_queue,
+    is_wire_version,
     parse_int,
     parse_order,
     parse_queue,
@@ -86,7 +87,12 @@ class UnitView:
         if version is None and not any(key.startswith("rollingops-") for key in bag):
             return view  # nothing written yet
         if version != WIRE_VERSION:
-            view._bad(f"unknown rollingops wire version {short(version)}; ignoring the unit")
+            if is_wire_version(version):  # another version: not ours to read, and not malformed
+                logger.error(
+                    "unit %s: rollingops wire version %s; ignoring the unit", name, version
+                )
+            else:
+                view._bad(f"bad {KEY_VERSION} {short(version)}; ignoring the unit")
             view.readable = False
             return view
         view.queue, errors = parse_queue(bag.get(KEY_QUEUE))
@@ -200,7 +206,12 @@ class AppView:
         if version is None and not any(key.startswith("rollingops-") for key in bag):
             return view
         if version != WIRE_VERSION:
-            view._bad(f"unknown rollingops wire version {short(version)}")
+            if is_wire_version(version):  # another version: not ours to read, and not malformed
+                logger.error(
+                    "rollingops wire version %s in the app databag; not reading it", version
+                )
+            else:
+                view._bad(f"bad {KEY_VERSION} {short(version)}")
             view.readable = False
             return view
         try:
