@@ -132,13 +132,17 @@ class RollingOpsEngine(ops.Object):
         return any(self.manager.is_waiting(unit) for unit in units)
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Blocked: etcd refused; maintenance: restarting; waiting: queued."""
+        """Blocked: etcd refused or peer data ignored; maintenance: restarting; waiting: queued."""
         if self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state
         if state.etcd_problem:
             problem = state.etcd_problem[:STATUS_LIMIT]
             return ops.BlockedStatus(f"etcd refused, restarts use the peer relation: {problem}")
+        if state.malformed:
+            return ops.BlockedStatus(
+                f"ignoring malformed '{PEER_RELATION}' data: {state.malformed[0]}"
+            )
         if state.status is RollingOpsStatus.GRANTED:
             return ops.MaintenanceStatus(f"restarting (rollingops, {state.processing_backend})")
         if state.status is RollingOpsStatus.WAITING:

@@ -276,3 +276,17 @@ def test_sync_restart_with_an_unusable_etcd_config_fails_the_action_with_a_messa
     with pytest.raises(testing.ActionFailed, match="only the leader can restart synchronously"):
         restart_action(ctx(1), state, sync=True)
     assert ("restart",) not in running.calls
+
+
+def test_malformed_peer_data_is_shown_and_ignored(running):
+    context = ctx(0)
+    bad = {**unit_bag(op(1)), "rollingops-seq": "9" * 309}  # raised OverflowError before
+    rel = testing.PeerRelation(PEER, local_app_data=app_bag(0), peers_data={1: bad})
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
+    assert out.unit_status.name == "blocked"
+    assert "ignoring malformed 'rollingops' data: unit coordinated-ops/1: bad rollingops-seq" in (
+        out.unit_status.message
+    )

@@ -86,6 +86,14 @@ etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uu
     P waiting-sync/O    sync ticket (async waiters stand back while one exists)
 Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
 
+Bad relation data (one rule): a value another unit (or an earlier leader) wrote that does not
+parse, is out of range or is too big is logged, listed in `state.malformed` for the charm to show
+in its status, and ignored (read as absent; a bad queue entry is skipped, the rest of the bag
+still counts); it never raises in a hook. Bounds: a value of at most 256 KiB, JSON nested at most
+32 deep, no NaN or Infinity, integers of at most 19 digits in 0..2**63-1 (`_models.load_json`,
+`_models.parse_int`). An unreadable `rollingops-token` stops granting (a token is never reused).
+A value in another wire version is not malformed: see the versioning rule above.
+
 Release is detected without clocks: unit U has finished grant T when its `rollingops-done.token`
 is T. No PID and no timestamp used for a decision is ever written to relation data.
 

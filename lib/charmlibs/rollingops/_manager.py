@@ -232,11 +232,23 @@ class RollingOpsManager(ops.Object):
 
     @property
     def state(self) -> RollingOpsState:
-        """This unit's lock status, backend and etcd problem. Pure: reads, writes nothing."""
-        state = self._lock_state()
+        """This unit's lock status, backend, ignored peer data and etcd problem. Pure: no writes."""
+        state = dataclasses.replace(self._lock_state(), malformed=self._malformed())
         etcd = self._etcd()
         problem = etcd.problem() if etcd is not None else None
         return dataclasses.replace(state, etcd_problem=problem) if problem else state
+
+    def _malformed(self) -> tuple[str, ...]:
+        """Relation values ignored as malformed: app and own bag, every unit's on the leader."""
+        relation = self._peer_relation()
+        if relation is None:
+            return ()
+        errors = AppView.read(relation.data[self.model.app]).errors
+        errors += UnitView.read(self.model.unit.name, relation.data[self.model.unit]).errors
+        if self.model.unit.is_leader():
+            for unit in relation.units:
+                errors += UnitView.read(unit.name, relation.data[unit]).errors
+        return tuple(errors)
 
     def _lock_state(self) -> RollingOpsState:
         relation = self._peer_relation()

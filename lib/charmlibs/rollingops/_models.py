@@ -4,6 +4,12 @@ Everything here is cheap to import: plain enums, dataclasses and hand-written pa
 models at import time, so `import charmlibs.rollingops` stays close to a bare `import ops`). Each
 parser validates strictly and raises `RollingOpsDecodingError` naming what was wrong; callers log
 and skip the bad item, never the whole databag.
+
+Relation values come from other units, so they are bounded before they are decoded: `load_json`
+refuses a value over `MAX_VALUE_CHARS` characters or nested deeper than `MAX_JSON_DEPTH` before
+`json.loads` sees it (its parser recurses once per level), and refuses NaN and Infinity;
+`parse_int` refuses anything but at most 19 ASCII digits before `int()` sees it, and every integer
+must lie in 0..`MAX_INT` (etcd's int64 revisions), so arithmetic and `str()` on it stay cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import dataclasses
 import datetime
 import enum
 import json
-import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +40,11 @@ KEY_ORDER = "rollingops-order"
 KEY_MODE = "rollingops-mode"
 KEY_CLIENT_SECRET_ID = "rollingops-client-secret-id"  # noqa: S105
 KEY_ETCD_REQUEST = "rollingops-etcd-request"  # our etcd_client request object (salt kept here)
+
+# Bounds on what another unit wrote (see the module docstring).
+MAX_VALUE_CHARS = 256 * 1024  # a queue of over a thousand ops; reads stay well under 0.1 s
+MAX_JSON_DEPTH = 32
+MAX_INT = (1 << 63) - 1
 
 
 class _StrEnum(str, enum.Enum):
@@ -93,11 +104,15 @@ class RollingOpsState:
     `etcd_problem` says why this unit cannot use etcd although the etcd relation exists (the
     provider's answer was refused: bad endpoints, a PEM that does not parse, an unreadable
     secret...); None when etcd is usable, not related, or its answer has not come yet.
+    `malformed` describes the relation values the library ignored because they do not parse, are
+    out of range or too big (the app's and this unit's; on the leader every unit's): show it in
+    your status.
     """
 
     status: RollingOpsStatus
     processing_backend: ProcessingBackend
     etcd_problem: str | None = None
+    malformed: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +183,46 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def short(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to about `limit` characters, for logs and messages about bad data."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+# A JSON string (an unterminated one runs to the end; `"?` keeps the scan linear) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def load_json(raw: str) -> Any:
+    """`json.loads` for relation data: raises ValueError when `raw` is too big or too deep.
+
+    Size and depth are checked before decoding, so no input can make the decoder recurse
+    (RecursionError) or run long; NaN and Infinity are refused (they do not round-trip).
+    """
+    if len(raw) > MAX_VALUE_CHARS:
+        raise ValueError(f"{len(raw)} characters, more than {MAX_VALUE_CHARS}")
+    if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH:  # else it cannot be too deep
+        depth = 0
+        for match in _JSON_STRING_OR_BRACKET.finditer(raw):
+            token = match.group()
+            if token in ("[", "{"):
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            elif token in ("]", "}"):
+                depth -= 1
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
 def _int(value: Any, what: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RollingOpsDecodingError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise RollingOpsDecodingError(
+            f"{what} must be an integer in {minimum}..{MAX_INT}, got {short(value)}"
+        )
     return value
 
 
@@ -208,13 +260,13 @@ class Operation:
     @classmethod
     def from_dict(cls, raw: Any) -> Operation:
         if not isinstance(raw, Mapping):
-            raise RollingOpsDecodingError(f"an operation must be a JSON object, got {raw!r}")
+            raise RollingOpsDecodingError(f"an operation must be a JSON object, got {short(raw)}")
         callback_id = raw.get("callback_id")
         if not isinstance(callback_id, str) or not callback_id:
-            raise RollingOpsDecodingError(f"bad callback_id in {raw!r}")
+            raise RollingOpsDecodingError(f"bad callback_id in {short(raw)}")
         kwargs = raw.get("kwargs", {})
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-            raise RollingOpsDecodingError(f"kwargs must be a JSON object in {raw!r}")
+            raise RollingOpsDecodingError(f"kwargs must be a JSON object in {short(raw)}")
         max_retry = raw.get("max_retry")
         requested_at = raw.get("requested_at", "")
         return cls(
@@ -246,7 +298,10 @@ def validate_request(kwargs: Any, max_retry: Any) -> dict[str, Any]:
         encoded = canonical_json(kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"kwargs are not JSON-serialisable: {error}") from None
-    decoded = json.loads(encoded)
+    try:
+        decoded = load_json(encoded)  # what every reader of the queue will accept
+    except ValueError as error:
+        raise ValueError(f"kwargs are too big for relation data: {error}") from None
     if decoded != kwargs:  # tuples, float edge cases...: refuse what would not round-trip
         raise ValueError("kwargs do not survive a JSON round trip unchanged")
     return decoded
@@ -257,11 +312,11 @@ def parse_queue(raw: str | None) -> tuple[list[Operation], list[str]]:
     if not raw:
         return [], []
     try:
-        items = json.loads(raw)
+        items = load_json(raw)
     except ValueError as error:
-        return [], [f"queue is not JSON ({error})"]
+        return [], [f"queue is not usable JSON ({error})"]
     if not isinstance(items, list):
-        return [], [f"queue is not a JSON array: {raw[:80]!r}"]
+        return [], [f"queue is not a JSON array: {short(raw)}"]
     ops: list[Operation] = []
     errors: list[str] = []
     seen: set[int] = set()
@@ -297,14 +352,14 @@ class Done:
     @classmethod
     def decode(cls, raw: str) -> Done:
         try:
-            data = json.loads(raw)
+            data = load_json(raw)
         except ValueError as error:
-            raise RollingOpsDecodingError(f"done is not JSON: {error}") from None
+            raise RollingOpsDecodingError(f"done is not usable JSON: {error}") from None
         if not isinstance(data, dict):
-            raise RollingOpsDecodingError(f"done is not a JSON object: {raw!r}")
+            raise RollingOpsDecodingError(f"done is not a JSON object: {short(raw)}")
         result = data.get("result")
         if result not in DONE_RESULTS:
-            raise RollingOpsDecodingError(f"unknown done result {result!r}")
+            raise RollingOpsDecodingError(f"unknown done result {short(result)}")
         op = data.get("op")
         return cls(
             token=_int(data.get("token"), "done token"),
@@ -327,11 +382,11 @@ class Grant:
     @classmethod
     def decode(cls, raw: str) -> Grant:
         try:
-            data = json.loads(raw)
+            data = load_json(raw)
         except ValueError as error:
-            raise RollingOpsDecodingError(f"grant is not JSON: {error}") from None
+            raise RollingOpsDecodingError(f"grant is not usable JSON: {error}") from None
         if not isinstance(data, dict) or not isinstance(data.get("unit"), str):
-            raise RollingOpsDecodingError(f"bad grant {raw!r}")
+            raise RollingOpsDecodingError(f"bad grant {short(raw)}")
         op = data.get("op")
         return cls(
             unit=data["unit"],
@@ -341,26 +396,37 @@ class Grant:
 
 
 def parse_order(raw: str | None) -> list[str] | None:
-    """Decode `rollingops-order`; None when absent or malformed (the leader rebuilds it)."""
+    """Decode `rollingops-order`; None when absent (the leader rebuilds it).
+
+    Raises RollingOpsDecodingError when malformed (the caller logs it; the leader rebuilds it).
+    """
     if not raw:
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
+        data = load_json(raw)
+    except ValueError as error:
+        raise RollingOpsDecodingError(f"order is not usable JSON: {error}") from None
     if not isinstance(data, list) or not all(isinstance(name, str) for name in data):
-        return None
+        raise RollingOpsDecodingError(f"order is not a JSON array of unit names: {short(raw)}")
     return list(dict.fromkeys(data))
 
 
+def is_wire_version(raw: str | None) -> bool:
+    """Whether `raw` is a wire version at all (a small number), ours or another one."""
+    return raw is not None and 0 < len(raw) <= 4 and raw.isascii() and raw.isdigit()
+
+
 def parse_int(raw: str | None, default: int = 0) -> int:
-    """Decode a non-negative integer field; raises RollingOpsDecodingError when malformed."""
+    """Decode an integer field in 0..MAX_INT; raises RollingOpsDecodingError when malformed.
+
+    The length is checked before `int()` runs: Python refuses to convert strings of more than
+    4300 digits, and no valid value has more than 19.
+    """
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise RollingOpsDecodingError(f"not an integer: {raw!r}") from None
-    if value < 0 or not math.isfinite(value):
-        raise RollingOpsDecodingError(f"negative integer: {raw!r}")
+    if len(raw) > len(str(MAX_INT)) or not (raw.isascii() and raw.isdigit()):
+        raise RollingOpsDecodingError(f"not an integer of at most 19 digits: {short(raw)}")
+    value = int(raw)
+    if value > MAX_INT:
+        raise RollingOpsDecodingError(f"integer above {MAX_INT}: {short(raw)}")
     return value

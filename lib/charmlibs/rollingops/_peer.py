@@ -3,7 +3,7 @@
 Data lives in the peer relation (wire format v1, see the package docstring). Three pieces:
 
 - `UnitView` / `AppView`: one unit's and the application's databag, decoded leniently (a bad queue
-  entry is logged and skipped; the rest of the bag still counts).
+  entry is logged, listed in the view's `errors` and skipped; the rest of the bag still counts).
 - `execute_grant`: the holder runs its queue head under the grant and records `done`.
 - `schedule`: the leader releases finished or stale grants and grants the next unit.
 
@@ -45,9 +45,11 @@ from ._models import (
     RollingOpsDecodingError,
     canonical_json,
     encode_queue,
+    is_wire_version,
     parse_int,
     parse_order,
     parse_queue,
+    short,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,12 @@ class UnitView:
     backend: ProcessingBackend = ProcessingBackend.PEER
     etcd_cleanup: bool = False
     last_result: str | None = None
+    errors: list[str] = dataclasses.field(default_factory=list)  # malformed values, ignored
+
+    def _bad(self, problem: str) -> None:
+        message = f"unit {self.name}: {problem}"
+        logger.error("%s", message)
+        self.errors.append(message)
 
     @classmethod
     def read(cls, name: str, bag: Mapping[str, str]) -> UnitView:
@@ -79,30 +87,38 @@ class UnitView:
         if version is None and not any(key.startswith("rollingops-") for key in bag):
             return view  # nothing written yet
         if version != WIRE_VERSION:
-            logger.error("unit %s: unknown rollingops wire version %r; ignoring it", name, version)
+            if is_wire_version(version):  # another version: not ours to read, and not malformed
+                logger.error(
+                    "unit %s: rollingops wire version %s; ignoring the unit", name, version
+                )
+            else:
+                view._bad(f"bad {KEY_VERSION} {short(version)}; ignoring the unit")
             view.readable = False
             return view
         view.queue, errors = parse_queue(bag.get(KEY_QUEUE))
         for error in errors:
-            logger.error("unit %s: %s", name, error)
+            view._bad(f"bad {KEY_QUEUE}: {error}")
         try:
             view.seq = parse_int(bag.get(KEY_SEQ))
         except RollingOpsDecodingError as error:
-            logger.error("unit %s: bad %s: %s", name, KEY_SEQ, error)
+            view._bad(f"bad {KEY_SEQ}: {error}")
         view.seq = max([view.seq, *(op.id for op in view.queue)])
         if bag.get(KEY_DONE):
             try:
                 view.done = Done.decode(bag[KEY_DONE])
             except RollingOpsDecodingError as error:
-                logger.error("unit %s: bad %s: %s", name, KEY_DONE, error)
+                view._bad(f"bad {KEY_DONE}: {error}")
         view.last_result = view.done.result if view.done else None
         backend = bag.get(KEY_BACKEND, ProcessingBackend.PEER.value)
         if backend in (ProcessingBackend.PEER.value, ProcessingBackend.ETCD.value):
             view.backend = ProcessingBackend(backend)
         else:
-            logger.error("unit %s: unknown backend %r; treating it as etcd", name, backend)
+            view._bad(f"unknown {KEY_BACKEND} {short(backend)}; treating it as etcd")
             view.backend = ProcessingBackend.ETCD  # unknown: it may hold a lock we cannot see
-        view.etcd_cleanup = bag.get(KEY_ETCD_CLEANUP) == "true"
+        cleanup = bag.get(KEY_ETCD_CLEANUP)
+        view.etcd_cleanup = cleanup == "true"
+        if cleanup not in (None, "true"):
+            view._bad(f"bad {KEY_ETCD_CLEANUP} {short(cleanup)}; reading it as absent")
         return view
 
     @property
@@ -176,6 +192,12 @@ class AppView:
     grant: Grant | None = None
     order: list[str] | None = None
     mode: ProcessingBackend = ProcessingBackend.PEER
+    errors: list[str] = dataclasses.field(default_factory=list)  # malformed values, ignored
+
+    def _bad(self, problem: str) -> None:
+        message = f"app databag: {problem}"
+        logger.error("%s", message)
+        self.errors.append(message)
 
     @classmethod
     def read(cls, bag: Mapping[str, str]) -> AppView:
@@ -184,30 +206,39 @@ class AppView:
         if version is None and not any(key.startswith("rollingops-") for key in bag):
             return view
         if version != WIRE_VERSION:
-            logger.error("unknown rollingops wire version %r in the app databag", version)
+            if is_wire_version(version):  # another version: not ours to read, and not malformed
+                logger.error(
+                    "rollingops wire version %s in the app databag; not reading it", version
+                )
+            else:
+                view._bad(f"bad {KEY_VERSION} {short(version)}")
             view.readable = False
             return view
         try:
             view.token = parse_int(bag.get(KEY_TOKEN))
         except RollingOpsDecodingError as error:
             # Never reuse a token: an unreadable counter is a broken invariant, stop granting.
-            logger.error("bad %s in the app databag: %s", KEY_TOKEN, error)
+            view._bad(f"bad {KEY_TOKEN} (granting stops): {error}")
             view.readable = False
         if bag.get(KEY_GRANT):
             try:
                 view.grant = Grant.decode(bag[KEY_GRANT])
             except RollingOpsDecodingError as error:
-                logger.error(
-                    "bad %s in the app databag (treated as released): %s", KEY_GRANT, error
-                )
+                view._bad(f"bad {KEY_GRANT} (treated as released): {error}")
         if view.grant is not None and view.grant.token > view.token:
             view.token = view.grant.token
-        view.order = parse_order(bag.get(KEY_ORDER))
+        try:
+            view.order = parse_order(bag.get(KEY_ORDER))
+        except RollingOpsDecodingError as error:
+            view._bad(f"bad {KEY_ORDER} (rebuilt): {error}")
+        mode = bag.get(KEY_MODE)
         view.mode = (
             ProcessingBackend.ETCD
-            if bag.get(KEY_MODE) == ProcessingBackend.ETCD.value
+            if mode == ProcessingBackend.ETCD.value
             else ProcessingBackend.PEER
         )
+        if mode not in (None, ProcessingBackend.PEER.value, ProcessingBackend.ETCD.value):
+            view._bad(f"unknown {KEY_MODE} {short(mode)}; reading it as peer")
         return view
 
     def write(self, bag: MutableMapping[str, str]) -> None:

@@ -93,10 +93,15 @@ Requests live in each unit's peer databag under the key ``relation_key`` (``{loc
 in the peer application databag under the same key (``{unit: {lock: ts}}``), as JSON with sorted
 keys. ``ts`` is ``%Y-%m-%d %H:%M:%S.%fZ`` (UTC, requester's clock) and serves as an identity
 token: a grant is valid while it equals the current request string, so clock skew can reorder
-waiters but never break exclusion. Malformed data is logged, listed in ``bad_data`` (for the
-charm's status) and treated as empty. Before the peer relation exists (e.g. in ``install``) the
+waiters but never break exclusion. Before the peer relation exists (e.g. in ``install``) the
 unit's requests, and a leader's grants to itself, are kept in stored state and published once the
 relation is there.
+
+Bad relation data, one rule: a value another unit wrote that does not parse, is out of range or is
+too big is logged, listed in ``bad_data`` (for the charm's status; the coordinator sets none) and
+treated as empty (a bad entry of a map is dropped, the rest still counts); it never raises in a
+hook. A databag value must be JSON of at most 64 KiB nested at most 8 deep (checked before
+decoding; no NaN or Infinity); messages quote at most 60 characters of a bad value.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 1
+LIBPATCH = 2
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +170,43 @@ def _parse_timestamp(ts: str) -> datetime | None:
         return datetime.strptime(ts, TIMESTAMP_FORMAT)
     except (TypeError, ValueError):
         return None
+
+
+# Bounds on a databag value another unit wrote (see "Bad relation data" in the module docstring).
+_MAX_JSON_CHARS = 64 * 1024
+_MAX_JSON_DEPTH = 8
+# A JSON string (an unterminated one runs to the end, so the scan stays linear) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: bad data is never echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _load_json(raw: str) -> Any:
+    """``json.loads`` for relation data: ValueError when too big or too deep, checked first.
+
+    The decoder recurses once per nesting level, so depth is counted before it runs.
+    """
+    if len(raw) > _MAX_JSON_CHARS:
+        raise ValueError(f"more than {_MAX_JSON_CHARS} characters")
+    if raw.count("[") + raw.count("{") > _MAX_JSON_DEPTH:  # else it cannot be too deep
+        depth = 0
+        for match in _JSON_STRING_OR_BRACKET.finditer(raw):
+            token = match.group()
+            if token in ("[", "{"):
+                depth += 1
+                if depth > _MAX_JSON_DEPTH:
+                    raise ValueError(f"nested deeper than {_MAX_JSON_DEPTH} levels")
+            elif token in ("]", "}"):
+                depth -= 1
+    return json.loads(raw, parse_constant=_refuse_constant)
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -372,12 +414,12 @@ class BaseCoordinator(ops.Object):
         if not raw:
             return {}
         try:
-            data = json.loads(raw)
+            data = _load_json(raw)
         except ValueError as e:
-            self._bad(source, f"not JSON ({e})")
+            self._bad(source, f"not usable JSON ({_short(str(e))})")
             return {}
         if not isinstance(data, dict):
-            self._bad(source, "not a JSON object")
+            self._bad(source, f"not a JSON object: {_short(raw)}")
             return {}
         return data
 
@@ -391,7 +433,7 @@ class BaseCoordinator(ops.Object):
             if isinstance(ts, str) and _parse_timestamp(ts) is not None:
                 locks[lock] = ts
             else:
-                self._bad(source, f"bad timestamp for lock {lock!r}: {ts!r}")
+                self._bad(source, f"bad timestamp for lock {_short(lock)}: {_short(ts)}")
         return locks
 
     def _parse_requests(self, raw: str | None, source: str) -> dict[str, str]:
@@ -401,7 +443,7 @@ class BaseCoordinator(ops.Object):
     def _parse_grants(self, raw: str | None, source: str) -> dict[str, dict[str, str]]:
         grants: dict[str, dict[str, str]] = {}
         for unit, locks in self._parse_json_object(raw, source).items():
-            parsed = self._parse_locks(locks, f"{source}, grants of {unit}")
+            parsed = self._parse_locks(locks, f"{source}, grants of {_short(unit)}")
             if parsed:
                 grants[unit] = parsed
         return grants

@@ -136,12 +136,19 @@ use of `dependency_model` (relation-created, leader-elected, version checks, the
 
 The library never defers, sleeps, shells out or touches the workload. It sets the unit status for
 the states it owns (and the app status only through `log_rollback_instructions`, which is yours).
+
+Bad relation data, one rule: a peer value another unit wrote (`state`, `upgrade-stack`,
+`dependencies`) that does not parse, is out of range or is too big is logged, listed in
+`data_errors` (for the charm's status) and ignored (read as absent); it never raises in a hook.
+Bounds, checked before decoding: JSON of at most 16 KiB nested at most 8 deep (no NaN or Infinity),
+unit numbers in 0..2**31-1; messages quote at most 60 characters of a bad value.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -174,7 +181,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 6
+LIBPATCH = 7
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -196,6 +203,43 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WAITING_TEXT = "other units upgrading first..."
+
+# Bounds on peer values another unit wrote (see "Bad relation data" in the module docstring).
+_MAX_JSON_CHARS = 16 * 1024  # also bounds the work of parsing version constraints
+_MAX_JSON_DEPTH = 8
+_MAX_UNIT_NUMBER = (1 << 31) - 1
+# A JSON string (an unterminated one runs to the end, so the scan stays linear) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to about `limit` characters: bad data is never echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _load_json(raw: str) -> Any:
+    """`json.loads` for relation data: ValueError when too big or too deep, checked first.
+
+    The decoder recurses once per nesting level, so depth is counted before it runs.
+    """
+    if len(raw) > _MAX_JSON_CHARS:
+        raise ValueError(f"more than {_MAX_JSON_CHARS} characters")
+    if raw.count("[") + raw.count("{") > _MAX_JSON_DEPTH:  # else it cannot be too deep
+        depth = 0
+        for match in _JSON_STRING_OR_BRACKET.finditer(raw):
+            token = match.group()
+            if token in ("[", "{"):
+                depth += 1
+                if depth > _MAX_JSON_DEPTH:
+                    raise ValueError(f"nested deeper than {_MAX_JSON_DEPTH} levels")
+            elif token in ("]", "}"):
+                depth -= 1
+    return json.loads(raw, parse_constant=_refuse_constant)
 
 
 # --- versions ------------------------------------------------------------------------------------
@@ -458,9 +502,10 @@ class DataUpgrade(Object, ABC):
         if not raw:
             return None
         try:
-            return type(self.dependency_model).model_validate(json.loads(raw))
+            return type(self.dependency_model).model_validate(_load_json(raw))
         except ValueError as e:  # pydantic's ValidationError is a ValueError
-            self._data_error(f"invalid dependencies data: {e}".splitlines()[0])
+            first_line = str(e).partition("\n")[0]
+            self._data_error(f"invalid dependencies data: {_short(first_line)}")
             return None
 
     @property
@@ -472,14 +517,14 @@ class DataUpgrade(Object, ABC):
             stack: list[int] = []
             if raw:
                 try:
-                    parsed = json.loads(raw)
+                    parsed = _load_json(raw)
                     if not isinstance(parsed, list) or not all(
-                        isinstance(n, int) and not isinstance(n, bool) for n in parsed
+                        type(n) is int and 0 <= n <= _MAX_UNIT_NUMBER for n in parsed
                     ):
                         raise ValueError("not a list of unit numbers")
                     stack = parsed
                 except ValueError as e:
-                    self._data_error(f"invalid upgrade-stack data {raw[:40]!r}: {e}")
+                    self._data_error(f"invalid upgrade-stack data {_short(raw, 40)}: {e}")
             self._upgrade_stack = stack
         return list(self._upgrade_stack) or None
 
@@ -513,7 +558,7 @@ class DataUpgrade(Object, ABC):
         for value in states:
             if value not in self.STATES:
                 if value:
-                    self._data_error(f"invalid unit state {value!r} in peer data")
+                    self._data_error(f"invalid unit state {_short(value)} in peer data")
                 return None
         return min(states, key=self.STATES.index)
 

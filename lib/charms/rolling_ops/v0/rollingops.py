@@ -119,8 +119,11 @@ Different on purpose (each fixes a defect of that library):
 - the unit (app) status goes back to Active only over the library's own "Executing"
   ("Beginning rolling") status, never over a status the charm set meanwhile.
 
-Malformed values are logged and read as absent (``RollingOpsManager.malformed_data()`` lists them
-for a status message); they never raise.
+Bad relation data, one rule: a value another unit wrote that does not parse, is out of range or
+is too big is logged, listed by ``RollingOpsManager.malformed_data()`` (for the charm's status; the
+library's own status texts stay those of the library it replaces) and read as absent; it never
+raises in a hook. Bounds, checked before decoding: a JSON value of at most 64 KiB nested at most 16
+deep (no NaN or Infinity), a token of at most 18 ASCII digits, a time of at most 64 characters.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 13
+LIBPATCH = 14
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +174,51 @@ _RELEASE = "release"
 _JUJU_EXEC_FALLBACK = "/usr/bin/juju-exec"
 
 _APP_KEY_RE = re.compile(r"^<ops\.model\.Unit ([^<>]+)>$")
+
+# Bounds on values another unit wrote (see "Bad relation data" in the module docstring).
+_MAX_JSON_CHARS = 64 * 1024
+_MAX_JSON_DEPTH = 16
+_MAX_TOKEN_DIGITS = 18  # so that token + 1 stays a small int
+_MAX_TIME_CHARS = 64
+# A JSON string (an unterminated one runs to the end, so the scan stays linear) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: bad data is never echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _load_json(raw: str) -> Any:
+    """``json.loads`` for relation data: ValueError when too big or too deep, checked first.
+
+    The decoder recurses once per nesting level, so depth is counted before it runs.
+    """
+    if len(raw) > _MAX_JSON_CHARS:
+        raise ValueError(f"more than {_MAX_JSON_CHARS} characters")
+    if raw.count("[") + raw.count("{") > _MAX_JSON_DEPTH:  # else it cannot be too deep
+        depth = 0
+        for match in _JSON_STRING_OR_BRACKET.finditer(raw):
+            token = match.group()
+            if token in ("[", "{"):
+                depth += 1
+                if depth > _MAX_JSON_DEPTH:
+                    raise ValueError(f"nested deeper than {_MAX_JSON_DEPTH} levels")
+            elif token in ("]", "}"):
+                depth -= 1
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
+def _parse_token(raw: str) -> int | None:
+    """A grant token: at most 18 ASCII digits (checked before ``int()``), else None."""
+    if len(raw) <= _MAX_TOKEN_DIGITS and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
 
 
 class LockNoRelationError(Exception):
@@ -253,7 +301,7 @@ class _PeerData:
         return self._get(self._units.get(unit_name), key)
 
     def _bad(self, where: str, key: str, value: str, expected: str) -> None:
-        problem = f"{where} {key}={value!r} ignored: expected {expected}"
+        problem = f"{where} {key}={_short(value)} ignored: expected {expected}"
         if problem not in self.problems:
             self.problems.append(problem)
             logger.warning("rolling ops (%s): %s", self.relation.name, problem)
@@ -262,7 +310,7 @@ class _PeerData:
         if not value:
             return None
         try:
-            return json.loads(value)
+            return _load_json(value)
         except ValueError:
             self._bad(where, key, value, expected)
             return None
@@ -331,6 +379,8 @@ class _PeerData:
         if not raw:
             return None
         try:
+            if len(raw) > _MAX_TIME_CHARS:
+                raise ValueError("too long")
             when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             self._bad(unit_name, _REQUESTED_AT, raw, "an ISO-8601 time")
@@ -356,6 +406,7 @@ class _PeerData:
             isinstance(value, dict)
             and isinstance(value.get("unit"), str)
             and type(value.get("token")) is int
+            and 0 <= value["token"] < 10**_MAX_TOKEN_DIGITS
         ):
             return _Holder(value["unit"], value["token"])
         self._bad("app", _HOLDER, raw or "", 'JSON {"unit": str, "token": int}')
@@ -365,10 +416,12 @@ class _PeerData:
         """Last grant number issued (never lower than the recorded holder's)."""
         raw = self._get(self.app, _TOKEN)
         token = 0
-        if raw and raw.isdecimal():
-            token = int(raw)
-        elif raw:
-            self._bad("app", _TOKEN, raw, "a decimal number")
+        if raw:
+            parsed = _parse_token(raw)
+            if parsed is None:
+                self._bad("app", _TOKEN, raw, "a decimal number of at most 18 digits")
+            else:
+                token = parsed
         holder = self.holder()
         return max(token, holder.token if holder else 0)
 
