@@ -232,7 +232,7 @@ class RollingOpsManager(ops.Object):
 
     @property
     def state(self) -> RollingOpsState:
-        """This unit's lock status, backend, ignored peer data and etcd problem. Pure: no writes."""
+        """This unit's lock status, backend, ignored peer data and etcd problem (no writes)."""
         state = dataclasses.replace(self._lock_state(), malformed=self._malformed())
         etcd = self._etcd()
         problem = etcd.problem() if etcd is not None else None
