@@ -297,14 +297,14 @@ def test_malformed_queue_entry_is_skipped_and_the_rest_served(caplog, spawns):
 
 def test_unknown_wire_version_is_not_ready_and_never_overwritten():
     context = ctx(0)
-    future = {"rollingops-version": "2", "rollingops-queue": "whatever"}
-    rel = peer(local_unit=future, app={"rollingops-version": "2", "rollingops-token": "9"})
+    future = {"rollingops-version": "9", "rollingops-queue": "whatever"}
+    rel = peer(local_unit=future, app={"rollingops-version": "9", "rollingops-token": "9"})
     state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     with context(context.on.update_status(), state) as mgr:
         assert mgr.charm.rolling.state.status is RollingOpsStatus.NOT_READY
         out = mgr.run()
     app, unit = bags(out, rel)
-    assert unit == future and app == {"rollingops-version": "2", "rollingops-token": "9"}
+    assert unit == future and app == {"rollingops-version": "9", "rollingops-token": "9"}
 
 
 # --- queue and dedup ------------------------------------------------------------------------

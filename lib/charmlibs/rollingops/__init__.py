@@ -99,6 +99,7 @@ from ._models import (
     RollingOpsStatus,
     RollingOpsSyncLockError,
     SyncLockBackend,
+    split_token,
 )
 
 __version__ = "1.2.0"
@@ -127,4 +128,5 @@ __all__ = [
     "RollingOpsSyncLockError",
     "SyncLockBackend",
     "__version__",
+    "split_token",
 ]
