@@ -81,6 +81,7 @@ class WorkerActor:
         self.phase = "start"  # start | idle | acquiring | waiting | dispatching | dispatched
         self.wake_at: int | None = world.sim.now
         self.lock: EtcdLock | None = None
+        self.cluster: FakeEtcd = world.fake
         self.lease: _LeaseHandle | None = None
         self.holding: int | None = None
         self.position = 0
@@ -139,7 +140,8 @@ class WorkerActor:
         if config is None:
             self._give_up("no local etcd config")
             return
-        client: Any = FakeEtcdClient(self.world.fake, keeper=self.is_alive)
+        self.cluster = self.world.fake  # the cluster this process talks to, replaced or not
+        client: Any = FakeEtcdClient(self.cluster, keeper=self.is_alive)
         self.lock = EtcdLock(client, config.prefix, config.owner, self.unit)
         self._write_status()
         self.phase = "idle"
@@ -147,7 +149,7 @@ class WorkerActor:
     def _idle(self) -> None:
         assert self.lock is not None
         if self.lease is None or self.lease.lost.is_set():  # on the cluster of its own client
-            self.lease = _LeaseHandle(self.lock.client.fake, self.lock.client.lease_grant(60))
+            self.lease = _LeaseHandle(self.cluster, self.lock.client.lease_grant(60))
         work = None
         with contextlib.suppress(RollingOpsError):
             work = _files.read_work(self.base_dir)
@@ -232,7 +234,7 @@ class WorkerActor:
         """Wake up if a lock or ticket key was deleted since we started waiting (a watch event)."""
         if self.phase != "waiting" or self.lock is None:
             return
-        for event in self.lock.client.fake.history[::-1]:
+        for event in self.cluster.history[::-1]:
             if event.kv.mod_revision < self.waited_from:
                 break
             if event.kind == "DELETE" and self.lock._relevant(event.kv.key):
