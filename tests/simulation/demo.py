@@ -62,6 +62,7 @@ FAULTS = (
 ETCD_FAULTS = ("etcd-outage", "etcd-replaced")
 OUTAGE_TICKS = 20  # longer than the rollingops lease (LEASE_TTL_TICKS) on logical time
 REPLACE_TICKS = 6  # from removing the etcd relation to integrating the new cluster
+REPLACE_WAIT_TICKS = 60  # how long the demo waits for the application to return to etcd
 RESOLVE_AFTER = 4  # ticks the "operator" takes to notice a unit in error and run `juju resolved`
 MAX_STEPS = 50_000
 DEFAULT_SVG = pathlib.Path(__file__).resolve().parents[2] / "build" / "demo-timeline.svg"
@@ -374,16 +375,36 @@ class Demo:
             f"t={sim.now}  {self.glyphs.fault} fault: etcd replaced by a new cluster: relation "
             f"removed t={t1}, new cluster integrated t={t2}"
         )
+        old = rollingops_engines.etcd_relation(sim)
         sim.add_timer(
             t1,
             "juju remove-relation etcd; a new etcd cluster is deployed",
             lambda: rollingops_engines.replace_etcd_cluster(sim),
         )
-        sim.add_timer(t2, "juju integrate (the new etcd)", lambda: self.integrate_etcd())
+        sim.add_timer(t2, "juju integrate (the new etcd)", lambda: self.integrate_etcd(old))
 
-    def integrate_etcd(self) -> None:
+    def integrate_etcd(self, old: int | None) -> None:
         self.say(f"t={self.sim.now}  juju integrate {APP}:etcd with the new etcd cluster")
         rollingops_engines.etcd_integrate(self.sim)
+        self.again_on_new_etcd(old, REPLACE_WAIT_TICKS)
+
+    def again_on_new_etcd(self, old: int | None, tries: int) -> None:
+        """Once the application runs on the new cluster, restart the first unit once more."""
+        sim = self.sim
+        relation = rollingops_engines.etcd_relation(sim)
+        mode = Bags.from_truth(sim.relations, APP).app("rollingops").get("rollingops-mode")
+        if relation in (None, old) or mode != "etcd":
+            if tries > 1:
+                label = "wait for the new etcd"
+                sim.add_timer(sim.now + 1, label, lambda: self.again_on_new_etcd(old, tries - 1))
+            return
+        unit = self.units()[0]
+        self.say(
+            f"t={sim.now}  the application runs on the new etcd cluster: once more,\n"
+            f"$ juju run {unit} restart engine=rollingops"
+        )
+        self.h.request(unit)
+        self.marks.append(Mark(sim.now, unit, "request", "restart requested again"))
 
     def update_status(self) -> None:
         self.say(f"t={self.sim.now}  (Juju's periodic update-status hook on every unit)")

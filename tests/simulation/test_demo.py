@@ -148,9 +148,11 @@ def test_etcd_replaced_falls_back_and_tokens_keep_increasing(tmp_path):
     assert code == 0, out
     assert "etcd replaced by a new cluster" in out
     assert "now on the peer backend (was etcd)" in out
+    assert "the application runs on the new etcd cluster" in out
     assert_one_at_a_time(timeline_rows(out))
     tokens = tokens_in_time_order(out)
-    assert len(tokens) == 3 and tokens == sorted(set(tokens)), tokens
+    assert len(tokens) == 4 and tokens == sorted(set(tokens)), tokens
+    assert tokens[-1][0] >= tokens[0][0] + 2  # the new cluster's grant: etcd -> peer -> etcd
 
 
 def test_etcd_outage_without_etcd_is_refused_clearly(tmp_path):
