@@ -99,8 +99,16 @@ def etcd_setup(sim: Simulator) -> None:
 
 
 def etcd_relation(sim: Simulator) -> int | None:
+    """The application's etcd relation, unless every unit still in it has run relation-broken.
+
+    Such a relation is gone in Juju's eyes even when the simulator still keeps it (it collects a
+    relation when its last unit breaks it, and misses a unit removed after that).
+    """
     for rel in sim.relations.values():
-        if rel.endpoints.get(APP) == "etcd":
+        if rel.endpoints.get(APP) != "etcd":
+            continue
+        staying = {unit for unit in rel.attached if not sim.units[unit].removed}
+        if not (rel.broken and staying <= rel.broken):
             return rel.id
     return None
 
