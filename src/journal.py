@@ -5,6 +5,11 @@ engine that coordinated it, the fencing token when there is one, and the wall-cl
 (UTC, ISO 8601). The line goes to the unit's local journal and to every extra directory given — the
 NFS share when one is mounted — so one file on the share shows every unit's intervals and anyone
 can check that no two overlapped.
+
+Tokens of one engine compare as plain integers: each holder's token is above those of every
+earlier holder. For rollingops this holds across its etcd and peer backends and across etcd
+clusters (the token packs an epoch, raised at each backend switch, above the sequence:
+`charmlibs.rollingops.split_token` gives `(epoch, sequence)` back for humans).
 """
 
 from __future__ import annotations

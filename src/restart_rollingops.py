@@ -2,7 +2,8 @@
 
 Asynchronous restart (the usual path): the action queues a request; the library calls `_restart`
 in a later hook when this unit holds the lock, on etcd when the `etcd` relation is ready, on the
-peer relation otherwise. The fencing token of the grant goes into the operation journal.
+peer relation otherwise. The fencing token of the grant goes into the operation journal (one
+increasing sequence across both backends).
 
 Synchronous restart (`sync=true`): the restart runs inside the action, under
 `acquire_sync_lock`: the etcd lock when etcd is available, else `LeaderPeerSyncLock`, a peer lock

@@ -199,6 +199,7 @@ def _run_scenario(harness: WorkerHarness, etcd: EtcdServer, monkeypatch: pytest.
     grant = juju.grant()
     assert grant is not None and grant["unit"] == "app/1"
     assert juju.app_bag["rollingops-mode"] == "peer" and juju.backend(0) == "peer"
+    assert grant["token"] > token  # one token sequence: above the etcd holder's, in epoch 1
     juju.run(1, "relation_changed")
     assert [(unit, g.backend.value, g.token) for unit, g in CALLS] == [
         ("app/1", "peer", grant["token"])
@@ -213,6 +214,7 @@ def _run_scenario(harness: WorkerHarness, etcd: EtcdServer, monkeypatch: pytest.
     assert held is not None and held.owner == holder.owner  # still there: nobody released it
     juju.run(0, "update_status")
     assert juju.app_bag["rollingops-mode"] == "etcd"
+    assert juju.app_bag["rollingops-epoch"] == "2"  # etcd (0, a version 1 bag) -> peer -> etcd
     juju.run(1, "relation_changed")
     juju.run(0, "relation_changed")
     assert juju.backend(1) == "etcd" and "rollingops-etcd-cleanup" not in juju.unit_bags[1]

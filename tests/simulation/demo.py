@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from . import rollingops_engines
 from .accounting import account
 from .demo_harness import APP, UPGRADE_TARGET, Crash, DemoHarness, demo_engines, lock_holder
-from .demo_svg import Interval, Lane, Mark, Picture, render
+from .demo_svg import Interval, Lane, Mark, Picture, render, token_label
 from .fakes import RESTART_TICKS
 from .scheduler import RoundRobin, SeededRandom
 from .simulator import ActionRejected
@@ -51,8 +51,18 @@ ENGINE_TITLE = {
     "rollingops-peer": "rollingops on its peer backend",
 }
 OPERATIONS = ("restart", "upgrade")
-FAULTS = ("none", "leader-removed", "holder-removed", "hook-failure", "etcd-outage")
+FAULTS = (
+    "none",
+    "leader-removed",
+    "holder-removed",
+    "hook-failure",
+    "etcd-outage",
+    "etcd-replaced",
+)
+ETCD_FAULTS = ("etcd-outage", "etcd-replaced")
 OUTAGE_TICKS = 20  # longer than the rollingops lease (LEASE_TTL_TICKS) on logical time
+REPLACE_TICKS = 6  # from removing the etcd relation to integrating the new cluster
+REPLACE_WAIT_TICKS = 60  # how long the demo waits for the application to return to etcd
 RESOLVE_AFTER = 4  # ticks the "operator" takes to notice a unit in error and run `juju resolved`
 MAX_STEPS = 50_000
 DEFAULT_SVG = pathlib.Path(__file__).resolve().parents[2] / "build" / "demo-timeline.svg"
@@ -136,9 +146,9 @@ class Demo:
 
     def run(self) -> int:
         o = self.o
-        if o.fault == "etcd-outage" and (o.operation, o.engine) != ("restart", "rollingops"):
+        if o.fault in ETCD_FAULTS and (o.operation, o.engine) != ("restart", "rollingops"):
             self.say(
-                "--fault etcd-outage needs etcd: use it with the default engine (rollingops, "
+                f"--fault {o.fault} needs etcd: use it with the default engine (rollingops, "
                 "on its etcd backend) and --operation restart."
             )
             return 2
@@ -324,7 +334,7 @@ class Demo:
         o, sim = self.o, self.sim
         if self.fault_armed or sections < min(2, o.units):
             return
-        if o.fault not in ("leader-removed", "holder-removed", "etcd-outage"):
+        if o.fault not in ("leader-removed", "holder-removed", *ETCD_FAULTS):
             return
         self.fault_armed = True
         holder = self.h.recorder.intervals[-1].unit
@@ -336,8 +346,10 @@ class Demo:
         elif o.fault == "holder-removed":
             label = f"machine of {holder} lost   (the unit inside its critical section)"
             sim.add_timer(sim.now + 1, label, lambda: self.remove(holder, graceful=False))
-        else:
+        elif o.fault == "etcd-outage":
             self.etcd_outage(sim.now + 1, sim.now + 1 + OUTAGE_TICKS)
+        else:
+            self.etcd_replaced(sim.now + 1, sim.now + 1 + REPLACE_TICKS)
 
     def etcd_outage(self, t1: int, t2: int) -> None:
         """Make etcd unreachable during [t1, t2), longer than a lease: the lock's lease expires.
@@ -352,6 +364,47 @@ class Demo:
         self.say(f"t={sim.now}  {self.glyphs.fault} fault: etcd will be unreachable t={t1}..{t2}")
         settle = t2 + rollingops_engines.LEASE_TTL_TICKS + 1
         sim.add_timer(settle, "update-status", lambda: self.update_status())
+
+    def etcd_replaced(self, t1: int, t2: int) -> None:
+        """Replace etcd: the relation goes at t1, a new cluster is integrated at t2.
+
+        The new cluster is empty: its revisions (the etcd tokens) start again from 1.
+        """
+        sim = self.sim
+        self.say(
+            f"t={sim.now}  {self.glyphs.fault} fault: etcd replaced by a new cluster: relation "
+            f"removed t={t1}, new cluster integrated t={t2}"
+        )
+        old = rollingops_engines.etcd_relation(sim)
+        sim.add_timer(
+            t1,
+            "juju remove-relation etcd; a new etcd cluster is deployed",
+            lambda: rollingops_engines.replace_etcd_cluster(sim),
+        )
+        sim.add_timer(t2, "juju integrate (the new etcd)", lambda: self.integrate_etcd(old))
+
+    def integrate_etcd(self, old: int | None) -> None:
+        self.say(f"t={self.sim.now}  juju integrate {APP}:etcd with the new etcd cluster")
+        rollingops_engines.etcd_integrate(self.sim)
+        self.again_on_new_etcd(old, REPLACE_WAIT_TICKS)
+
+    def again_on_new_etcd(self, old: int | None, tries: int) -> None:
+        """Once the application runs on the new cluster, restart the first unit once more."""
+        sim = self.sim
+        relation = rollingops_engines.etcd_relation(sim)
+        mode = Bags.from_truth(sim.relations, APP).app("rollingops").get("rollingops-mode")
+        if relation in (None, old) or mode != "etcd":
+            if tries > 1:
+                label = "wait for the new etcd"
+                sim.add_timer(sim.now + 1, label, lambda: self.again_on_new_etcd(old, tries - 1))
+            return
+        unit = self.units()[0]
+        self.say(
+            f"t={sim.now}  the application runs on the new etcd cluster: once more,\n"
+            f"$ juju run {unit} restart engine=rollingops"
+        )
+        self.h.request(unit)
+        self.marks.append(Mark(sim.now, unit, "request", "restart requested again"))
 
     def update_status(self) -> None:
         self.say(f"t={self.sim.now}  (Juju's periodic update-status hook on every unit)")
@@ -400,7 +453,7 @@ class Demo:
                 agent = "departing"
             lock = ""
             if unit == holder:
-                lock = "holds" + (f" #{token}" if token is not None else "")
+                lock = "holds" + (f" {token_label(token)}" if token is not None else "")
                 if self.o.operation == "upgrade":
                     lock = "its turn"
             if unit in inside:
@@ -512,7 +565,7 @@ class Demo:
         for i in mine:
             what = f"t={i.start}-{i.end}"
             if i.token is not None:
-                what += f" #{i.token}"
+                what += f" {token_label(i.token)}"
             notes.append(what + ("" if i.committed else " (failed)"))
         if unit in self.removed_at:
             notes.append(f"removed t={self.removed_at[unit]}")
@@ -521,6 +574,7 @@ class Demo:
     def checks(self, intervals: list) -> list[str]:
         h, sim = self.h, self.sim
         exclusion = [v for v in h.recorder.violations if v.startswith("I1")]
+        fencing = [v for v in h.recorder.violations if v.startswith("I6")]
         liveness = h.recorder.liveness_failures()
         stuck = [f"{u} left in error" for u in sim.stuck_units()]
         uncaught = h.recorder.uncaught()
@@ -534,6 +588,7 @@ class Demo:
         served = sum(1 for i in intervals if i.committed)
         results = [
             (not exclusion, "never two units inside the critical section at once", exclusion),
+            (not fencing, "each fencing token above those of every earlier holder", fencing),
             (not liveness, f"every request served ({served} operations completed)", liveness),
             (not stuck and not uncaught, "no unit left in error, no unexpected exception",
              stuck + uncaught),
@@ -600,6 +655,7 @@ FAULT_TEXT = {
     "holder-removed": "the machine of the unit inside its critical section vanishes",
     "hook-failure": "the second unit's hook crashes inside its critical section",
     "etcd-outage": "etcd becomes unreachable",
+    "etcd-replaced": "the etcd cluster is replaced by a new one (revisions restart from 1)",
 }
 
 

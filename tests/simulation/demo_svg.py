@@ -19,6 +19,8 @@ import dataclasses
 import itertools
 from xml.sax.saxutils import escape, quoteattr
 
+from charmlibs.rollingops import split_token
+
 FONT = "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif"
 WIDTH = 980
 LEFT = 200  # room for the lane labels
@@ -52,6 +54,20 @@ class Lane:
     hooks: list[int]  # start time of every hook it ran in the window
     waiting_from: int | None = None  # when its operation was requested
     removed_at: int | None = None
+
+
+def token_label(token: object) -> str:
+    """How a fencing token is shown: `#epoch:sequence` (rollingops after a backend switch), `#n`.
+
+    charmlibs.rollingops packs (epoch, sequence) into one integer (`split_token`): the plain
+    integers order the same way, the pair is what a reader can follow.
+    """
+    if token is None:
+        return ""
+    if isinstance(token, int) and not isinstance(token, bool) and token >= 0:
+        epoch, sequence = split_token(token)
+        return f"#{epoch}:{sequence}" if epoch else f"#{sequence}"
+    return f"#{token}"
 
 
 @dataclasses.dataclass
@@ -266,7 +282,7 @@ class _Canvas:
             + ("" if bar.committed else f' stroke="{FAULT}" stroke-width="1.5"')
             + f"><title>{escape(what)}</title></rect>"
         )
-        label = f"#{bar.token}" if bar.token is not None else ""
+        label = token_label(bar.token)
         if bar.committed and label and x1 - x0 > 8 * len(label):
             self.text((x0 + x1) / 2, y + LANE / 2 + 4, label, 11, fill="#ffffff",
                       text_anchor="middle", font_weight="bold")  # fmt: skip
@@ -337,7 +353,7 @@ class _Canvas:
         x = 24.0
         items = [
             (f'<rect x="{{x}}" y="{y - 9}" width="22" height="12" rx="3" fill="{colour}"/>',
-             f"{self.p.operation} (inside the lock, #token)"),
+             f"{self.p.operation} (inside the lock, #token or #epoch:sequence)"),
             (f'<rect x="{{x}}" y="{y - 9}" width="22" height="12" rx="3" fill="{WAIT}"/>',
              "waiting for the lock"),
             (f'<path d="M{{x}},{y - 3} L{{x22}},{y - 3}" stroke="{MUTED}" stroke-width="1.4" '

@@ -18,8 +18,10 @@ in, because it cannot exist in one process on logical time:
 - charmed-etcd: `charms.etcd_provider.EtcdProviderCharm`, which answers the request.
 
 Faults (B8): `outage(t1, t2)` (every etcd call fails, leases run out on logical time),
-`kill_worker(unit)` (the process dies without clean-up; its lease expires `ttl` ticks later), and
-removing the etcd relation (`Simulator.remove_relation`). One tick stands for one second of the
+`kill_worker(unit)` (the process dies without clean-up; its lease expires `ttl` ticks later),
+removing the etcd relation (`Simulator.remove_relation`), and `replace_cluster()` (a new, empty
+etcd cluster whose revisions start again from 1; the old one keeps serving the workers that still
+talk to it). One tick stands for one second of the
 lease's 60 s TTL unless `ttl_ticks` says otherwise.
 """
 
@@ -79,6 +81,7 @@ class WorkerActor:
         self.phase = "start"  # start | idle | acquiring | waiting | dispatching | dispatched
         self.wake_at: int | None = world.sim.now
         self.lock: EtcdLock | None = None
+        self.cluster: FakeEtcd = world.fake
         self.lease: _LeaseHandle | None = None
         self.holding: int | None = None
         self.position = 0
@@ -137,15 +140,16 @@ class WorkerActor:
         if config is None:
             self._give_up("no local etcd config")
             return
-        client: Any = FakeEtcdClient(self.world.fake, keeper=self.is_alive)
+        self.cluster = self.world.fake  # the cluster this process talks to, replaced or not
+        client: Any = FakeEtcdClient(self.cluster, keeper=self.is_alive)
         self.lock = EtcdLock(client, config.prefix, config.owner, self.unit)
         self._write_status()
         self.phase = "idle"
 
     def _idle(self) -> None:
         assert self.lock is not None
-        if self.lease is None or self.lease.lost.is_set():
-            self.lease = _LeaseHandle(self.world.fake, self.lock.client.lease_grant(60))
+        if self.lease is None or self.lease.lost.is_set():  # on the cluster of its own client
+            self.lease = _LeaseHandle(self.cluster, self.lock.client.lease_grant(60))
         work = None
         with contextlib.suppress(RollingOpsError):
             work = _files.read_work(self.base_dir)
@@ -230,7 +234,7 @@ class WorkerActor:
         """Wake up if a lock or ticket key was deleted since we started waiting (a watch event)."""
         if self.phase != "waiting" or self.lock is None:
             return
-        for event in self.world.fake.history[::-1]:
+        for event in self.cluster.history[::-1]:
             if event.kv.mod_revision < self.waited_from:
                 break
             if event.kind == "DELETE" and self.lock._relevant(event.kv.key):
@@ -287,7 +291,8 @@ class WorkerActor:
         """The process dies without clean-up (kill -9, OOM): its lease runs out later."""
         if self.alive:
             self.world.log(f"worker {self.unit}: killed")
-            self.world.fake.refresh()
+            for fake in self.world.clusters():
+                fake.refresh()
             self.alive = False
 
     def _write_status(self, *, failed: bool = False) -> None:
@@ -301,12 +306,20 @@ class EtcdWorld:
 
     def __init__(self, sim: Simulator, ttl_ticks: int = LEASE_TTL_TICKS):
         self.sim = sim
-        self.fake = FakeEtcd(self.now, ttl_ticks)
+        self.fake = self._new_cluster(ttl_ticks)
+        self.retired: list[FakeEtcd] = []  # replaced clusters: their leases still run out
         self.workers: dict[str, WorkerActor] = {}  # base_dir -> the latest worker started there
         self.started = 0
         self.outage_starts: list[int] = []
-        self.fake.delete_listeners.append(self._on_deletion)
-        self.fake.outage_listeners.append(self._on_outage)
+
+    def _new_cluster(self, ttl_ticks: int) -> FakeEtcd:
+        fake = FakeEtcd(self.now, ttl_ticks)
+        fake.delete_listeners.append(self._on_deletion)
+        fake.outage_listeners.append(self._on_outage)
+        return fake
+
+    def clusters(self) -> list[FakeEtcd]:
+        return [*self.retired, self.fake]
 
     def now(self) -> int:
         return self.sim.now
@@ -318,9 +331,7 @@ class EtcdWorld:
 
     def next_time(self) -> int | None:
         times = [w.wake_at for w in self.workers.values() if w.alive and w.wake_at is not None]
-        expiry = self.fake.next_expiry()
-        if expiry is not None:
-            times.append(expiry)
+        times += [t for t in (fake.next_expiry() for fake in self.clusters()) if t is not None]
         times += list(self.outage_starts)
         times += [t2 for _, t2 in self.fake.outages if t2 > self.sim.now]
         return min(times) if times else None
@@ -330,12 +341,14 @@ class EtcdWorld:
         for t in [t for t in self.outage_starts if t <= now]:
             self.outage_starts.remove(t)
             self.log("outage begins")
-            self.fake.outage_begins()
-        if not self.fake.down():
-            self.fake.refresh()
-        gone = self.fake.expire()
-        if gone:
-            self.log(f"leases expired: {[hex(g) for g in gone]}")
+            for fake in self.clusters():
+                fake.outage_begins()
+        for fake in self.clusters():
+            if not fake.down():
+                fake.refresh()
+            gone = fake.expire()
+            if gone:
+                self.log(f"leases expired: {[hex(g) for g in gone]}")
         for _ in range(1000):  # a release may wake another worker: step until none is due
             due = [w for w in self.workers.values() if w.alive and w.wake_at is not None]
             due = [w for w in due if w.wake_at is not None and w.wake_at <= now]
@@ -361,9 +374,22 @@ class EtcdWorld:
 
     def outage(self, t1: int, t2: int) -> None:
         """Make etcd unreachable from every client during [t1, t2)."""
-        self.fake.outage(t1, t2)
+        for fake in self.clusters():
+            fake.outage(t1, t2)
         self.outage_starts.append(t1)
         self.log(f"outage scheduled [{t1}, {t2})")
+
+    def replace_cluster(self) -> None:
+        """A new etcd cluster replaces the current one: empty, its revisions restart from 1.
+
+        Hook-side clients reach the new one from now on; a worker keeps the client (and the
+        cluster) it started with, as a real worker keeps its connection. Outages still apply.
+        """
+        old = self.fake
+        self.retired.append(old)
+        self.fake = self._new_cluster(old.ttl_ticks)
+        self.fake.outages = list(old.outages)
+        self.log("cluster replaced: a new etcd cluster, revisions from 1")
 
     def kill_worker(self, unit: str) -> bool:
         """Kill `unit`'s live worker, if any (B8 kill_actor)."""

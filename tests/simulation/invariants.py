@@ -11,7 +11,13 @@ widest interval). Checks:
 - I3 no ghost holders: after quiescence no grant names a removed unit;
 - I4 liveness: after quiescence every requested operation ran exactly once (in a committed hook)
   unless its unit was removed;
-- I5 no uncaught exception except injected ones.
+- I5 no uncaught exception except injected ones;
+- I6 fencing tokens: a committed critical section's token is greater than the token of every
+  critical section (committed or not) of the same operation that ended before it started, for
+  engines whose journal carries integer tokens (rollingops on etcd or peer, v0). The one
+  exception is the same unit re-running under the same grant (a retried hook, an etcd
+  retry-hold), whose token is then equal: a storage system fencing with "reject a token lower
+  than the highest seen" accepts exactly these histories.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class Recorder:
             interval.end = sim.now
             interval.committed = ok
             self._check_exclusion(interval)
+            if ok:
+                self._check_token_order(interval)
 
     def _check_exclusion(self, new: Interval) -> None:
         """I1: sweep the span of `new` for more than k distinct units inside at once."""
@@ -127,6 +135,12 @@ class Recorder:
                     f"I1 t={t} {len(inside)} units inside the critical section (k={self.k}): {who}"
                 )
                 return
+
+    def _check_token_order(self, new: Interval) -> None:
+        """I6: `new`'s token exceeds the tokens of every critical section ended before it began."""
+        violation = token_order_violation(self.intervals, new)
+        if violation is not None:
+            self.violations.append(violation)
 
     # --- end-of-schedule checks -------------------------------------------------------------
 
@@ -176,3 +190,27 @@ class Recorder:
     def uncaught(self) -> list[str]:
         """I5: exceptions the charm raised that no fault injected."""
         return [f"I5 {e}" for e in self.sim.errors]
+
+
+def _integer(token: object) -> bool:
+    return isinstance(token, int) and not isinstance(token, bool)
+
+
+def token_order_violation(intervals: list[Interval], new: Interval) -> str | None:
+    """I6 for `new` against `intervals` (see the module docstring); the message or None."""
+    if not _integer(new.token):
+        return None
+    for other in intervals:
+        if other is new or other.end is None or other.end > new.start:
+            continue  # still open, or not over when `new` began
+        if other.operation != new.operation or not _integer(other.token):
+            continue
+        if other.unit == new.unit and other.token == new.token:
+            continue  # the same grant run again by its holder
+        assert isinstance(other.token, int) and isinstance(new.token, int)
+        if new.token <= other.token:
+            return (
+                f"I6 t={new.start} {new.unit} entered {new.operation} with token {new.token}, "
+                f"not above token {other.token} of {other.unit} (ended t={other.end})"
+            )
+    return None

@@ -7,9 +7,11 @@ Both drive the demo charm's `restart engine=rollingops` (charmlibs.rollingops):
   (charms/etcd_provider.py), so the library switches to its etcd backend; etcd itself is the
   in-memory `FakeEtcd` and each unit's worker process a `WorkerActor` (etcd_world.py).
   Faults on top of the simulator's generic ones: an etcd outage [t1, t2), a worker killed (its
-  lease expires `LEASE_TTL_TICKS` later) and the etcd relation removed mid-roll (and, half the
+  lease expires `LEASE_TTL_TICKS` later), the etcd relation removed mid-roll (and, half the
   time, integrated again a little later: a new relation id, so our leader must grant its mTLS
-  secret again or the stand-in provider fails its hook). Juju's periodic
+  secret again or the stand-in provider fails its hook), and the etcd cluster replaced mid-roll
+  (relation removed, a new cluster whose revisions restart from 1, integrated again a few ticks
+  later). Juju's periodic
   update-status (R19), the library's trigger for restarting a dead worker and noticing a failed
   one (spec §4.4, §5.3), is modelled by one update-status tick after each such fault has played
   out.
@@ -39,6 +41,8 @@ APP = "coordinated-ops"
 PEER = "rollingops"
 PROVIDER_APP = "etcd"
 LEASE_TTL_TICKS = 15  # a 60 s lease against hooks of ~1-4 ticks: 1 tick is ~4 s
+INTEGRATE_TRIES = 30  # ticks the operator keeps trying `juju integrate` while the old one dies
+RETURN_TRIES = 60  # ticks the second-wave restart waits for the return to etcd
 _ACTIVE: list[EtcdWorld] = []  # the world of the simulator being run (holds_grant reads it)
 
 
@@ -97,9 +101,17 @@ def etcd_setup(sim: Simulator) -> None:
 
 
 def etcd_relation(sim: Simulator) -> int | None:
-    """The live etcd relation (the newest one that has not been removed)."""
+    """The live etcd relation: the newest one the operator has not removed.
+
+    `remove_relation` empties `known`; a relation every unit still in it has broken is gone too,
+    even when the simulator still keeps it (it collects a relation when its last unit breaks it,
+    and misses a unit removed after that).
+    """
     for rel in sorted(sim.relations.values(), key=lambda r: -r.id):
-        if rel.endpoints.get(APP) == "etcd" and rel.known:
+        if rel.endpoints.get(APP) != "etcd" or not rel.known:
+            continue
+        staying = {unit for unit in rel.attached if not sim.units[unit].removed}
+        if not (rel.broken and staying <= rel.broken):
             return rel.id
     return None
 
@@ -131,9 +143,22 @@ def etcd_faults(sim: Simulator, units: list[str]) -> list[str]:
         settle_at.append(at + 2 * len(units) + 2)
         if rng.random() < 0.5:
             again = at + rng.randint(1, horizon)
-            sim.add_timer(again, "integrate etcd again", lambda: _integrate_etcd(sim))
+            sim.add_timer(again, "integrate etcd again", lambda: etcd_integrate(sim))
             armed.append(f"integrate etcd again at {again}")
             settle_at.append(again + 2 * len(units) + 2)
+    if rng.random() < 0.2:
+        at = sim.now + rng.randint(0, horizon)
+        back = at + rng.randint(1, 2 * len(units) + 2)
+        sim.add_timer(at, "replace etcd cluster", lambda: replace_etcd_cluster(sim))
+        sim.add_timer(back, "integrate the new etcd", lambda: etcd_integrate(sim))
+        unit, old = rng.choice(units), etcd_relation(sim)
+        sim.add_timer(
+            back + 1,
+            f"restart {unit} on the new etcd",
+            lambda: request_on_etcd(sim, unit, old),
+        )
+        armed.append(f"etcd cluster replaced at {at}, integrated at {back}, {unit} again")
+        settle_at.append(back + 2 * len(units) + 2)
     for at in settle_at:  # the periodic update-status Juju runs anyway (R19)
         sim.add_timer(at, "update_status", lambda: sim.update_status(APP))
         sim.add_timer(at + 4 * len(units), "update_status", lambda: sim.update_status(APP))
@@ -146,9 +171,55 @@ def _remove_etcd_relation(sim: Simulator) -> None:
         sim.remove_relation(rel)
 
 
-def _integrate_etcd(sim: Simulator) -> None:
-    if etcd_relation(sim) is None:
+def replace_etcd_cluster(sim: Simulator) -> None:
+    """The operator removes the etcd relation; a new etcd cluster takes the old one's place."""
+    _remove_etcd_relation(sim)
+    world_of(sim).replace_cluster()
+
+
+def request_on_etcd(sim: Simulator, unit: str, old: int | None, tries: int = RETURN_TRIES) -> None:
+    """Restart `unit` once more when the application runs on a new etcd relation (not `old`).
+
+    Without it the new cluster would serve nothing: the application returns to etcd only once
+    every queue is drained. Waits up to `tries` ticks for the return; gives up quietly then.
+    """
+    truth = sim.units[unit]
+    if truth.departing or truth.removed:
+        return
+    mode = Bags.from_truth(sim.relations, APP).app(PEER).get("rollingops-mode")
+    if etcd_relation(sim) not in (None, old) and mode == "etcd":
+        sim.request(unit, "restart", "restart", engine="rollingops")
+    elif tries > 1:
+        sim.add_timer(
+            sim.now + 1,
+            f"restart {unit} on the new etcd",
+            lambda: request_on_etcd(sim, unit, old, tries - 1),
+        )
+
+
+def etcd_integrate(sim: Simulator, tries: int = INTEGRATE_TRIES) -> None:
+    """`juju integrate` with the (new) etcd cluster once the old relation is gone.
+
+    Juju refuses a second relation between the same endpoints while the removed one is still
+    dying (some unit has not run its relation-broken yet, e.g. a unit in error): the operator
+    tries again a tick later, `tries` times at most.
+    """
+    if etcd_relation(sim) is None and not _etcd_dying(sim):
         sim.integrate(APP, "etcd", PROVIDER_APP, "etcd-client")
+    elif tries > 1:
+        sim.add_timer(
+            sim.now + 1, "integrate the new etcd", lambda: etcd_integrate(sim, tries - 1)
+        )
+
+
+def _etcd_dying(sim: Simulator) -> bool:
+    """A removed etcd relation not yet broken by a unit still in it (Juju refuses a new one)."""
+    for rel in sim.relations.values():
+        if rel.endpoints.get(APP) == "etcd" and not rel.known:
+            staying = {unit for unit in rel.attached if not sim.units[unit].removed}
+            if not staying <= rel.broken:
+                return True
+    return False
 
 
 class RollingOpsEtcdFakes(DemoFakes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -123,12 +124,35 @@ def test_hook_failure_is_resolved_and_the_unit_restarts_after_all(tmp_path):
     assert lanes(svg) == [f"{APP}/{i}" for i in range(3)]
 
 
+def tokens_in_time_order(output: str) -> list[tuple[int, ...]]:
+    """The `#epoch:sequence` (or `#n`) token of each section in the timeline notes, by start."""
+    found = re.findall(r"t=(\d+)-\d+ #([\d:]+)", output.split("Timeline (", 1)[1])
+    ordered = sorted((int(start), token) for start, token in found)
+    return [tuple(int(part) for part in token.split(":")) for _, token in ordered]
+
+
 def test_etcd_outage_falls_back_to_peer_and_finishes(tmp_path):
     code, out, _ = run_demo(tmp_path, "--fault", "etcd-outage")
 
     assert code == 0, out
     assert "now on the peer backend (was etcd)" in out
     assert_one_at_a_time(timeline_rows(out))
+    assert "✓  each fencing token above those of every earlier holder" in out
+    tokens = tokens_in_time_order(out)
+    assert len(tokens) == 3 and tokens == sorted(set(tokens)), tokens  # etcd, then peer
+
+
+def test_etcd_replaced_falls_back_and_tokens_keep_increasing(tmp_path):
+    code, out, _ = run_demo(tmp_path, "--fault", "etcd-replaced")
+
+    assert code == 0, out
+    assert "etcd replaced by a new cluster" in out
+    assert "now on the peer backend (was etcd)" in out
+    assert "the application runs on the new etcd cluster" in out
+    assert_one_at_a_time(timeline_rows(out))
+    tokens = tokens_in_time_order(out)
+    assert len(tokens) == 4 and tokens == sorted(set(tokens)), tokens
+    assert tokens[-1][0] >= tokens[0][0] + 2  # the new cluster's grant: etcd -> peer -> etcd
 
 
 def test_etcd_outage_without_etcd_is_refused_clearly(tmp_path):

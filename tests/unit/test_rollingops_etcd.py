@@ -21,6 +21,7 @@ from charmlibs.rollingops import (
     _etcd_lock,
     _files,
 )
+from charmlibs.rollingops._models import make_token
 from ops import testing
 
 from tests.etcd_contract import check_requirer_bag
@@ -328,3 +329,59 @@ def test_sync_lock_with_an_endpoint_without_a_port_falls_back_instead_of_raising
             pytest.fail("must not enter")
         out = mgr.run()
     assert out.get_relation(rel.id).local_unit_data["rollingops-backend"] == "peer"
+
+
+# --- fencing tokens across backends ----------------------------------------------------------
+
+
+def app_bag_v2(mode, epoch, token=3):
+    return {"rollingops-version": "2", "rollingops-epoch": str(epoch),
+            "rollingops-token": str(token), "rollingops-mode": mode}  # fmt: skip
+
+
+def test_lock_granted_token_packs_the_app_epoch_with_the_revision(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    _, bag = run(
+        unit_bag(1, backend="etcd"), app_bag_v2("etcd", 3), emit="rollingops_lock_granted"
+    )
+    assert [(g.backend, g.epoch, g.sequence) for g in CALLS] == [(ProcessingBackend.ETCD, 3, 42)]
+    assert CALLS[0].token == make_token(3, 42)
+    assert json.loads(bag["rollingops-done"])["token"] == make_token(3, 42)
+    assert _files.read_result(tmp_path) == _files.LockResult(42, 1, "release")  # the worker's
+
+
+def test_lock_granted_once_the_app_left_etcd_runs_nothing(monkeypatch, tmp_path):
+    """The leader switched to peer (epoch 4): an etcd grant of epoch 3 must not start now."""
+    monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: True)
+    _, bag = run(
+        unit_bag(1, backend="etcd"), app_bag_v2("peer", 4), emit="rollingops_lock_granted"
+    )
+    assert CALLS == []
+    result = _files.read_result(tmp_path)
+    assert result is not None and result.result == "not-granted"
+    assert bag["rollingops-backend"] == "peer"  # and it acknowledges peer mode
+
+
+def test_each_mode_switch_raises_the_epoch(monkeypatch):
+    monkeypatch.setattr(
+        "charmlibs.rollingops._etcd_backend.EtcdBackend._publish_request", lambda self, peer: None
+    )
+    app, _ = run(unit_bag(), app_bag_v2("peer", 2), leader=True, peers={0: unit_bag()})
+    assert (app["rollingops-mode"], app["rollingops-epoch"]) == ("etcd", "3")
+    _files.delete_config(BASE[0])
+    app, _ = run(unit_bag(), app_bag_v2("etcd", 3), leader=True, peers={0: unit_bag()})
+    assert (app["rollingops-mode"], app["rollingops-epoch"]) == ("peer", "4")
+
+
+def test_return_to_etcd_waits_until_every_unit_acknowledged_peer(monkeypatch):
+    """Unit 0 may still run an etcd section of the old epoch: no new etcd epoch before its ack."""
+    monkeypatch.setattr(
+        "charmlibs.rollingops._etcd_backend.EtcdBackend._publish_request", lambda self, peer: None
+    )
+    peers = {0: unit_bag(backend="etcd")}
+    app, _ = run(unit_bag(), app_bag("peer"), leader=True, peers=peers)
+    assert app["rollingops-mode"] == "peer" and app.get("rollingops-epoch") == "0"
+    app, _ = run(unit_bag(), app_bag("peer"), leader=True, peers={0: unit_bag(backend="peer")})
+    assert (app["rollingops-mode"], app["rollingops-epoch"]) == ("etcd", "1")

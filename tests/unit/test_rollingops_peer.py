@@ -297,14 +297,14 @@ def test_malformed_queue_entry_is_skipped_and_the_rest_served(caplog, spawns):
 
 def test_unknown_wire_version_is_not_ready_and_never_overwritten():
     context = ctx(0)
-    future = {"rollingops-version": "2", "rollingops-queue": "whatever"}
-    rel = peer(local_unit=future, app={"rollingops-version": "2", "rollingops-token": "9"})
+    future = {"rollingops-version": "9", "rollingops-queue": "whatever"}
+    rel = peer(local_unit=future, app={"rollingops-version": "9", "rollingops-token": "9"})
     state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     with context(context.on.update_status(), state) as mgr:
         assert mgr.charm.rolling.state.status is RollingOpsStatus.NOT_READY
         out = mgr.run()
     app, unit = bags(out, rel)
-    assert unit == future and app == {"rollingops-version": "2", "rollingops-token": "9"}
+    assert unit == future and app == {"rollingops-version": "9", "rollingops-token": "9"}
 
 
 # --- queue and dedup ------------------------------------------------------------------------
@@ -853,3 +853,48 @@ def test_a_unit_that_saw_its_own_departure_never_runs_a_grant():
     state = dataclasses.replace(out, relations={alone}, planned_units=PLANNED)
     context.run(context.on.update_status(), state)
     assert BEHAVIOUR.calls == []
+
+
+# --- fencing tokens: (epoch, sequence) in one integer ---------------------------------------
+
+
+def test_a_version_1_app_databag_is_read_at_epoch_0_and_rewritten_as_version_2():
+    """`juju refresh` from 1.2: tokens continue where the old leader left them."""
+    context = ctx(0)
+    rel = peer(app=app_bag(3), peers={1: unit_bag(op(1))})
+    out = context.run(
+        context.on.relation_changed(rel, remote_unit=1),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
+    app, _ = bags(out, rel)
+    assert app["rollingops-version"] == "2" and app["rollingops-epoch"] == "0"
+    assert json.loads(app["rollingops-grant"]) == {"unit": "app/1", "token": 4, "op": 1}
+
+
+def test_the_first_peer_grant_of_an_epoch_is_above_every_earlier_token():
+    """After etcd (epoch 1, revision 57), peer mode (epoch 2) starts at 2:1, then 2:2."""
+    context = ctx(0)
+    app = {**app_bag(_models.make_token(1, 57)), "rollingops-version": "2"}
+    app["rollingops-epoch"] = "2"
+    holder = unit_bag(done={"token": _models.make_token(2, 1), "op": 1, "result": "release"})
+    tokens = []
+    for peers in ({1: unit_bag(op(1))}, {1: holder, 2: unit_bag(op(1))}):
+        rel = peer(app=app, peers=peers)
+        out = context.run(
+            context.on.relation_changed(rel, remote_unit=1),
+            testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+        )
+        app, _ = bags(out, rel)
+        tokens.append(json.loads(app["rollingops-grant"])["token"])
+    assert [rollingops.split_token(t) for t in tokens] == [(2, 1), (2, 2)]
+    assert tokens[0] > _models.make_token(1, 57)
+
+
+def test_tokens_pack_epoch_high_and_refuse_a_sequence_that_does_not_fit():
+    assert _models.make_token(0, 7) == 7  # epoch 0: the tokens of version 1
+    assert _models.make_token(1, 1) > _models.make_token(0, (1 << 40) - 1)
+    assert rollingops.split_token(_models.make_token(5, 123)) == (5, 123)
+    grant = rollingops.LockGrant(ProcessingBackend.PEER, _models.make_token(3, 9))
+    assert (grant.epoch, grant.sequence) == (3, 9)
+    with pytest.raises(ValueError):
+        _models.make_token(1, 1 << 40)

@@ -19,7 +19,7 @@ Usage (one manager per charm; build it in `__init__` with the current `cluster_i
             self.rolling.request_async_lock("restart", kwargs={"delay": 3}, max_retry=2)
 
         def _restart(self, delay):                     # runs under the lock, in a hook
-            token = self.rolling.lock_grant.token      # fencing token: store (backend, token)
+            token = self.rolling.lock_grant.token      # fencing token: one increasing integer
             ...
             return OperationResult.RELEASE             # or RETRY_RELEASE / RETRY_HOLD
 
@@ -36,24 +36,27 @@ failure moves the application back to the peer backend without losing or repeati
 While the application runs on the peer backend, exclusion with *other* applications sharing the
 `cluster_id` does not hold.
 
-Wire format, version 1 (ours; every writer stamps its version, a reader that meets another version
-logs it, reports not-ready and never overwrites the data; a change bumps the version):
+Wire format (ours; every writer stamps its version, a reader that meets a version it does not
+know logs it, reports not-ready and never overwrites the data; a change bumps the version of the
+databag it touches; a newer reader reads the older versions it lists):
 
-Peer relation, unit databag (written by that unit only):
+Peer relation, unit databag (written by that unit only), version 1:
     rollingops-version  "1"
     rollingops-queue    JSON array of ops {"id": 7, "callback_id": "restart", "kwargs": {...},
                         "max_retry": 2 | null, "attempt": 0, "requested_at": "<UTC, for humans>"}
     rollingops-seq      last op id issued by this unit (monotonic)
     rollingops-intent   idle | request | retry-release | retry-hold
-    rollingops-done     {"token": 42, "op": 7, "result": "release" | "retry-release" |
+    rollingops-done     {"token": T, "op": 7, "result": "release" | "retry-release" |
                         "retry-hold" | "dropped" | "missing-callback" | "no-op" | "not-granted"}
     rollingops-backend  peer | etcd   (what this unit runs; "peer" also acknowledges that its
                         etcd worker is stopped)
     rollingops-etcd-cleanup  "true" while stale etcd keys of this unit must be removed
-Peer relation, application databag (written by the leader only):
-    rollingops-version  "1"
-    rollingops-token    last peer grant token (monotonic, survives leader changes)
-    rollingops-grant    {"unit": "app/3", "token": 42, "op": 7}, absent when free
+Peer relation, application databag (written by the leader only), version 2 (read: 1 and 2; a
+version 1 bag is read as epoch 0, its tokens unchanged, and rewritten as version 2):
+    rollingops-version  "2"
+    rollingops-epoch    fencing epoch of the current mode (raised at every mode switch)
+    rollingops-token    last peer grant token T (packed, see below; survives leader changes)
+    rollingops-grant    {"unit": "app/3", "token": T, "op": 7}, absent when free
     rollingops-order    JSON array of unit names: FIFO of the leader's first sighting
     rollingops-mode     peer | etcd   (the application-wide backend chosen by the leader)
     rollingops-client-secret-id   ID of the app secret holding the etcd client certificate
@@ -81,7 +84,7 @@ etcd_client relation (charmed-etcd's format "v1"; docs/etcd-client-relation.md):
                         local config is deleted, so the unit runs on the peer backend.
 etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uuid>.<unit-name>:
     P lock              {"owner": O, "unit": "app/0", "kind": "async" | "sync"} on the holder's
-                        lease; the fencing token is this key's create_revision
+                        lease; its create_revision is the sequence of the etcd grant's token
     P waiting/O         async ticket (its create_revision is its queue position)
     P waiting-sync/O    sync ticket (async waiters stand back while one exists)
 Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
@@ -93,6 +96,50 @@ still counts); it never raises in a hook. Bounds: a value of at most 256 KiB, JS
 32 deep, no NaN or Infinity, integers of at most 19 digits in 0..2**63-1 (`_models.load_json`,
 `_models.parse_int`). An unreadable `rollingops-token` stops granting (a token is never reused).
 A value in another wire version is not malformed: see the versioning rule above.
+
+Fencing tokens: one sequence per application lock, strictly increasing from one holder to the
+next whatever the backend, across leader changes and etcd clusters. A token is one integer
+`epoch << 40 | sequence` (`split_token(token)` gives the pair back, `LockGrant.epoch` and
+`.sequence` too); compare tokens as integers. The leader raises `rollingops-epoch` by one at every
+mode switch, in the same write as `rollingops-mode`, so each epoch has exactly one mode:
+
+- peer grant: the leader issues `max(rollingops-token + 1, epoch << 40 | 1)`;
+- etcd grant: `epoch << 40 | create_revision(P lock)`, the epoch read by the granted hook, which
+  runs the callback only if the application is on etcd in that hook (else: not-granted); the etcd
+  sync lock likewise. A revision past 2**40 cannot be packed: the unit falls back to peer.
+
+Claim: if critical section A ended before critical section B started (a section spans the hook that
+runs it), then token(A) < token(B). The epoch only grows (only the leader writes it, each new
+leader reads it). Lemma: every section of epoch e ends before any section of a higher epoch starts.
+Peer epoch e: the leader leaves peer mode only while no peer grant is outstanding, and it releases
+a grant only once the holder's `done` is committed (by the hook that ran the section) or the holder
+can no longer run it (left, or off the peer backend). Etcd epoch e: the section runs in a hook that
+saw this unit's `rollingops-backend` = etcd at its start; epoch e+1 is a peer epoch, whose grants
+wait until every unit acknowledged peer mode (the cross-backend barrier that keeps exclusion across
+backends, see `_etcd_backend`), and the return to etcd (e+2) waits for the same acknowledgements; a
+unit writes its acknowledgement in that hook after the section or in a later hook, and the leader
+sees it only once committed. So no section of a lower epoch starts once a section of a higher epoch
+has started; were e(A) > e(B), B would end before A starts, yet A ended before B started: so e(A)
+<= e(B). If e(A) < e(B) the packing orders them. If e(A) = e(B), both ran on one backend: peer
+grants are issued one at a time by a counter that only grows (B's grant came after A's was
+released); etcd grants come from one cluster (below), where B's worker created `P lock` after A's
+worker deleted it, so its create_revision is higher.
+
+A new etcd cluster (its revisions restart from 1) arrives as a new `etcd_client` relation: the old
+relation's relation-broken makes etcd unusable on the leader (mode peer, new epoch) and deletes
+each unit's local config; the leader returns to etcd only from a config written from the new
+relation and once every unit acknowledged peer mode, in a new epoch. So an epoch never spans two
+clusters. Not detected: a provider that rebuilds its cluster in place behind the same relation (the
+etcd response header's cluster_id would show it; the fence check could compare it with one recorded
+in the app databag).
+
+Mixed versions during `juju refresh` from 1.2 (app databag version 1): the first new leader
+rewrites the bag as version 2 at epoch 0, so tokens continue where they were (1.2's peer counter
+and raw revisions are epoch-0 tokens). A 1.2 unit cannot read version 2: it runs no peer grant
+and acknowledges no mode until refreshed, which holds the barrier (safe; a grant given to it
+waits for its refresh), so its etcd sections, still epoch 0, precede every later epoch. A 1.2
+leader meeting version 2 does nothing; downgrading to 1.2 stalls the lock until a leader runs
+1.3 again.
 
 Release is detected without clocks: unit U has finished grant T when its `rollingops-done.token`
 is T. No PID and no timestamp used for a decision is ever written to relation data.
@@ -137,12 +184,13 @@ from ._models import (
     RollingOpsStatus,
     RollingOpsSyncLockError,
     SyncLockBackend,
+    split_token,
 )
 
-__version__ = "1.2.1"
+__version__ = "1.3.0"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 1
+LIBPATCH = 2
 
 __all__ = [
     "LockGrant",
@@ -165,4 +213,5 @@ __all__ = [
     "RollingOpsSyncLockError",
     "SyncLockBackend",
     "__version__",
+    "split_token",
 ]

@@ -13,9 +13,10 @@ the leader). Every unit acknowledges the mode in its own `rollingops-backend`:
   A `rollingops_lock_granted` dispatch queued behind that hook finds the unit on peer and runs
   nothing, so once the leader sees every unit on peer no unit can still be in an etcd critical
   section: only then does it grant on the peer backend (spec §5.4).
-- the leader returns the application to etcd only when every queue is empty and no peer grant is
-  outstanding; it leaves etcd when etcd is not configured or a unit with work reports that it
-  cannot use etcd (peer backend plus clean-up flag).
+- the leader returns the application to etcd only when every queue is empty, no peer grant is
+  outstanding and every unit acknowledged peer mode; it leaves etcd when etcd is not configured
+  or a unit with work reports that it cannot use etcd (peer backend plus clean-up flag).
+- each switch raises the application's fencing epoch (see the package docstring).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ._models import (
     RollingOpsError,
     RollingOpsInvalidSecretContentError,
     RollingOpsLibMissingError,
+    make_token,
 )
 from ._peer import AppView, Grant, UnitView, execute_grant
 
@@ -144,16 +146,18 @@ class EtcdBackend:
             if not self.usable() or stuck:
                 why = f"units {stuck} cannot use etcd" if stuck else "etcd is not usable"
                 logger.warning("switching the application to the peer backend: %s", why)
-                app.mode = ProcessingBackend.PEER
+                app.switch_mode(ProcessingBackend.PEER)
             return
         if (
             self.usable()
             and app.grant is None
             and len(readable) == len(units)
             and not any(unit.queue for unit in readable)
+            and all(unit.backend is ProcessingBackend.PEER for unit in readable)
         ):
+            # Every unit acknowledged peer mode: no etcd grant of an older epoch can still run.
             logger.info("peer queues drained: switching the application to the etcd backend")
-            app.mode = ProcessingBackend.ETCD
+            app.switch_mode(ProcessingBackend.ETCD)
 
     def _to_peer(self, me: UnitView, why: str) -> None:
         logger.warning("falling back to the peer backend: %s", why)
@@ -269,14 +273,21 @@ class EtcdBackend:
         if relation is None:
             return
         me = self.manager._unit_view(relation)
+        app = AppView.read(relation.data[self.manager.model.app])
         try:
             token = int(raw_token)
         except ValueError:
             logger.error("bad %s=%r: ignoring this dispatch", "ROLLINGOPS_LOCK_TOKEN", raw_token)
             return
-        if me.backend is not ProcessingBackend.ETCD:
+        if me.backend is not ProcessingBackend.ETCD or app.mode is not ProcessingBackend.ETCD:
             logger.info("etcd grant %s arrived after the switch to peer: running nothing", token)
             self._pending_result = (token, None, DONE_NOT_GRANTED)
+            return
+        try:
+            fencing = make_token(app.epoch, token)
+        except ValueError as error:
+            self._pending_result = (token, None, DONE_NOT_GRANTED)
+            self.fall_back(str(error))
             return
         try:
             mine = self._etcd_lock().holds(token)
@@ -293,11 +304,11 @@ class EtcdBackend:
         manager._executing_op = head
         try:
             done = execute_grant(
-                me, Grant(me.name, token, head), manager.callback_targets, self._run_etcd
+                me, Grant(me.name, fencing, head), manager.callback_targets, self._run_etcd
             )
         finally:
             manager._executing_op = None
-        self._pending_result = (token, done.op, done.result)
+        self._pending_result = (token, done.op, done.result)  # the worker speaks etcd revisions
 
     def _run_etcd(self, grant: LockGrant, callback: Any, kwargs: dict[str, Any]):
         etcd_grant = LockGrant(
@@ -317,10 +328,20 @@ class EtcdBackend:
 
     # --- sync lock ---------------------------------------------------------------------------
 
-    def sync_available(self) -> bool:
-        """This unit runs on etcd (its sync lock is the etcd lock)."""
+    def _etcd_epoch(self) -> int | None:
+        """The fencing epoch of etcd grants: the app's epoch while it runs on etcd, else None."""
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
-        if relation is None or not self.usable():
+        if relation is None:
+            return None
+        app = AppView.read(relation.data[self.manager.model.app])
+        if not app.readable or app.mode is not ProcessingBackend.ETCD:
+            return None
+        return app.epoch
+
+    def sync_available(self) -> bool:
+        """The application and this unit run on etcd (the sync lock is then the etcd lock)."""
+        relation = self.manager.model.get_relation(self.manager.peer_relation_name)
+        if relation is None or not self.usable() or self._etcd_epoch() is None:
             return False
         return self.manager._unit_view(relation).backend is ProcessingBackend.ETCD
 
@@ -330,14 +351,16 @@ class EtcdBackend:
         stack = contextlib.ExitStack()
         try:
             token = stack.enter_context(self._etcd_lock().sync_lock(timeout))
+            fencing = make_token(self._etcd_epoch() or 0, token)
         except TimeoutError:
             raise  # contention, not a failure: the caller reports "busy"
         except (RollingOpsError, OSError, ValueError) as error:  # never raise on etcd's account
+            stack.close()
             self.fall_back(f"sync lock: {error}")
             yield None
             return
         with stack:
-            yield LockGrant(ProcessingBackend.ETCD, token, None, None, 0)
+            yield LockGrant(ProcessingBackend.ETCD, fencing, None, None, 0)
 
     # --- relation (the etcd_client contract, v1: see _contract.py) -----------------------------
 

@@ -23,7 +23,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-WIRE_VERSION = "1"
+# Wire versions: unit databags are still at 1; the app databag went to 2 with fencing epochs.
+UNIT_WIRE_VERSION = "1"
+APP_WIRE_VERSION = "2"
+APP_WIRE_VERSIONS_READ = ("1", "2")  # a version 1 app databag reads as epoch 0, is rewritten
 
 # Peer relation keys (unit databag, written by that unit only).
 KEY_VERSION = "rollingops-version"
@@ -40,11 +43,30 @@ KEY_ORDER = "rollingops-order"
 KEY_MODE = "rollingops-mode"
 KEY_CLIENT_SECRET_ID = "rollingops-client-secret-id"  # noqa: S105
 KEY_ETCD_REQUEST = "rollingops-etcd-request"  # our etcd_client request object (salt kept here)
+KEY_EPOCH = "rollingops-epoch"
 
 # Bounds on what another unit wrote (see the module docstring).
 MAX_VALUE_CHARS = 256 * 1024  # a queue of over a thousand ops; reads stay well under 0.1 s
 MAX_JSON_DEPTH = 32
 MAX_INT = (1 << 63) - 1
+
+# A fencing token packs (epoch, sequence) into one integer: epoch in the high bits.
+TOKEN_SEQUENCE_BITS = 40  # sequences (peer counter, etcd create_revision) stay below 2**40
+
+
+def make_token(epoch: int, sequence: int) -> int:
+    """The fencing token of grant `sequence` in `epoch`: ordered by epoch, then by sequence.
+
+    Raises ValueError when `sequence` does not fit (an etcd revision past 2**40) or is negative.
+    """
+    if epoch < 0 or not 0 <= sequence < 1 << TOKEN_SEQUENCE_BITS:
+        raise ValueError(f"cannot pack epoch {epoch}, sequence {sequence} into a fencing token")
+    return epoch << TOKEN_SEQUENCE_BITS | sequence
+
+
+def split_token(token: int) -> tuple[int, int]:
+    """`(epoch, sequence)` of a fencing token (the inverse of `make_token`)."""
+    return token >> TOKEN_SEQUENCE_BITS, token & ((1 << TOKEN_SEQUENCE_BITS) - 1)
 
 
 class _StrEnum(str, enum.Enum):
@@ -117,13 +139,27 @@ class RollingOpsState:
 
 @dataclasses.dataclass(frozen=True)
 class LockGrant:
-    """The grant a callback runs under. `token` is the fencing token (monotonic per backend)."""
+    """The grant a callback runs under. `token` is the fencing token.
+
+    Tokens of one application lock strictly increase from one holder to the next, whatever the
+    backend (see the package docstring): compare them as plain integers.
+    """
 
     backend: ProcessingBackend
     token: int
     op_id: str | None = None
     callback_id: str | None = None
     attempt: int = 0
+
+    @property
+    def epoch(self) -> int:
+        """The backend epoch of the grant (raised at every backend switch), for humans."""
+        return split_token(self.token)[0]
+
+    @property
+    def sequence(self) -> int:
+        """The grant's place in its epoch (peer counter or etcd create_revision), for humans."""
+        return split_token(self.token)[1]
 
 
 class SyncLockBackend(abc.ABC):

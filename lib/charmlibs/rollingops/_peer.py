@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from ._models import (
+    APP_WIRE_VERSION,
+    APP_WIRE_VERSIONS_READ,
     DONE_DROPPED,
     DONE_MISSING_CALLBACK,
     DONE_NO_OP,
     DONE_NOT_GRANTED,
     KEY_BACKEND,
     KEY_DONE,
+    KEY_EPOCH,
     KEY_ETCD_CLEANUP,
     KEY_GRANT,
     KEY_INTENT,
@@ -34,7 +37,7 @@ from ._models import (
     KEY_SEQ,
     KEY_TOKEN,
     KEY_VERSION,
-    WIRE_VERSION,
+    UNIT_WIRE_VERSION,
     Done,
     Grant,
     Intent,
@@ -46,10 +49,12 @@ from ._models import (
     canonical_json,
     encode_queue,
     is_wire_version,
+    make_token,
     parse_int,
     parse_order,
     parse_queue,
     short,
+    split_token,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,7 +91,7 @@ class UnitView:
         version = bag.get(KEY_VERSION)
         if version is None and not any(key.startswith("rollingops-") for key in bag):
             return view  # nothing written yet
-        if version != WIRE_VERSION:
+        if version != UNIT_WIRE_VERSION:
             if is_wire_version(version):  # another version: not ours to read, and not malformed
                 logger.error(
                     "unit %s: rollingops wire version %s; ignoring the unit", name, version
@@ -147,7 +152,7 @@ class UnitView:
         ):
             return
         values = {
-            KEY_VERSION: WIRE_VERSION,
+            KEY_VERSION: UNIT_WIRE_VERSION,
             KEY_QUEUE: encode_queue(self.queue),
             KEY_SEQ: str(self.seq),
             KEY_INTENT: self.intent.value,
@@ -185,13 +190,18 @@ class UnitView:
 
 @dataclasses.dataclass
 class AppView:
-    """The application's peer databag, decoded. `readable` is False for an unknown version."""
+    """The application's peer databag, decoded. `readable` is False for an unknown version.
+
+    `epoch` is the fencing epoch of the current mode (0 in a version 1 databag); `token` the last
+    peer grant token (packed with its epoch, see `_models.make_token`).
+    """
 
     readable: bool = True
     token: int = 0
     grant: Grant | None = None
     order: list[str] | None = None
     mode: ProcessingBackend = ProcessingBackend.PEER
+    epoch: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)  # malformed values, ignored
 
     def _bad(self, problem: str) -> None:
@@ -205,7 +215,7 @@ class AppView:
         version = bag.get(KEY_VERSION)
         if version is None and not any(key.startswith("rollingops-") for key in bag):
             return view
-        if version != WIRE_VERSION:
+        if version not in APP_WIRE_VERSIONS_READ:
             if is_wire_version(version):  # another version: not ours to read, and not malformed
                 logger.error(
                     "rollingops wire version %s in the app databag; not reading it", version
@@ -216,9 +226,10 @@ class AppView:
             return view
         try:
             view.token = parse_int(bag.get(KEY_TOKEN))
+            view.epoch = parse_int(bag.get(KEY_EPOCH)) if version == APP_WIRE_VERSION else 0
         except RollingOpsDecodingError as error:
             # Never reuse a token: an unreadable counter is a broken invariant, stop granting.
-            view._bad(f"bad {KEY_TOKEN} (granting stops): {error}")
+            view._bad(f"bad {KEY_TOKEN} or {KEY_EPOCH} (granting stops): {error}")
             view.readable = False
         if bag.get(KEY_GRANT):
             try:
@@ -227,6 +238,7 @@ class AppView:
                 view._bad(f"bad {KEY_GRANT} (treated as released): {error}")
         if view.grant is not None and view.grant.token > view.token:
             view.token = view.grant.token
+        view.epoch = max(view.epoch, split_token(view.token)[0])  # never below a token issued
         try:
             view.order = parse_order(bag.get(KEY_ORDER))
         except RollingOpsDecodingError as error:
@@ -241,9 +253,19 @@ class AppView:
             view._bad(f"unknown {KEY_MODE} {short(mode)}; reading it as peer")
         return view
 
+    def switch_mode(self, mode: ProcessingBackend) -> None:
+        """Leader: run the application on `mode` from now on, in a new fencing epoch."""
+        self.mode = mode
+        self.epoch += 1
+
+    def next_token(self) -> int:
+        """The token of the next peer grant: above every token issued so far, in this epoch."""
+        return max(self.token + 1, make_token(self.epoch, 1))
+
     def write(self, bag: MutableMapping[str, str]) -> None:
         values = {
-            KEY_VERSION: WIRE_VERSION,
+            KEY_VERSION: APP_WIRE_VERSION,
+            KEY_EPOCH: str(self.epoch),
             KEY_TOKEN: str(self.token),
             KEY_ORDER: canonical_json(self.order or []),
             KEY_MODE: self.mode.value,
@@ -370,7 +392,7 @@ def schedule(
         chosen = _next_unit(order, units)
     if chosen is None:
         return outcome
-    app.token += 1
+    app.token = app.next_token()
     head = chosen.queue[0].id if chosen.queue else None
     app.grant = outcome.granted = Grant(chosen.name, app.token, head)
     if chosen.name in order:
