@@ -7,7 +7,7 @@ Everything lives under ``<base_dir>/etcd/``; every JSON file carries ``"version"
   (``server-ca.pem``, ``client-cert.pem``, ``client-key.pem``; the key has mode 0600).
   Written by the hook side from relation data.
 - ``work.json``: ``{"version": 1, "pending": n, "head": op_id | null}``, the work hint the hook
-  writes after every change of this unit's peer queue, under ``queue.lock``.
+  writes after every change of this unit's queue, under ``queue.lock``.
 - ``result.json``: ``{"version": 1, "token": t, "op": op_id | null, "result": "release" | ...}``,
   what the ``rollingops_lock_granted`` hook did with grant ``t``.
 - ``worker-status.json``: ``{"version": 1, "holding": t | null, "failed": false,
@@ -230,7 +230,7 @@ def delete_config(base_dir: str | os.PathLike[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class WorkHint:
-    """How much work this unit's peer queue holds (``work.json``)."""
+    """How much work this unit's queue holds (``work.json``)."""
 
     pending: int
     head: int | None
