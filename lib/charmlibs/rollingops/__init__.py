@@ -60,8 +60,10 @@ Why it holds:
   issues one peer grant at a time and releases it only on the holder's `done`, and the etcd
   lock is one key, checked again by the granted hook (the fence check). Across the two
   backends, a peer grant needs every databag to say `peer`. A unit writes `peer` only in a
-  hook that has already stopped its worker. After that, a lock-granted hook still queued on
-  that unit sees `peer` and runs nothing. The unit goes back to etcd only in mode etcd. The
+  hook that first stops its worker. Even if a worker outlived that hook, every later
+  lock-granted hook on that unit sees `peer` and runs nothing (a unit runs one hook at a time,
+  and an etcd critical section only ever runs in such a hook). The unit goes back to etcd only
+  in mode etcd, after deleting its stale etcd keys. The
   leader sets mode etcd only while no peer grant is outstanding, and grants nothing in mode
   etcd. So no peer grant starts while any unit can still hold or take the etcd lock, and no
   unit takes the etcd lock while a peer grant is open.
@@ -72,7 +74,7 @@ Why it holds:
   state before Juju commits the relation data. If only the relation write is lost, the databag
   still names the old backend, and that backend's copy is intact: the stored copy is never
   deleted, only ignored under `peer` and overwritten at the next move to etcd. An op leaves a
-  queue only in the hook that ran it.
+  queue only in the hook that ran it (or dropped it: unknown callback, retries used up).
 - Liveness. In mode etcd, a unit with work has a worker: it is started at the end of every hook
   that leaves work pending, and update-status restarts a dead one. A worker that gives up moves
   its unit to peer with the unit's queue published, and the leader then switches the
