@@ -69,11 +69,17 @@ def queue(*ids: int) -> str:
 
 
 class TwoUnits:
-    """Juju's side for two units: each unit's last output state; databags routed between them."""
+    """Juju's side for two units: databags routed between them, each unit's stored state kept."""
 
-    def __init__(self, app_bag: dict[str, str], unit_bags: dict[int, dict[str, str]]):
+    def __init__(
+        self,
+        app_bag: dict[str, str],
+        unit_bags: dict[int, dict[str, str]],
+        stored: dict[int, frozenset[testing.StoredState]],
+    ):
         self.app_bag = app_bag
         self.unit_bags = unit_bags
+        self.stored = stored
         self.ctx = {
             n: testing.Context(Charm, meta=META, app_name="app", unit_id=n) for n in (0, 1)
         }
@@ -94,6 +100,7 @@ class TwoUnits:
             planned_units=2,
             relations={rel, self.etcd},
             secrets=self.secrets,
+            stored_states=self.stored[n],
         )
         return state, rel
 
@@ -114,6 +121,7 @@ class TwoUnits:
                     out = mgr.run()
         got = out.get_relation(rel.id)
         self.unit_bags[n] = dict(got.local_unit_data)
+        self.stored[n] = frozenset(out.stored_states)
         if n == 0:
             self.app_bag = dict(got.local_app_data)
         self.secrets = frozenset(out.secrets)
@@ -163,14 +171,19 @@ def _run_scenario(harness: WorkerHarness, etcd: EtcdServer, monkeypatch: pytest.
     lock = EtcdLock(etcd.client(), harness.prefix, "probe", "probe")
     held = lock.holder()
     assert held is not None and held.owner == holder.owner and held.token == token
+    # On etcd, app/1 publishes only its backend; its queue is in its stored state.
+    local = {"etcd_local": {"queue": queue(1), "seq": 1, "done": ""}}
     juju = TwoUnits(
         {"rollingops-version": "1", "rollingops-token": "0", "rollingops-mode": "etcd"},
         {
             0: {"rollingops-version": "1", "rollingops-queue": "[]", "rollingops-seq": "0",
                 "rollingops-backend": "etcd"},
-            1: {"rollingops-version": "1", "rollingops-queue": queue(1), "rollingops-seq": "1",
+            1: {"rollingops-version": "1", "rollingops-queue": "[]", "rollingops-seq": "0",
                 "rollingops-backend": "etcd"},
         },
+        {0: frozenset(), 1: frozenset({testing.StoredState(
+            "_stored", owner_path="Charm/RollingOpsManager[rolling-ops-manager]", content=local
+        )})},
     )  # fmt: skip
 
     # etcd goes away while app/1 holds the lock and has not run its operation yet.
@@ -187,6 +200,7 @@ def _run_scenario(harness: WorkerHarness, etcd: EtcdServer, monkeypatch: pytest.
     juju.run(1, "rollingops_lock_granted", ROLLINGOPS_LOCK_TOKEN=str(token))
     assert CALLS == []
     assert juju.backend(1) == "peer" and juju.unit_bags[1]["rollingops-etcd-cleanup"] == "true"
+    assert [op["id"] for op in json.loads(juju.unit_bags[1]["rollingops-queue"])] == [1]
     assert worker.poll() is not None and not _files.worker_alive(holder.base_dir)
     result = _files.read_result(holder.base_dir)
     assert result is not None and result.result == "not-granted" and result.token == token

@@ -193,3 +193,18 @@ def test_stand_in_provider_publishes_the_nested_v1_answer():
     assert user.latest_content["username"] == "rollingops-x-app"
     assert "BEGIN CERTIFICATE" in tls.latest_content["tls-ca"]
     assert rel.id in user.remote_grants and rel.id in tls.remote_grants
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_etcd_rolling_restart_costs_hooks_linear_in_units(seed):
+    """Issue 15: with etcd healthy, N units cost at most 4N + 10 hooks (2N: action + grant).
+
+    Mirroring each etcd transition in the peer databags woke every unit per transition: 312
+    hooks at N=10.
+    """
+    units = 10
+    result = run_one("rollingops-etcd", units, seed=seed, retry="none", faults=False)
+    figures = result["figures"]
+    assert result["violations"] == result["liveness"] == result["uncaught"] == []
+    assert figures["operations"] == units
+    assert figures["hooks_total"] <= 4 * units + 10, figures["hooks_per_kind"]

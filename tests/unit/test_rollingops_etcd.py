@@ -7,6 +7,7 @@ replaced by recorders; tests/functional runs the real lock against a real etcd).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from typing import Any
@@ -110,7 +111,26 @@ def run(unit_bag_, app_bag_, event="update_status", leader=False, emit=None, pee
     return dict(r.local_app_data), dict(r.local_unit_data)
 
 
-def test_request_in_etcd_mode_writes_queue_and_hint_and_starts_the_worker_once(
+MANAGER_PATH = "EtcdCharm/RollingOpsManager[rolling-ops-manager]"
+
+
+def local_queue(state: testing.State) -> list[int]:
+    """Op ids of the unit's local queue (its stored state while it runs on etcd)."""
+    for stored in state.stored_states:
+        if stored.owner_path == MANAGER_PATH and "etcd_local" in stored.content:
+            return [op["id"] for op in json.loads(stored.content["etcd_local"]["queue"])]
+    return []
+
+
+def stored_local(*ids, seq=None):
+    ops_ = [{"id": i, "callback_id": "restart", "kwargs": {}, "max_retry": 0, "attempt": 0}
+            for i in ids]  # fmt: skip
+    content = {"etcd_local": {"queue": json.dumps(ops_), "seq": seq or max([0, *ids]),
+                              "done": ""}}  # fmt: skip
+    return testing.StoredState("_stored", owner_path=MANAGER_PATH, content=content)
+
+
+def test_request_in_etcd_mode_queues_locally_writes_the_hint_and_starts_the_worker_once(
     env, tmp_path, monkeypatch
 ):
     ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
@@ -120,20 +140,120 @@ def test_request_in_etcd_mode_writes_queue_and_hint_and_starts_the_worker_once(
         mgr.charm.rolling.request_async_lock("restart", {"a": 1}, 0)
         out = mgr.run()
     bag = out.get_relation(rel.id).local_unit_data
-    assert bag["rollingops-backend"] == "etcd" and len(json.loads(bag["rollingops-queue"])) == 1
+    assert bag["rollingops-backend"] == "etcd" and json.loads(bag["rollingops-queue"]) == []
+    assert local_queue(out) == [1]
     assert _files.read_work(tmp_path) == _files.WorkHint(pending=1, head=1)
     assert len(env) == 1 and "charmlibs.rollingops._worker" in env[0]
     monkeypatch.setattr(_files, "worker_alive", lambda base: True)
     rel2 = testing.PeerRelation("restart", local_app_data=app_bag("etcd"),
                                 local_unit_data=dict(bag))  # fmt: skip
-    with ctx(
-        ctx.on.update_status(),
-        testing.State(planned_units=PLANNED, relations={rel2, testing.Relation("etcd")}),
-    ) as mgr:
+    state2 = testing.State(
+        planned_units=PLANNED,
+        relations={rel2, testing.Relation("etcd")},
+        stored_states=out.stored_states,
+    )
+    with ctx(ctx.on.update_status(), state2) as mgr:
         mgr.charm.rolling.request_async_lock("restart", {"a": 2}, 0)
-        mgr.run()
+        out2 = mgr.run()
     assert len(env) == 1  # a live worker: none started
     assert _files.read_work(tmp_path) == _files.WorkHint(pending=2, head=1)
+    assert local_queue(out2) == [1, 2]
+    assert out2.get_relation(rel2.id).local_unit_data == bag  # nothing published
+
+
+def test_an_etcd_grant_cycle_writes_nothing_to_the_peer_relation(monkeypatch, tmp_path):
+    """Request (action hook) then grant (lock-granted hook) on a unit already on etcd.
+
+    Any write to the peer relation would wake every other unit with relation-changed: the
+    hooks of a rolling restart would grow as N^2 instead of 2N.
+    """
+    monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    monkeypatch.setattr(  # the leader's request to the provider is not the lock's business
+        "charmlibs.rollingops._etcd_backend.EtcdBackend._publish_request", lambda self, peer: None
+    )
+    unit = {**unit_bag(backend="etcd"), "rollingops-intent": "idle"}
+    app = {**app_bag_v2("etcd", 0, token=0), "rollingops-order": "[]"}
+    peers = {0: unit_bag(backend="etcd"), 2: unit_bag(backend="etcd")}
+    rel = testing.PeerRelation("restart", local_unit_data=unit, local_app_data=app,
+                               peers_data=peers)  # fmt: skip
+    state = testing.State(planned_units=PLANNED, relations={rel, testing.Relation("etcd")})
+    for leader in (False, True):
+        state = dataclasses.replace(state, leader=leader)
+        with ctx(ctx.on.update_status(), state) as mgr:
+            mgr.charm.rolling.request_async_lock("restart", {"a": 1}, 0)
+            out = mgr.run()
+        assert local_queue(out) == [1]
+        with ctx(ctx.on.update_status(), out) as mgr:
+            mgr.charm.on.rollingops_lock_granted.emit()
+            out = mgr.run()
+        assert [(g.backend, g.token) for g in CALLS] == [(ProcessingBackend.ETCD, 42)]
+        assert _files.read_result(tmp_path) == _files.LockResult(42, 1, "release")
+        assert local_queue(out) == []
+        r = out.get_relation(rel.id)
+        assert dict(r.local_unit_data) == unit and dict(r.local_app_data) == app
+        CALLS.clear()
+
+
+@pytest.mark.parametrize("emit", ["rollingops_etcd_failed", None])
+def test_leaving_etcd_publishes_the_local_queue_in_the_same_hook(emit):
+    """Worker failure (emit) or the leader's switch to peer (mode peer): nothing is lost."""
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    stale = {**unit_bag(1, backend="etcd"), "rollingops-queue": "[]"}  # published op 1: done
+    rel = testing.PeerRelation(
+        "restart", local_unit_data=stale, local_app_data=app_bag("etcd" if emit else "peer")
+    )
+    state = testing.State(
+        planned_units=PLANNED,
+        relations={rel, testing.Relation("etcd")},
+        stored_states={stored_local(4, 5)},
+    )
+    with ctx(ctx.on.update_status(), state) as mgr:
+        if emit:
+            getattr(mgr.charm.on, emit).emit()
+        out = mgr.run()
+    bag = out.get_relation(rel.id).local_unit_data
+    assert bag["rollingops-backend"] == "peer" and bag["rollingops-etcd-cleanup"] == "true"
+    assert [op["id"] for op in json.loads(bag["rollingops-queue"])] == [4, 5]
+    assert bag["rollingops-seq"] == "5" and bag["rollingops-intent"] == "request"
+
+
+def test_local_queue_is_ignored_while_the_bag_says_peer_and_replaced_on_the_switch(monkeypatch):
+    """The local copy is kept after a fallback, but the bag is the truth on the peer backend."""
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "cleanup_owner", lambda self: None)
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    rel = testing.PeerRelation(
+        "restart", local_unit_data=unit_bag(7, backend="peer"), local_app_data=app_bag("peer")
+    )
+    state = testing.State(
+        planned_units=PLANNED,
+        relations={rel, testing.Relation("etcd")},
+        stored_states={stored_local(4, 5)},
+    )
+    with ctx(ctx.on.update_status(), state) as mgr:
+        assert mgr.charm.rolling.is_waiting_callback("restart")
+        view = mgr.charm.rolling._view_of(None)
+        assert view is not None and [op.id for op in view.queue] == [7]
+        mgr.run()
+    rel = dataclasses.replace(rel, local_app_data=app_bag("etcd"))
+    out = ctx.run(
+        ctx.on.update_status(),
+        dataclasses.replace(state, relations={rel, testing.Relation("etcd")}),
+    )
+    bag = out.get_relation(rel.id).local_unit_data
+    assert bag["rollingops-backend"] == "etcd" and json.loads(bag["rollingops-queue"]) == []
+    assert local_queue(out) == [7]
+
+
+def test_leader_does_not_order_units_on_etcd(monkeypatch):
+    """The app databag is not rewritten per request while the application runs on etcd."""
+    monkeypatch.setattr(
+        "charmlibs.rollingops._etcd_backend.EtcdBackend._publish_request", lambda self, peer: None
+    )
+    app, _ = run(unit_bag(2, backend="etcd"), app_bag("etcd"), leader=True,
+                 peers={0: unit_bag(4, backend="etcd")})  # fmt: skip
+    assert json.loads(app.get("rollingops-order", "[]")) == []
 
 
 def test_etcd_failed_event_falls_back_with_cleanup_flag():
@@ -147,7 +267,7 @@ def test_lock_granted_runs_under_the_etcd_token_after_a_fence_check(monkeypatch,
     _, bag = run(unit_bag(1, backend="etcd"), app_bag("etcd"), emit="rollingops_lock_granted")
     assert [(g.backend, g.token) for g in CALLS] == [(ProcessingBackend.ETCD, 42)]
     assert _files.read_result(tmp_path) == _files.LockResult(42, 1, "release")
-    assert json.loads(bag["rollingops-queue"]) == []
+    assert json.loads(bag["rollingops-queue"]) == []  # a bag from before local queues: migrated
 
 
 def test_lock_granted_with_a_stale_token_runs_nothing(monkeypatch, tmp_path):
@@ -347,7 +467,7 @@ def test_lock_granted_token_packs_the_app_epoch_with_the_revision(monkeypatch, t
     )
     assert [(g.backend, g.epoch, g.sequence) for g in CALLS] == [(ProcessingBackend.ETCD, 3, 42)]
     assert CALLS[0].token == make_token(3, 42)
-    assert json.loads(bag["rollingops-done"])["token"] == make_token(3, 42)
+    assert "rollingops-done" not in bag  # on etcd, done stays in stored state (no peer write)
     assert _files.read_result(tmp_path) == _files.LockResult(42, 1, "release")  # the worker's
 
 

@@ -9,13 +9,14 @@ the leader). Every unit acknowledges the mode in its own `rollingops-backend`:
 - mode etcd, unit on peer, etcd usable here: clean this unit's old etcd keys first if
   `rollingops-etcd-cleanup` is set, then switch to etcd. Its worker starts at the end of the
   dispatch when its queue is not empty.
-- mode peer (or any etcd failure here): stop the worker, switch to peer, set the clean-up flag.
+- mode peer (or any etcd failure here): stop the worker, switch to peer, set the clean-up flag;
+  the manager publishes the unit's queue (kept in its stored state while on etcd) in that hook.
   A `rollingops_lock_granted` dispatch queued behind that hook finds the unit on peer and runs
   nothing, so once the leader sees every unit on peer no unit can still be in an etcd critical
   section: only then does it grant on the peer backend (spec §5.4).
-- the leader returns the application to etcd only when every queue is empty, no peer grant is
-  outstanding and every unit acknowledged peer mode; it leaves etcd when etcd is not configured
-  or a unit with work reports that it cannot use etcd (peer backend plus clean-up flag).
+- the leader returns the application to etcd only when every published queue is empty, no peer
+  grant is outstanding and every unit acknowledged peer mode; it leaves etcd when etcd is not
+  configured or a unit with work reports that it cannot use etcd (peer backend plus clean-up flag).
 - each switch raises the application's fencing epoch (see the package docstring).
 """
 
@@ -234,11 +235,11 @@ class EtcdBackend:
         except RollingOpsLibMissingError as error:
             logger.error("%s", error)
             self._to_peer(me, "the worker cannot be launched")
-            me.write(relation.data[self.manager.model.unit])
+            self.manager._write_me(relation)
         except (OSError, RollingOpsError) as error:
             logger.error("could not hand work to the etcd worker: %s", error)
             self._to_peer(me, str(error))
-            me.write(relation.data[self.manager.model.unit])
+            self.manager._write_me(relation)
 
     def _start_worker(self) -> None:
         path = [entry for entry in sys.path if entry]

@@ -10,7 +10,7 @@ Everything lives under ``<base_dir>/etcd/``; every JSON file carries ``"version"
 - ``provider-problem.json``: ``{"version": 1, "problem": "..."}``, why the provider's answer
   was refused (absent when it was accepted or has not come yet); ``state`` reports it.
 - ``work.json``: ``{"version": 1, "pending": n, "head": op_id | null}``, the work hint the hook
-  writes after every change of this unit's peer queue, under ``queue.lock``.
+  writes after every change of this unit's queue, under ``queue.lock``.
 - ``result.json``: ``{"version": 1, "token": t, "op": op_id | null, "result": "release" | ...}``,
   what the ``rollingops_lock_granted`` hook did with grant ``t``.
 - ``worker-status.json``: ``{"version": 1, "holding": t | null, "failed": false,
@@ -254,7 +254,7 @@ def read_problem(base_dir: str | os.PathLike[str]) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class WorkHint:
-    """How much work this unit's peer queue holds (``work.json``)."""
+    """How much work this unit's queue holds (``work.json``)."""
 
     pending: int
     head: int | None

@@ -255,7 +255,7 @@ class RollingOpsManager(ops.Object):
         if relation is None:
             return RollingOpsState(RollingOpsStatus.NOT_READY, ProcessingBackend.PEER)
         app = AppView.read(relation.data[self.model.app])
-        me = self._me or UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+        me = self._me or self._read_me(relation)
         if not app.readable or not me.readable:
             return RollingOpsState(RollingOpsStatus.NOT_READY, me.backend)
         if self._lock_grant is not None:
@@ -286,7 +286,7 @@ class RollingOpsManager(ops.Object):
         if relation is None or not self.model.unit.is_leader():
             return False
         app = AppView.read(relation.data[self.model.app])
-        units = [self._me or UnitView.read(self.model.unit.name, relation.data[self.model.unit])]
+        units = [self._me or self._read_me(relation)]
         units += [UnitView.read(unit.name, relation.data[unit]) for unit in relation.units]
         if not app.readable or app.mode is not ProcessingBackend.PEER:
             return False
@@ -295,12 +295,19 @@ class RollingOpsManager(ops.Object):
         return not any(is_granted(app, unit) for unit in units)  # a departed holder is stale
 
     def is_waiting(self, unit_name: str | None = None) -> bool:
-        """Whether `unit_name` (default: this unit) has queued operations."""
+        """Whether `unit_name` (default: this unit) has queued operations.
+
+        Another unit's queue is what it published: a unit on the etcd backend keeps its queue
+        in its stored state (no peer write per request), so it reads as not waiting here.
+        """
         view = self._view_of(unit_name)
         return view is not None and bool(view.queue)
 
     def is_waiting_callback(self, callback_id: str, unit_name: str | None = None) -> bool:
-        """Whether `unit_name` (default: this unit) has a queued op for `callback_id`."""
+        """Whether `unit_name` (default: this unit) has a queued op for `callback_id`.
+
+        For another unit: what it published (see `is_waiting`).
+        """
         view = self._view_of(unit_name)
         return view is not None and any(op.callback_id == callback_id for op in view.queue)
 
@@ -481,14 +488,37 @@ class RollingOpsManager(ops.Object):
 
     def _unit_view(self, relation: ops.Relation) -> UnitView:
         if self._me is None:
-            self._me = UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+            self._me = self._read_me(relation)
         return self._me
 
+    def _read_me(self, relation: ops.Relation) -> UnitView:
+        """This unit's view: its peer databag, with the local queue while it runs on etcd.
+
+        A bag saying `etcd` without a local copy was written by a version that mirrored the
+        queue in the bag (before a refresh): the bag's queue is then the one to use.
+        """
+        me = UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+        if me.readable and me.backend is ProcessingBackend.ETCD:
+            local = getattr(self._stored, "etcd_local", None)
+            if local is not None:
+                me.load_local(local)
+        return me
+
     def _write_me(self, relation: ops.Relation) -> None:
+        """Publish this unit's view; on the etcd backend its queue goes to stored state only.
+
+        The local copy is never cleared: once the bag says `peer` it is ignored, and the next
+        switch to etcd overwrites it. So a hook whose stored state was saved but whose relation
+        write was lost (Juju saves the two separately) still finds every op somewhere.
+        """
         me = self._me
         if me is None or not me.readable:
             return
         me.write(relation.data[self.model.unit])
+        if me.backend is ProcessingBackend.ETCD:
+            local = me.to_local()
+            if getattr(self._stored, "etcd_local", None) != local:
+                self._stored.etcd_local = local
         etcd = self._etcd()
         if etcd is not None:
             etcd.note_queue(me)
@@ -498,7 +528,7 @@ class RollingOpsManager(ops.Object):
         if relation is None:
             return None
         if unit_name is None or unit_name == self.model.unit.name:
-            return self._me or UnitView.read(self.model.unit.name, relation.data[self.model.unit])
+            return self._me or self._read_me(relation)
         for unit in relation.units:
             if unit.name == unit_name:
                 return UnitView.read(unit_name, relation.data[unit])

@@ -141,6 +141,10 @@ class UnitView:
         """Write this view back; keys whose value is unchanged are left alone.
 
         A unit that never used the lock writes nothing (no relation-changed churn at deploy).
+        A unit on the etcd backend publishes only that fact (`rollingops-backend: etcd`, an empty
+        queue, intent idle): its queue, seq and done live in its local state (`to_local`) until
+        the hook that moves it back to peer publishes them. So an etcd grant cycle writes nothing
+        here and wakes no other unit.
         """
         if not self.readable:
             return
@@ -151,15 +155,16 @@ class UnitView:
             and (self.backend is ProcessingBackend.PEER)
         ):
             return
-        values = {
-            KEY_VERSION: UNIT_WIRE_VERSION,
-            KEY_QUEUE: encode_queue(self.queue),
-            KEY_SEQ: str(self.seq),
-            KEY_INTENT: self.intent.value,
-            KEY_BACKEND: self.backend.value,
-        }
-        if self.done is not None:
-            values[KEY_DONE] = self.done.encode()
+        values = {KEY_VERSION: UNIT_WIRE_VERSION, KEY_BACKEND: self.backend.value}
+        if self.backend is ProcessingBackend.ETCD:
+            values[KEY_QUEUE] = encode_queue([])
+            values[KEY_INTENT] = Intent.IDLE.value
+        else:
+            values[KEY_QUEUE] = encode_queue(self.queue)
+            values[KEY_SEQ] = str(self.seq)
+            values[KEY_INTENT] = self.intent.value
+            if self.done is not None:
+                values[KEY_DONE] = self.done.encode()
         for key, value in values.items():
             if bag.get(key) != value:
                 bag[key] = value
@@ -167,6 +172,30 @@ class UnitView:
             bag[KEY_ETCD_CLEANUP] = "true"
         elif not self.etcd_cleanup and KEY_ETCD_CLEANUP in bag:
             del bag[KEY_ETCD_CLEANUP]
+
+    def to_local(self) -> dict[str, Any]:
+        """What a unit on the etcd backend keeps in its own stored state instead of the bag."""
+        return {
+            "queue": encode_queue(self.queue),
+            "seq": self.seq,
+            "done": self.done.encode() if self.done is not None else "",
+        }
+
+    def load_local(self, local: Mapping[str, Any]) -> None:
+        """Replace queue, seq and done with the unit's local copy (see `to_local`)."""
+        self.queue, errors = parse_queue(local.get("queue"))
+        for error in errors:
+            logger.error("unit %s, local queue: %s", self.name, error)
+        seq = local.get("seq")
+        local_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
+        self.seq = max([self.seq, local_seq, *(op.id for op in self.queue)])  # ids never reused
+        self.done = None
+        if local.get("done"):
+            try:
+                self.done = Done.decode(local["done"])
+            except RollingOpsDecodingError as error:
+                logger.error("unit %s, local done: %s", self.name, error)
+        self.last_result = self.done.result if self.done else None
 
     def append(
         self,
@@ -402,21 +431,26 @@ def schedule(
 
 
 def _update_order(app: AppView, units: Mapping[str, UnitView]) -> list[str]:
-    """FIFO of the leader's first sighting of each fresh request (ties: by unit number)."""
+    """FIFO of the leader's first sighting of each fresh peer request (ties: by unit number).
+
+    Only units on the peer backend count: the queue of a unit on etcd is local (the leader's own
+    included), so ordering it would rewrite the app databag, and wake every unit, per request.
+    """
     holder = app.grant.unit if app.grant else None
-    order = [
-        name
-        for name in (app.order or [])
-        if name in units and units[name].readable and units[name].intent is Intent.REQUEST
-    ]
+
+    def requesting(unit: UnitView) -> bool:
+        return (
+            unit.readable
+            and unit.backend is ProcessingBackend.PEER
+            and unit.intent is Intent.REQUEST
+        )
+
+    order = [name for name in (app.order or []) if name in units and requesting(units[name])]
     fresh = sorted(
         (
             name
             for name, unit in units.items()
-            if unit.readable
-            and unit.intent is Intent.REQUEST
-            and name not in order
-            and name != holder
+            if requesting(unit) and name not in order and name != holder
         ),
         key=unit_sort_key,
     )
