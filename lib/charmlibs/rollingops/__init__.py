@@ -36,6 +36,16 @@ failure moves the application back to the peer backend without losing or repeati
 While the application runs on the peer backend, exclusion with *other* applications sharing the
 `cluster_id` does not hold.
 
+Identity and version: this package is ours, written to the public API of PyPI's
+`charmlibs-rollingops` 1.1.5 (tests/unit/test_rollingops_api.py compares the two) with our own
+internals and wire formats. It shares that package's import name, so a charm installs one or the
+other, never both. It is distributed as `coordinated-ops-rollingops` (pyproject.toml next to this
+file), never under the name `charmlibs-rollingops`, and its version is `1.1.5+coordinated.N`: the
+public part names the API it follows, the local label `coordinated.N` counts our releases (PyPI
+refuses local versions, so it cannot be uploaded there by mistake). `LIBPATCH` is that N,
+`LIBAPI` the API's major version and `LIBID` an id of our own; CHANGELOG.md says what each N
+changed.
+
 Wire format, version 1 (ours; every writer stamps its version, a reader that meets another version
 logs it, reports not-ready and never overwrites the data; a change bumps the version):
 
@@ -139,10 +149,10 @@ from ._models import (
     SyncLockBackend,
 )
 
-__version__ = "1.2.1"
+__version__ = "1.1.5+coordinated.2"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 1
+LIBPATCH = 2
 
 __all__ = [
     "LockGrant",
