@@ -20,7 +20,7 @@ from tests.unit.conftest import ROOT
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # the test group installs tomli on 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # pyright: ignore[reportMissingImports]
 
 PACKAGE_DIR = ROOT / "lib" / "charmlibs" / "rollingops"
 # Import name -> distribution name, for the modules charmlibs.rollingops imports.

@@ -114,8 +114,9 @@ def _lib_imports(directory: pathlib.Path) -> set[str]:
     found = set()
     for path in directory.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("charms."):
-                found.add(node.module.replace(".", "/") + ".py")
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module and module.startswith("charms."):
+                found.add(module.replace(".", "/") + ".py")
     return found
 
 
