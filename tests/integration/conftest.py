@@ -1,24 +1,28 @@
 """Integration fixtures: a Juju model with coordinated-ops, charmed-etcd and the NFS test server.
 
-Every Juju call goes through jubilant (the model's lifecycle too: `jubilant.temp_model`); we do not
+Every Juju call goes through jubilant, and the models come from pytest-jubilant (the plugin the
+Ops documentation recommends): its module-scoped `juju` fixture gives each test module a
+temporary model of its own, named `<prefix>-<module>` and destroyed after the module; we do not
 use pytest-operator, whose python-libjuju client would be a second, asyncio-based way of talking
-to Juju next to jubilant's CLI calls, for the only two things it would give us here (a temporary
-model and `charmcraft pack`), each a few lines with jubilant and subprocess.
+to Juju. Each module deploys what it needs into its model (`deployment`, `share`, `three_units`).
 
 Where `juju` is missing or has no controller, every test is skipped with one line naming what is
 missing (in the header and in pytest's `-rs` summary), never an error.
 
-Options:
-    --model NAME        use this existing model (nothing created or destroyed; applications and
-                        relations already there are reused, missing ones are added)
-    --keep-models       keep the temporary model after the run (to look at it, or to pass it
-                        to --model next time)
-    --controller NAME   controller for the temporary model (default: the current one)
+Options of pytest-jubilant (see its documentation):
+    --juju-model PREFIX   name the models PREFIX-<module> instead of jubilant-<random>-<module>;
+                          models that exist already are reused (applications and relations
+                          already there are kept, missing ones are added)
+    --no-juju-teardown    keep the models after the run (to look at them, or to reuse them)
+    --no-juju-setup       with --juju-model: skip model creation (reuse kept models)
+    --juju-controller NAME, --juju-dump-logs [DIR], --juju-switch
+Ours:
     --constraints TEXT  constraints of the coordinated-ops and NFS server machines (default
                         "virt-type=virtual-machine": NFS mounts need a VM's kernel on LXD)
     --clock-skew SECS   clock difference tolerated between units when comparing intervals
 Environment: CHARM_PATH (the packed coordinated-ops charm) and NFS_SERVER_CHARM_PATH (the packed
-nfs-share-server charm); each is packed with `charmcraft pack` when unset.
+nfs-share-server charm); each is packed with `charmcraft pack` when unset (the test charm from a
+staged copy that adds lib/'s nfs_interfaces: tests/integration/stage.py).
 """
 
 from __future__ import annotations
@@ -29,25 +33,20 @@ import pathlib
 import platform
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import jubilant
 import pytest
 
-from tests.integration import helpers
+from tests.integration import helpers, stage
 
 logger = logging.getLogger(__name__)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-NFS_SERVER_DIR = ROOT / "tests" / "integration" / "charms" / "nfs-share-server"
 _MISSING = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("coordinated-ops integration")
-    group.addoption("--model", help="use this existing Juju model (not created nor destroyed)")
-    group.addoption("--keep-models", action="store_true", help="keep the temporary model")
-    group.addoption("--controller", help="controller for the temporary model")
     group.addoption(
         "--constraints",
         default="virt-type=virtual-machine",
@@ -130,35 +129,19 @@ def charm_path(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def nfs_server_charm_path(tmp_path_factory) -> pathlib.Path:
-    """The nfs-share-server test charm: NFS_SERVER_CHARM_PATH, or packed now."""
+    """The nfs-share-server test charm: NFS_SERVER_CHARM_PATH, or staged and packed now."""
     if os.environ.get("NFS_SERVER_CHARM_PATH"):
         return pathlib.Path(os.environ["NFS_SERVER_CHARM_PATH"]).resolve()
-    return _pack(NFS_SERVER_DIR, "NFS_SERVER_CHARM_PATH", tmp_path_factory.mktemp("nfs-server"))
+    staged = stage.stage_nfs_share_server(tmp_path_factory.mktemp("staged") / "nfs-share-server")
+    return _pack(staged, "NFS_SERVER_CHARM_PATH", tmp_path_factory.mktemp("nfs-server"))
 
 
-@pytest.fixture(scope="session")
-def juju(request: pytest.FixtureRequest) -> Iterator[jubilant.Juju]:
-    """The model: --model, or a temporary one (kept with --keep-models)."""
-    model = request.config.getoption("--model")
-    if model:
-        juju = jubilant.Juju(model=model, wait_timeout=helpers.DEPLOY_TIMEOUT)
-        yield juju
-        return
-    keep = bool(request.config.getoption("--keep-models"))
-    with jubilant.temp_model(
-        keep=keep, controller=request.config.getoption("--controller")
-    ) as juju:
-        juju.wait_timeout = helpers.DEPLOY_TIMEOUT
-        yield juju
-        if request.session.testsfailed:
-            logger.info("debug log of %s:\n%s", juju.model, juju.debug_log(limit=500))
-        if keep:
-            logger.info("kept model %s (run again with --model %s)", juju.model, juju.model)
-
-
-@pytest.fixture(scope="session")
-def deployment(request, juju, charm_path, nfs_server_charm_path) -> helpers.Deployment:
-    """Deploy (or reuse) the four applications and their relations; wait until they settle."""
+@pytest.fixture(scope="module")
+def deployment(
+    request, juju: jubilant.Juju, charm_path, nfs_server_charm_path
+) -> helpers.Deployment:
+    """Deploy (or reuse) the four applications and their relations in this module's model."""
+    juju.wait_timeout = helpers.DEPLOY_TIMEOUT
     constraints = helpers.parse_constraints(request.config.getoption("--constraints"))
     deployment = helpers.Deployment(
         juju=juju, constraints=constraints, skew=request.config.getoption("--clock-skew")
@@ -167,7 +150,7 @@ def deployment(request, juju, charm_path, nfs_server_charm_path) -> helpers.Depl
     return deployment
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def share(deployment: helpers.Deployment) -> helpers.Deployment:
     """The NFS share requested and mounted on every coordinated-ops unit (idempotent)."""
     deployment.mount_share()

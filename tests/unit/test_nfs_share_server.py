@@ -7,6 +7,7 @@ tmp_path. tests/functional/test_nfs_ganesha.py runs a real ganesha with the same
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import pathlib
@@ -16,6 +17,8 @@ import types
 import pytest
 import yaml
 from ops import testing
+
+from tests.integration import stage
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tests" / "integration" / "charms" / "nfs-share-server"
@@ -97,11 +100,47 @@ def test_endpoint_format():
     assert ganesha.endpoint("fd00::5", "data") == "nfs://[fd00::5]/data"
 
 
-def test_library_copy_is_current():
-    """The server charm carries a copy of our library (copy-one-file): it must not drift."""
-    copy = SERVER / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
-    original = ROOT / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
-    assert copy.read_bytes() == original.read_bytes(), f"cp {original} {copy}"
+def test_the_server_charm_keeps_no_copy_of_the_library():
+    """lib/ is the only copy: the test charm's src imports it from there (PYTHONPATH here)."""
+    assert not (SERVER / "lib").exists()
+    assert server.NFSProvides.__module__ == "charms.storage_libs.v0.nfs_interfaces"
+    assert sys.modules[server.NFSProvides.__module__].__file__ == str(
+        ROOT / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
+    )
+
+
+def _lib_imports(directory: pathlib.Path) -> set[str]:
+    """`charms...` modules imported by the .py files under `directory`, as lib/-relative paths."""
+    found = set()
+    for path in directory.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module and module.startswith("charms."):
+                found.add(module.replace(".", "/") + ".py")
+    return found
+
+
+def test_packing_stages_every_library_the_server_charm_imports_from_lib(tmp_path):
+    """The staged copy `tox -e pack` and the integration conftest pack holds lib/'s files."""
+    staged = stage.stage_nfs_share_server(tmp_path / "nfs-share-server")
+    needed = _lib_imports(SERVER / "src")
+    assert needed == {"charms/storage_libs/v0/nfs_interfaces.py"}
+    assert needed <= set(stage.LIBRARIES)
+    for library in needed:
+        assert (staged / "lib" / library).read_bytes() == (ROOT / "lib" / library).read_bytes()
+    assert (staged / "src" / "charm.py").read_bytes() == (SERVER / "src" / "charm.py").read_bytes()
+    build = yaml.safe_load((staged / "charmcraft.yaml").read_text())
+    assert "lib" in build["parts"]["charm"]["prime"]
+    assert (
+        "lib/charms/storage_libs/v0/nfs_interfaces.py" in build["parts"]["charm"]["override-build"]
+    )
+
+
+def test_tox_pack_packs_the_staged_copy():
+    tox = (ROOT / "tox.ini").read_text()
+    pack = tox[tox.index("[testenv:pack]") :]
+    assert "python -m tests.integration.stage {env_tmp_dir}/nfs-share-server" in pack
+    assert "charmcraft pack --project-dir {env_tmp_dir}/nfs-share-server" in pack
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,15 +275,6 @@ def test_bad_share_name_blocks_and_serves_nothing(ctx, machine, tmp_path):
     )
     assert out.get_relation(rel.id).local_app_data == {}
     assert machine.restarts == 0
-
-
-def test_the_server_charm_vendors_the_same_nfs_interfaces_library():
-    """Charmcraft packs each charm's own lib/: the server charm carries a copy; keep it equal."""
-    ours = ROOT / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
-    vendored = SERVER / "lib" / "charms" / "storage_libs" / "v0" / "nfs_interfaces.py"
-    assert vendored.read_bytes() == ours.read_bytes(), (
-        f"copy {ours.relative_to(ROOT)} to {vendored.relative_to(ROOT)}"
-    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,6 +36,16 @@ failure moves the application back to the peer backend without losing or repeati
 While the application runs on the peer backend, exclusion with *other* applications sharing the
 `cluster_id` does not hold.
 
+Identity and version: this package is ours, written to the public API of PyPI's
+`charmlibs-rollingops` 1.1.5 (tests/unit/test_rollingops_api.py compares the two) with our own
+internals and wire formats. It shares that package's import name, so a charm installs one or the
+other, never both. It is distributed as `coordinated-ops-rollingops` (pyproject.toml next to this
+file), never under the name `charmlibs-rollingops`, and its version is `1.1.5+coordinated.N`: the
+public part names the API it follows, the local label `coordinated.N` counts our releases (PyPI
+refuses local versions, so it cannot be uploaded there by mistake). `LIBPATCH` is that N,
+`LIBAPI` the API's major version and `LIBID` an id of our own; CHANGELOG.md says what each N
+changed.
+
 The backend switch (one lock domain across both backends):
 
 - Mode. The leader chooses the application's backend, `rollingops-mode` (app databag): etcd
@@ -247,7 +257,7 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.4.0"
+__version__ = "1.1.5+coordinated.3"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
 LIBPATCH = 3

@@ -142,6 +142,17 @@ Bad relation data, one rule: a peer value another unit wrote (`state`, `upgrade-
 `data_errors` (for the charm's status) and ignored (read as absent); it never raises in a hook.
 Bounds, checked before decoding: JSON of at most 16 KiB nested at most 8 deep (no NaN or Infinity),
 unit numbers in 0..2**31-1; messages quote at most 60 characters of a bad value.
+
+Identity
+--------
+This file is a fork, in behaviour, of the Charmhub library `charms.data_platform_libs.v0.upgrade`
+(canonical/data-platform-libs, LIBAPI 0): it follows that library's LIBPATCH 19 (its public API,
+peer data, actions and status texts; pydantic 2 instead of 1) and is otherwise our own code. Its
+`LIBID` differs from the original's, so Charmhub treats it as another library: `charmcraft
+fetch-lib` of the original does not overwrite this file (never list it under `charm-libs:`), and
+Charmhub would refuse a `publish-lib` of it under the original's name. `LIBPATCH` is our own
+counter from 1, one step per change of behaviour here; it is lower than the original's 19 and is
+not comparable with it.
 """
 
 from __future__ import annotations

@@ -124,6 +124,18 @@ is too big is logged, listed by ``RollingOpsManager.malformed_data()`` (for the 
 library's own status texts stay those of the library it replaces) and read as absent; it never
 raises in a hook. Bounds, checked before decoding: a JSON value of at most 64 KiB nested at most 16
 deep (no NaN or Infinity), a token of at most 18 ASCII digits, a time of at most 64 characters.
+
+Identity
+========
+
+This file is a fork, in behaviour, of the Charmhub library ``charms.rolling_ops.v0.rollingops``
+(canonical/charm-rolling-ops, LIBAPI 0): it keeps the public API and relation data of that
+library's last published patch, LIBPATCH 9, and is otherwise our own code. Its ``LIBID`` differs
+from the original's, so Charmhub treats it as another library: ``charmcraft fetch-lib`` of the
+original does not overwrite this file (never list it under ``charm-libs:``), and Charmhub would
+refuse a ``publish-lib`` of it under the original's name. ``LIBPATCH`` is our own counter: it
+started at 10 so that it sorts after the original's 9, and it grows by one with every change of
+behaviour here; it says nothing about the original's later patches.
 """
 
 from __future__ import annotations

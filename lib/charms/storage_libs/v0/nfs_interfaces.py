@@ -69,6 +69,16 @@ a share name is at most 64 characters of letters, digits and `._-` (one optional
 `ingress-address`, else `private-address`): no network, wildcard, host name or netgroup, so an
 export never reaches wider than the requirer's own units, whatever its allowlist says.
 Handlers must be idempotent: a new leader re-emits the provider events once per relation.
+
+Identity: this file is a fork, in behaviour, of the Charmhub library
+`charms.storage_libs.v0.nfs_interfaces` (canonical/storage-libs, LIBAPI 0, archived in 2025): it
+keeps the relation data and public names of that library's last patch, LIBPATCH 3, and is
+otherwise our own code (LIBPATCH 3 emitted `mount_share` only when the endpoint first appeared;
+this one emits it again when the endpoint changes). Its `LIBID` differs from the original's, so
+Charmhub treats it as another library: `charmcraft fetch-lib` of the original does not overwrite
+this file (never list it under `charm-libs:`), and Charmhub would refuse a `publish-lib` of it
+under the original's name. `LIBPATCH` is our own counter from 1, one step per change of behaviour
+here; it is lower than the original's 3 and is not comparable with it.
 """
 
 from __future__ import annotations
