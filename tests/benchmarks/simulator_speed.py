@@ -23,12 +23,12 @@ import argparse
 import json
 import time
 
+from jujusim.runner import CharmSpec
+from jujusim.scheduler import drain
+from jujusim.simulator import Simulator
+from jujusim.tests.toy_charms import SPEC_DIR, ToyCharm
 from tests.benchmarks import _setup  # noqa: F401  (puts lib/ and src/ on sys.path)
 from tests.simulation import soak
-from tests.simulation.charms.toy_charms import SPEC_DIR, ToyCharm
-from tests.simulation.runner import CharmSpec
-from tests.simulation.scheduler import drain
-from tests.simulation.simulator import Simulator
 
 
 def toy_hooks_per_second(units: int, rounds: int) -> tuple[float, float]:

@@ -24,12 +24,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from .engines import ENGINES, Engine
-from .fakes import DemoFakes
-from .invariants import Recorder
-from .scheduler import SeededRandom
-from .script import format_script
-from .simulator import Simulator
+from demo.engines import ENGINES, Engine
+from demo.fakes import DemoFakes
+from jujusim.invariants import Recorder
+from jujusim.scheduler import SeededRandom
+from jujusim.script import format_script
+from jujusim.simulator import Simulator
+
 from .soak import Progress, finish, main, run_schedule, settle
 
 UNITS = 3

@@ -24,7 +24,7 @@ import pytest
 from charmlibs.rollingops import ProcessingBackend, _certs, _dispatch, _etcd_lock, _files
 from ops import testing
 
-from tests.etcd_contract import (
+from demo.etcd_contract import (
     ProviderHookError,
     Unanswerable,
     check_requirer_bag,

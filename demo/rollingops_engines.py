@@ -29,13 +29,14 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
-from .charms.etcd_provider import SPEC_DIR as PROVIDER_DIR
-from .charms.etcd_provider import EtcdProviderCharm
+from jujusim.runner import CharmSpec
+from jujusim.simulator import Simulator
+from jujusim.truth import Bags
+
+from .etcd_provider import SPEC_DIR as PROVIDER_DIR
+from .etcd_provider import EtcdProviderCharm
 from .etcd_world import EtcdWorld, routing
 from .fakes import DemoFakes
-from .runner import CharmSpec
-from .simulator import Simulator
-from .truth import Bags
 
 APP = "coordinated-ops"
 PEER = "rollingops"

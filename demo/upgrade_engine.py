@@ -28,9 +28,10 @@ import contextlib
 import json
 from typing import Any
 
+from jujusim.simulator import ActionRejected, Simulator
+from jujusim.truth import Bags
+
 from .fakes import DemoFakes
-from .simulator import ActionRejected, Simulator
-from .truth import Bags
 
 APP = "coordinated-ops"
 PEER = "upgrade"

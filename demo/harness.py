@@ -29,11 +29,12 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from jujusim.invariants import Interval, Recorder
+from jujusim.simulator import InjectedFault, Running, Simulator
+from jujusim.truth import Bags
+
 from .engines import ENGINES, Engine
 from .fakes import DemoFakes
-from .invariants import Interval, Recorder
-from .simulator import InjectedFault, Running, Simulator
-from .truth import Bags
 
 APP = "coordinated-ops"
 UPGRADE_TICKS = 2  # installing another version, on top of its hook's tick

@@ -27,11 +27,11 @@ import pathlib
 
 import ops
 
-from tests.etcd_contract import Unanswerable, check_requirer_bag
+from .etcd_contract import Unanswerable, check_requirer_bag
 
 logger = logging.getLogger(__name__)
 
-SPEC_DIR = pathlib.Path(__file__).with_name("etcd_provider")
+SPEC_DIR = pathlib.Path(__file__).with_name("etcd_provider_charm")
 ENDPOINTS = "10.99.0.1:2379,10.99.0.2:2379"
 URIS = "https://10.99.0.1:2379,https://10.99.0.2:2379"
 ETCD_VERSION = "3.6.13"

@@ -15,15 +15,16 @@ import pytest
 from hypothesis import find, settings
 from hypothesis import strategies as st
 
-from .accounting import account
-from .charms import toy_charms
-from .charms.toy_charms import SEEN, SPEC_DIR, BrokenLockCharm, ToyCharm, ToyCharmV2
-from .invariants import Recorder
-from .queues import HOOK, Item, UnitQueue
-from .runner import CharmSpec, SimulatorBug
-from .scheduler import RoundRobin, SeededRandom, drain
-from .script import format_script, replay
-from .simulator import ActionRejected, Simulator
+from jujusim.accounting import account
+from jujusim.invariants import Recorder
+from jujusim.queues import HOOK, Item, UnitQueue
+from jujusim.runner import CharmSpec, SimulatorBug
+from jujusim.scheduler import RoundRobin, SeededRandom, drain
+from jujusim.script import format_script, replay
+from jujusim.simulator import ActionRejected, Simulator
+
+from . import toy_charms
+from .toy_charms import SEEN, SPEC_DIR, BrokenLockCharm, ToyCharm, ToyCharmV2
 
 TOY = CharmSpec.from_dir(ToyCharm, SPEC_DIR)
 TOY_V2 = CharmSpec.from_dir(ToyCharmV2, SPEC_DIR)

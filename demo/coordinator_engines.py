@@ -20,9 +20,10 @@ from unittest import mock
 
 from charms.coordinated_ops.v0.coordinator import Serial
 
+from jujusim.runner import CharmSpec
+from jujusim.truth import Bags
+
 from .fakes import ROOT
-from .runner import CharmSpec
-from .truth import Bags
 
 PEER = "coordinator"
 KEY = "coordinator"

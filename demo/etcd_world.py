@@ -39,8 +39,9 @@ from charmlibs.rollingops._etcd_client import EtcdError
 from charmlibs.rollingops._etcd_lock import EtcdLock
 from charmlibs.rollingops._models import RollingOpsError
 
+from jujusim.simulator import Simulator
+
 from .fake_etcd import FakeEtcd, FakeEtcdClient
-from .simulator import Simulator
 
 WORKER_MODULE = "charmlibs.rollingops._worker"
 LOCK_GRANTED = "rollingops_lock_granted"

@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
-from .runner import CharmSpec
-from .simulator import Running, Simulator
+from jujusim.runner import CharmSpec
+from jujusim.simulator import Running, Simulator
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESTART_TICKS = 2  # a restart (stop, start, health check) costs 2 ticks on top of its hook
 WORKLOAD_FUNCTIONS = (
     "is_installed",

@@ -6,9 +6,9 @@ hooks the way Juju does (specs/juju-semantics.md). The charm code is the real ch
 and the libraries in lib/, run through ops.testing, one copy per unit. Only the demo service is
 simulated (an in-memory service per unit; see demo_harness.py).
 
-    python -m tests.simulation.demo        # 5 units, rolling restart, engine rollingops
-    python -m tests.simulation.demo --units 3 --engine v0 --fault holder-removed
-    python -m tests.simulation.demo --operation upgrade --fault hook-failure --seed 7
+    python -m demo        # 5 units, rolling restart, engine rollingops
+    python -m demo --units 3 --engine v0 --fault holder-removed
+    python -m demo --operation upgrade --fault hook-failure --seed 7
 
 It prints, as it goes, a `juju status`-like table each time a unit enters its critical section
 (and when a fault strikes), then a timeline (one row per unit), the hook count and the checks
@@ -30,14 +30,15 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from jujusim.accounting import account
+from jujusim.scheduler import RoundRobin, SeededRandom
+from jujusim.simulator import ActionRejected
+from jujusim.truth import Bags, app_of
+
 from . import rollingops_engines
-from .accounting import account
-from .demo_harness import APP, UPGRADE_TARGET, Crash, DemoHarness, demo_engines, lock_holder
-from .demo_svg import Interval, Lane, Mark, Picture, render, token_label
 from .fakes import RESTART_TICKS
-from .scheduler import RoundRobin, SeededRandom
-from .simulator import ActionRejected
-from .truth import Bags, app_of
+from .harness import APP, UPGRADE_TARGET, Crash, DemoHarness, demo_engines, lock_holder
+from .svg import Interval, Lane, Mark, Picture, render, token_label
 
 ENGINES = ("rollingops", "rollingops-peer", "v0", "coordinator")
 ENGINE_TEXT = {
@@ -65,7 +66,7 @@ REPLACE_TICKS = 6  # from removing the etcd relation to integrating the new clus
 REPLACE_WAIT_TICKS = 60  # how long the demo waits for the application to return to etcd
 RESOLVE_AFTER = 4  # ticks the "operator" takes to notice a unit in error and run `juju resolved`
 MAX_STEPS = 50_000
-DEFAULT_SVG = pathlib.Path(__file__).resolve().parents[2] / "build" / "demo-timeline.svg"
+DEFAULT_SVG = pathlib.Path(__file__).resolve().parents[1] / "build" / "demo-timeline.svg"
 
 
 @dataclasses.dataclass

@@ -23,11 +23,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from jujusim.runner import CharmSpec
+from jujusim.simulator import Simulator
+from jujusim.truth import Bags
+
 from . import coordinator_engines, rollingops_engines, upgrade_engine
 from .fakes import DemoFakes, demo_spec
-from .runner import CharmSpec
-from .simulator import Simulator
-from .truth import Bags
 
 APP = "coordinated-ops"
 
