@@ -1,10 +1,10 @@
 """`tox -e demo`: watch the real charm run a rolling restart on five simulated units.
 
-No Juju controller needed. The multi-unit simulator (tests/simulation) plays the Juju
+No Juju controller needed. The multi-unit simulator (jujusim) plays the Juju
 controller and unit agents: it keeps the relation data, leadership and event queues and delivers
-hooks the way Juju does (specs/juju-semantics.md). The charm code is the real charm: src/charm.py
+hooks the way Juju does (docs/juju-rules.md). The charm code is the real charm: src/charm.py
 and the libraries in lib/, run through ops.testing, one copy per unit. Only the demo service is
-simulated (an in-memory service per unit; see demo_harness.py).
+simulated (an in-memory service per unit; see harness.py).
 
     python -m demo        # 5 units, rolling restart, engine rollingops
     python -m demo --units 3 --engine v0 --fault holder-removed
@@ -178,15 +178,11 @@ class Demo:
             else f"a workload upgrade to {UPGRADE_TARGET} (charms.data_platform_libs.v0.upgrade)"
         )
         self.say("coordinated-ops demo: the real charm on a simulated Juju controller")
-        self.say(
-            "  The controller, unit agents and hook delivery are simulated (tests/simulation);"
-        )
+        self.say("  The controller, unit agents and hook delivery are simulated (jujusim);")
         self.say("  the charm code is the real charm (src/, lib/), one copy per unit.")
         self.say(f"  Units: {o.units}. Operation: {what}.")
         if o.operation == "restart" and o.engine == "rollingops":
-            self.say(
-                "  etcd: an in-memory fake etcd on logical time (tests/simulation/fake_etcd.py)"
-            )
+            self.say("  etcd: an in-memory fake etcd on logical time (demo/fake_etcd.py)")
             self.say(
                 "  behind a stand-in etcd provider charm, not a real etcd server; each unit's"
             )
@@ -355,9 +351,10 @@ class Demo:
     def etcd_outage(self, t1: int, t2: int) -> None:
         """Make etcd unreachable during [t1, t2), longer than a lease: the lock's lease expires.
 
-        Juju keeps running update-status every few minutes (R19): the library's periodic
-        chance to notice a dead worker or a lost etcd; the demo runs one of them after the
-        outage, as the registry's own etcd faults do (one is enough to show the recovery).
+        Juju keeps running update-status every few minutes (rule: periodic and config hooks): the
+        library's periodic chance to notice a dead worker or a lost etcd; the demo runs one of them
+        after the outage, as the registry's own etcd faults do (one is enough to show the
+        recovery).
         """
         sim = self.sim
         rollingops_engines.world_of(sim).outage(t1, t2)

@@ -8,7 +8,8 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
 - `k`: how many units may be inside at once (1 for every engine today);
 - `actors(sim)`: optional background workers (e.g. a worker process talking to a fake etcd),
   objects with `next_time() -> int | None` and `step(sim)`, appended to `sim.actors`;
-- `custom_delay`: ticks a library waits before its juju-exec dispatch runs (R22);
+- `custom_delay`: ticks a library waits before its juju-exec dispatch runs (rule: custom
+  events through juju-exec);
 - `fakes(sim)`: the context manager that patches what cannot exist here (the demo workload, the
   journal); the demo charm's `DemoFakes` unless the engine needs more;
 - `setup(sim)`: deploy and integrate what else the engine needs (e.g. an etcd provider) before
@@ -23,6 +24,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from jujusim.protocols import Actor
 from jujusim.runner import CharmSpec
 from jujusim.simulator import Simulator
 from jujusim.truth import Bags
@@ -45,7 +47,7 @@ def _restart_with(engine: str) -> Callable[[Simulator, str], Any]:
     return request
 
 
-def _no_actors(sim: Simulator) -> list[Any]:
+def _no_actors(sim: Simulator) -> list[Actor]:
     return []
 
 
@@ -68,7 +70,7 @@ class Engine:
     k: int = 1
     charm: Callable[[], CharmSpec] = demo_spec
     app: str = APP
-    actors: Callable[[Simulator], list[Any]] = _no_actors
+    actors: Callable[[Simulator], list[Actor]] = _no_actors
     custom_delay: dict[str, int] = dataclasses.field(default_factory=dict)
     fakes: Callable[[Simulator], DemoFakes] = DemoFakes
     setup: Callable[[Simulator], None] = _no_setup  # more apps/relations, before settling

@@ -1,7 +1,7 @@
 """A strict check of an `etcd_client` requirer's request, as charmed-etcd 3.6 (v1) reads it.
 
 Written from the provider's documented behaviour (docs/etcd-client-relation.md), not from our
-library: the simulator's stand-in provider (tests/simulation/charms/etcd_provider.py) and the unit
+library: the simulator's stand-in provider (demo/etcd_provider.py) and the unit
 tests both judge the requirer's databag with it, so neither can accept what the real provider
 refuses.
 

@@ -6,8 +6,9 @@ lock primitive the worker uses (`EtcdLock.create_ticket`, `_try_acquire`, `relea
 in, because it cannot exist in one process on logical time:
 
 - etcd: `fake_etcd.FakeEtcd`, patched in place of `_etcd_lock.EtcdClient` for the hook side;
-- the per-unit worker process (`_worker.Worker`): `WorkerActor`, a background actor (B2) with the
-  same loop (ticket -> acquire -> dispatch `rollingops_lock_granted` with `ROLLINGOPS_LOCK_TOKEN`
+- the per-unit worker process (`_worker.Worker`): `WorkerActor`, a background actor
+  (jujusim.protocols.Actor) with the same loop
+  (ticket -> acquire -> dispatch `rollingops_lock_granted` with `ROLLINGOPS_LOCK_TOKEN`
   and learn its outcome -> read `result.json` -> retry-hold / release -> exit when `work.json`
   says no work; 3 failures in a row -> mark failed, dispatch `rollingops_etcd_failed`). Waiting
   on an etcd watch becomes "wake me when a lock or ticket key is deleted"; a broken watch (an
@@ -17,7 +18,7 @@ in, because it cannot exist in one process on logical time:
   (`_files.stop_worker`: the actor releases what it can and exits);
 - charmed-etcd: `charms.etcd_provider.EtcdProviderCharm`, which answers the request.
 
-Faults (B8): `outage(t1, t2)` (every etcd call fails, leases run out on logical time),
+Faults: `outage(t1, t2)` (every etcd call fails, leases run out on logical time),
 `kill_worker(unit)` (the process dies without clean-up; its lease expires `ttl` ticks later),
 removing the etcd relation (`Simulator.remove_relation`), and `replace_cluster()` (a new, empty
 etcd cluster whose revisions start again from 1; the old one keeps serving the workers that still
@@ -328,7 +329,7 @@ class EtcdWorld:
     def log(self, text: str) -> None:
         self.sim.log(f"[etcd] {text}")
 
-    # --- actor protocol (B2) ---------------------------------------------------------------
+    # --- actor protocol (rule: queues and background actors) ---------------------------------
 
     def next_time(self) -> int | None:
         times = [w.wake_at for w in self.workers.values() if w.alive and w.wake_at is not None]
@@ -393,7 +394,7 @@ class EtcdWorld:
         self.log("cluster replaced: a new etcd cluster, revisions from 1")
 
     def kill_worker(self, unit: str) -> bool:
-        """Kill `unit`'s live worker, if any (B8 kill_actor)."""
+        """Kill `unit`'s live worker, if any (the fault: its worker dies)."""
         for worker in self.workers.values():
             if worker.unit == unit and worker.alive:
                 worker.kill()

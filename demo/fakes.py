@@ -4,10 +4,10 @@ Each simulated unit gets an in-memory stand-in for the demo service (the functio
 src/workload.py listed in notes/CHARM_CONTRACT.md), keyed by the unit whose hook is running, and
 its own COORDINATED_OPS_ROOT directory for any local file the charm keeps. The operation journal
 (`journal.operation`) feeds the invariant recorder instead of a file: the entry is stamped at the
-start of the hook that makes it and the exit at that hook's commit (B4). A restart declares its
-cost in logical ticks (`RESTART_TICKS`), and `restart.hold_lock_for(delay)` adds the action's
-`delay` (one tick per second), so a critical section spans a longer hook and can overlap other
-units' hooks. Nothing is asked of the charm beyond that contract.
+start of the hook that makes it and the exit at that hook's commit (rule: logical time and commit).
+A restart declares its cost in logical ticks (`RESTART_TICKS`), and `restart.hold_lock_for(delay)`
+adds the action's `delay` (one tick per second), so a critical section spans a longer hook and can
+overlap other units' hooks. Nothing is asked of the charm beyond that contract.
 
     fakes = DemoFakes(sim)
     with fakes.installed():
@@ -87,7 +87,9 @@ class DemoFakes:
         run = self.sim.current
         if run is None:
             raise RuntimeError("the demo workload was called outside a simulated hook")
-        return self.sim.workloads.setdefault(run.unit, FakeService())
+        service = self.sim.workloads.setdefault(run.unit, FakeService())
+        assert isinstance(service, FakeService)
+        return service
 
     # --- simulator listener: each unit's files in its own directory ------------------------
 

@@ -1,6 +1,6 @@
 """The real coordinated-ops charm inside the multi-unit simulator, as the demo drives it.
 
-The simulator (simulator.py) plays the Juju controller; the charm code is the real charm
+The simulator (jujusim) plays the Juju controller; the charm code is the real charm
 (src/charm.py and every library in lib/). How each restart engine is driven (its request, its
 "holds the grant" predicate, background workers, extra applications such as the etcd provider)
 comes from the engine registry (engines.py); what cannot exist in one process (the demo service,
@@ -121,7 +121,7 @@ class DemoHarness:
         return self.fakes.crashed
 
     def fail_next_critical_section(self, unit: str) -> None:
-        """The next critical section of `unit` raises inside the charm (B8 in_critical_section).
+        """The next critical section of `unit` raises inside the charm (fault in_critical_section).
 
         `sim.fail_hook` picks a hook by its label, and which hook runs the critical section
         differs per engine (an action, a relation-changed, a custom event); this arms the crash

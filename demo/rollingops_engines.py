@@ -4,19 +4,18 @@ Both drive the demo charm's `restart engine=rollingops` (charmlibs.rollingops):
 
 - `rollingops-peer`: no etcd relation, so the library runs its peer-relation backend;
 - `rollingops-etcd`: the application is integrated with a stand-in etcd provider
-  (charms/etcd_provider.py), so the library switches to its etcd backend; etcd itself is the
+  (etcd_provider.py), so the library switches to its etcd backend; etcd itself is the
   in-memory `FakeEtcd` and each unit's worker process a `WorkerActor` (etcd_world.py).
   Faults on top of the simulator's generic ones: an etcd outage [t1, t2), a worker killed (its
   lease expires `LEASE_TTL_TICKS` later), the etcd relation removed mid-roll (and, half the
   time, integrated again a little later: a new relation id, so our leader must grant its mTLS
   secret again or the stand-in provider fails its hook), and the etcd cluster replaced mid-roll
   (relation removed, a new cluster whose revisions restart from 1, integrated again a few ticks
-  later). Juju's periodic
-  update-status (R19), the library's trigger for restarting a dead worker and noticing a failed
-  one (spec §4.4, §5.3), is modelled by one update-status tick after each such fault has played
-  out.
+  later). Juju's periodic update-status (rule: periodic and config hooks), the library's trigger
+  for restarting a dead worker and noticing a failed one, is modelled by one update-status tick
+  after each such fault has played out.
 
-Invariants: one lock domain across both backends (spec §5.4 / R10). A unit "holds the grant"
+Invariants: one lock domain across both backends. A unit "holds the grant"
 (I2, I3) when the peer grant names it, or when it runs on the etcd backend and the etcd lock key
 names it.
 """
@@ -29,6 +28,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
+from jujusim.protocols import Actor
 from jujusim.runner import CharmSpec
 from jujusim.simulator import Simulator
 from jujusim.truth import Bags
@@ -84,7 +84,7 @@ def world_of(sim: Simulator) -> EtcdWorld:
     return world
 
 
-def etcd_actors(sim: Simulator) -> list[Any]:
+def etcd_actors(sim: Simulator) -> list[Actor]:
     """engines.Engine.actors: the etcd world, unless the simulator already has one."""
     had = any(isinstance(actor, EtcdWorld) for actor in sim.actors)
     world = world_of(sim)
@@ -160,7 +160,8 @@ def etcd_faults(sim: Simulator, units: list[str]) -> list[str]:
         )
         armed.append(f"etcd cluster replaced at {at}, integrated at {back}, {unit} again")
         settle_at.append(back + 2 * len(units) + 2)
-    for at in settle_at:  # the periodic update-status Juju runs anyway (R19)
+    # the periodic update-status Juju runs anyway (rule: periodic and config hooks)
+    for at in settle_at:
         sim.add_timer(at, "update_status", lambda: sim.update_status(APP))
         sim.add_timer(at + 4 * len(units), "update_status", lambda: sim.update_status(APP))
     return armed

@@ -19,7 +19,8 @@ Faults of this engine (on top of soak.py's generic ones):
   schedule must end with every unit idle. Once the rollback command has run, every member is
   owed one more upgrade than it was served so far (see `Operator._account_rollback`).
 - `remove_leader`: the leader is removed (graceful or abrupt) at a random time mid-rollout.
-The operator retries an action that failed because leadership moved (R16), as a person would.
+The operator retries an action that failed because leadership moved (rule: leadership may move
+mid-hook), as a person would.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import json
 from typing import Any
 
+from jujusim.invariants import Recorder
 from jujusim.simulator import ActionRejected, Simulator
 from jujusim.truth import Bags
 
@@ -37,6 +39,10 @@ APP = "coordinated-ops"
 PEER = "upgrade"
 TARGET = "1.1.0"
 PREVIOUS = "1.0.0"
+# sim.extras keys: the operator driving the upgrade, and the (unit, version) pairs whose
+# post-upgrade health check fails (a fault).
+OPERATOR_KEY = "upgrade.operator"
+BROKEN_KEY = "upgrade.broken"
 UPGRADE_TICKS = 2  # stop, install, start and the health check cost 2 ticks on top of the hook
 
 
@@ -67,7 +73,8 @@ class UpgradeFakes(DemoFakes):
 
     def _bad(self) -> bool:
         run = self.sim.current
-        broken = getattr(self.sim, "upgrade_broken", set())
+        broken = self.sim.extras.get(BROKEN_KEY, set())
+        assert isinstance(broken, set)
         return run is not None and (run.unit, self._service().version) in broken
 
     def health(self) -> dict | None:
@@ -99,9 +106,15 @@ class Operator:
         self.requested: set[str] = set()
         sim.listeners.append(self)
 
+    @property
+    def _recorder(self) -> Recorder:
+        recorder = self.sim.recorder
+        assert recorder is not None, "the upgrade engine reports to the invariants recorder"
+        return recorder
+
     def request(self, unit: str) -> None:
         """soak.py asks for the operation on every unit; one operator command serves them all."""
-        self.sim.recorder.request(unit, "upgrade")
+        self._recorder.request(unit, "upgrade")
         self.requested.add(unit)
         if self.want is None and not self.attempts and not self.refreshed:
             if self.path == "action":
@@ -121,7 +134,7 @@ class Operator:
 
     def _served(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for i in self.sim.recorder.intervals:
+        for i in self._recorder.intervals:
             if i.operation == "upgrade" and i.committed and not i.failed:
                 counts[i.unit] = counts.get(i.unit, 0) + 1
         return counts
@@ -135,7 +148,7 @@ class Operator:
             self._account_rollback()
         errored = any(sim.units[u].error for u in sim.members(APP))
         if self.path == "refresh" and not self.refreshed and self.want is None and not errored:
-            # A person resolves a unit in error before refreshing (Juju skips it, R20).
+            # A person resolves a unit in error before refreshing (Juju skips it; rule: refresh).
             self.refreshed = True
             delayed = tuple(u for u in sim.members(APP) if sim.rng.random() < 0.3)
             sim.refresh(APP, delayed=delayed)
@@ -154,7 +167,7 @@ class Operator:
         reached, once. Units added mid-rollout, never asked by soak.py, are asked here too.
         """
         self.accounted = True
-        recorder = self.sim.recorder
+        recorder = self._recorder
         for unit in self.sim.members(APP):
             served = self.served_before.get(unit, 0)
             asked = sum(1 for u, op, _ in recorder.requests if u == unit and op == "upgrade")
@@ -165,8 +178,9 @@ class Operator:
         """True once an attempt at the wanted command succeeded; reissues it when none can.
 
         As a person running `juju run <app>/leader ...` would: wait for the answer. An attempt
-        queued on a unit that is being removed may still run (R12), so it is given up only once
-        that unit is gone; a failed attempt (leadership moved, R16) is reissued on the leader.
+        queued on a unit that is being removed may still run (rule: unit removal), so it is given
+        up only once that unit is gone; a failed attempt (rule: leadership may move mid-hook) is
+        reissued on the leader.
         """
         if any(record.status == "completed" for record in self.attempts):
             self.want, self.attempts = None, []
@@ -190,11 +204,10 @@ class Operator:
 
 def request(sim: Simulator, unit: str) -> Any:
     """The engine's `request`: the first call picks the path and issues the command."""
-    operator = getattr(sim, "upgrade_operator", None)
-    if operator is None:
+    operator = sim.extras.get(OPERATOR_KEY)
+    if not isinstance(operator, Operator):
         path = "refresh" if sim.rng.random() < 1 / 3 else "action"
-        operator = Operator(sim, path)
-        sim.upgrade_operator = operator  # type: ignore[attr-defined]
+        operator = sim.extras[OPERATOR_KEY] = Operator(sim, path)
     operator.request(unit)
 
 
@@ -204,7 +217,7 @@ def faults(sim: Simulator, units: list[str]) -> list[str]:
     armed = []
     if rng.random() < 0.5:
         unit = rng.choice(units)
-        sim.upgrade_broken = {(unit, TARGET)}  # type: ignore[attr-defined]
+        sim.extras[BROKEN_KEY] = {(unit, TARGET)}
         armed.append(f"fail_check {unit} at {TARGET}")
     if rng.random() < 0.4 and len(units) > 1:
         at = sim.now + rng.randint(0, 8 * len(units))

@@ -1,4 +1,4 @@
-"""Hook accounting (B10): what a coordination protocol costs in hooks and in logical time.
+"""Hook accounting: what a coordination protocol costs in hooks and in logical time.
 
 - hooks per unit, per event kind, total, and how many made no relation write;
 - handoffs: for each consecutive pair of critical sections, the causal chain of hooks from the

@@ -1,8 +1,8 @@
-"""The invariant recorder and checkers (B9), fed by the charm's operation journal.
+"""The invariant recorder and checkers (rule: invariants), fed by the charm's operation journal.
 
 The simulator patches the charm's journal so that every critical section calls `Recorder.enter`
-(stamped at the start of the hook that makes it) and is closed at that hook's commit (B4: the
-widest interval). Checks:
+(stamped at the start of the hook that makes it) and is closed at that hook's commit (rule: logical
+time and commit: the widest interval). Checks:
 
 - I1 exclusion: at most k units inside the critical section of one operation at any logical
   time;

@@ -1,4 +1,4 @@
-"""The simulator's stand-in for `juju-exec` (R22, C4).
+"""The simulator's stand-in for `juju-exec` (rules: custom events through juju-exec; no juju-exec).
 
 A library wakes its unit later by spawning, detached,
 

@@ -1,4 +1,7 @@
-"""Per-unit event queues: what each unit agent still has to run, in Juju's order (B2, R7, R8)."""
+"""Per-unit event queues: what each unit agent still has to run, in Juju's order.
+
+Rules: queues and background actors; coalescing; per-relation order.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from .truth import unit_id
 
 HOOK, ACTION, CUSTOM = "hook", "action", "custom"
 
-# Within one relation on one unit the uniter runs (R8): a changed owed after a joined, departed,
-# broken, app-level changed, joined (sorted by unit), unit-level changed (sorted by unit).
+# Within one relation on one unit the uniter runs (rule: per-relation order): a changed owed after
+# a joined, departed, broken, app-level changed, joined (sorted by unit), unit-level changed
+# (sorted by unit).
 _RELATION_PRIORITY = {
     "relation_created": -2,
     "relation_departed": 0,
@@ -51,16 +55,21 @@ class Item:
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # custom: env assignments
     not_before: int = 0
     cause: str = ""
-    owed: bool = False  # a changed owed right after its joined ran (R8)
+    owed: bool = False  # a changed owed right after its joined ran (rule: per-relation order)
     attempts: int = 0
     new_charm: Any = None  # upgrade_charm during a refresh: the charm spec to swap in
     seen_version: int | None = None  # relation_changed: the bag version its snapshot read
-    on_done: Any = None  # custom: called with True/False at commit (juju-exec's exit code, B2)
+    # custom: called with True/False at commit (juju-exec's exit code; rule: custom events through
+    # juju-exec)
+    on_done: Any = None
     parent: int = 0  # seq of the run whose commit (or 0: an operator call) queued it (accounting)
 
     @property
     def writer(self) -> str | None:
-        """Coalescing key of a relation_changed: the writer unit, or 'app:<name>' (R7)."""
+        """Coalescing key of a relation_changed: the writer unit, or 'app:<name>'.
+
+        Rule: coalescing.
+        """
         if self.event != "relation_changed":
             return None
         return f"app:{self.writer_app}" if self.app_level else self.remote
@@ -92,7 +101,7 @@ class Item:
 
 
 class UnitQueue:
-    """A unit agent's FIFO with relation ordering (R8) and relation-changed coalescing (R7)."""
+    """A unit agent's FIFO, in Juju's order (rules: per-relation order; coalescing)."""
 
     def __init__(self) -> None:
         self.items: list[Item] = []
@@ -131,7 +140,8 @@ class UnitQueue:
             return None
         head = ready[0]
         if head.relation is None or head.attempts:
-            return head  # a failed item is retried before anything else (R18)
+            # a failed item is retried before anything else (rule: hook failure and retry)
+            return head
         same = [i for i in ready if i.relation == head.relation and i.kind == HOOK]
         return min(same, key=Item._priority)
 

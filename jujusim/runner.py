@@ -1,7 +1,8 @@
 """Run one item on one unit through ops.testing (Scenario) and hand back what it produced.
 
 The simulator builds the input `State` from its truth; this module runs it and reports the outcome:
-the output state (success, or an action that called `fail()`), or the uncaught error (R5, C3).
+the output state (success, or an action that called `fail()`), or the uncaught error (rules: a
+failed hook discards its writes; an uncaught error has no output).
 
 Speed: Scenario writes the charm's metadata to a fresh temporary directory and parses it again on
 every run. The simulator runs thousands of hooks per schedule, so while a run is in progress we
@@ -234,8 +235,10 @@ class RunResult:
     """What one run produced."""
 
     state: testing.State | None  # output state; None when the run failed (nothing commits)
-    error: str | None = None  # uncaught exception (the hook fails, R5)
-    action_failed: str | None = None  # message of event.fail() (writes still commit, R5)
+    # an uncaught exception: the hook fails and nothing commits (rule: a failed hook discards its
+    # writes); event.fail()'s message: the action failed but its writes still commit
+    error: str | None = None
+    action_failed: str | None = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     logs: list[str] = dataclasses.field(default_factory=list)
     ignored: bool = False  # a custom event the charm does not define (ops logs and ignores it)

@@ -1,4 +1,4 @@
-"""Schedulers: who starts next, and when the clock moves (B5).
+"""Schedulers: who starts next, and when the clock moves (rule: schedulers).
 
 A step either starts the next item of one eligible unit or advances the clock to the next commit,
 timer or not-before time. The simulator records every step in `sim.steps` (script.py prints and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 
+from .protocols import Scheduler
 from .simulator import DrainLimit, Simulator
 
 
@@ -39,8 +40,8 @@ class SeededRandom:
         return True
 
 
-def drain(sim: Simulator, scheduler=None, max_steps: int = 200_000) -> int:
-    """Run until nothing can happen without an operator; fail on livelock (B5). Returns steps."""
+def drain(sim: Simulator, scheduler: Scheduler | None = None, max_steps: int = 200_000) -> int:
+    """Run until nothing can happen without an operator; fail on livelock. Returns steps."""
     scheduler = scheduler or RoundRobin()
     steps = 0
     while sim.busy():

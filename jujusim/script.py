@@ -1,4 +1,4 @@
-"""Schedules as readable scripts: print the steps a failing run took, and replay them (B11).
+"""Schedules as readable scripts: print the steps a failing run took, and replay them.
 
 Every public simulator call (operator operations, faults, `start`, the clock moving) is recorded in
 `sim.steps` as (method, args, kwargs). `format_script` prints them as Python lines::

@@ -2,7 +2,7 @@
 
 Scenario runs one unit for one event. Everything that outlives a hook or spans units lives here:
 relation databags with change versions, who has joined whom, the leader, secrets, and each unit's
-stored state, deferred events, status, queue and seen-versions (juju-semantics.md, B1).
+stored state, deferred events, status, queue and seen-versions (docs/juju-rules.md, "the truth").
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def app_of(unit: str) -> str:
 
 @dataclasses.dataclass
 class Bag:
-    """One relation databag and its change version (bumped only when the content changes, R6)."""
+    """One relation databag and its version, bumped only when its content changes.
+
+    Rule: unchanged content is no change.
+    """
 
     data: dict[str, str] = dataclasses.field(default_factory=dict)
     version: int = 0
@@ -75,7 +78,7 @@ class RelationTruth:
 
 @dataclasses.dataclass
 class Secret:
-    """An application secret in the controller's registry (R23)."""
+    """An application secret in the controller's registry (rule: secrets)."""
 
     id: str
     owner_app: str
@@ -105,7 +108,7 @@ class UnitTruth:
     error: str | None = None  # 'hook failed: "<event>"' while the unit is in error
     seen: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
     departing: bool = False
-    departing_seq: int = 0  # sequence number when its removal began (R13)
+    departing_seq: int = 0  # sequence number when its removal began (rule: departing unit's data)
     removed: bool = False
     hooks: int = 0
 
@@ -119,7 +122,7 @@ class UnitTruth:
 
     @property
     def displayed_status(self) -> str:
-        """What `juju status` shows: the error while in error (R24), else the workload status."""
+        """What `juju status` shows: the error while in error, else the workload status."""
         if self.error:
             return f"error: {self.error}"
         return f"{self.unit_status.name}: {self.unit_status.message}"
@@ -130,7 +133,7 @@ class AppTruth:
     """One application."""
 
     name: str
-    index: int  # for default addresses 10.<index>.0.<unit id + 1> (R11)
+    index: int  # for default addresses 10.<index>.0.<unit id + 1> (rule: Juju's own unit-bag keys)
     charm: Any  # runner.CharmSpec
     config: dict[str, Any]
     units: list[str] = dataclasses.field(default_factory=list)  # members, in id order

@@ -1,4 +1,4 @@
-"""Tiny purpose-built charms for the simulator's own tests (metadata in charms/toy/).
+"""Tiny purpose-built charms for the simulator's own tests (metadata in toy/).
 
 `ToyCharm` records every event it sees in `SEEN` (unit, event kind, details) and writes relation
 data, stored state, deferrals, secrets and juju-exec wake-ups when its actions ask it to. It also
@@ -30,7 +30,7 @@ def critical_section(unit: str) -> None:
 
 
 class WakeEvent(ops.EventBase):
-    """Dispatched by the juju-exec wake-up (a custom event, R22)."""
+    """Dispatched by the juju-exec wake-up (rule: custom events through juju-exec)."""
 
 
 class ToyEvents(ops.CharmEvents):

@@ -123,7 +123,7 @@ def run_schedule(
     fakes.attach(sim)
     recorder = Recorder(sim, k=engine.k, holds_grant=engine.holds_grant)
     sim.actors.extend(engine.actors(sim))
-    mark = sim._seq
+    mark = sim.last_seq
     units = sim.members(engine.app)
     armed = arm_faults(sim, engine, units) if faults else []
     for unit in units:

@@ -3,7 +3,7 @@
 Each test runs `python -m demo` in a subprocess (as tox does) for 3 units and
 reads what it printed: the exit code, the text timeline (no column may show two units inside
 the critical section at once), the checks, and the SVG (it must parse as XML, with one lane per
-unit). The Juju controller is simulated (tests/simulation); the charm is the real charm.
+unit). The Juju controller is simulated (jujusim); the charm is the real charm.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def test_update_status_keeps_etcd_when_the_worker_is_merely_dead(tmp_path):
 def test_etcd_sync_lock_times_out_on_contention_and_does_not_fall_back(monkeypatch):
     """The etcd lock is held by another unit: TimeoutError propagates, the unit stays on etcd.
 
-    etcd is the in-memory fake of tests/simulation/fake_etcd.py behind the real EtcdLock.
+    etcd is the in-memory fake of demo/fake_etcd.py behind the real EtcdLock.
     """
     from demo.fake_etcd import FakeEtcd, FakeEtcdClient
 
