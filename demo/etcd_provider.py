@@ -1,6 +1,6 @@
-"""A stand-in for charmed-etcd's provider side of `etcd_client` v1 (metadata in etcd_provider/).
+"""A stand-in for charmed-etcd's provider side of `etcd_client` v1 (metadata in etcd_provider_charm/).
 
-It answers what charmed-etcd 3.6 answers and refuses what it refuses (tests/etcd_contract.py is
+It answers what charmed-etcd 3.6 answers and refuses what it refuses (demo/etcd_contract.py is
 the judge of a request):
 
 - a request whose `secret-mtls` is missing, empty or not `secret:...` makes its hook raise, as the
