@@ -1,4 +1,4 @@
-"""A stand-in for charmed-etcd's provider side of `etcd_client` v1 (metadata in etcd_provider_charm/).
+"""A stand-in for charmed-etcd's provider side of `etcd_client` v1 (etcd_provider_charm/ metadata).
 
 It answers what charmed-etcd 3.6 answers and refuses what it refuses (demo/etcd_contract.py is
 the judge of a request):

@@ -57,9 +57,11 @@ class Clock(Runs):
         return all(not self.queues[u] for u, t in self.units.items() if not t.removed)
 
     def stuck_units(self) -> list[str]:
+        """Units left in error (a failed hook not retried or resolved yet)."""
         return [u for u, t in self.units.items() if t.error and not t.removed]
 
     def fire_due_timers(self) -> None:
+        """Run the timers due by now, in time then creation order."""
         due = sorted((t for t in self.timers if t.at <= self.now), key=lambda t: (t.at, t.seq))
         for timer in due:
             self.timers.remove(timer)

@@ -122,15 +122,18 @@ class SimulatorCore:
         return cast("Simulator", self)
 
     def log(self, text: str) -> None:
+        """Add a line to the trace, stamped with the logical time."""
         self.trace.append(f"t={self.now} {text}")
 
     def enqueue(self, unit: str, event: str, kind: str = HOOK, **fields: Any) -> Item:
+        """Queue an item on `unit`; its parent is the run being committed (0: an operator)."""
         fields.setdefault("parent", self._committing)
         item = Item(seq=self._next_seq(), kind=kind, event=event, **fields)
         item.not_before = max(item.not_before, self.now)
         return self.queues[unit].append(item)
 
     def context(self, spec: CharmSpec, unit: str) -> testing.Context:
+        """The Scenario Context of `unit` running `spec` (one per unit and charm, cached)."""
         key = (id(spec), app_of(unit), unit_id(unit))
         ctx = self._contexts.get(key)
         if ctx is None:
@@ -142,6 +145,7 @@ class SimulatorCore:
         return [u for u in self.apps[app].units if not self.units[u].departing]
 
     def leader(self, app: str) -> str | None:
+        """The leader unit of `app` (None while it has no unit to elect)."""
         return self.apps[app].leader
 
     def relation(self, app: str, endpoint: str) -> RelationTruth:

@@ -50,6 +50,7 @@ class Interval:
     failed: bool = False  # the operation raised (e.g. an injected fault) even if the hook went on
 
     def overlaps(self, other: Interval, other_end: int) -> bool:
+        """Whether this closed interval and `other` (ending at `other_end`) share a tick."""
         assert self.end is not None
         return self.start < other_end and other.start < self.end
 
@@ -103,9 +104,11 @@ class Recorder:
     # --- simulator listener -----------------------------------------------------------------
 
     def on_start(self, sim: Simulator, run: Running) -> None:
+        """Listener: nothing to do before a run (entries come from the journal)."""
         pass
 
     def on_commit(self, sim: Simulator, run: Running, ok: bool) -> None:
+        """Listener: close the intervals the run opened, committed or not."""
         for interval in self._open.pop(run.seq, []):
             interval.end = sim.now
             interval.committed = ok

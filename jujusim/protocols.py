@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 
 class Actor(Protocol):
+    """A background process on logical time (e.g. a library's worker)."""
+
     def next_time(self) -> int | None:
         """The logical time it next wants to act, or None when idle."""
         ...
@@ -27,6 +29,8 @@ class Actor(Protocol):
 
 
 class Listener(Protocol):
+    """Told of every run's start and end (fakes, checkers)."""
+
     def on_start(self, sim: Simulator, run: Running) -> None:
         """`run` is about to run the charm against the truth as of now."""
         ...
@@ -37,6 +41,8 @@ class Listener(Protocol):
 
 
 class Scheduler(Protocol):
+    """Decides what happens next."""
+
     def step(self, sim: Simulator) -> bool:
         """Make one thing happen (start a run or advance the clock); False when nothing can."""
         ...

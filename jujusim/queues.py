@@ -110,10 +110,12 @@ class UnitQueue:
         return len(self.items)
 
     def append(self, item: Item) -> Item:
+        """Queue `item` last; return it."""
         self.items.append(item)
         return item
 
     def push_front(self, items: list[Item]) -> None:
+        """Queue `items` first, in order (a retried hook, a refresh)."""
         self.items[:0] = items
 
     def pending_changed(self, relation: int, writer: str) -> Item | None:
@@ -146,4 +148,5 @@ class UnitQueue:
         return min(same, key=Item._priority)
 
     def remove(self, item: Item) -> None:
+        """Take `item` out of the queue (it starts, or is skipped)."""
         self.items.remove(item)

@@ -50,6 +50,7 @@ class Writable:
 
     @classmethod
     def of(cls, state: testing.State) -> Writable:
+        """Copy what a run on `state` may write, before it runs."""
         return cls(
             bags={
                 r.id: (dict(r.local_unit_data), dict(r.local_app_data)) for r in state.relations

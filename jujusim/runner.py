@@ -63,6 +63,7 @@ class CharmSpec:
 
     @property
     def name(self) -> str:
+        """The charm's name from its metadata."""
         return self.meta["name"]
 
     def peer_endpoints(self) -> dict[str, str]:
@@ -70,12 +71,14 @@ class CharmSpec:
         return {ep: spec["interface"] for ep, spec in (self.meta.get("peers") or {}).items()}
 
     def endpoint_interface(self, endpoint: str) -> str:
+        """The interface of `endpoint` (peers, requires or provides)."""
         for section in ("peers", "requires", "provides"):
             if endpoint in (self.meta.get(section) or {}):
                 return self.meta[section][endpoint]["interface"]
         raise SimulatorBug(f"endpoint {endpoint!r} is not in {self.name}'s metadata")
 
     def config_defaults(self) -> dict[str, Any]:
+        """Config option -> default, for the options that have one."""
         options = (self.config or {}).get("options", {})
         return {k: v["default"] for k, v in options.items() if "default" in v}
 

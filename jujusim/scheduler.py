@@ -17,6 +17,7 @@ class RoundRobin:
     """Start every eligible unit in id order, then advance. Deterministic and readable."""
 
     def step(self, sim: Simulator) -> bool:
+        """Start every eligible unit, or advance the clock when none is."""
         eligible = sim.eligible()
         for unit in eligible:
             sim.start(unit)
@@ -29,6 +30,7 @@ class SeededRandom:
     """Choose uniformly among {start u | u eligible} and {advance} with the simulator's RNG."""
 
     def step(self, sim: Simulator) -> bool:
+        """Start one eligible unit or advance the clock, as the RNG picks."""
         eligible = sim.eligible()
         choices: list[str | None] = [*eligible]
         if sim.running or sim.next_time() is not None or not eligible:

@@ -29,6 +29,7 @@ def _arg(value: Any) -> str:
 
 
 def format_step(step: Step) -> str:
+    """One recorded call as a line of Python (the clock moving reads `advance()`)."""
     name, args, kwargs = step
     name = "advance" if name == "_advance_clock" else name
     parts = [_arg(a) for a in args] + [f"{k}={_arg(v)}" for k, v in kwargs.items()]

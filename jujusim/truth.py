@@ -68,6 +68,7 @@ class RelationTruth:
 
     @property
     def is_peer(self) -> bool:
+        """A peer relation has one application (one endpoint)."""
         return len(self.endpoints) == 1
 
     def other_app(self, app: str) -> str:
@@ -90,6 +91,7 @@ class Secret:
 
     @property
     def latest(self) -> int:
+        """The latest revision number (revisions count from 1)."""
         return len(self.revisions)
 
 
@@ -114,10 +116,12 @@ class UnitTruth:
 
     @property
     def id(self) -> int:
+        """The unit number (`app/3` -> 3)."""
         return unit_id(self.name)
 
     @property
     def app(self) -> str:
+        """The unit's application name."""
         return app_of(self.name)
 
     @property
