@@ -11,11 +11,16 @@ Operator operations (deploy, add_unit, remove_unit, set_leader, run_action, refr
 fail_hook, resolve, fire_custom, ...) only enqueue what Juju would enqueue; none runs charm code.
 The rules it implements are written in docs/juju-rules.md; the code cites them by name.
 
+`Simulator` is the top of a stack of classes, one concern each: core.py (the truth, membership),
+views.py (a unit's State), commit.py (publishing writes, routing notifications), runs.py
+(starting a run, faults), clock.py (scheduling primitives, timers, actors), operations.py
+(operator operations); `fork` is here.
+
     sim = Simulator(seed=1)
     sim.deploy("toy", spec, units=3)
-    sim.drain()
+    drain(sim)
     sim.run_action("toy/1", "write", key="a", value="1")
-    sim.drain()
+    drain(sim)
 """
 
 from __future__ import annotations
