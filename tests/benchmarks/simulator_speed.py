@@ -6,7 +6,7 @@ Three figures, each hooks executed / wall seconds (and, for the one-process runs
 of this process: wall figures drop when other work shares the cores, CPU figures much less):
 
 - `toy_hooks_per_second`: update-status rounds on `--units` units of the simulator's tiny toy
-  charm (tests/simulation/charms), one process: the simulator's own cost per hook (Scenario,
+  charm (jujusim/tests), one process: the simulator's own cost per hook (Scenario,
   ops, routing, commits) with a charm that does almost nothing;
 - `demo_hooks_per_second_1_job`: the soak (`--seeds` schedules of a rolling restart with faults,
   engine v0) on the demo charm, one process. The demo charm wires five libraries (77
@@ -23,12 +23,12 @@ import argparse
 import json
 import time
 
+from jujusim.runner import CharmSpec
+from jujusim.scheduler import drain
+from jujusim.simulator import Simulator
+from jujusim.tests.toy_charms import SPEC_DIR, ToyCharm
 from tests.benchmarks import _setup  # noqa: F401  (puts lib/ and src/ on sys.path)
 from tests.simulation import soak
-from tests.simulation.charms.toy_charms import SPEC_DIR, ToyCharm
-from tests.simulation.runner import CharmSpec
-from tests.simulation.scheduler import drain
-from tests.simulation.simulator import Simulator
 
 
 def toy_hooks_per_second(units: int, rounds: int) -> tuple[float, float]:

@@ -27,13 +27,13 @@ import sys
 import time
 from typing import Any
 
-from .accounting import account
-from .engines import ENGINES, Engine
-from .fakes import DemoFakes
-from .invariants import Recorder
-from .scheduler import RoundRobin, SeededRandom, drain
-from .script import format_script
-from .simulator import Simulator
+from demo.engines import ENGINES, Engine
+from demo.fakes import DemoFakes
+from jujusim.accounting import account
+from jujusim.invariants import Recorder
+from jujusim.scheduler import RoundRobin, SeededRandom, drain
+from jujusim.script import format_script
+from jujusim.simulator import Simulator
 
 MAX_STEPS = 100_000
 MAX_RESOLVE_ROUNDS = 32  # each retry consumes one injected failure; no schedule injects more
@@ -123,7 +123,7 @@ def run_schedule(
     fakes.attach(sim)
     recorder = Recorder(sim, k=engine.k, holds_grant=engine.holds_grant)
     sim.actors.extend(engine.actors(sim))
-    mark = sim._seq
+    mark = sim.last_seq
     units = sim.members(engine.app)
     armed = arm_faults(sim, engine, units) if faults else []
     for unit in units:

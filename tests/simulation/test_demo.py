@@ -1,9 +1,9 @@
 """`tox -e demo` as a newcomer runs it: the real CLI, its printed output and its SVG picture.
 
-Each test runs `python -m tests.simulation.demo` in a subprocess (as tox does) for 3 units and
+Each test runs `python -m demo` in a subprocess (as tox does) for 3 units and
 reads what it printed: the exit code, the text timeline (no column may show two units inside
 the critical section at once), the checks, and the SVG (it must parse as XML, with one lane per
-unit). The Juju controller is simulated (tests/simulation); the charm is the real charm.
+unit). The Juju controller is simulated (jujusim); the charm is the real charm.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def run_demo(tmp_path: pathlib.Path, *args: str) -> tuple[int, str, pathlib.Path
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
     env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("", "lib", "src"))
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.simulation.demo", "--units", "3", "--svg", str(svg), *args],
+        [sys.executable, "-m", "demo", "--units", "3", "--svg", str(svg), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

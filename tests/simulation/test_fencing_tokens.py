@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from charmlibs.rollingops import split_token
 
-from . import rollingops_engines, soak
-from .engines import ENGINES
-from .invariants import Interval, Recorder, token_order_violation
-from .scheduler import SeededRandom
-from .simulator import Simulator
+from demo import rollingops_engines
+from demo.engines import ENGINES
+from jujusim.invariants import Interval, Recorder, token_order_violation
+from jujusim.scheduler import SeededRandom
+from jujusim.simulator import Simulator
+
+from . import soak
 
 
 @pytest.fixture(autouse=True)

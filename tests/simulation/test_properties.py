@@ -1,8 +1,8 @@
 """Properties every lock engine must hold, on the real demo charm in the simulator (CI-sized).
 
-No Juju controller can run here: the simulator stands in for it (test_simulator.py shows it
-delivers Juju's semantics) and runs N copies of the real `CoordinatedOpsCharm`; only the demo
-service and the journal are replaced (fakes.py). For every engine in the registry:
+No Juju controller can run here: the simulator stands in for it (jujusim/tests/test_simulator.py
+shows it delivers Juju's semantics) and runs N copies of the real `CoordinatedOpsCharm`; only the
+demo service and the journal are replaced (demo/fakes.py). For every engine in the registry:
 
 - seeded random schedules with the fault mix, under both settings of
   leader_sees_own_app_writes and with hook retry on and off: no exclusion violation (I1), no
@@ -24,12 +24,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from .engines import ENGINES, Engine
-from .fakes import DemoFakes
-from .invariants import Recorder
-from .scheduler import SeededRandom
-from .script import format_script
-from .simulator import Simulator
+from demo.engines import ENGINES, Engine
+from demo.fakes import DemoFakes
+from jujusim.invariants import Recorder
+from jujusim.scheduler import SeededRandom
+from jujusim.script import format_script
+from jujusim.simulator import Simulator
+
 from .soak import Progress, finish, main, run_schedule, settle
 
 UNITS = 3

@@ -17,15 +17,15 @@ from charmlibs.rollingops import _etcd_client
 from charmlibs.rollingops._etcd_lock import EtcdLock
 from ops import testing
 
-from tests.etcd_contract import expected_request_id
+from demo.engines import ENGINES
+from demo.etcd_contract import expected_request_id
+from demo.etcd_provider import SPEC_DIR as PROVIDER_DIR
+from demo.etcd_provider import EtcdProviderCharm
+from demo.fake_etcd import FakeEtcd, FakeEtcdClient
+from demo.rollingops_engines import world_of
+from jujusim.simulator import Simulator
 
 from . import soak
-from .charms.etcd_provider import SPEC_DIR as PROVIDER_DIR
-from .charms.etcd_provider import EtcdProviderCharm
-from .engines import ENGINES
-from .fake_etcd import FakeEtcd, FakeEtcdClient
-from .rollingops_engines import world_of
-from .simulator import Simulator
 
 
 @pytest.fixture(autouse=True)

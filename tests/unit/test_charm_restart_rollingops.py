@@ -15,7 +15,7 @@ import yaml
 from charmlibs.rollingops import _dispatch
 from ops import testing
 
-from tests.etcd_contract import expected_request_id
+from demo.etcd_contract import expected_request_id
 from tests.unit.conftest import ROOT, charm_context
 
 # Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks

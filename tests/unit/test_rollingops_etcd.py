@@ -25,7 +25,7 @@ from charmlibs.rollingops import (
 from charmlibs.rollingops._models import make_token
 from ops import testing
 
-from tests.etcd_contract import check_requirer_bag
+from demo.etcd_contract import check_requirer_bag
 
 # Juju's planned unit count (goal-state): at least the units a test shows, so no unit looks
 # like it is being removed (a holder waits while one is: RollingOpsManager._unit_leaving).
@@ -360,9 +360,9 @@ def test_update_status_keeps_etcd_when_the_worker_is_merely_dead(tmp_path):
 def test_etcd_sync_lock_times_out_on_contention_and_does_not_fall_back(monkeypatch):
     """The etcd lock is held by another unit: TimeoutError propagates, the unit stays on etcd.
 
-    etcd is the in-memory fake of tests/simulation/fake_etcd.py behind the real EtcdLock.
+    etcd is the in-memory fake of demo/fake_etcd.py behind the real EtcdLock.
     """
-    from tests.simulation.fake_etcd import FakeEtcd, FakeEtcdClient
+    from demo.fake_etcd import FakeEtcd, FakeEtcdClient
 
     fake = FakeEtcd(lambda: 0, ttl_ticks=60)
     client: Any = FakeEtcdClient(fake)

@@ -1,6 +1,6 @@
 """charmlibs.rollingops and the `etcd_client` relation, v1, as charmed-etcd speaks it.
 
-Our leader's request is judged by tests/etcd_contract.py (the provider's rules, written from its
+Our leader's request is judged by demo/etcd_contract.py (the provider's rules, written from its
 documentation, shared with the simulator's stand-in provider). The provider's answer here is
 exactly what charmed-etcd publishes: nested in its `requests` list under our request id, with
 `secret-user` and `secret-tls` secrets granted to the relation. Then every bad answer of issue
@@ -24,7 +24,7 @@ import pytest
 from charmlibs.rollingops import ProcessingBackend, _certs, _dispatch, _etcd_lock, _files
 from ops import testing
 
-from tests.etcd_contract import (
+from demo.etcd_contract import (
     ProviderHookError,
     Unanswerable,
     check_requirer_bag,
