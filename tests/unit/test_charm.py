@@ -181,4 +181,4 @@ def test_a_request_queued_behind_another_counts_as_in_flight(ctx, fake_workload)
     fake_workload.running = True
     relation = _peer(local_unit_data={"rolling-ops-queue": '[""]'}, peers_data={1: {}})
     with ctx(ctx.on.update_status(), testing.State(relations=[relation])) as manager:
-        assert manager.charm.engines["v0"].in_flight()
+        assert manager.charm.restarts.engines["v0"].in_flight()
