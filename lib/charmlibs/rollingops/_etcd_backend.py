@@ -12,7 +12,7 @@ the leader). Every unit acknowledges the mode in its own `rollingops-backend`:
 - mode peer (or any etcd failure here): stop the worker, switch to peer, set the clean-up flag.
   A `rollingops_lock_granted` dispatch queued behind that hook finds the unit on peer and runs
   nothing, so once the leader sees every unit on peer no unit can still be in an etcd critical
-  section: only then does it grant on the peer backend (spec §5.4).
+  section: only then does it grant on the peer backend.
 - the leader returns the application to etcd only when every queue is empty, no peer grant is
   outstanding and every unit acknowledged peer mode; it leaves etcd when etcd is not configured
   or a unit with work reports that it cannot use etcd (peer backend plus clean-up flag).
