@@ -50,9 +50,6 @@ class Service(ops.Object):
             workload.install(workload.DEFAULT_VERSION)
 
     def _on_configure(self, _: ops.EventBase):
-        self.configure_and_run()
-
-    def configure_and_run(self) -> None:
         """Idempotent: install if needed, write the settings, make sure the service runs."""
         config = self.config()
         if config is None:
