@@ -51,6 +51,16 @@ class Restarts(ops.Object):
             return f"a restart with engine {busy[0]!r} is in flight; wait for it to finish"
         return None
 
+    def _refusal(self, engine: str) -> str | None:
+        """Why `engine` may not restart now: another engine's restart or an upgrade is busy."""
+        busy = self.busy(ignore=engine)
+        if busy is not None:
+            return busy
+        upgrade = self._upgrade_ongoing()
+        if upgrade is not None:
+            return f"{upgrade}; wait for it to finish or roll it back"
+        return None
+
     def unit_statuses(self) -> list[ops.StatusBase]:
         """Each engine's status for this unit, in engine order (the idle ones add none)."""
         statuses = [engine.unit_status() for engine in self.engines.values()]
@@ -79,11 +89,7 @@ class Restarts(ops.Object):
                 f"engine: unknown engine {params.engine!r}; use one of {sorted(self.engines)}"
             )
             return
-        refusal = self.busy(ignore=engine.name)
-        if refusal is None:
-            upgrade = self._upgrade_ongoing()
-            if upgrade is not None:
-                refusal = f"{upgrade}; wait for it to finish or roll it back"
+        refusal = self._refusal(engine.name)
         if refusal is not None:
             event.fail(refusal)
             return
