@@ -12,10 +12,11 @@ How it fits together:
 3. Each unit publishes `nfs-mount-state` (`mounted <source>` or `failed`) in its peer unit bag; the
    action reports how many units have the share mounted.
 
-Every command goes through `run_command`, the one function tests replace (the kernel of a test
-machine may have no NFS client). Mounting retries with tenacity (bounded); when the retries are
-exhausted the unit is Blocked with the error and the next event tries again. Unmounting never
-removes the mount point or anything in it.
+The request's fields and the mount point policy are in nfs_request.py (plain Python; the action's
+pydantic model in models.py applies the same rules). Every command goes through `run_command`, the
+one function tests replace (the kernel of a test machine may have no NFS client). Mounting retries
+with tenacity (bounded); when the retries are exhausted the unit is Blocked with the error and the
+next event tries again. Unmounting never removes the mount point or anything in it.
 """
 
 from __future__ import annotations
