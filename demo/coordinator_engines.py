@@ -60,15 +60,16 @@ class UpToTwo(Serial):
 def up_to_two_spec() -> CharmSpec:
     """The demo charm whose coordinator engine uses `UpToTwo` instead of `Serial`."""
     import charm as charm_module  # src/ is on sys.path (tests/conftest.py, tox)
-    from restart_coordinator import CoordinatorEngine
+    import restart.policy as policy_module
+    from restart.coordinator import CoordinatorEngine
 
     class UpToTwoEngine(CoordinatorEngine):
         coordinator_class = UpToTwo
 
     class UpToTwoCharm(charm_module.CoordinatedOpsCharm):
         def __init__(self, framework: Any):
-            # charm.py builds its engines by name; swap in the N-holder engine for this class.
-            with mock.patch.object(charm_module, "CoordinatorEngine", UpToTwoEngine):
+            # Restarts builds its engines by name; swap in the N-holder engine for this class.
+            with mock.patch.object(policy_module, "CoordinatorEngine", UpToTwoEngine):
                 super().__init__(framework)
 
     return CharmSpec.from_dir(UpToTwoCharm, ROOT)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pydantic
 from charms.data_platform_libs.v0.upgrade import BaseModel, DependencyModel
+from charms.storage_libs.v0.nfs_interfaces import MAX_SIZE_GB
 
-import nfs
+import nfs_request
 
 
 class RestartParams(pydantic.BaseModel):
@@ -25,23 +26,23 @@ class RestartParams(pydantic.BaseModel):
 
 
 class NfsMountParams(pydantic.BaseModel):
-    """The `nfs-mount` action's parameters (nfs.ShareRequest reads them back, same rules)."""
+    """The `nfs-mount` action's parameters: the fields and rules of nfs_request.ShareRequest."""
 
     model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
 
     name: str
-    size: int | None = pydantic.Field(default=None, ge=1, le=nfs.MAX_SIZE_GB)
-    mountpoint: str = nfs.DEFAULT_MOUNTPOINT
+    size: int | None = pydantic.Field(default=None, ge=1, le=MAX_SIZE_GB)
+    mountpoint: str = nfs_request.DEFAULT_MOUNTPOINT
 
     @pydantic.field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        return nfs.check_name(name)
+        return nfs_request.check_name(name)
 
     @pydantic.field_validator("mountpoint")
     @classmethod
     def _check_mountpoint(cls, path: str) -> str:
-        return nfs.normalise_mountpoint(path)
+        return nfs_request.normalise_mountpoint(path)
 
 
 class UpgradeParams(pydantic.BaseModel):

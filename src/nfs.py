@@ -12,15 +12,15 @@ How it fits together:
 3. Each unit publishes `nfs-mount-state` (`mounted <source>` or `failed`) in its peer unit bag; the
    action reports how many units have the share mounted.
 
-Every command goes through `run_command`, the one function tests replace (the kernel of a test
-machine may have no NFS client). Mounting retries with tenacity (bounded); when the retries are
-exhausted the unit is Blocked with the error and the next event tries again. Unmounting never
-removes the mount point or anything in it.
+The request's fields and the mount point policy are in nfs_request.py (plain Python; the action's
+pydantic model in models.py applies the same rules). Every command goes through `run_command`, the
+one function tests replace (the kernel of a test machine may have no NFS client). Mounting retries
+with tenacity (bounded); when the retries are exhausted the unit is Blocked with the error and the
+next event tries again. Unmounting never removes the mount point or anything in it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -32,13 +32,15 @@ from typing import TYPE_CHECKING
 
 import ops
 from charms.storage_libs.v0.nfs_interfaces import (
-    MAX_SIZE_GB,
     MountShareEvent,
     NFSRequires,
     ServerConnectedEvent,
     UmountShareEvent,
     parse_endpoint,
 )
+
+import paths
+from nfs_request import ShareRequest, echo
 
 if TYPE_CHECKING:
     import tenacity
@@ -49,132 +51,20 @@ RELATION = "nfs-share"
 PEER = "nfs-peers"  # its own peer relation: NFS writes never wake the restart engines
 PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
 STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
-DEFAULT_MOUNTPOINT = "/srv/demo-share"
 # retry=0: mount.nfs tries once (its default keeps trying for 2 minutes); tenacity retries.
 # nosuid,nodev: files on a share another application writes never become setuid or devices here.
 MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "hard", "proto=tcp", "retry=0"]
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
 
-# The mount point policy: strictly under one of these directories, after following symlinks.
-MOUNT_ROOTS = ("/srv", "/mnt", "/media")
-MAX_MOUNTPOINT = 512  # characters of the whole path
-MAX_COMPONENT = 255  # bytes of one path component (NAME_MAX)
-# Plain characters only: nothing fstab or mount decodes (`\040`), no whitespace, no controls.
-_COMPONENT = re.compile(r"[A-Za-z0-9._+@-]+")
-MAX_REQUEST = 4096  # characters of the stored request JSON; longer is not ours
-
 # Bounded retry of mount/umount: 5 attempts, waits 1, 2, 4, 8 s (tests set the waits to 0).
 RETRY_ATTEMPTS = 5
 RETRY_WAIT_MIN = 1.0
 RETRY_WAIT_MAX = 10.0
 
-_NAME = re.compile(r"/?[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
 
 class MountError(Exception):
     """A mount or umount command failed; the message says which and why."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Action parameters
-# ------------------------------------------------------------------------------------------------
-
-
-def echo(value: object, limit: int = 60) -> str:
-    """`repr(value)` cut to `limit` characters: error messages never echo a whole input back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _under_a_root(path: str) -> bool:
-    for root in MOUNT_ROOTS:
-        for base in {root, os.path.realpath(root)}:
-            if path.startswith(base.rstrip("/") + "/"):
-                return True
-    return False
-
-
-def normalise_mountpoint(path: str) -> str:
-    r"""Return the mount point with symlinks resolved, or raise ValueError saying what is wrong.
-
-    The policy: an absolute path strictly under /srv, /mnt or /media (`MOUNT_ROOTS`), also once
-    the symlinks of its existing part are followed; components of letters, digits and `._+@-`
-    only (so nothing that fstab or mount would decode, such as `\057`), no `.` or `..`, each
-    component at most 255 bytes, at most 512 characters in all; and if it exists, a directory.
-    """
-    roots = ", ".join(MOUNT_ROOTS)
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError(f"must be an absolute path under {roots}, got {echo(path)}")
-    if len(path) > MAX_MOUNTPOINT:
-        raise ValueError(f"must be at most {MAX_MOUNTPOINT} characters, got {len(path)}")
-    parts = [part for part in path.split("/") if part]
-    for part in parts:
-        if part in (".", ".."):
-            raise ValueError("must not contain '.' or '..' components")
-        if not _COMPONENT.fullmatch(part):
-            raise ValueError(
-                "may contain only letters, digits and '.', '_', '+', '@', '-' between slashes "
-                "(no spaces, backslashes or control characters)"
-            )
-        if len(part.encode()) > MAX_COMPONENT:
-            raise ValueError(f"a path component is longer than {MAX_COMPONENT} bytes")
-    normal = "/" + "/".join(parts)
-    if not _under_a_root(normal):
-        raise ValueError(f"{normal} is not under {roots}; use e.g. {DEFAULT_MOUNTPOINT}")
-    resolved = os.path.realpath(normal)
-    if not _under_a_root(resolved):
-        raise ValueError(f"{normal} resolves to {echo(resolved)}, which is not under {roots}")
-    if os.path.lexists(resolved) and not os.path.isdir(resolved):
-        raise ValueError(f"{resolved} exists and is not a directory")
-    return resolved
-
-
-def check_name(name: str) -> str:
-    """Return the share name, or raise ValueError saying what is wrong."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
-            "must be 1-63 letters, digits, '.', '_' or '-' (a leading '/' is allowed)"
-        )
-    return name
-
-
-@dataclasses.dataclass(frozen=True)
-class ShareRequest:
-    """The request the action stored in the peer app bag, read back with the action's rules.
-
-    The action validates its parameters with pydantic (models.NfsMountParams); this is plain
-    Python because every hook reads the request once a share is served, and importing pydantic
-    costs about half of importing ops (tests/unit/test_lazy_imports.py).
-    """
-
-    name: str
-    size: int | None = None
-    mountpoint: str = DEFAULT_MOUNTPOINT
-
-    def __post_init__(self):
-        check_name(self.name)
-        if self.size is not None and (
-            type(self.size) is not int or not 1 <= self.size <= MAX_SIZE_GB
-        ):
-            raise ValueError(f"size must be an integer from 1 to {MAX_SIZE_GB}, not {self.size!r}")
-        object.__setattr__(self, "mountpoint", normalise_mountpoint(self.mountpoint))
-
-    @classmethod
-    def from_json(cls, raw: str) -> ShareRequest:
-        """Parse the stored JSON; ValueError when invalid (too long, too deep, an unknown key)."""
-        if len(raw) > MAX_REQUEST:
-            raise ValueError(f"longer than {MAX_REQUEST} characters")
-        try:
-            data = json.loads(raw)
-        except RecursionError:
-            raise ValueError("nested too deeply") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        try:
-            return cls(**data)
-        except TypeError as error:
-            raise ValueError(str(error)) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,7 +105,7 @@ def mounted_source(mountpoint: str) -> str | None:
 
 
 def _fstab_path() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("COORDINATED_OPS_ROOT", "/")) / "etc" / "fstab"
+    return paths.root() / "etc" / "fstab"
 
 
 def _escape(field: str) -> str:
@@ -336,6 +226,16 @@ class NfsShare(ops.Object):
         # mounted_at / source: what this unit mounted. error: why the last mount failed.
         self._stored.set_default(endpoint=None, mounted_at=None, source=None, error=None)
         self._problem: str | None = None  # why the stored request was ignored, this hook
+        self.framework.observe(charm.on.nfs_mount_action, self.run_action)
+        for event in (
+            self.requirer.on.server_connected,
+            self.requirer.on.mount_share,
+            self.requirer.on.umount_share,
+            charm.on[PEER].relation_changed,
+            charm.on.config_changed,
+            charm.on.update_status,
+        ):
+            self.framework.observe(event, self.handle_event)
 
     # -- the action ---------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pathlib
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import ops
@@ -48,7 +50,6 @@ import workload
 if TYPE_CHECKING:
     from charms.data_platform_libs.v0.upgrade import DependencyModel
 
-    from charm import CoordinatedOpsCharm
     from models import DemoDependencies
 
 logger = logging.getLogger(__name__)
@@ -150,14 +151,25 @@ class UpgradeCheckFailed(Exception):
 
 
 class DemoUpgrade(DataUpgrade):
-    """The demo's DataUpgrade: the workload upgrade step and the `upgrade` action."""
+    """The demo's DataUpgrade: the workload upgrade step and the `upgrade` action.
+
+    `restart_busy()` says why no upgrade may start (a restart is in flight), else None;
+    `journal_dirs()` lists the extra directories of the operation journal.
+    """
 
     name = "upgrade"
     _demo = ops.StoredState()
 
-    def __init__(self, charm: CoordinatedOpsCharm):
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        *,
+        restart_busy: Callable[[], str | None],
+        journal_dirs: Callable[[], Sequence[pathlib.Path]],
+    ):
         super().__init__(charm, dependencies, RELATION, "vm")  # the model, built on first use
-        self._charm = charm
+        self._restart_busy = restart_busy
+        self._journal_dirs = journal_dirs
         self._demo.set_default(handled_round=0, worked_round=0, failure="")
         rel = charm.on[RELATION]
         # After the library's own observers: the library reconciles first.
@@ -171,6 +183,10 @@ class DemoUpgrade(DataUpgrade):
     def in_flight(self) -> bool:
         """Whether an upgrade is prepared, running or halted after a failure."""
         return self.in_progress()
+
+    def ongoing(self) -> str | None:
+        """The upgrade in flight in one line (`describe`), or None when there is none."""
+        return self.describe() if self.in_flight() else None
 
     def describe(self) -> str:
         """One line for messages: what the upgrade is doing."""
@@ -226,12 +242,9 @@ class DemoUpgrade(DataUpgrade):
 
     def pre_upgrade_check(self) -> None:
         """The service must be healthy here and no restart may be in flight."""
-        busy = [name for name, engine in self._charm.engines.items() if engine.in_flight()]
+        busy = self._restart_busy()
         if busy:
-            raise ClusterNotReadyError(
-                f"a restart with engine {busy[0]!r} is in flight; wait for it to finish",
-                cause="restart in flight",
-            )
+            raise ClusterNotReadyError(busy, cause="restart in flight")
         if workload.health() is None:
             raise ClusterNotReadyError(
                 f"the demo service on {self.charm.unit.name} is not healthy",
@@ -311,7 +324,7 @@ class DemoUpgrade(DataUpgrade):
     def _upgrade_workload(self, target: str) -> None:
         unit = self.charm.unit.name
         with journal.operation(
-            unit, "upgrade", engine="upgrade", dirs=self._charm.journal_dirs()
+            unit, "upgrade", engine="upgrade", dirs=list(self._journal_dirs())
         ) as entry:
             entry["from"] = workload.get_version()
             entry["version"] = target
@@ -407,11 +420,9 @@ class DemoUpgrade(DataUpgrade):
             raise UpgradeRefused("upgrade must run on the leader unit")
         if self.peer_relation is None:
             raise UpgradeRefused("the upgrade peer relation is not ready yet; try again shortly")
-        busy = [name for name, engine in self._charm.engines.items() if engine.in_flight()]
+        busy = self._restart_busy()
         if busy:
-            raise UpgradeRefused(
-                f"a restart with engine {busy[0]!r} is in flight; wait for it to finish"
-            )
+            raise UpgradeRefused(busy)
         from poetry.core.constraints.version import Version  # the action only, not every hook
 
         try:

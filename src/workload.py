@@ -9,7 +9,7 @@ environment file. Two service managers sit behind the same functions:
 - a local process (tests, `COORDINATED_OPS_SERVICE_MANAGER=process`): the same program started with
   a pipe on which it writes READY; stop waits on a pidfd for the process to exit.
 
-`COORDINATED_OPS_ROOT` prefixes every path, so tests can run the real service unprivileged.
+Every path is under `paths.root()`, so tests can run the real service unprivileged.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import sys
 import urllib.error
 import urllib.request
 
+import paths
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "1.0.0"
@@ -40,18 +42,14 @@ class WorkloadError(Exception):
     """The service could not be installed, started, stopped or reached."""
 
 
-def _root() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("COORDINATED_OPS_ROOT", "/"))
-
-
 def install_dir() -> pathlib.Path:
     """Where the service program, its VERSION and its settings live."""
-    return _root() / "opt" / SERVICE_NAME
+    return paths.root() / "opt" / SERVICE_NAME
 
 
 def state_dir() -> pathlib.Path:
     """Where the charm keeps local state (the operation journal, the process manager's pid)."""
-    return _root() / "var" / "lib" / SERVICE_NAME
+    return paths.root() / "var" / "lib" / SERVICE_NAME
 
 
 def _env_file() -> pathlib.Path:
@@ -158,7 +156,7 @@ class SystemdManager:
     """Runs the service as a systemd `Type=notify` unit."""
 
     def _unit_file(self) -> pathlib.Path:
-        return _root() / "etc" / "systemd" / "system" / f"{SERVICE_NAME}.service"
+        return paths.root() / "etc" / "systemd" / "system" / f"{SERVICE_NAME}.service"
 
     def install(self) -> None:
         """Write the unit file and enable it."""

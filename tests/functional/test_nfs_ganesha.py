@@ -137,6 +137,7 @@ class UserspaceMount:
 def demo(monkeypatch, tmp_path):
     """The demo charm's Context with its workload stubbed as healthy and mount as above."""
     import nfs
+    import nfs_request
     import workload
 
     monkeypatch.setenv("COORDINATED_OPS_ROOT", str(tmp_path / "demo-root"))
@@ -150,7 +151,9 @@ def demo(monkeypatch, tmp_path):
     monkeypatch.setattr(nfs, "MOUNTS_FILE", mounter.table)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
-    monkeypatch.setattr(nfs, "MOUNT_ROOTS", (*nfs.MOUNT_ROOTS, str(tmp_path / "mnt")))
+    monkeypatch.setattr(
+        nfs_request, "MOUNT_ROOTS", (*nfs_request.MOUNT_ROOTS, str(tmp_path / "mnt"))
+    )
     from charm import CoordinatedOpsCharm
 
     ctx = testing.Context(

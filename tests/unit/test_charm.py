@@ -181,4 +181,23 @@ def test_a_request_queued_behind_another_counts_as_in_flight(ctx, fake_workload)
     fake_workload.running = True
     relation = _peer(local_unit_data={"rolling-ops-queue": '[""]'}, peers_data={1: {}})
     with ctx(ctx.on.update_status(), testing.State(relations=[relation])) as manager:
-        assert manager.charm.engines["v0"].in_flight()
+        assert manager.charm.restarts.engines["v0"].in_flight()
+
+
+def test_a_restart_in_another_engine_refuses_the_action_naming_that_engine(ctx, fake_workload):
+    """One restart at a time across engines: v0 is busy, so a coordinator restart is refused."""
+    fake_workload.installed = "1.0.0"
+    fake_workload.running = True
+    state = testing.State(
+        leader=True,
+        relations=[
+            _peer(peers_data={1: {"state": "acquire"}}),
+            testing.PeerRelation("coordinator"),
+        ],
+    )
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(ctx.on.action("restart", params={"engine": "coordinator"}), state)
+    assert (
+        failure.value.message == "a restart with engine 'v0' is in flight; wait for it to finish"
+    )
+    assert fake_workload.calls == []

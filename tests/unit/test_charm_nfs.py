@@ -20,6 +20,7 @@ from ops import testing
 import journal
 import models
 import nfs
+import nfs_request
 from tests.unit.conftest import charm_context
 
 APP = "coordinated-ops"
@@ -73,8 +74,8 @@ def machine(monkeypatch, tmp_path, fake_workload):
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
     # The test's own /srv: the policy admits mount points under it like under the real /srv.
-    roots = (*getattr(nfs, "MOUNT_ROOTS", ()), str(tmp_path / "srv"))
-    monkeypatch.setattr(nfs, "MOUNT_ROOTS", roots, raising=False)
+    roots = (*nfs_request.MOUNT_ROOTS, str(tmp_path / "srv"))
+    monkeypatch.setattr(nfs_request, "MOUNT_ROOTS", roots)
     return fake
 
 
@@ -236,7 +237,7 @@ def test_endpoint_arrival_mounts_on_every_unit(ctx, machine, mountpoint, tmp_pat
     state = testing.State(leader=leader, relations={rel, prel})
     with ctx(ctx.on.relation_changed(rel, remote_unit=0), state) as manager:
         out = manager.run()
-        dirs = manager.charm.journal_dirs()
+        dirs = manager.charm.nfs.journal_dirs()
     assert machine.commands == [mount_cmd(mountpoint)]
     assert machine.mounts_of(mountpoint) == [SOURCE]
     assert out.unit_status == testing.ActiveStatus(f"mounted {SOURCE} at {mountpoint}")
@@ -260,7 +261,7 @@ def test_journal_lines_go_to_the_mounted_share(ctx, machine, mountpoint):
     )
     with ctx(ctx.on.update_status(), out) as manager:
         with journal.operation(
-            "coordinated-ops/0", "restart", "v0", dirs=manager.charm.journal_dirs()
+            "coordinated-ops/0", "restart", "v0", dirs=manager.charm.nfs.journal_dirs()
         ):
             pass
         manager.run()
@@ -453,9 +454,9 @@ def test_params_model_rejects_unknown_keys_and_normalises_mountpoint():
     ],
 )
 def test_stored_request_is_read_with_the_action_rules(request_):
-    """nfs.ShareRequest (plain Python, every hook) accepts what models.NfsMountParams accepts."""
+    """ShareRequest (plain Python, every hook) accepts what NfsMountParams (the action) accepts."""
     raw = json.dumps(request_)
-    got = nfs.ShareRequest.from_json(raw)
+    got = nfs_request.ShareRequest.from_json(raw)
     assert dataclasses.asdict(got) == models.NfsMountParams.model_validate_json(raw).model_dump()
 
 
@@ -478,7 +479,7 @@ def test_stored_request_rejects_what_the_action_rejects(request_):
     with pytest.raises(ValueError):
         models.NfsMountParams.model_validate_json(raw)
     with pytest.raises((ValueError, TypeError)):
-        nfs.ShareRequest.from_json(raw)
+        nfs_request.ShareRequest.from_json(raw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `restart` action with engine `coordinator` (src/restart_coordinator.py) in the real charm.
+"""The `restart` action with engine `coordinator` (src/restart/coordinator.py) in the real charm.
 
 The workload is the in-memory FakeWorkload (conftest.py); the coordinator is the real library. Only
 the juju-exec wake-up spawn is replaced by a recorder: no Juju unit agent exists here to run it.
@@ -180,7 +180,9 @@ def test_a_failed_restart_still_releases_the_lock(running, wakeups):
     relation = peer(own={"restart": TS1}, peers={0: {}}, grants={f"{APP}/1": {"restart": TS1}})
     ctx = charm_context(app_name=APP, unit_id=1)
     with ctx(ctx.on.update_status(), make_state(relations=[relation])) as manager:
-        manager.charm.engines["coordinator"]._stored.pending_delay = 0  # a restart was queued
+        manager.charm.restarts.engines[
+            "coordinator"
+        ]._stored.pending_delay = 0  # a restart was queued
         out = manager.run()
     assert running.calls.count(("restart",)) == 1
     assert requests(out) == {}

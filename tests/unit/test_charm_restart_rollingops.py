@@ -1,4 +1,4 @@
-"""The demo charm's `rollingops` restart engine (src/restart_rollingops.py) with the real library.
+"""The demo charm's `rollingops` restart engine (src/restart/rollingops.py) with the real library.
 
 Mocked, because they cannot exist here: the Juju controller (ops.testing), the demo service
 (FakeWorkload, conftest.py) and the juju-exec wake-up process (subprocess.Popen is recorded).

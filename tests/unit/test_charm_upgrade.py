@@ -181,6 +181,19 @@ def test_pre_upgrade_check_refuses_an_unhealthy_service(fake_workload):
     assert failure.value.message == f"the demo service on {APP}/0 is not healthy"
 
 
+def test_pre_upgrade_check_refuses_while_a_restart_is_in_flight(service):
+    restart_rel = testing.PeerRelation("restart", peers_data={1: {"state": "acquire"}})
+    ctx = _ctx()
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(
+            ctx.on.action("pre-upgrade-check"),
+            _state(leader=True, relations={_upgrade_rel(), restart_rel}),
+        )
+    assert (
+        failure.value.message == "a restart with engine 'v0' is in flight; wait for it to finish"
+    )
+
+
 # --- other units join the round -----------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ application bag or this unit's bag gets an arbitrary value (JSON of any shape, m
 to anything, text, huge digit strings, deep nesting, surrogates, empty); the rest is a busy, valid
 state (unit 1 holds "restart", unit 2 and this unit wait). One hook then runs on a leader or a
 non-leader. No hook may raise, and a malformed value must be listed in `bad_data` (the test charm
-shows it in its status, as src/restart_coordinator.py does) unless this unit replaced it.
+shows it in its status, as src/restart/coordinator.py does) unless this unit replaced it.
 Regression test for the crash found by review follows.
 """
 

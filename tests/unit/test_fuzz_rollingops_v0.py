@@ -5,7 +5,7 @@ application bag or this unit's bag, gets an arbitrary value (JSON of any shape, 
 strings, deep nesting, surrogates, empty); the rest is a busy, valid rollout (unit 1 finished its
 grant, unit 2 and this unit wait). One hook then runs on a leader or a non-leader. No hook may
 raise, and a malformed value must be listed by `malformed_data()` (the test charm shows it in its
-status, as src/restart_v0.py does) unless this unit replaced it in the same hook.
+status, as src/restart/v0.py does) unless this unit replaced it in the same hook.
 Regression tests for the crashes found by review follow.
 """
 

@@ -54,14 +54,14 @@ HOOKS = """
 import json, os, pathlib, tempfile
 os.environ["COORDINATED_OPS_ROOT"] = tmp = tempfile.mkdtemp()
 from ops import testing
-import nfs, upgrade, workload
+import nfs, nfs_request, upgrade, workload
 from tests.unit.conftest import charm_context
 
 workload.is_installed, workload.get_version = lambda: True, lambda: "1.0.0"
 workload.health = lambda: {"status": "ok", "version": "1.0.0"}
 commands = []
 nfs.run_command = lambda argv: commands.append(argv) or ""
-nfs.MOUNT_ROOTS = (*nfs.MOUNT_ROOTS, f"{tmp}/srv")
+nfs_request.MOUNT_ROOTS = (*nfs_request.MOUNT_ROOTS, f"{tmp}/srv")
 source, mountpoint = "10.0.0.5:/demo", f"{tmp}/srv/demo-share"
 pathlib.Path(mountpoint).mkdir(parents=True)
 nfs.MOUNTS_FILE = pathlib.Path(tmp) / "mounts"

@@ -13,7 +13,7 @@ the leader). Every unit acknowledges the mode in its own `rollingops-backend`:
   the manager publishes the unit's queue (kept in its stored state while on etcd) in that hook.
   A `rollingops_lock_granted` dispatch queued behind that hook finds the unit on peer and runs
   nothing, so once the leader sees every unit on peer no unit can still be in an etcd critical
-  section: only then does it grant on the peer backend (spec §5.4).
+  section: only then does it grant on the peer backend.
 - the leader returns the application to etcd only when every published queue is empty, no peer
   grant is outstanding and every unit acknowledged peer mode; it leaves etcd when etcd is not
   configured or a unit with work reports that it cannot use etcd (peer backend plus clean-up flag).

@@ -138,7 +138,7 @@ class Lease:
 
     def _heartbeat(self) -> None:
         last_ok = time.monotonic()
-        # The lease keep-alive heartbeat: the one periodic wait the library has (spec §4.5).
+        # The lease keep-alive heartbeat: the one periodic wait the library has.
         while not self._stop.wait(self.ttl / 3):
             try:
                 ttl = self.client.lease_keepalive(self.id)
@@ -433,7 +433,8 @@ class EtcdLock:
         """Remove every trace of this owner: tickets, status key, the lock if it names us.
 
         The leases attached to those keys are revoked too. Used before a unit switches back from
-        peer to etcd (spec §5.2); safe to call when nothing is left.
+        peer to etcd (the clean-up step of a mode switch, see _etcd_backend); safe to call when
+        nothing is left.
         """
         keys = [self.ticket_key(), self.ticket_key(sync=True), self.status_key]
         result = self.client.txn(
@@ -453,7 +454,7 @@ class EtcdLock:
 
     @contextlib.contextmanager
     def sync_lock(self, timeout: float | None) -> Iterator[int]:
-        """Hold the lock for the ``with`` block (spec §4.6) and yield the fencing token.
+        """Hold the lock for the ``with`` block and yield the fencing token.
 
         Own lease (TTL 60 s, kept alive inside the block) and ``waiting-sync/<O>`` ticket; sync
         waiters go before async tickets. If ``P lock`` is held by this unit's own async owner (the

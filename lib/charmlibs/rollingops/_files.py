@@ -23,7 +23,7 @@ reader never sees half a file. Readers return ``None`` for a missing file and ra
 :class:`RollingOpsDecodingError` for a file that does not parse or has an unknown version (the
 caller reports not ready and never overwrites it).
 
-Liveness without PIDs in relation data (spec §4.4)::
+Liveness without PIDs in relation data::
 
     if not worker_alive(base_dir):
         ...start the worker...

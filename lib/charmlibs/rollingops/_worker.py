@@ -1,4 +1,4 @@
-"""The per-unit background worker of the etcd backend (spec §4.4).
+"""The per-unit background worker of the etcd backend.
 
 A hook starts it at the end of a dispatch when this unit is etcd-managed, has pending work and no
 worker is alive::
@@ -330,7 +330,7 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one worker."""
-    parser = argparse.ArgumentParser(description="rolling-ops etcd worker (spec §4.4)")
+    parser = argparse.ArgumentParser(description="rolling-ops etcd worker")
     parser.add_argument("--base-dir", required=True)
     parser.add_argument("--unit", required=True)
     parser.add_argument("--charm-dir", required=True)

@@ -1,7 +1,13 @@
-"""The restart operation, shared by every coordination engine.
+"""The restart concern: the `restart` action, run one unit at a time by a coordination engine.
 
-An engine decides *when* this unit may restart; `run_restart` is *what* happens once it may: the
-critical section. Each engine lives in its own module (restart_v0.py, ...) and implements `Engine`.
+The package, one module per piece:
+
+- here: what every engine shares: the `Engine` interface, `EngineNotReady`, and `run_restart`,
+  the critical section (restart the service, check it is healthy, hold for `delay`);
+- `restart.policy`: `Restarts`, the object the charm builds: the engines by name, the action, the
+  statuses, and the one rule "a restart or an upgrade is busy, so nothing else may start";
+- `restart.v0`, `restart.rollingops`, `restart.coordinator`: one engine each. An engine decides
+  *when* this unit may restart; `run_restart` is *what* happens once it may.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import journal
@@ -18,6 +25,9 @@ if TYPE_CHECKING:
     import ops
 
 logger = logging.getLogger(__name__)
+
+JournalDirs = Callable[[], Sequence[pathlib.Path]]
+"""Where the operation journal goes besides the unit's own file (the NFS share when mounted)."""
 
 
 class EngineNotReady(Exception):
@@ -48,17 +58,12 @@ def hold_lock_for(seconds: float) -> None:
         threading.Event().wait(seconds)
 
 
-def journal_dirs(charm: ops.CharmBase) -> list[pathlib.Path]:
-    """Extra journal directories: the charm's `journal_dirs()` (the NFS share when mounted)."""
-    provider = getattr(charm, "journal_dirs", None)
-    return list(provider()) if provider else []
-
-
 def run_restart(
-    charm: ops.CharmBase,
+    unit: str,
     *,
     engine: str,
     delay: int,
+    dirs: Sequence[pathlib.Path],
     token: int | None = None,
     backend: str | None = None,
 ) -> bool:
@@ -67,12 +72,11 @@ def run_restart(
     Returns False (and logs why) when the service did not come back; the journal records the
     operation as failed and the charm's status, derived from /health, shows it. The caller releases
     its lock either way: a failed restart must not wedge the other units. `backend` (the lock
-    backend that granted this run, when the engine has several) goes into the journal entry.
+    backend that granted this run, when the engine has several) goes into the journal entry;
+    `dirs` are the extra journal directories.
     """
     try:
-        with journal.operation(
-            charm.unit.name, "restart", engine, token, dirs=journal_dirs(charm)
-        ) as entry:
+        with journal.operation(unit, "restart", engine, token, dirs=list(dirs)) as entry:
             if backend is not None:
                 entry["backend"] = backend
             logger.info("restarting the demo service (engine %s, token %s)", engine, token)

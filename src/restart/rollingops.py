@@ -13,7 +13,6 @@ that only the leader can take, and only while no unit holds or waits to run unde
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 
 import ops
@@ -25,6 +24,7 @@ from charmlibs.rollingops import (
     SyncLockBackend,
 )
 
+import paths
 import restart
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ STATUS_LIMIT = 160  # characters of the etcd problem shown in the unit status
 
 
 def base_dir() -> pathlib.Path:
-    """The library's local state directory (under COORDINATED_OPS_ROOT in tests)."""
-    return pathlib.Path(os.environ.get("COORDINATED_OPS_ROOT", "/")) / "var/lib/rollingops"
+    """The library's local state directory."""
+    return paths.root() / "var/lib/rollingops"
 
 
 class LeaderPeerSyncLock(SyncLockBackend):
@@ -72,9 +72,10 @@ class RollingOpsEngine(ops.Object):
 
     name = "rollingops"
 
-    def __init__(self, charm: ops.CharmBase):
+    def __init__(self, charm: ops.CharmBase, journal_dirs: restart.JournalDirs):
         super().__init__(charm, "restart-engine-rollingops")
         self.charm = charm
+        self._journal_dirs = journal_dirs
         self.manager = RollingOpsManager(
             charm,
             callback_targets={"restart": self._restart},
@@ -111,9 +112,7 @@ class RollingOpsEngine(ops.Object):
             with self.manager.acquire_sync_lock("peer", timeout=SYNC_TIMEOUT) as grant:
                 token = getattr(grant, "token", None)
                 backend = str(grant.backend) if grant is not None else "peer"
-                ok = restart.run_restart(
-                    self.charm, engine=self.name, delay=delay, token=token, backend=backend
-                )
+                ok = self._run_restart(delay, token, backend)
         except TimeoutError as error:
             raise restart.EngineNotReady(f"sync restart: lock busy: {error}") from error
         except RollingOpsError as error:
@@ -156,7 +155,15 @@ class RollingOpsEngine(ops.Object):
         grant = self.manager.lock_grant
         token = grant.token if grant is not None else None
         backend = str(grant.backend) if grant is not None else None
-        ok = restart.run_restart(
-            self.charm, engine=self.name, delay=delay, token=token, backend=backend
-        )
+        ok = self._run_restart(delay, token, backend)
         return OperationResult.RELEASE if ok else OperationResult.RETRY_RELEASE
+
+    def _run_restart(self, delay: int, token: int | None, backend: str | None) -> bool:
+        return restart.run_restart(
+            self.charm.unit.name,
+            engine=self.name,
+            delay=delay,
+            dirs=self._journal_dirs(),
+            token=token,
+            backend=backend,
+        )

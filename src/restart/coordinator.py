@@ -24,9 +24,10 @@ class CoordinatorEngine(ops.Object):
     coordinator_class: type[BaseCoordinator] = Serial  # a subclass may plug in another policy
     _stored = ops.StoredState()
 
-    def __init__(self, charm: ops.CharmBase):
+    def __init__(self, charm: ops.CharmBase, journal_dirs: restart.JournalDirs):
         super().__init__(charm, "restart-engine-coordinator")
         self.charm = charm
+        self._journal_dirs = journal_dirs
         self._stored.set_default(pending_delay=None)
         # Registered before the coordinator's own pre_commit observer (which releases visible
         # grants): whatever the dispatch, a visible grant is used, never released unused.
@@ -80,7 +81,9 @@ class CoordinatorEngine(ops.Object):
             return
         if self.serial.granted(LOCK):
             self._stored.pending_delay = None
-            restart.run_restart(self.charm, engine=self.name, delay=delay, token=None)
+            restart.run_restart(
+                self.charm.unit.name, engine=self.name, delay=delay, dirs=self._journal_dirs()
+            )
         else:
             self.serial.acquire(LOCK)  # guarded by the durable pending flag: no hook loop
             # (a no-op while the request is outstanding; after a lost grant it requests again)

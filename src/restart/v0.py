@@ -16,9 +16,10 @@ class V0Engine(ops.Object):
     name = "v0"
     _stored = ops.StoredState()
 
-    def __init__(self, charm: ops.CharmBase):
+    def __init__(self, charm: ops.CharmBase, journal_dirs: restart.JournalDirs):
         super().__init__(charm, "restart-engine-v0")
         self.charm = charm
+        self._journal_dirs = journal_dirs
         self._stored.set_default(delay=0)
         self.manager = RollingOpsManager(charm, relation=RELATION, callback=self._restart)
 
@@ -56,8 +57,9 @@ class V0Engine(ops.Object):
     def _restart(self, event: ops.EventBase) -> None:
         token = getattr(event, "grant_token", None)  # "" when an older leader granted
         restart.run_restart(
-            self.charm,
+            self.charm.unit.name,
             engine=self.name,
             delay=self._stored.delay,
+            dirs=self._journal_dirs(),
             token=int(token) if token and token.isdigit() else None,
         )
