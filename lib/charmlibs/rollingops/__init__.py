@@ -228,6 +228,7 @@ checks `worker_alive()`, so a request racing with an exiting worker always gets 
 
 from ._manager import RollingOpsEtcdFailedEvent, RollingOpsLockGrantedEvent, RollingOpsManager
 from ._models import (
+    BusyUnits,
     LockGrant,
     OperationResult,
     ProcessingBackend,
@@ -247,12 +248,13 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.4.0"
+__version__ = "1.4.1"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 3
+LIBPATCH = 4
 
 __all__ = [
+    "BusyUnits",
     "LockGrant",
     "OperationResult",
     "ProcessingBackend",
