@@ -136,13 +136,9 @@ class CoordinatedOpsCharm(ops.CharmBase):
                 f"engine: unknown engine {params.engine!r}; use one of {sorted(self.engines)}"
             )
             return
-        busy = [
-            name
-            for name, other in self.engines.items()
-            if other is not engine and other.in_flight()
-        ]
+        busy = self.restart_in_flight(skip=engine)
         if busy:
-            event.fail(f"a restart with engine {busy[0]!r} is in flight; wait for it to finish")
+            event.fail(busy)
             return
         if self.upgrade.in_flight():
             event.fail(f"{self.upgrade.describe()}; wait for it to finish or roll it back")
@@ -156,6 +152,25 @@ class CoordinatedOpsCharm(ops.CharmBase):
             event.fail(str(error))
             return
         event.set_results({"engine": engine.name, "delay": params.delay, "message": message})
+
+    def restart_in_flight(self, skip: restart.Engine | None = None) -> str | None:
+        """Actions only: why a restart of an engine other than `skip` is in flight, or None.
+
+        An engine's `busy_for_action()` may ask etcd; the status uses the cheap `in_flight()`.
+        """
+        for name, engine in self.engines.items():
+            if engine is skip:
+                continue
+            busy_for_action = getattr(engine, "busy_for_action", None)
+            if busy_for_action is not None:
+                why = busy_for_action()
+            elif engine.in_flight():
+                why = f"a restart with engine {name!r} is in flight; wait for it to finish"
+            else:
+                why = None
+            if why:
+                return why
+        return None
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent):
         if self._config() is None:

@@ -226,12 +226,9 @@ class DemoUpgrade(DataUpgrade):
 
     def pre_upgrade_check(self) -> None:
         """The service must be healthy here and no restart may be in flight."""
-        busy = [name for name, engine in self._charm.engines.items() if engine.in_flight()]
+        busy = self._charm.restart_in_flight()
         if busy:
-            raise ClusterNotReadyError(
-                f"a restart with engine {busy[0]!r} is in flight; wait for it to finish",
-                cause="restart in flight",
-            )
+            raise ClusterNotReadyError(busy, cause="restart in flight")
         if workload.health() is None:
             raise ClusterNotReadyError(
                 f"the demo service on {self.charm.unit.name} is not healthy",
@@ -407,11 +404,9 @@ class DemoUpgrade(DataUpgrade):
             raise UpgradeRefused("upgrade must run on the leader unit")
         if self.peer_relation is None:
             raise UpgradeRefused("the upgrade peer relation is not ready yet; try again shortly")
-        busy = [name for name, engine in self._charm.engines.items() if engine.in_flight()]
+        busy = self._charm.restart_in_flight()
         if busy:
-            raise UpgradeRefused(
-                f"a restart with engine {busy[0]!r} is in flight; wait for it to finish"
-            )
+            raise UpgradeRefused(busy)
         from poetry.core.constraints.version import Version  # the action only, not every hook
 
         try:
