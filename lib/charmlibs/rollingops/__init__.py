@@ -29,7 +29,16 @@ RETRY_RELEASE; an op runs at most `1 + max_retry` times (`max_retry=None`: witho
 `acquire_sync_lock(backend_id, timeout)` is a context manager for work that must happen inside the
 current hook. `state` reports `not-ready | waiting | granted | idle`, the backend, and
 `etcd_problem` (why the provider's answer was refused, if it was); derive your status from it
-(the library sets none). Backends: the **peer** backend (the leader grants, one holder per
+(the library sets none).
+
+Is any unit busy? `busy_units(timeout=5.0)` returns a `BusyUnits`: `units`, the units of this
+application with work queued or running on either backend, and `unknown`, why that answer may be
+incomplete (`busy` is True when either is set). Call it from actions (say, to refuse an operation
+that must not overlap a rolling restart), never from collect-status: it reads etcd whenever
+another unit runs on it, once, within `timeout` seconds, importing grpc then. It never raises: an
+unreadable etcd is logged and reported in `unknown`. `is_waiting(unit)` and
+`is_waiting_callback` read only the peer relation (cheap, for status), where a unit on etcd looks
+idle. Backends: the **peer** backend (the leader grants, one holder per
 application) always works; the **etcd** backend (a lease-backed lock in charmed-etcd,
 one background worker per unit) is used when the `etcd_client` relation is ready. Any etcd
 failure moves the application back to the peer backend without losing or repeating an operation.
@@ -53,7 +62,13 @@ The backend switch (one lock domain across both backends):
   says `etcd`, with an empty queue and intent idle. So while etcd is healthy a rolling restart
   writes nothing to the peer relation and wakes no other unit: N units cost N action hooks
   plus N lock-granted hooks. Before, each unit mirrored every etcd transition into its databag,
-  and each write woke every other unit: O(N^2) hooks (312 at N=10).
+  and each write woke every other unit: O(N^2) hooks (312 at N=10). The price: the other units
+  learn of that work only from etcd. `busy_units()` reads, in one range read, `P lock` and the
+  tickets (keys below) whose owner is of our model and application (other applications may share
+  the cluster_id), plus this unit's own queue. Not visible there: the work of another unit from
+  the end of the hook that queued it until its worker's first ticket (worker start, a lease
+  grant, one transaction: 0.6 s measured on a busy machine), and between a release and the next
+  ticket of a unit with more work.
 - Grants. The leader grants on the peer backend only in mode peer and only while every unit's
   databag says `peer`; its FIFO `rollingops-order` counts only the units on peer.
 
