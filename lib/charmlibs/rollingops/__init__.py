@@ -231,8 +231,8 @@ etcd 3.4 set up as charmed-etcd sets it up: ~0.7 ms per get, ~1 ms per acquire t
 (etcdctl: ~15 ms a process); lock handoff between two workers p50 ~5 ms
 (docs/adr/0002-etcd-grpc-transport.md, tests/benchmarks/etcd_client.py,
 tests/benchmarks/etcd_handoff.py). `grpc` (~70 ms) is imported only by the worker and by the
-hooks that talk to etcd (a fence check, a sync lock, a clean-up), `cryptography` only when the
-leader makes the client certificate; importing the package imports neither.
+hooks that talk to etcd (a fence check, a sync lock, a clean-up, `busy_units`), `cryptography`
+only when the leader makes the client certificate; importing the package imports neither.
 
 Worker (one background process per etcd-managed unit with pending work):
 `python -m charmlibs.rollingops._worker --base-dir D --unit U --charm-dir C` (see
