@@ -45,10 +45,24 @@ class Restarts(ops.Object):
         ]
 
     def busy(self, ignore: str | None = None) -> str | None:
-        """Why nothing else may start now (a restart in an engine but `ignore`), or None."""
-        busy = self.busy_engines(ignore)
-        if busy:
-            return f"a restart with engine {busy[0]!r} is in flight; wait for it to finish"
+        """Actions only: why nothing else may start now (a restart in an engine but `ignore`).
+
+        An engine with `busy_for_action()` answers with it (rollingops: it may ask etcd, where
+        units on the etcd backend keep their work); the others with their cheap `in_flight()`,
+        which the status uses. None when nothing is in flight.
+        """
+        for name, engine in self.engines.items():
+            if name == ignore:
+                continue
+            busy_for_action = getattr(engine, "busy_for_action", None)
+            if busy_for_action is not None:
+                why = busy_for_action()
+            elif engine.in_flight():
+                why = f"a restart with engine {name!r} is in flight; wait for it to finish"
+            else:
+                why = None
+            if why:
+                return why
         return None
 
     def _refusal(self, engine: str) -> str | None:

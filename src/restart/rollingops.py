@@ -124,12 +124,31 @@ class RollingOpsEngine(ops.Object):
         return f"restarted synchronously under {lock}"
 
     def in_flight(self) -> bool:
-        """Any unit of the application with a restart queued or running."""
+        """Cheap, for the status: a restart queued or running that the peer relation shows.
+
+        Units on the etcd backend publish no queue, so their work is missed here; actions use
+        `busy_for_action`.
+        """
         relation = self.model.get_relation(PEER_RELATION)
         if relation is None:
             return False
         units = [None, *(unit.name for unit in relation.units)]
         return any(self.manager.is_waiting(unit) for unit in units)
+
+    def busy_for_action(self) -> str | None:
+        """Actions only (may ask etcd): why a restart may be in flight, or None when none is."""
+        found = self.manager.busy_units()
+        if found.unknown:
+            return (
+                f"cannot tell whether a rollingops restart is in flight: {found.unknown}; "
+                "try again once etcd answers"
+            )
+        if found.units:
+            units = ", ".join(found.units)
+            return (
+                f"a restart with engine 'rollingops' is in flight ({units}); wait for it to finish"
+            )
+        return None
 
     def unit_status(self) -> ops.StatusBase | None:
         """Blocked: etcd refused or peer data ignored; maintenance: restarting; waiting: queued."""

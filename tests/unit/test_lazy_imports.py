@@ -3,7 +3,8 @@
 Importing pydantic costs about 60% of importing ops, and every hook is a fresh interpreter. Only
 the actions and the upgrade's version checks validate with pydantic; they import it themselves.
 Likewise grpc (the etcd transport of charmlibs.rollingops, ~60 ms): only the etcd worker and the
-hooks that really talk to etcd (a fence check, a sync lock, a clean-up) import it.
+hooks that really talk to etcd (a fence check, a sync lock, a clean-up, `busy_units` in an
+action) import it.
 Each check runs in a fresh interpreter: this test process has long imported pydantic.
 """
 

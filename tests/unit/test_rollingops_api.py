@@ -27,6 +27,9 @@ ON_PURPOSE = {
     "added name RollingOpsLockGrantedEvent": "the event our etcd worker dispatches, exported",
     "added name RollingOpsEtcdFailedEvent": "the event our etcd worker dispatches, exported",
     "added name __version__": "1.1.5 has it too, outside __all__; ours lists it",
+    "added name BusyUnits": "the answer of busy_units(): units, and why it cannot tell",
+    "added RollingOpsManager.busy_units": "who has work queued or running, in both backends "
+    "(on etcd one read of the lock and tickets; for actions)",
     "added name split_token": "(epoch, sequence) of a fencing token, which packs both in one int",
     "added RollingOpsManager.lock_grant": "the grant (backend, token, op) a callback runs under",
     "added RollingOpsManager.peer_lock_free": "is the peer lock free (the demo's status)",

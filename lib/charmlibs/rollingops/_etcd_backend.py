@@ -108,6 +108,34 @@ class EtcdBackend:
                 raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
         return self._lock
 
+    def busy_units(self, timeout: float) -> set[str]:
+        """Units of this application (model and app) holding the etcd lock or a ticket.
+
+        One range read through a client of its own (one attempt of at most `timeout` seconds;
+        grpc is imported here). Other applications sharing the cluster_id, and units of another
+        model, are left out: an owner is `<model uuid>.<app>-<number>`. Raises RollingOpsError.
+        """
+        from ._etcd_lock import EtcdLock
+        from ._models import RollingOpsEtcdNotConfiguredError
+
+        config = self._config()
+        if config is None:
+            raise RollingOpsEtcdNotConfiguredError("this unit has no usable etcd config")
+        try:
+            lock = EtcdLock.from_config(
+                config, self.manager.model.unit.name, timeout=timeout, attempts=1
+            )
+        except (ValueError, OSError) as error:
+            raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
+        try:
+            owners = lock.busy_owners()
+        finally:
+            lock.close()
+        model = self.manager.model
+        ours = f"{model.uuid}.{model.app.name}-"
+        numbers = (owner[len(ours) :] for owner in owners if owner.startswith(ours))
+        return {f"{model.app.name}/{number}" for number in numbers if number.isdigit()}
+
     # --- mode ----------------------------------------------------------------------------------
 
     def follow_mode(self, app: AppView, me: UnitView) -> None:

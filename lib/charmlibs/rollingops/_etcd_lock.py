@@ -219,7 +219,9 @@ class EtcdLock:
         self._watch = None
 
     @classmethod
-    def from_config(cls, config: EtcdConfig, unit: str, *, timeout: float = 5.0) -> EtcdLock:
+    def from_config(
+        cls, config: EtcdConfig, unit: str, *, timeout: float = 5.0, attempts: int = 3
+    ) -> EtcdLock:
         """Build a lock (and its client) from the local ``config.json`` of :mod:`._files`."""
         client = EtcdClient(
             config.endpoints,
@@ -227,6 +229,7 @@ class EtcdLock:
             cert_file=config.cert,
             key_file=config.key,
             timeout=timeout,
+            attempts=attempts,
         )
         return cls(client, config.prefix, config.owner, unit)
 
@@ -252,6 +255,23 @@ class EtcdLock:
         """Fence check (one read): True if ``P lock`` is ours and was created at ``token``."""
         holder = self.holder()
         return holder is not None and holder.owner == self.owner and holder.token == token
+
+    def busy_owners(self) -> set[str]:
+        """Owners that hold ``P lock`` or a ticket, of every application under ``P``: one read.
+
+        The keys sort as ``lock`` < ``units/`` < ``waiting-sync/`` < ``waiting/``, so one range
+        ``[P lock, end of P waiting/)`` sees the lock and both ticket lines at one revision (the
+        ``units/`` keys in between are skipped). A ticket's owner is its key's last part; the
+        lock's is in its value (an unreadable value names no owner).
+        """
+        owners: set[str] = set()
+        for kv in self.client.range(self.lock_key, prefix_end(self.waiting)).kvs:
+            if kv.key == self.lock_key:
+                owners.add(Holder.from_kv(kv).owner)
+            elif kv.key.startswith((self.waiting, self.waiting_sync)):
+                owners.add(kv.key.rsplit("/", 1)[1])
+        owners.discard("")
+        return owners
 
     # -- tickets --
 

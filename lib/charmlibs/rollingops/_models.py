@@ -138,6 +138,24 @@ class RollingOpsState:
 
 
 @dataclasses.dataclass(frozen=True)
+class BusyUnits:
+    """`RollingOpsManager.busy_units()`: the units of this application with work queued or running.
+
+    `unknown` says why the answer may be incomplete (etcd could not be read, a unit's data is in a
+    version this unit cannot read); `busy` is then True, so a caller that only checks `busy`
+    stays on the safe side. Show `unknown` to the operator.
+    """
+
+    units: tuple[str, ...] = ()
+    unknown: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Some unit has work queued or running, or we cannot tell."""
+        return bool(self.units) or self.unknown is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class LockGrant:
     """The grant a callback runs under. `token` is the fencing token.
 
