@@ -161,3 +161,14 @@ def test_etcd_outage_without_etcd_is_refused_clearly(tmp_path):
     assert code == 2
     assert "needs etcd" in out
     assert not svg.exists()
+
+
+@pytest.mark.parametrize("engine", ["rollingops", "rollingops-peer", "v0", "coordinator"])
+def test_no_unit_still_shows_restarting_once_the_roll_is_over(tmp_path, engine):
+    """With etcd, a unit runs two hooks per restart: its last status must not say "restarting"."""
+    code, output, _ = run_demo(tmp_path, "--engine", engine)
+    assert code == 0, output
+    final = output[output.index("juju status (final") :].split("\n\n")[0]
+    rows = [line for line in final.splitlines() if line.strip().startswith(APP + "/")]
+    assert len(rows) == 3, final
+    assert not [row for row in rows if "restarting" in row or "maintenance" in row], final

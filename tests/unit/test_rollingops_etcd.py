@@ -505,3 +505,30 @@ def test_return_to_etcd_waits_until_every_unit_acknowledged_peer(monkeypatch):
     assert app["rollingops-mode"] == "peer" and app.get("rollingops-epoch") == "0"
     app, _ = run(unit_bag(), app_bag("peer"), leader=True, peers={0: unit_bag(backend="peer")})
     assert (app["rollingops-mode"], app["rollingops-epoch"]) == ("etcd", "1")
+
+
+@pytest.mark.parametrize(("result", "after"), [(None, "idle"), ("retry-hold", "granted")])
+def test_the_granted_hook_ends_reporting_the_grant_over(monkeypatch, tmp_path, result, after):
+    """In etcd mode no later hook may come to refresh the unit's status.
+
+    So the state at the end of the granted hook must say the grant is over (the worker releases
+    it once the hook commits), unless the callback keeps it (retry-hold).
+    """
+    from charmlibs.rollingops import OperationResult
+
+    monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    _files.write_worker_status(tmp_path, _files.WorkerStatus(42, False, 0))  # the worker holds
+    if result is not None:
+        monkeypatch.setattr(EtcdCharm, "_restart", lambda self, **kw: OperationResult(result))
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    unit = unit_bag(1, backend="etcd")
+    unit["rollingops-queue"] = unit["rollingops-queue"].replace('"max_retry": 0', '"max_retry": 2')
+    rel = testing.PeerRelation(
+        "restart", local_unit_data=unit, local_app_data=app_bag_v2("etcd", 3)
+    )
+    state = testing.State(planned_units=PLANNED, relations={rel, testing.Relation("etcd")})
+    with ctx(ctx.on.update_status(), state) as mgr:
+        mgr.charm.on.rollingops_lock_granted.emit()
+        assert mgr.charm.rolling.state.status.value == after
+        mgr.run()

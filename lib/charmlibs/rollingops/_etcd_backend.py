@@ -39,6 +39,7 @@ from ._models import (
     KEY_CLIENT_SECRET_ID,
     KEY_ETCD_REQUEST,
     LockGrant,
+    OperationResult,
     ProcessingBackend,
     RollingOpsError,
     RollingOpsInvalidSecretContentError,
@@ -210,12 +211,24 @@ class EtcdBackend:
     # --- worker ----------------------------------------------------------------------------------
 
     def worker_holding(self) -> bool:
-        """Whether the worker holds the lock now (a pure read of worker-status.json)."""
+        """Whether the worker holds the lock after this hook (a pure read of worker-status.json).
+
+        A grant this hook has finished with (its result is pending, and not `retry-hold`) counts
+        as released: the worker releases it as soon as the hook commits, and in etcd mode no
+        other hook may come to update the status.
+        """
         try:
             status = _files.read_worker_status(self.base_dir)
         except (OSError, RollingOpsError):
             return False
-        return status is not None and status.holding is not None
+        if status is None or status.holding is None:
+            return False
+        pending = self._pending_result
+        return not (
+            pending is not None
+            and pending[0] == status.holding
+            and pending[2] != OperationResult.RETRY_HOLD.value
+        )
 
     def stop_worker(self) -> None:
         """SIGTERM the live worker (flock-guarded) and wait for its exit."""
