@@ -295,6 +295,25 @@ def test_malformed_queue_entry_is_skipped_and_the_rest_served(caplog, spawns):
     assert "skipped queue entry" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "unreadable",
+    [
+        {"rollingops-version": "2", "rollingops-backend": "etcd"},
+        {"rollingops-version": "x", "rollingops-backend": "etcd"},
+    ],
+)
+def test_a_unit_whose_data_cannot_be_read_blocks_peer_grants(spawns, unreadable):
+    """It may be a newer unit on etcd holding the etcd lock: no peer grant while it is there."""
+    context = ctx(0)
+    rel = peer(app=app_bag(), peers={1: unit_bag(op(2)), 2: unreadable})
+    out = context.run(
+        context.on.relation_changed(rel, remote_unit=1),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
+    app, _ = bags(out, rel)
+    assert "rollingops-grant" not in app
+
+
 def test_unknown_wire_version_is_not_ready_and_never_overwritten():
     context = ctx(0)
     future = {"rollingops-version": "9", "rollingops-queue": "whatever"}

@@ -27,7 +27,9 @@ Usage (one manager per charm; build it in `__init__` with the current `cluster_i
 runs later, in a hook, when this unit holds the lock. An exception in the callback counts as
 RETRY_RELEASE; an op runs at most `1 + max_retry` times (`max_retry=None`: without limit).
 `acquire_sync_lock(backend_id, timeout)` is a context manager for work that must happen inside the
-current hook. `state` reports `not-ready | waiting | granted | idle`, the backend, and
+current hook. `state` reports `not-ready | waiting | granted | idle` (on etcd, the granted hook
+already reports the grant over at its end unless the callback keeps it: no later hook may come
+to refresh a status), the backend, and
 `etcd_problem` (why the provider's answer was refused, if it was); derive your status from it
 (the library sets none).
 
@@ -58,9 +60,10 @@ changed.
 The backend switch (one lock domain across both backends):
 
 - Mode. The leader chooses the application's backend, `rollingops-mode` (app databag): etcd
-  when etcd is configured, no peer grant is outstanding, no published queue holds work and every
-  unit acknowledged peer mode; peer
-  when etcd is not configured or a unit with work reports that it cannot use etcd
+  when etcd is usable here (configured, and its local configuration parses), every unit's data is
+  readable, no peer grant is outstanding, no published queue holds work and every unit
+  acknowledged peer mode; peer when etcd is not usable or a unit with work reports that it cannot
+  use etcd
   (`rollingops-backend: peer` plus `rollingops-etcd-cleanup`). Each switch raises the fencing
   epoch (see "Fencing tokens" below).
 - Acknowledgement. Each unit states its backend in `rollingops-backend`. It moves to etcd only
@@ -218,13 +221,14 @@ clusters. Not detected: a provider that rebuilds its cluster in place behind the
 etcd response header's cluster_id would show it; the fence check could compare it with one recorded
 in the app databag).
 
-Mixed versions during `juju refresh` from 1.2 (app databag version 1): the first new leader
-rewrites the bag as version 2 at epoch 0, so tokens continue where they were (1.2's peer counter
-and raw revisions are epoch-0 tokens). A 1.2 unit cannot read version 2: it runs no peer grant
-and acknowledges no mode until refreshed, which holds the barrier (safe; a grant given to it
-waits for its refresh), so its etcd sections, still epoch 0, precede every later epoch. A 1.2
-leader meeting version 2 does nothing; downgrading to 1.2 stalls the lock until a leader runs
-1.3 again.
+Mixed versions during `juju refresh` from 1.1.5+coordinated.2 or earlier (released as 1.2.x;
+app databag version 1): the first new leader rewrites the bag as version 2 at epoch 0, so tokens
+continue where they were (the old peer counter and raw revisions are epoch-0 tokens). An old unit
+cannot read version 2: it runs no peer grant and acknowledges no mode until refreshed, which holds
+the barrier (safe; a grant given to it waits for its refresh), so its etcd sections, still epoch
+0, precede every later epoch. An old leader meeting version 2 does nothing; downgrading stalls the
+lock until a leader runs coordinated.3 or later again. A unit whose data the leader cannot read
+(another wire version, garbage) counts as possibly on etcd: it blocks peer grants.
 
 Release is detected without clocks: unit U has finished grant T when its `rollingops-done.token`
 is T. No PID and no timestamp used for a decision is ever written to relation data.
@@ -273,10 +277,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.4"
+__version__ = "1.1.5+coordinated.5"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 4
+LIBPATCH = 5
 
 __all__ = [
     "BusyUnits",

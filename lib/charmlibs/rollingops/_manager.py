@@ -482,8 +482,10 @@ class RollingOpsManager(ops.Object):
         etcd = self._etcd()
         if etcd is not None:
             etcd.choose_mode(app, units)
+        # A unit whose data we cannot read (another wire version, garbage) may be on etcd and
+        # hold its lock: it blocks peer grants like a unit that says etcd.
         may_grant = app.mode is ProcessingBackend.PEER and all(
-            unit.backend is ProcessingBackend.PEER for unit in units.values()
+            unit.readable and unit.backend is ProcessingBackend.PEER for unit in units.values()
         )
         outcome = schedule(app, units, may_grant=may_grant)
         app.write(relation.data[self.model.app])
