@@ -89,9 +89,11 @@ class Runs(Commits):
         if item.relation is None:
             return True, None
         rel = self.relations.get(item.relation)
-        if rel is None or unit in rel.broken:  # broken here: Juju runs nothing more for it
-            self.log(f"skip {unit} {item.label()}: relation gone")
+        gone = _gone(rel, unit, item)
+        if gone:
+            self.log(f"skip {unit} {item.label()}: {gone}")
             return False, None
+        assert rel is not None  # (for the type checker: _gone said so)
         if item.event == "relation_created":
             rel.attached.add(unit)
         if item.event == "relation_joined" and item.remote:
@@ -148,3 +150,12 @@ def intercept_juju_exec(run: Running) -> Iterator[None]:
     """During a run, `subprocess.Popen([juju-exec, ...])` records a dispatch request instead."""
     with jujuexec.intercept(lambda target, event, env: run.juju_exec.append((target, event, env))):
         yield
+
+
+def _gone(rel: RelationTruth | None, unit: str, item: Item) -> str | None:
+    """Why Juju would not run relation hook `item` on `unit` any more, or None."""
+    if rel is None or unit in rel.broken:  # broken here: Juju runs nothing more for it
+        return "relation gone"
+    if item.event == "relation_joined" and item.remote and item.remote not in rel.unit_bags:
+        return f"{item.remote} left, and was forgotten, before this ran: nobody to join"
+    return None

@@ -75,6 +75,9 @@ SOAK_REGRESSIONS = [
     # A departing leader repaired the upgrade stack from its shrinking view (upgrade LIBPATCH 5).
     ("upgrade", 332, "none", True),
     ("upgrade", 685, "backoff", True),
+    # The simulator ran etcd/0's relation-joined for a unit removed (and forgotten) before it
+    # ran, then failed to build the next hook's view (KeyError): Juju joins nobody there.
+    ("rollingops-etcd", 998, "none", False),
 ]
 
 
