@@ -1,4 +1,4 @@
-"""R9: per-call latency of the etcd client on a real etcd set up like charmed-etcd (127.0.0.1).
+"""Per-call latency of the etcd client on a real etcd set up like charmed-etcd (127.0.0.1).
 
     python -m tests.benchmarks.etcd_client --json [--calls 300]
 
@@ -165,7 +165,7 @@ def gateway_answer(server: EtcdServer) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="etcd client per-call latency (R9)")
+    parser = argparse.ArgumentParser(description="etcd client per-call latency")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""R2: lock handoff latency between real rolling-ops workers on a real etcd (charmed-etcd setup).
+"""Lock handoff latency between real rolling-ops workers on a real etcd (charmed-etcd setup).
 
     python -m tests.benchmarks.etcd_handoff --json [--units 2] [--ops 12]
 
@@ -13,7 +13,7 @@ from the release response to the next holder's ``juju-exec`` call (``release_to_
 also to its acquire (``release_to_acquire``). The stand-in hook's own run time is not included.
 The releaser stamps its release when the response arrives; etcd may already have woken the next
 holder's watch, so a handoff can measure slightly below zero (a fraction of a millisecond).
-Targets (spec §7 R2): p50 < 0.1 s (the brief: < 0.25 s), max < 0.5 s. The last line is JSON.
+Targets: p50 < 0.1 s (0.25 s at the very most), max < 0.5 s. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run(units: int, ops: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="etcd lock handoff latency (R2)")
+    parser = argparse.ArgumentParser(description="etcd lock handoff latency")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--units", type=int, default=2)
     parser.add_argument("--ops", type=int, default=12, help="operations per unit")

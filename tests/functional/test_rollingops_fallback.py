@@ -1,4 +1,4 @@
-"""R10 against a real etcd: etcd stops while a unit holds the lock; fallback to peer and back.
+"""Exclusion across backends on a real etcd: etcd stops while a unit holds the lock, and back.
 
 What is real here:
 - etcd 3.4 with mutual TLS on 127.0.0.1 (a private server for this test, stopped and restarted);
@@ -16,10 +16,11 @@ What stands in, because it cannot exist here:
   the unit holds the etcd lock without having run its operation yet. The dispatch the test then
   runs itself (in ops.testing, with the worker's token) is that hook.
 
-The claim (spec §5.4 / §7 R10): with etcd stopped while app/1 holds the etcd lock, no peer grant
-is issued until app/1 has acknowledged peer mode with its worker stopped; app/1's operation then
-runs exactly once, on the peer backend; with etcd back and the queues drained, the application
-returns to etcd and app/1's stale etcd lock is cleaned up.
+The claim (the package docstring of charmlibs.rollingops, 'Why it holds'): with etcd stopped
+while app/1 holds the etcd lock, no peer grant is issued until app/1 has acknowledged peer mode
+with its worker stopped; app/1's operation then runs exactly once, on the peer backend; with etcd
+back and the queues drained, the application returns to etcd and app/1's stale etcd lock is
+cleaned up.
 """
 
 from __future__ import annotations

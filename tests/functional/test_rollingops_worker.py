@@ -1,4 +1,8 @@
-"""Real rolling-ops worker processes on a real mTLS etcd (spec §4.4, R1, R4, R6, R8).
+"""Real rolling-ops worker processes on a real mTLS etcd.
+
+What is checked: one holder at a time and every op served; increasing fencing tokens; no fixed
+sleeps in the worker; a killed worker is found dead by its flock (not by a PID) and replaced; the
+worker starts with ``sys.executable -m`` whatever the charm's layout.
 
 Workers are launched exactly as the hook side launches them (``sys.executable -m
 charmlibs.rollingops._worker``) from a copy of the package that lives under ``lib/`` only, with

@@ -94,7 +94,7 @@ with open(charm_dir / "machine.lock", "a") as machine_lock:
         f.write(json.dumps(record) + "\n")
 '''
 
-SITECUSTOMIZE_NO_SLEEP = '''"""Worker processes: time.sleep raises (R1)."""
+SITECUSTOMIZE_NO_SLEEP = '''"""Worker processes: time.sleep raises (the library never sleeps)."""
 import time
 
 

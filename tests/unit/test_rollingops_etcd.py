@@ -1,4 +1,4 @@
-"""charmlibs.rollingops, etcd backend, hook side (spec §10 etcd items, §5).
+"""charmlibs.rollingops, etcd backend, hook side, and the switch between backends.
 
 Mocked, because they cannot exist here: the Juju controller (ops.testing), the worker process
 (subprocess.Popen recorded; tests/functional runs the real one) and etcd itself (EtcdLock methods
@@ -354,7 +354,7 @@ def test_update_status_falls_back_when_the_worker_marked_itself_failed_with_work
 def test_update_status_keeps_etcd_when_the_worker_is_merely_dead(tmp_path):
     _files.write_worker_status(tmp_path, _files.WorkerStatus(7, False, 0))  # died holding
     _, bag = run(unit_bag(1, backend="etcd"), app_bag("etcd"))
-    assert bag["rollingops-backend"] == "etcd"  # restart the worker instead (spec §5.3)
+    assert bag["rollingops-backend"] == "etcd"  # update-status restarts the worker instead
 
 
 def test_etcd_sync_lock_times_out_on_contention_and_does_not_fall_back(monkeypatch):

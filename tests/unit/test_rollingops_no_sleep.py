@@ -1,4 +1,4 @@
-"""Spec §7 R1: no fixed sleeps and no polling loops anywhere in charmlibs.rollingops.
+"""No fixed sleeps and no polling loops anywhere in charmlibs.rollingops.
 
 A static check over every module of the package (its AST, not its behaviour):
 
@@ -7,11 +7,12 @@ A static check over every module of the package (its AST, not its behaviour):
   tenacity does the backoff and the list is empty);
 - a *timed* wait (``.wait(t)``, ``.join(t)``, ``select(..., t)``, ``.poll(t)``, ``.acquire(...,
   timeout=t)``) inside a loop is a polling loop, allowed only in ``TIMED_WAIT_IN_LOOP_ALLOWED``:
-  the lease keep-alive heartbeat, the one periodic wait the spec allows (§4.5).
+  the lease keep-alive heartbeat, the one periodic wait the library needs (an etcd lease expires
+  unless it is renewed in time).
 
 Untimed blocking (an etcd watch read, ``Popen.wait()``, a blocking ``flock``) is how the library
-waits and is not flagged. The behavioural half of R1 is in tests/functional: worker processes run
-with ``time.sleep`` patched to raise.
+waits and is not flagged. The behavioural half of this rule is in tests/functional: worker
+processes run with ``time.sleep`` patched to raise.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class _Checker(ast.NodeVisitor):
 
 
 def check_source(source: str, module: str) -> list[str]:
-    """Return the R1 violations of one module's source."""
+    """Return the sleep and polling-loop violations of one module's source."""
     checker = _Checker(module)
     checker.visit(ast.parse(source))
     return checker.problems

@@ -1,4 +1,4 @@
-"""charmlibs.rollingops, peer backend: ops.testing runs of a small test charm (spec §10, §7).
+"""charmlibs.rollingops, peer backend: ops.testing runs of a small test charm.
 
 Mocked, because it cannot exist here: the Juju controller (ops.testing stands in) and the
 `juju-exec` wake-up process (subprocess.Popen is replaced by a recorder). Everything else is the
@@ -208,7 +208,7 @@ def request(context, state, callback="restart", kwargs=None, max_retry=0):
 
 
 def lock_granted(context, state):
-    """The juju-exec wake-up: a rollingops_lock_granted dispatch (manager form, spec §10)."""
+    """The juju-exec wake-up: a rollingops_lock_granted dispatch (manager form)."""
     with context(context.on.update_status(), state) as mgr:
         mgr.charm.on.rollingops_lock_granted.emit()
         return mgr.run()
@@ -223,7 +223,7 @@ def with_relation(state: testing.State, rel: testing.PeerRelation, out: testing.
     return dataclasses.replace(out, relations={new_rel}), new_rel
 
 
-# --- bad input (spec §1, §10) ---------------------------------------------------------------
+# --- bad input (action params, relation data) ---------------------------------------------------
 
 
 def test_unknown_callback_id_fails_the_action_clearly():
@@ -366,7 +366,7 @@ def test_is_waiting_reads_each_units_queue():
             rolling.is_waiting("app/7")
 
 
-# --- R7: the leader never runs its own grant in the granting dispatch ----------------------
+# --- the leader never runs its own grant in the granting dispatch -------------------------------
 
 
 def test_leader_self_grant_spawns_wakeup_then_runs_in_the_next_dispatch(spawns, tmp_path):
@@ -395,7 +395,7 @@ def test_leader_self_grant_spawns_wakeup_then_runs_in_the_next_dispatch(spawns, 
     assert queue_of(unit) == []
 
 
-def test_r7_several_reconciles_in_the_granting_dispatch_still_do_not_run_it(spawns):
+def test_self_grant_several_reconciles_in_the_granting_dispatch_still_do_not_run_it(spawns):
     context = ctx(0)
     rel = peer()
     with context(
@@ -501,7 +501,10 @@ def test_stale_grant_is_released_on_leader_elected():
 
 
 def test_no_grant_while_a_unit_runs_the_etcd_backend():
-    """Cross-backend barrier (spec §5.4): a unit still on etcd blocks every peer grant."""
+    """Cross-backend barrier: a unit still on etcd blocks every peer grant.
+
+    See the package docstring of charmlibs.rollingops, 'Why it holds' (at most one holder).
+    """
     context = ctx(0)
     rel = peer(app=app_bag(1), peers={1: unit_bag(op(1)), 2: unit_bag(backend="etcd")})
     out = context.run(
@@ -544,7 +547,7 @@ def test_exception_counts_as_retry_release(spawns):
     assert json.loads(unit["rollingops-done"])["result"] == "release"
 
 
-def test_r6_tokens_strictly_increase_across_grants(spawns):
+def test_fencing_tokens_strictly_increase_across_grants(spawns):
     _drive_leader_alone(
         4, [OperationResult.RETRY_HOLD, OperationResult.RETRY_RELEASE, None], spawns
     )
@@ -638,10 +641,10 @@ def test_callback_that_re_requests_itself_gets_a_new_op():
     assert unit["rollingops-seq"] == "2"
 
 
-# --- R3: no clock comparison across machines -------------------------------------------------
+# --- no clock comparison across machines --------------------------------------------------------
 
 
-def test_r3_holder_clock_an_hour_behind_still_releases(monkeypatch):
+def test_no_clock_compare_holder_clock_an_hour_behind_still_releases(monkeypatch):
     """The holder's clock is 1 h behind the leader's: its ack (a token) still releases."""
     real = datetime.datetime
 
@@ -671,7 +674,7 @@ def test_r3_holder_clock_an_hour_behind_still_releases(monkeypatch):
     assert json.loads(bags(out, rel0)[0]["rollingops-grant"])["unit"] == "app/2"
 
 
-def test_r3_scheduling_ignores_requested_at():
+def test_no_clock_compare_scheduling_ignores_requested_at():
     """Swapping the human timestamps of two requests changes no decision."""
 
     def grant_with(stamp1, stamp2):
@@ -689,7 +692,7 @@ def test_r3_scheduling_ignores_requested_at():
     assert grant_with(early, late) == grant_with(late, early)
 
 
-# --- R5: the constructor does no expensive work ---------------------------------------------
+# --- the constructor does no expensive work -----------------------------------------------------
 
 
 class _Forbidden:
@@ -743,7 +746,7 @@ CONSTRUCTED: list[RollingOpsManager] = []
 
 
 @pytest.mark.parametrize("leader", [True, False])
-def test_r5_constructor_does_no_io_subprocess_keys_or_hook_tools(leader):
+def test_constructor_does_no_io_subprocess_keys_or_hook_tools(leader):
     context = testing.Context(ProbeCharm, meta=META, app_name=APP)
     state = testing.State(
         planned_units=PLANNED, leader=leader, relations={peer(), testing.Relation("etcd")}

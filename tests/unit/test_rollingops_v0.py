@@ -1,12 +1,15 @@
-"""Unit tests for charms.rolling_ops.v0.rollingops (spec: specs/rolling_ops_v0.md, §6 and §7).
+"""Unit tests for charms.rolling_ops.v0.rollingops: defect fixes, behaviour, interoperability.
 
 Each test runs a small test charm through ops.testing (Scenario): one unit, one event. Other units
 are played by editing the peer relation between runs. Mocked: `_dispatch_wakeup` (it would start
 juju-exec, which needs a Juju machine agent) records its calls instead; the one test of the real
 method intercepts `subprocess.Popen` for the same reason.
 
-Test names say which spec item they cover: `test_defectN_...` for spec §6 item N, `test_accept_...`
-for the acceptance list of §7.
+Test names say what they cover: `test_defectN_...` for the Nth defect of the original library, in
+the order of the list "Different on purpose" in the module docstring of
+charms.rolling_ops.v0.rollingops (1 no relation, 2 deferring callback, 3 duplicate events,
+4 departure, 5 FIFO, 6 queue, 7 leader self-grant, 8 callbacks by name, 9 two managers);
+`test_accept_...` for the basic request, grant, run and release cycle.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def granted(out: testing.State) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
-# §6.1 and §7 "No relation"
+# Defect 1: no relation yet
 # --------------------------------------------------------------------------------------------
 
 
@@ -189,7 +192,7 @@ def test_defect1_deferred_request_is_recorded_once_relation_exists():
 
 
 # --------------------------------------------------------------------------------------------
-# §7 Request, Grant, Holder runs, Release
+# Request, grant, holder runs, release
 # --------------------------------------------------------------------------------------------
 
 
@@ -301,7 +304,7 @@ def test_unit_status_changed_by_callback_is_kept():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.2 and §7 "Deferring callback"
+# Defect 2: a deferring callback
 # --------------------------------------------------------------------------------------------
 
 
@@ -364,7 +367,7 @@ def test_defect2_deferring_again_runs_callback_once_per_dispatch():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.7, §5.4 and §7 "Leader self-grant"
+# Defect 7: the leader's own grant (the docstring's "The leader's own turn")
 # --------------------------------------------------------------------------------------------
 
 
@@ -434,7 +437,7 @@ def test_leader_callback_failure_leaves_grant_for_retry():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.3 and §7 "Duplicate-event regression"
+# Defect 3: duplicate events (ops skip_duplicate_events)
 # --------------------------------------------------------------------------------------------
 
 
@@ -472,7 +475,7 @@ def test_defect3_leader_hands_over_to_next_unit_in_same_run():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.6 and §7 "Queue"
+# Defect 6: several requests from one unit queue
 # --------------------------------------------------------------------------------------------
 
 
@@ -525,7 +528,7 @@ def test_defect6_non_leader_queue_served_across_grants():
     out = edit(out, local_app_data={key(1): "granted"})
     out = c.run(c.on.relation_changed(rel_of(out), remote_unit=0), out)
     assert Record.calls == [("_a", "")]
-    # Finished, still granted: the next request waits in the queue (two-phase rule, §4).
+    # Finished, still granted: the next request waits in the queue (two-phase rule).
     assert mine(out)["state"] == "release"
     assert json.loads(mine(out)["rolling-ops-queue"]) == ["_b"]
     assert out.unit_status == testing.WaitingStatus("Awaiting restart operation")
@@ -543,7 +546,7 @@ def test_defect6_non_leader_queue_served_across_grants():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.5 and §7 "FIFO"
+# Defect 5: first-come-first-served grants
 # --------------------------------------------------------------------------------------------
 
 
@@ -614,7 +617,7 @@ def test_defect5_leader_yields_once_never_twice():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.4 and §7 "Departure"
+# Defect 4: departed holders and leader change
 # --------------------------------------------------------------------------------------------
 
 
@@ -693,7 +696,7 @@ def test_defect4_new_leader_reprocesses_release_of_old_holder():
 
 
 # --------------------------------------------------------------------------------------------
-# §6.8: callbacks are not looked up by name
+# Defect 8: callbacks are not looked up by name
 # --------------------------------------------------------------------------------------------
 
 
@@ -730,7 +733,7 @@ def test_defect8_missing_override_method_logged_and_released(caplog: pytest.LogC
 
 
 # --------------------------------------------------------------------------------------------
-# §6.9: two managers on one charm; hyphenated relation names
+# Defect 9: two managers on one charm; hyphenated relation names
 # --------------------------------------------------------------------------------------------
 
 TWO_META = {
@@ -794,7 +797,7 @@ def test_hyphenated_relation_leader_grant_and_wakeup():
 
 
 # --------------------------------------------------------------------------------------------
-# §4 and §7 "Interop fixtures": data exactly as the original library writes it
+# Interoperability: data exactly as the original library writes it
 # --------------------------------------------------------------------------------------------
 
 
