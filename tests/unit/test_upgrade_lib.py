@@ -374,7 +374,6 @@ def test_pre_upgrade_check_on_failed_cluster_prepares_recovery():
     assert out.unit_status == testing.BlockedStatus("ready to rollback application")
 
 
-
 def test_pre_upgrade_check_again_in_recovery_fails_like_the_original():
     # Only a failed cluster is prepared for rollback; once in recovery the cluster is upgrading.
     ctx = _ctx()
