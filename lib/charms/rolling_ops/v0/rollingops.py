@@ -854,24 +854,22 @@ class RollingOpsManager(ops.Object):
             data.write(data.relation.data[self.model.app], _YIELDED, me)
         self._grant(data, order[0], order[1:])
 
-    def _forget_departed(self, data: _PeerData, members: list[str]) -> bool:
-        """Drop the app keys of units no longer on the relation; True if there were any."""
+    def _forget_departed(self, data: _PeerData, members: list[str]) -> None:
+        """Drop the app keys of units no longer on the relation."""
         app_bag = data.relation.data[self.model.app]
         departed = [name for name in data.app_key_units() if name not in members]
         for name in departed:
             logger.info("%s: forgetting the lock of departed unit %s", self.name, name)
             data.write(app_bag, _app_key(name), None)
-        return bool(departed)
 
-    def _clear_released(self, data: _PeerData, members: list[str]) -> bool:
-        """Mark the units that released the lock idle; True if there were any."""
+    def _clear_released(self, data: _PeerData, members: list[str]) -> None:
+        """Mark the units that released the lock idle."""
         app_bag = data.relation.data[self.model.app]
         released = [name for name in members if data.state(name) is LockState.RELEASE]
         for name in released:
             data.write(app_bag, _app_key(name), _IDLE)
             if name == self.model.unit.name:
                 self._promote_next_request(data)
-        return bool(released)
 
     def _update_order(self, data: _PeerData, members: list[str]) -> list[str]:
         """Keep the FIFO of pending units: known ones first, newly seen ones appended."""
