@@ -263,6 +263,23 @@ def test_accept_app_status_back_to_active_when_nothing_left():
     assert out.app_status == testing.ActiveStatus()
 
 
+def test_new_leader_restores_a_stale_app_status_when_nothing_pending():
+    # Nothing to forget or clear, nothing pending or held: the stale "Beginning" still goes.
+    c = ctx()
+    rel = peer(app={key(0): "idle", key(1): "idle"}, peers={1: {}})
+    st = state(rel, leader=True, app_status=testing.MaintenanceStatus("Beginning rolling restart"))
+    out = c.run(c.on.leader_elected(), st)
+    assert out.app_status == testing.ActiveStatus()
+
+
+def test_a_stale_check_never_overwrites_the_charm_app_status():
+    c = ctx()
+    rel = peer(app={key(0): "idle", key(1): "idle"}, peers={1: {}})
+    st = state(rel, leader=True, app_status=testing.BlockedStatus("charm says no"))
+    out = c.run(c.on.leader_elected(), st)
+    assert out.app_status == testing.BlockedStatus("charm says no")
+
+
 @pytest.mark.parametrize(
     ("bag", "app_value", "expected"),
     [

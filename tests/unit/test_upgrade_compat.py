@@ -451,3 +451,12 @@ def test_item8_actions_read_the_stack_written_after_earlier_handlers():
         assert _calls("_set_rolling_update_partition") == [("_set_rolling_update_partition", 1)]
     finally:
         harness.cleanup()
+
+
+def test_item6_resume_upgrade_without_the_relation_says_so_first():
+    # The original checks the relation before leadership: a non-leader without it hears about it.
+    ctx = _ctx(unit_id=1)
+    state = testing.State(leader=False, planned_units=3)
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(ctx.on.action("resume-upgrade"), state)
+    assert failure.value.message == "Could not find upgrade relation."

@@ -374,6 +374,19 @@ def test_pre_upgrade_check_on_failed_cluster_prepares_recovery():
     assert out.unit_status == testing.BlockedStatus("ready to rollback application")
 
 
+def test_pre_upgrade_check_again_in_recovery_fails_like_the_original():
+    # Only a failed cluster is prepared for rollback; once in recovery the cluster is upgrading.
+    ctx = _ctx()
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1, 2]"},
+        unit={"state": "recovery"},
+        peers={1: {"state": "completed"}, 2: {"state": "failed"}},
+    )
+    with pytest.raises(testing.ActionFailed) as failure:
+        ctx.run(ctx.on.action("pre-upgrade-check"), _state(leader=True, relations={rel}))
+    assert failure.value.message == "Cannot run pre-upgrade checks, cluster already upgrading."
+
+
 # --- the stack property -------------------------------------------------------------------------
 
 

@@ -94,7 +94,7 @@ The same:
   `log_rollback_instructions()`, `build_upgrade_stack()`, `_on_upgrade_granted(event)`,
   `_set_rolling_update_partition(partition)`, and, if a charm overrides them,
   `set_unit_failed()`, `set_unit_completed()`, `on_upgrade_changed(event)`: the library calls
-  each with the original's arguments only;
+  each with the original's arguments only (but see `on_upgrade_changed` below);
 - Kubernetes: the whole flow above (stack, `upgrade-charm`, partition, `resume-upgrade` only when
   the stack holds every unit but the first upgraded), finalisation and grant conditions as on VMs;
 - every action reads the relation afresh (nothing cached by an earlier handler).
@@ -108,6 +108,8 @@ Different on purpose:
   the grant directly, so the grant still needs the top of the stack and a ready cluster;
 - VMs: the library wakes itself after its own writes (Juju does not tell a unit about them), so a
   grant handler need not call `on_upgrade_changed`; calling it is harmless;
+- VMs: when it wakes itself, `on_upgrade_changed` gets `event=None` (no relation event is at
+  hand); an override must not use `event.relation` or `event.defer()` unguarded;
 - VMs: a refresh without `pre-upgrade-check` waits (Blocked) and resumes once the stack exists;
 - a rollback starts only when every unit is ready (a unit still `completed` is not popped);
 - a departed unit is dropped from the stack (the original raised KeyError); on VMs a unit added
@@ -192,7 +194,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 7
+LIBPATCH = 8
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -708,7 +710,7 @@ class DataUpgrade(Object, ABC):
             raise UpgradeError(
                 "Action must be ran on the Juju leader.", cause=None, resolution=None
             )
-        if self.cluster_state in ("failed", "recovery"):
+        if self.cluster_state == "failed":
             self._repair_upgrade_stack()
             self._set_state("recovery")
             self.charm.unit.status = BlockedStatus("ready to rollback application")
@@ -855,6 +857,9 @@ class DataUpgrade(Object, ABC):
 
     def _on_resume_upgrade_action(self, event: ActionEvent) -> None:
         self._upgrade_stack = None  # read the relation, not what an earlier handler cached
+        if self.peer_relation is None:
+            event.fail("Could not find upgrade relation.")
+            return
         if not self.charm.unit.is_leader():
             event.fail("Action must be ran on the Juju leader.")
             return
@@ -911,7 +916,13 @@ class DataUpgrade(Object, ABC):
     # --- the reconcile -----------------------------------------------------------------------
 
     def on_upgrade_changed(self, event: EventBase | None = None) -> None:
-        """Re-evaluate the rollout (idempotent; a nested call only asks for one more pass)."""
+        """Re-evaluate the rollout (idempotent; a nested call only asks for one more pass).
+
+        `event` may be None: the library calls this itself after its own writes
+        (`set_unit_ready`, the leader's `set_unit_completed`), where no event of the upgrade
+        relation is at hand. A charm override must accept None and not use `event.relation`
+        or `event.defer()` unguarded (the library never defers anyway).
+        """
         if self._reconciling:
             self._again = True
             return

@@ -116,6 +116,8 @@ Different on purpose (each fixes a defect of that library):
 - the leader's own grant is committed before its callback runs (a failed hook lost it);
 - callbacks may be any callable; overrides are resolved by name when they run;
 - the handle key is the relation name, so two managers on one charm do not collide;
+- after the callback the unit shows Waiting ("Awaiting ...") rather than Active while it has
+  another request queued (the original had one request slot, so never one queued);
 - the unit (app) status goes back to Active only over the library's own "Executing"
   ("Beginning rolling") status, never over a status the charm set meanwhile.
 
@@ -163,7 +165,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 14
+LIBPATCH = 15
 
 logger = logging.getLogger(__name__)
 
@@ -834,8 +836,8 @@ class RollingOpsManager(ops.Object):
     def _lead(self, data: _PeerData) -> None:
         """Leader processing: forget departed units, clear finished holders, grant the next."""
         members = data.member_names(self._departing)
-        forgot = self._forget_departed(data, members)
-        cleared = self._clear_released(data, members)
+        self._forget_departed(data, members)
+        self._clear_released(data, members)
         order = self._update_order(data, members)
         held = [name for name in members if data.state(name) is LockState.GRANTED]
         self._check_holder_record(data, held)
@@ -843,9 +845,8 @@ class RollingOpsManager(ops.Object):
             if len(held) > 1:
                 logger.warning("%s: %s all hold the lock; granting nothing", self.name, held)
             return
-        if not order:
-            if forgot or cleared:  # the lock has just come free: take back our app status
-                self._restore_app_status()
+        if not order:  # nothing pending or held: take back our app status (also a stale one)
+            self._restore_app_status()
             return
         me = self.model.unit.name
         if order[0] == me and len(order) > 1 and data.yielded() != me:
@@ -853,24 +854,22 @@ class RollingOpsManager(ops.Object):
             data.write(data.relation.data[self.model.app], _YIELDED, me)
         self._grant(data, order[0], order[1:])
 
-    def _forget_departed(self, data: _PeerData, members: list[str]) -> bool:
-        """Drop the app keys of units no longer on the relation; True if there were any."""
+    def _forget_departed(self, data: _PeerData, members: list[str]) -> None:
+        """Drop the app keys of units no longer on the relation."""
         app_bag = data.relation.data[self.model.app]
         departed = [name for name in data.app_key_units() if name not in members]
         for name in departed:
             logger.info("%s: forgetting the lock of departed unit %s", self.name, name)
             data.write(app_bag, _app_key(name), None)
-        return bool(departed)
 
-    def _clear_released(self, data: _PeerData, members: list[str]) -> bool:
-        """Mark the units that released the lock idle; True if there were any."""
+    def _clear_released(self, data: _PeerData, members: list[str]) -> None:
+        """Mark the units that released the lock idle."""
         app_bag = data.relation.data[self.model.app]
         released = [name for name in members if data.state(name) is LockState.RELEASE]
         for name in released:
             data.write(app_bag, _app_key(name), _IDLE)
             if name == self.model.unit.name:
                 self._promote_next_request(data)
-        return bool(released)
 
     def _update_order(self, data: _PeerData, members: list[str]) -> list[str]:
         """Keep the FIFO of pending units: known ones first, newly seen ones appended."""
