@@ -217,6 +217,7 @@ BAD_ANSWERS = {
     "answer for another request id": (
         lambda u, t: (answer(u, t, rid="0123456789abcdef"), {u, t}), "no answer for our request"),
     "requests not JSON": (lambda u, t: ({"requests": "{oops"}, {u, t}), "not JSON"),
+    "requests nested too deep": (lambda u, t: ({"requests": "[" * 100000}, {u, t}), "deeper"),
     "missing secret": (lambda u, t: (answer(u, t), {t}), "unreadable"),
     "secret without its field": (_user_without_username, "lacks username"),
     "secret-tls not a URI": (_tls_uri_empty, "secret-tls"),

@@ -34,7 +34,7 @@ import string
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
-from ._models import RollingOpsDecodingError
+from ._models import RollingOpsDecodingError, load_json
 
 VERSION = "v1"
 SALT_LENGTH = 16
@@ -116,7 +116,7 @@ def parse_request(raw: str | None) -> Request | None:
     if not raw:
         return None
     try:
-        data = json.loads(raw)
+        data = load_json(raw)
     except ValueError:
         return None
     if not isinstance(data, dict) or set(data) != set(REQUEST_FIELDS):
@@ -153,9 +153,10 @@ def find_answer(bag: Mapping[str, str], our_id: str) -> Answer | None:
     if not raw:
         return None
     try:
-        answers = json.loads(raw)
-    except ValueError:
-        raise ProviderDataError("the provider's 'requests' is not JSON") from None
+        answers = load_json(raw)  # bounded: size and depth are checked before decoding
+    except ValueError as error:
+        why = f"the provider's 'requests' is not JSON we accept: {error}"
+        raise ProviderDataError(why) from None
     if not isinstance(answers, list):
         raise ProviderDataError("the provider's 'requests' is not a JSON list")
     ours = [a for a in answers if isinstance(a, dict) and a.get("request-id") == our_id]
