@@ -60,3 +60,19 @@ hostile_values = st.one_of(
     st.integers(min_value=-(1 << 80), max_value=1 << 80).map(str),
     malformed_values,
 )
+
+
+def run_juju_event(context, relation, state, event: str):
+    """Run one Juju event by name on `state` (unit 2 changed, unit 1 departing, or an action)."""
+    return context.run(
+        {
+            "relation-changed": lambda: context.on.relation_changed(relation, remote_unit=2),
+            "relation-departed": lambda: context.on.relation_departed(
+                relation, remote_unit=1, departing_unit=1
+            ),
+            "update-status": context.on.update_status,
+            "leader-elected": context.on.leader_elected,
+            "restart": lambda: context.on.action("restart"),
+        }[event](),
+        state,
+    )

@@ -21,7 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ops import testing
 
-from tests.unit.peer_fuzz import FUZZ_SETTINGS, hostile_values, json_values, malformed_values
+from tests.unit.peer_fuzz import (
+    FUZZ_SETTINGS,
+    hostile_values,
+    json_values,
+    malformed_values,
+    run_juju_event,
+)
 
 META = {"name": "app", "peers": {"cluster": {"interface": "cluster"}}}
 ACTIONS = {"restart": {}}
@@ -87,18 +93,7 @@ def _run(where: str, value: str, leader: bool, event: str) -> testing.State:
         with context(context.on.update_status(), state) as manager:
             manager.charm.serial.wake_up_event.emit()
             return manager.run()
-    return context.run(
-        {
-            "relation-changed": lambda: context.on.relation_changed(relation, remote_unit=2),
-            "relation-departed": lambda: context.on.relation_departed(
-                relation, remote_unit=1, departing_unit=1
-            ),
-            "update-status": context.on.update_status,
-            "leader-elected": context.on.leader_elected,
-            "restart": lambda: context.on.action("restart"),
-        }[event](),
-        state,
-    )
+    return run_juju_event(context, relation, state, event)
 
 
 EVENTS = [

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ops import testing
 
-from tests.unit.peer_fuzz import FUZZ_SETTINGS, hostile_values, malformed_values
+from tests.unit.peer_fuzz import FUZZ_SETTINGS, hostile_values, malformed_values, run_juju_event
 
 APP = "roll"
 META = {"name": APP, "peers": {"restart": {"interface": "rolling_op"}}}
@@ -105,18 +105,7 @@ def _run(where: str, key: str, value: str, leader: bool, event: str) -> testing.
             else:
                 manager.charm.on["restart"].run_with_lock.emit(grant_token="3")
             return manager.run()
-    return context.run(
-        {
-            "relation-changed": lambda: context.on.relation_changed(relation, remote_unit=2),
-            "relation-departed": lambda: context.on.relation_departed(
-                relation, remote_unit=1, departing_unit=1
-            ),
-            "update-status": context.on.update_status,
-            "leader-elected": context.on.leader_elected,
-            "restart": lambda: context.on.action("restart"),
-        }[event](),
-        state,
-    )
+    return run_juju_event(context, relation, state, event)
 
 
 EVENTS = [
