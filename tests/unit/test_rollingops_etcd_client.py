@@ -12,7 +12,7 @@ import contextlib
 import pathlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -44,7 +44,7 @@ class FakeEtcdServer:
         ca, cert, key = _server_credentials()
         client = generate_client_credentials("codec-test")
         self.reply: Any = b""
-        self.stream: list[bytes] = []
+        self.stream: Iterable[bytes] = []
         handlers = {
             path.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(self._unary)
             for path in (
