@@ -17,6 +17,18 @@ pydantic model in models.py applies the same rules). Every command goes through 
 one function tests replace (the kernel of a test machine may have no NFS client). Mounting retries
 with tenacity (bounded); when the retries are exhausted the unit is Blocked with the error and the
 next event tries again. Unmounting never removes the mount point or anything in it.
+
+Soft, bounded mount: the share holds a copy of the operation journal, and a journal line is
+written at the end of each restart or upgrade, while the unit still holds the rolling lock. On a
+`hard` mount a request to an unreachable server is retried forever (and `intr` is ignored since
+Linux 2.6.25: only SIGKILL interrupts the write), so a dead NFS server would hang the hook and
+keep the lock of every unit. The share is therefore mounted `soft,timeo=50,retrans=2`: over TCP
+the client waits 5 s, then 10 s, then 15 s (linear backoff, nfs(5)) and returns an error, so one
+NFS request fails after about 30 s. The journal then logs a warning and the line is lost on the
+share only: the unit's local journal, which is the record, keeps it. The price of `soft` (nfs(5)
+warns that a timed-out write can be lost silently) is acceptable for a copy of an append-only log
+whose writer starts each line afresh and whose reader skips a cut line; it would not be for
+application data. docs/nfs-share.md has the alternatives that were weighed.
 """
 
 from __future__ import annotations
@@ -53,7 +65,8 @@ PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
 STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
 # retry=0: mount.nfs tries once (its default keeps trying for 2 minutes); tenacity retries.
 # nosuid,nodev: files on a share another application writes never become setuid or devices here.
-MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "hard", "proto=tcp", "retry=0"]
+# soft,timeo=50,retrans=2: see "Soft, bounded mount" in the module docstring.
+MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "soft", "timeo=50", "retrans=2", "proto=tcp", "retry=0"]
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
 

@@ -241,7 +241,7 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
         "-t",
         "nfs4",
         "-o",
-        f"port={server.port},rw,nosuid,nodev,hard,proto=tcp,retry=0",
+        f"port={server.port},rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0",
         source,
         mountpoint,
     ]

@@ -122,7 +122,7 @@ def failed_state(info: pytest.ExceptionInfo[testing.ActionFailed]) -> testing.St
 
 
 def mount_cmd(target: str, source: str = SOURCE) -> list[str]:
-    options = "port=2050,rw,nosuid,nodev,hard,proto=tcp,retry=0"
+    options = "port=2050,rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0"
     return ["mount", "-t", "nfs4", "-o", options, source, target]
 
 
@@ -246,7 +246,8 @@ def test_endpoint_arrival_mounts_on_every_unit(ctx, machine, mountpoint, tmp_pat
     fstab = (tmp_path / "etc" / "fstab").read_text()
     assert (
         f"{SOURCE} {mountpoint} nfs4 "
-        "port=2050,rw,nosuid,nodev,hard,proto=tcp,retry=0,_netdev,nofail 0 0" in fstab
+        "port=2050,rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0,_netdev,nofail 0 0"
+        in fstab
     )
     # Later events with nothing new: no more commands.
     machine.commands.clear()
@@ -302,7 +303,7 @@ def test_endpoint_change_unmounts_then_mounts(ctx, machine, mountpoint):
         "-t",
         "nfs4",
         "-o",
-        "rw,nosuid,nodev,hard,proto=tcp,retry=0",
+        "rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0",
         "10.0.0.9:/demo",
         mountpoint,
     ]
@@ -407,6 +408,22 @@ def test_server_connected_repeats_a_stored_request(ctx, machine, mountpoint):
         "allowlist": "0.0.0.0",
         "size": "-1",
     }
+
+
+def test_the_share_is_mounted_soft_so_a_journal_write_cannot_hang_the_rolling_lock():
+    """A dead server must fail a journal write in bounded time, not hang the lock's holder.
+
+    nfs(5), over TCP: `hard` retries forever (`intr` is ignored since Linux 2.6.25); `soft` fails
+    a request after `retrans` retransmissions, the wait growing by `timeo` deciseconds each time.
+    """
+    options = dict(option.partition("=")[::2] for option in nfs.MOUNT_OPTIONS)
+    assert "soft" in options and "hard" not in options and "intr" not in options
+    assert options["proto"] == "tcp"
+    timeo, retrans = int(options["timeo"]), int(options["retrans"])
+    worst_case_seconds = sum(timeo * attempt for attempt in range(1, retrans + 2)) / 10
+    assert worst_case_seconds == 30
+    assert timeo >= 30  # a busy but live server still answers within the first wait
+    assert f"soft,timeo={timeo},retrans={retrans}" in (nfs.__doc__ or "")
 
 
 def test_mounted_source_reads_the_kernel_table_format(tmp_path, monkeypatch):
