@@ -16,7 +16,9 @@ The request's fields and the mount point policy are in nfs_request.py (plain Pyt
 pydantic model in models.py applies the same rules). Every command goes through `run_command`, the
 one function tests replace (the kernel of a test machine may have no NFS client). Mounting retries
 with tenacity (bounded); when the retries are exhausted the unit is Blocked with the error and the
-next event tries again. Unmounting never removes the mount point or anything in it.
+next event tries again. Unmounting never removes the mount point or anything in it. Neither
+`mount` nor `umount` is given the mount point's path: it is walked without following symlinks
+and named as `/proc/self/fd/N` (see `open_mountpoint` and docs/nfs-share.md).
 
 Soft, bounded mount: the share holds a copy of the operation journal, and a journal line is
 written at the end of each restart or upgrade, while the unit still holds the rolling lock. On a
@@ -33,6 +35,8 @@ application data. docs/nfs-share.md has the alternatives that were weighed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -51,6 +55,7 @@ from charms.storage_libs.v0.nfs_interfaces import (
     parse_endpoint,
 )
 
+import nfs_request
 import paths
 from nfs_request import ShareRequest, echo
 
@@ -85,11 +90,16 @@ class MountError(Exception):
 # ------------------------------------------------------------------------------------------------
 
 
-def run_command(argv: list[str]) -> str:
-    """Run one command (mount, umount); raise MountError with its stderr when it fails."""
+def run_command(argv: list[str], pass_fds: tuple[int, ...] = ()) -> str:
+    """Run one command (mount, umount); raise MountError with its stderr when it fails.
+
+    `pass_fds`: descriptors the command inherits under the same numbers (`/proc/self/fd/N`).
+    """
     logger.info("running %s", " ".join(argv))
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, check=False, timeout=60, pass_fds=pass_fds
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise MountError(f"{argv[0]}: {error}") from error
     if proc.returncode != 0:
@@ -199,25 +209,104 @@ def _retrying() -> tenacity.Retrying:
     )
 
 
+_WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_mountpoint(mountpoint: str, *, create: bool = False, parent: bool = False) -> int:
+    """An O_PATH descriptor of `mountpoint` (or, with `parent`, of its directory), no symlinks.
+
+    The policy check (nfs_request.normalise_mountpoint) resolves symlinks, but whoever can write
+    to a directory on the way may swap a component for a symlink between that check and the
+    mount. So the path is walked again from the allowed root that holds it (opened as the system
+    has it), one component at a time, each opened relative to the previous one with O_NOFOLLOW
+    and O_DIRECTORY: a symlink or a file is refused, never followed. With `create`, a missing
+    component is made (mode 0755) under the held parent. The caller closes the descriptor.
+    """
+    allowed = nfs_request.MOUNT_ROOTS  # read at call time (tests add their own root)
+    roots = {os.path.realpath(r) for r in allowed} | set(allowed)
+    under = [r for r in roots if mountpoint.startswith(r.rstrip("/") + "/")]
+    if not under:
+        raise MountError(f"{mountpoint} is not under {', '.join(allowed)}")
+    root = max(under, key=len)
+    names = [name for name in mountpoint[len(root) :].split("/") if name]
+    if parent:
+        names = names[:-1]
+    fd = os.open(root, _WALK & ~os.O_NOFOLLOW)  # the root itself is the system's
+    try:
+        for name in names:
+            if name in (".", ".."):
+                raise MountError(f"{mountpoint}: '.' and '..' are not followed")
+            child = _open_dir(fd, name, create, mountpoint)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir(parent: int, name: str, create: bool, mountpoint: str) -> int:
+    """Open directory `name` under `parent` (O_PATH, no symlink), made first with `create`."""
+    try:
+        try:
+            return os.open(name, _WALK, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):  # made meanwhile: opened (and checked) below
+            os.mkdir(name, 0o755, dir_fd=parent)
+        return os.open(name, _WALK, dir_fd=parent)
+    except OSError as error:
+        if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise MountError(
+            f"{mountpoint}: {name} is a symlink or not a directory; not following it"
+        ) from None
+
+
 def mount(source: str, mountpoint: str, options: list[str]) -> None:
-    """Mount NFSv4 `source` at `mountpoint` (created if missing), retrying; add the fstab line."""
-    pathlib.Path(mountpoint).mkdir(parents=True, exist_ok=True)
-    opts = ",".join(options)
-    for attempt in _retrying():
-        with attempt:
-            run_command(["mount", "-t", "nfs4", "-o", opts, source, mountpoint])
+    """Mount NFSv4 `source` at `mountpoint` (created if missing), retrying; add the fstab line.
+
+    The target is `/proc/self/fd/N` of the directory `open_mountpoint` holds, and mount(8) is
+    told not to canonicalise it: the kernel resolves that link to the held directory itself, so
+    what is mounted on is the directory that was walked, whatever the path names by then.
+    """
+    fd = open_mountpoint(mountpoint, create=True)
+    try:
+        opts = ",".join(options)
+        target = f"/proc/self/fd/{fd}"
+        argv = ["mount", "--no-canonicalize", "-t", "nfs4", "-o", opts, source, target]
+        for attempt in _retrying():
+            with attempt:
+                run_command(argv, pass_fds=(fd,))
+    finally:
+        os.close(fd)
     set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))
 
 
 def umount(mountpoint: str) -> None:
-    """Unmount `mountpoint` (retrying, then lazily); drop the fstab line. Never deletes files."""
+    """Unmount `mountpoint` (retrying, then lazily); drop the fstab line. Never deletes files.
+
+    The target is the last component under the held parent directory (`/proc/self/fd/N/name`):
+    a descriptor of the mount point itself would keep the mount busy. The parent is walked as
+    for mounting, and the mount point is checked to be a directory, not a symlink; while our
+    share is mounted on it, it cannot be renamed or replaced (EBUSY), so the name still denotes
+    our mount when umount(8) runs.
+    """
+    fd = open_mountpoint(mountpoint, parent=True)
     try:
-        for attempt in _retrying():
-            with attempt:
-                run_command(["umount", mountpoint])
-    except MountError as error:
-        logger.warning("umount %s failed (%s); detaching lazily", mountpoint, error)
-        run_command(["umount", "-l", mountpoint])
+        name = os.path.basename(mountpoint)
+        os.close(_open_dir(fd, name, False, mountpoint))  # a symlink is refused
+        target = f"/proc/self/fd/{fd}/{name}"
+        try:
+            for attempt in _retrying():
+                with attempt:
+                    run_command(["umount", "--no-canonicalize", target], pass_fds=(fd,))
+        except MountError as error:
+            logger.warning("umount %s failed (%s); detaching lazily", mountpoint, error)
+            run_command(["umount", "--no-canonicalize", "-l", target], pass_fds=(fd,))
+    finally:
+        os.close(fd)
     set_fstab_entry(mountpoint, None)
 
 
