@@ -74,6 +74,7 @@ STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
 MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "soft", "timeo=50", "retrans=2", "proto=tcp", "retry=0"]
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
+MOUNTINFO_FILE = pathlib.Path("/proc/self/mountinfo")
 
 # Bounded retry of mount/umount: 5 attempts, waits 1, 2, 4, 8 s (tests set the waits to 0).
 RETRY_ATTEMPTS = 5
@@ -284,19 +285,50 @@ def mount(source: str, mountpoint: str, options: list[str]) -> None:
     set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))
 
 
-def umount(mountpoint: str) -> None:
-    """Unmount `mountpoint` (retrying, then lazily); drop the fstab line. Never deletes files.
+def mount_of(fd: int) -> tuple[str, str] | None:
+    """(source, mount point) of the mount whose root directory `fd` is; None if it is no root.
 
-    The target is the last component under the held parent directory (`/proc/self/fd/N/name`):
-    a descriptor of the mount point itself would keep the mount busy. The parent is walked as
-    for mounting, and the mount point is checked to be a directory, not a symlink; while our
-    share is mounted on it, it cannot be renamed or replaced (EBUSY), so the name still denotes
-    our mount when umount(8) runs.
+    From the kernel: the descriptor's mount id (/proc/self/fdinfo) looked up in
+    /proc/self/mountinfo, and the descriptor's own path, which is the mount point only for the
+    mount's root.
+    """
+    try:
+        info = pathlib.Path(f"/proc/self/fdinfo/{fd}").read_text().split()
+        mount_id = info[info.index("mnt_id:") + 1]
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        table = MOUNTINFO_FILE.read_text().splitlines()
+    except (OSError, ValueError, IndexError):
+        return None
+    for line in table:
+        fields, _, tail = line.partition(" - ")
+        fields_list, tail_list = fields.split(), tail.split()
+        if len(fields_list) >= 5 and len(tail_list) >= 2 and fields_list[0] == mount_id:
+            point = _unescape(fields_list[4])
+            return (_unescape(tail_list[1]), point) if point == where else None
+    return None
+
+
+def umount(mountpoint: str, source: str) -> None:
+    """Unmount our `source` from `mountpoint` (retrying, then lazily); drop the fstab line.
+
+    Never deletes files, and never unmounts what is not `source` mounted at `mountpoint`: the
+    parent directory is walked as for mounting and held, the mount point opened under it without
+    following a symlink, and the kernel asked which mount that directory is the root of
+    (`mount_of`). Only then is `/proc/self/fd/N/name` unmounted (N the parent; a descriptor of
+    the mount point itself would keep it busy): a mount point cannot be renamed or removed while
+    mounted (EBUSY), so the name still denotes the checked mount when umount(8) runs.
     """
     fd = open_mountpoint(mountpoint, parent=True)
     try:
         name = os.path.basename(mountpoint)
-        os.close(_open_dir(fd, name, False, mountpoint))  # a symlink is refused
+        held = _open_dir(fd, name, False, mountpoint)  # a symlink is refused
+        try:
+            found = mount_of(held)
+        finally:
+            os.close(held)
+        if found != (source, mountpoint):
+            what = f"{echo(found[0])} mounted at {found[1]}" if found else "not a mount point"
+            raise MountError(f"{mountpoint} is {what}, not {echo(source)}; not unmounting it")
         target = f"/proc/self/fd/{fd}/{name}"
         try:
             for attempt in _retrying():
@@ -419,7 +451,7 @@ class NfsShare(ops.Object):
         try:
             if previous and (target is None or target[1] != previous):
                 if ours is not None and mounted_source(previous) == ours:
-                    umount(previous)
+                    umount(previous, ours)
                 else:
                     set_fstab_entry(previous, None)
                 self._stored.mounted_at = self._stored.source = None
@@ -437,7 +469,7 @@ class NfsShare(ops.Object):
                             f"{echo(current)} is mounted at {mountpoint} and was not mounted by "
                             "this charm; unmount it or choose another mountpoint"
                         )
-                    umount(mountpoint)
+                    umount(mountpoint, current)
                 mount(source, mountpoint, options)
             else:
                 set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))

@@ -58,7 +58,7 @@ def test_mount_table_and_umount_keep_the_mountpoint_and_its_files(mountpoint):
     else:
         print(f"findmnt could not check the fstab: {fields.stderr.strip()}")
 
-    nfs.umount(mountpoint)
+    nfs.umount(mountpoint, source)
 
     assert nfs.mounted_source(mountpoint) is None
     assert os.path.isdir(mountpoint)
@@ -94,8 +94,33 @@ def test_a_real_mount_lands_on_the_held_directory_after_a_symlink_swap(mountpoin
         assert nfs.mounted_source(held) == source
         assert nfs.mounted_source(str(outside / "share")) is None
         with pytest.raises(nfs.MountError, match="parent is a symlink"):
-            nfs.umount(str(parent / "share"))
-        nfs.umount(held)
+            nfs.umount(str(parent / "share"), source)
+        nfs.umount(held, source)
         assert nfs.mounted_source(held) is None
     finally:
         subprocess.run(["umount", "-l", held], capture_output=True, check=False)
+
+
+def test_umount_never_follows_a_symlink_to_another_mount(mountpoint, tmp_path):
+    """A mount point replaced by a symlink to someone else's mount: that mount stays.
+
+    Unmounting by path (the old code) followed the symlink and unmounted the victim.
+    """
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    source = f"victim-{uuid.uuid4().hex[:8]}"
+    try:
+        nfs.run_command(["mount", "-t", "tmpfs", source, str(victim)])
+    except nfs.MountError as error:
+        pytest.skip(f"cannot mount a tmpfs here: {error}")
+    try:
+        link = pathlib.Path(mountpoint) / "share"
+        link.symlink_to(victim)
+        with pytest.raises(nfs.MountError, match="share is a symlink"):
+            nfs.umount(str(link), source)
+        (link.parent / "plain").mkdir()
+        with pytest.raises(nfs.MountError, match="not a mount point"):
+            nfs.umount(str(link.parent / "plain"), source)
+        assert nfs.mounted_source(str(victim)) == source
+    finally:
+        subprocess.run(["umount", "-l", str(victim)], capture_output=True, check=False)

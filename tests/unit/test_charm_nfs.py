@@ -41,6 +41,8 @@ class FakeMachine:
         self.failures_left = 0  # fail this many mount commands first
         self.error = "mount.nfs4: Connection refused"
         self.before_command = None  # a test's hook: runs before the command "runs"
+        # As the kernel does, a mount belongs to the directory it was made on (not to its path).
+        self.on_directory: dict[tuple[int, int], str] = {}
 
     @staticmethod
     def resolve(target: str, pass_fds: tuple[int, ...]) -> str:
@@ -65,6 +67,7 @@ class FakeMachine:
             assert pathlib.Path(target).is_dir(), "mount point must exist before mount"
             with self.mounts.open("a") as f:
                 f.write(f"{source} {target} nfs4 rw,relatime 0 0\n")
+            self.on_directory[self._identity(os.stat(target))] = source
         elif argv[0] == "umount":
             target = argv[-1]
             lines = self.mounts.read_text().splitlines()
@@ -72,7 +75,17 @@ class FakeMachine:
             if kept == lines:
                 raise nfs.MountError(f"umount: {target}: not mounted")
             self.mounts.write_text("".join(f"{line}\n" for line in kept))
+            self.on_directory.pop(self._identity(os.stat(target)), None)
         return ""
+
+    @staticmethod
+    def _identity(info: os.stat_result) -> tuple[int, int]:
+        return info.st_dev, info.st_ino
+
+    def mount_of(self, fd: int) -> tuple[str, str] | None:
+        """nfs.mount_of of the fake: what was mounted on this very directory, and its path."""
+        source = self.on_directory.get(self._identity(os.fstat(fd)))
+        return (source, os.readlink(f"/proc/self/fd/{fd}")) if source else None
 
     def mounts_of(self, target: str) -> list[str]:
         return [
@@ -88,6 +101,7 @@ def machine(monkeypatch, tmp_path, fake_workload):
     fake = FakeMachine(tmp_path / "proc-self-mounts")
     monkeypatch.setattr(nfs, "run_command", fake.run)
     monkeypatch.setattr(nfs, "MOUNTS_FILE", fake.mounts)
+    monkeypatch.setattr(nfs, "mount_of", fake.mount_of)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
     # The test's own /srv: the policy admits mount points under it like under the real /srv.
@@ -726,5 +740,24 @@ def test_umount_refuses_a_mount_point_replaced_by_a_symlink(machine, tmp_path):
     mountpoint = tmp_path / "srv" / "demo-share"
     mountpoint.symlink_to(elsewhere)
     with pytest.raises(nfs.MountError, match="demo-share is a symlink"):
-        nfs.umount(str(mountpoint))
+        nfs.umount(str(mountpoint), SOURCE)
     assert machine.commands == []
+
+
+def test_umount_refuses_a_directory_put_where_our_mount_point_was(machine, tmp_path):
+    """The parent was moved away (our mount with it) and a plain directory put in its place.
+
+    The path still names our mount in a stale table check; the directory it leads to now is not
+    the one our share was mounted on, so nothing is unmounted.
+    """
+    team = tmp_path / "srv" / "team"
+    (team / "share").mkdir(parents=True)
+    mountpoint = str(team / "share")
+    nfs.mount(SOURCE, mountpoint, ["rw"])
+    team.rename(team.with_name("team.moved"))
+    (team / "share").mkdir(parents=True)
+    machine.commands.clear()
+    with pytest.raises(nfs.MountError, match=r"is not a mount point, not '10\.0\.0\.5:/demo'"):
+        nfs.umount(mountpoint, SOURCE)
+    assert machine.commands == []
+    assert machine.on_directory  # our mount, now under team.moved, is still there
