@@ -16,11 +16,27 @@ The request's fields and the mount point policy are in nfs_request.py (plain Pyt
 pydantic model in models.py applies the same rules). Every command goes through `run_command`, the
 one function tests replace (the kernel of a test machine may have no NFS client). Mounting retries
 with tenacity (bounded); when the retries are exhausted the unit is Blocked with the error and the
-next event tries again. Unmounting never removes the mount point or anything in it.
+next event tries again. Unmounting never removes the mount point or anything in it. Neither
+`mount` nor `umount` is given the mount point's path: it is walked without following symlinks
+and named as `/proc/self/fd/N` (see `open_mountpoint` and docs/nfs-share.md).
+
+Soft, bounded mount: the share holds a copy of the operation journal, and a journal line is
+written at the end of each restart or upgrade, while the unit still holds the rolling lock. On a
+`hard` mount a request to an unreachable server is retried forever (and `intr` is ignored since
+Linux 2.6.25: only SIGKILL interrupts the write), so a dead NFS server would hang the hook and
+keep the lock of every unit. The share is therefore mounted `soft,timeo=50,retrans=2`: over TCP
+the client waits 5 s, then 10 s, then 15 s (linear backoff, nfs(5)) and returns an error, so one
+NFS request fails after about 30 s. The journal then logs a warning and the line is lost on the
+share only: the unit's local journal, which is the record, keeps it. The price of `soft` (nfs(5)
+warns that a timed-out write can be lost silently) is acceptable for a copy of an append-only log
+whose writer starts each line afresh and whose reader skips a cut line; it would not be for
+application data. docs/nfs-share.md has the alternatives that were weighed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -39,6 +55,7 @@ from charms.storage_libs.v0.nfs_interfaces import (
     parse_endpoint,
 )
 
+import nfs_request
 import paths
 from nfs_request import ShareRequest, echo
 
@@ -53,9 +70,11 @@ PEER_KEY = "nfs-mount"  # peer app bag: the requested share, JSON
 STATE_KEY = "nfs-mount-state"  # peer unit bag: "mounted <source>" or "failed"
 # retry=0: mount.nfs tries once (its default keeps trying for 2 minutes); tenacity retries.
 # nosuid,nodev: files on a share another application writes never become setuid or devices here.
-MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "hard", "proto=tcp", "retry=0"]
+# soft,timeo=50,retrans=2: see "Soft, bounded mount" in the module docstring.
+MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "soft", "timeo=50", "retrans=2", "proto=tcp", "retry=0"]
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
+MOUNTINFO_FILE = pathlib.Path("/proc/self/mountinfo")
 
 # Bounded retry of mount/umount: 5 attempts, waits 1, 2, 4, 8 s (tests set the waits to 0).
 RETRY_ATTEMPTS = 5
@@ -72,11 +91,16 @@ class MountError(Exception):
 # ------------------------------------------------------------------------------------------------
 
 
-def run_command(argv: list[str]) -> str:
-    """Run one command (mount, umount); raise MountError with its stderr when it fails."""
+def run_command(argv: list[str], pass_fds: tuple[int, ...] = ()) -> str:
+    """Run one command (mount, umount); raise MountError with its stderr when it fails.
+
+    `pass_fds`: descriptors the command inherits under the same numbers (`/proc/self/fd/N`).
+    """
     logger.info("running %s", " ".join(argv))
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, check=False, timeout=60, pass_fds=pass_fds
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise MountError(f"{argv[0]}: {error}") from error
     if proc.returncode != 0:
@@ -186,25 +210,135 @@ def _retrying() -> tenacity.Retrying:
     )
 
 
+_WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_mountpoint(mountpoint: str, *, create: bool = False, parent: bool = False) -> int:
+    """An O_PATH descriptor of `mountpoint` (or, with `parent`, of its directory), no symlinks.
+
+    The policy check (nfs_request.normalise_mountpoint) resolves symlinks, but whoever can write
+    to a directory on the way may swap a component for a symlink between that check and the
+    mount. So the path is walked again from the allowed root that holds it (opened as the system
+    has it), one component at a time, each opened relative to the previous one with O_NOFOLLOW
+    and O_DIRECTORY: a symlink or a file is refused, never followed. With `create`, a missing
+    component is made (mode 0755) under the held parent. The caller closes the descriptor.
+    """
+    allowed = nfs_request.MOUNT_ROOTS  # read at call time (tests add their own root)
+    roots = {os.path.realpath(r) for r in allowed} | set(allowed)
+    under = [r for r in roots if mountpoint.startswith(r.rstrip("/") + "/")]
+    if not under:
+        raise MountError(f"{mountpoint} is not under {', '.join(allowed)}")
+    root = max(under, key=len)
+    names = [name for name in mountpoint[len(root) :].split("/") if name]
+    if parent:
+        names = names[:-1]
+    fd = os.open(root, _WALK & ~os.O_NOFOLLOW)  # the root itself is the system's
+    try:
+        for name in names:
+            if name in (".", ".."):
+                raise MountError(f"{mountpoint}: '.' and '..' are not followed")
+            child = _open_dir(fd, name, create, mountpoint)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir(parent: int, name: str, create: bool, mountpoint: str) -> int:
+    """Open directory `name` under `parent` (O_PATH, no symlink), made first with `create`."""
+    try:
+        try:
+            return os.open(name, _WALK, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):  # made meanwhile: opened (and checked) below
+            os.mkdir(name, 0o755, dir_fd=parent)
+        return os.open(name, _WALK, dir_fd=parent)
+    except OSError as error:
+        if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise MountError(
+            f"{mountpoint}: {name} is a symlink or not a directory; not following it"
+        ) from None
+
+
 def mount(source: str, mountpoint: str, options: list[str]) -> None:
-    """Mount NFSv4 `source` at `mountpoint` (created if missing), retrying; add the fstab line."""
-    pathlib.Path(mountpoint).mkdir(parents=True, exist_ok=True)
-    opts = ",".join(options)
-    for attempt in _retrying():
-        with attempt:
-            run_command(["mount", "-t", "nfs4", "-o", opts, source, mountpoint])
+    """Mount NFSv4 `source` at `mountpoint` (created if missing), retrying; add the fstab line.
+
+    The target is `/proc/self/fd/N` of the directory `open_mountpoint` holds, and mount(8) is
+    told not to canonicalise it: the kernel resolves that link to the held directory itself, so
+    what is mounted on is the directory that was walked, whatever the path names by then.
+    """
+    fd = open_mountpoint(mountpoint, create=True)
+    try:
+        opts = ",".join(options)
+        target = f"/proc/self/fd/{fd}"
+        argv = ["mount", "--no-canonicalize", "-t", "nfs4", "-o", opts, source, target]
+        for attempt in _retrying():
+            with attempt:
+                run_command(argv, pass_fds=(fd,))
+    finally:
+        os.close(fd)
     set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))
 
 
-def umount(mountpoint: str) -> None:
-    """Unmount `mountpoint` (retrying, then lazily); drop the fstab line. Never deletes files."""
+def mount_of(fd: int) -> tuple[str, str] | None:
+    """(source, mount point) of the mount whose root directory `fd` is; None if it is no root.
+
+    From the kernel: the descriptor's mount id (/proc/self/fdinfo) looked up in
+    /proc/self/mountinfo, and the descriptor's own path, which is the mount point only for the
+    mount's root.
+    """
     try:
-        for attempt in _retrying():
-            with attempt:
-                run_command(["umount", mountpoint])
-    except MountError as error:
-        logger.warning("umount %s failed (%s); detaching lazily", mountpoint, error)
-        run_command(["umount", "-l", mountpoint])
+        info = pathlib.Path(f"/proc/self/fdinfo/{fd}").read_text().split()
+        mount_id = info[info.index("mnt_id:") + 1]
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        table = MOUNTINFO_FILE.read_text().splitlines()
+    except (OSError, ValueError, IndexError):
+        return None
+    for line in table:
+        fields, _, tail = line.partition(" - ")
+        fields_list, tail_list = fields.split(), tail.split()
+        if len(fields_list) >= 5 and len(tail_list) >= 2 and fields_list[0] == mount_id:
+            point = _unescape(fields_list[4])
+            return (_unescape(tail_list[1]), point) if point == where else None
+    return None
+
+
+def umount(mountpoint: str, source: str) -> None:
+    """Unmount our `source` from `mountpoint` (retrying, then lazily); drop the fstab line.
+
+    Never deletes files, and never unmounts what is not `source` mounted at `mountpoint`: the
+    parent directory is walked as for mounting and held, the mount point opened under it without
+    following a symlink, and the kernel asked which mount that directory is the root of
+    (`mount_of`). Only then is `/proc/self/fd/N/name` unmounted (N the parent; a descriptor of
+    the mount point itself would keep it busy): a mount point cannot be renamed or removed while
+    mounted (EBUSY), so the name still denotes the checked mount when umount(8) runs.
+    """
+    fd = open_mountpoint(mountpoint, parent=True)
+    try:
+        name = os.path.basename(mountpoint)
+        held = _open_dir(fd, name, False, mountpoint)  # a symlink is refused
+        try:
+            found = mount_of(held)
+        finally:
+            os.close(held)
+        if found != (source, mountpoint):
+            what = f"{echo(found[0])} mounted at {found[1]}" if found else "not a mount point"
+            raise MountError(f"{mountpoint} is {what}, not {echo(source)}; not unmounting it")
+        target = f"/proc/self/fd/{fd}/{name}"
+        try:
+            for attempt in _retrying():
+                with attempt:
+                    run_command(["umount", "--no-canonicalize", target], pass_fds=(fd,))
+        except MountError as error:
+            logger.warning("umount %s failed (%s); detaching lazily", mountpoint, error)
+            run_command(["umount", "--no-canonicalize", "-l", target], pass_fds=(fd,))
+    finally:
+        os.close(fd)
     set_fstab_entry(mountpoint, None)
 
 
@@ -317,7 +451,7 @@ class NfsShare(ops.Object):
         try:
             if previous and (target is None or target[1] != previous):
                 if ours is not None and mounted_source(previous) == ours:
-                    umount(previous)
+                    umount(previous, ours)
                 else:
                     set_fstab_entry(previous, None)
                 self._stored.mounted_at = self._stored.source = None
@@ -335,7 +469,7 @@ class NfsShare(ops.Object):
                             f"{echo(current)} is mounted at {mountpoint} and was not mounted by "
                             "this charm; unmount it or choose another mountpoint"
                         )
-                    umount(mountpoint)
+                    umount(mountpoint, current)
                 mount(source, mountpoint, options)
             else:
                 set_fstab_entry(mountpoint, fstab_line(source, mountpoint, options))

@@ -18,6 +18,7 @@ different client addresses at the same time against one server.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import subprocess
@@ -114,9 +115,13 @@ class UserspaceMount:
         self.table.write_text("")
         self.commands: list[list[str]] = []
 
-    def run(self, argv: list[str]) -> str:
+    def run(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> str:
         import nfs
 
+        target = argv[-1]  # /proc/self/fd/N of the directory the charm holds: its path
+        if target.startswith("/proc/self/fd/"):
+            assert int(target.split("/")[4]) in pass_fds
+            argv = [*argv[:-1], os.path.realpath(target)]
         self.commands.append(list(argv))
         if argv[0] != "mount":
             return ""
@@ -151,6 +156,7 @@ def demo(monkeypatch, tmp_path):
     monkeypatch.setattr(nfs, "MOUNTS_FILE", mounter.table)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
+    (tmp_path / "mnt").mkdir()  # a root exists, as /mnt does on a machine
     monkeypatch.setattr(
         nfs_request, "MOUNT_ROOTS", (*nfs_request.MOUNT_ROOTS, str(tmp_path / "mnt"))
     )
@@ -238,10 +244,11 @@ def test_requirer_units_decide_access_end_to_end(demo, provider, server, tmp_pat
     source = f"127.0.0.1:/{share}"
     assert mounter.commands[-1] == [
         "mount",
+        "--no-canonicalize",
         "-t",
         "nfs4",
         "-o",
-        f"port={server.port},rw,nosuid,nodev,hard,proto=tcp,retry=0",
+        f"port={server.port},rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0",
         source,
         mountpoint,
     ]

@@ -3,8 +3,11 @@
 What is simulated, and why: ops.testing stands in for Juju, and the `mount`/`umount` commands are
 replaced (`nfs.run_command`) by FakeMachine, because the kernel of the test machine has no NFS
 client. FakeMachine records every command and keeps a mount table file in the format of
-/proc/self/mounts, which the real `nfs.mounted_source` parser reads. The mount point directories,
-the fstab file and the operation journal are real files under tmp_path.
+/proc/self/mounts, which the real `nfs.mounted_source` parser reads. The charm names its target
+as `/proc/self/fd/N` of a directory it holds open; FakeMachine checks that N is passed to the
+command and resolves it as the kernel does (the directory behind the descriptor), recording the
+resolved path. The mount point directories, the fstab file and the operation journal are real
+files under tmp_path (tests/functional/test_nfs_mount_table.py mounts a real tmpfs the same way).
 """
 
 from __future__ import annotations
@@ -37,8 +40,24 @@ class FakeMachine:
         self.commands: list[list[str]] = []
         self.failures_left = 0  # fail this many mount commands first
         self.error = "mount.nfs4: Connection refused"
+        self.before_command = None  # a test's hook: runs before the command "runs"
+        # As the kernel does, a mount belongs to the directory it was made on (not to its path).
+        self.on_directory: dict[tuple[int, int], str] = {}
 
-    def run(self, argv: list[str]) -> str:
+    @staticmethod
+    def resolve(target: str, pass_fds: tuple[int, ...]) -> str:
+        """What the kernel mounts on: `/proc/self/fd/N[/name]` is the held directory's path."""
+        if not target.startswith("/proc/self/fd/"):
+            return os.path.realpath(target)  # a plain path: symlinks followed
+        number, _, rest = target.removeprefix("/proc/self/fd/").partition("/")
+        assert int(number) in pass_fds, "the command must inherit the descriptor it names"
+        held = os.readlink(f"/proc/self/fd/{number}")  # this process holds it too
+        return os.path.join(held, rest) if rest else held
+
+    def run(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> str:
+        if self.before_command is not None:
+            self.before_command(argv)
+        argv = [*argv[:-1], self.resolve(argv[-1], pass_fds)]
         self.commands.append(list(argv))
         if argv[0] == "mount":
             if self.failures_left:
@@ -48,6 +67,7 @@ class FakeMachine:
             assert pathlib.Path(target).is_dir(), "mount point must exist before mount"
             with self.mounts.open("a") as f:
                 f.write(f"{source} {target} nfs4 rw,relatime 0 0\n")
+            self.on_directory[self._identity(os.stat(target))] = source
         elif argv[0] == "umount":
             target = argv[-1]
             lines = self.mounts.read_text().splitlines()
@@ -55,7 +75,17 @@ class FakeMachine:
             if kept == lines:
                 raise nfs.MountError(f"umount: {target}: not mounted")
             self.mounts.write_text("".join(f"{line}\n" for line in kept))
+            self.on_directory.pop(self._identity(os.stat(target)), None)
         return ""
+
+    @staticmethod
+    def _identity(info: os.stat_result) -> tuple[int, int]:
+        return info.st_dev, info.st_ino
+
+    def mount_of(self, fd: int) -> tuple[str, str] | None:
+        """nfs.mount_of of the fake: what was mounted on this very directory, and its path."""
+        source = self.on_directory.get(self._identity(os.fstat(fd)))
+        return (source, os.readlink(f"/proc/self/fd/{fd}")) if source else None
 
     def mounts_of(self, target: str) -> list[str]:
         return [
@@ -71,9 +101,11 @@ def machine(monkeypatch, tmp_path, fake_workload):
     fake = FakeMachine(tmp_path / "proc-self-mounts")
     monkeypatch.setattr(nfs, "run_command", fake.run)
     monkeypatch.setattr(nfs, "MOUNTS_FILE", fake.mounts)
+    monkeypatch.setattr(nfs, "mount_of", fake.mount_of)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MIN", 0)
     monkeypatch.setattr(nfs, "RETRY_WAIT_MAX", 0)
     # The test's own /srv: the policy admits mount points under it like under the real /srv.
+    (tmp_path / "srv").mkdir()  # a root exists, as /srv does on a machine
     roots = (*nfs_request.MOUNT_ROOTS, str(tmp_path / "srv"))
     monkeypatch.setattr(nfs_request, "MOUNT_ROOTS", roots)
     return fake
@@ -122,8 +154,12 @@ def failed_state(info: pytest.ExceptionInfo[testing.ActionFailed]) -> testing.St
 
 
 def mount_cmd(target: str, source: str = SOURCE) -> list[str]:
-    options = "port=2050,rw,nosuid,nodev,hard,proto=tcp,retry=0"
-    return ["mount", "-t", "nfs4", "-o", options, source, target]
+    options = "port=2050,rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0"
+    return ["mount", "--no-canonicalize", "-t", "nfs4", "-o", options, source, target]
+
+
+def umount_cmd(target: str) -> list[str]:
+    return ["umount", "--no-canonicalize", target]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,7 +282,8 @@ def test_endpoint_arrival_mounts_on_every_unit(ctx, machine, mountpoint, tmp_pat
     fstab = (tmp_path / "etc" / "fstab").read_text()
     assert (
         f"{SOURCE} {mountpoint} nfs4 "
-        "port=2050,rw,nosuid,nodev,hard,proto=tcp,retry=0,_netdev,nofail 0 0" in fstab
+        "port=2050,rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0,_netdev,nofail 0 0"
+        in fstab
     )
     # Later events with nothing new: no more commands.
     machine.commands.clear()
@@ -299,14 +336,15 @@ def test_endpoint_change_unmounts_then_mounts(ctx, machine, mountpoint):
     )
     new_mount = [
         "mount",
+        "--no-canonicalize",
         "-t",
         "nfs4",
         "-o",
-        "rw,nosuid,nodev,hard,proto=tcp,retry=0",
+        "rw,nosuid,nodev,soft,timeo=50,retrans=2,proto=tcp,retry=0",
         "10.0.0.9:/demo",
         mountpoint,
     ]
-    assert machine.commands == [["umount", mountpoint], new_mount]
+    assert machine.commands == [umount_cmd(mountpoint), new_mount]
     assert machine.mounts_of(mountpoint) == ["10.0.0.9:/demo"]
 
 
@@ -322,7 +360,7 @@ def test_withdrawn_endpoint_unmounts_and_keeps_files(ctx, machine, mountpoint, t
         ctx.on.relation_changed(rel2, remote_unit=0),
         testing.State(relations={rel2, prel}, stored_states=out.stored_states),
     )
-    assert machine.commands == [["umount", mountpoint]]
+    assert machine.commands == [umount_cmd(mountpoint)]
     assert (pathlib.Path(mountpoint) / "keep.txt").read_text() == "data"
     assert "nfs-share" not in (tmp_path / "etc" / "fstab").read_text()
     assert nfs.STATE_KEY not in out.get_relation(prel.id).local_unit_data
@@ -337,7 +375,7 @@ def test_last_provider_unit_departing_unmounts(ctx, machine, mountpoint):
     machine.commands.clear()
     state = testing.State(relations={rel, prel}, stored_states=out.stored_states)
     ctx.run(ctx.on.relation_departed(rel, remote_unit=0, departing_unit=0), state)
-    assert machine.commands == [["umount", mountpoint]]
+    assert machine.commands == [umount_cmd(mountpoint)]
 
 
 def test_mountpoint_change_moves_the_mount(ctx, machine, mountpoint, tmp_path):
@@ -352,7 +390,7 @@ def test_mountpoint_change_moves_the_mount(ctx, machine, mountpoint, tmp_path):
         ctx.on.relation_changed(prel2, remote_unit=1),
         testing.State(relations={rel, prel2}, stored_states=out.stored_states),
     )
-    assert machine.commands == [["umount", mountpoint], mount_cmd(other)]
+    assert machine.commands == [umount_cmd(mountpoint), mount_cmd(other)]
 
 
 def test_mount_retries_then_succeeds(ctx, machine, mountpoint):
@@ -407,6 +445,22 @@ def test_server_connected_repeats_a_stored_request(ctx, machine, mountpoint):
         "allowlist": "0.0.0.0",
         "size": "-1",
     }
+
+
+def test_the_share_is_mounted_soft_so_a_journal_write_cannot_hang_the_rolling_lock():
+    """A dead server must fail a journal write in bounded time, not hang the lock's holder.
+
+    nfs(5), over TCP: `hard` retries forever (`intr` is ignored since Linux 2.6.25); `soft` fails
+    a request after `retrans` retransmissions, the wait growing by `timeo` deciseconds each time.
+    """
+    options = {key: value for key, _, value in (o.partition("=") for o in nfs.MOUNT_OPTIONS)}
+    assert "soft" in options and "hard" not in options and "intr" not in options
+    assert options["proto"] == "tcp"
+    timeo, retrans = int(options["timeo"]), int(options["retrans"])
+    worst_case_seconds = sum(timeo * attempt for attempt in range(1, retrans + 2)) / 10
+    assert worst_case_seconds == 30
+    assert timeo >= 30  # a busy but live server still answers within the first wait
+    assert f"soft,timeo={timeo},retrans={retrans}" in (nfs.__doc__ or "")
 
 
 def test_mounted_source_reads_the_kernel_table_format(tmp_path, monkeypatch):
@@ -518,7 +572,7 @@ def test_action_refuses_mountpoints_outside_the_policy(ctx, machine, mountpoint_
 
 
 def test_action_refuses_a_symlink_into_a_system_tree(ctx, machine, tmp_path):
-    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv").mkdir(exist_ok=True)
     (tmp_path / "srv" / "link").symlink_to("/etc")
     with pytest.raises(testing.ActionFailed) as info:
         ctx.run(
@@ -531,7 +585,7 @@ def test_action_refuses_a_symlink_into_a_system_tree(ctx, machine, tmp_path):
 
 
 def test_action_refuses_an_existing_file_as_mountpoint(ctx, machine, tmp_path):
-    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv").mkdir(exist_ok=True)
     (tmp_path / "srv" / "file").write_text("not a directory")
     with pytest.raises(testing.ActionFailed) as info:
         ctx.run(
@@ -627,3 +681,83 @@ def test_a_new_fstab_is_0644(tmp_path, monkeypatch):
     finally:
         os.umask(old_umask)
     assert (tmp_path / "etc" / "fstab").stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------------------------------------------------------
+# The mount point race: a component swapped for a symlink after the policy check
+# ------------------------------------------------------------------------------------------------
+
+
+def swap_for_symlink(directory: pathlib.Path, target: pathlib.Path) -> None:
+    """What a user who can write to `directory`'s parent does: move it away, plant a symlink."""
+    directory.rename(directory.with_name(directory.name + ".moved"))
+    directory.symlink_to(target)
+
+
+def test_a_symlink_swapped_in_after_the_walk_does_not_move_the_mount(ctx, machine, tmp_path):
+    """The swap happens between opening the mount point and the mount command (a test hook).
+
+    The mount command is the fake (no NFS client here); it resolves its target as the kernel
+    does. The old code passed the path, which now led through the symlink to `outside`.
+    """
+    outside = tmp_path / "outside"
+    (outside / "demo-share").mkdir(parents=True)
+    parent = tmp_path / "srv" / "parent"
+    mountpoint = str(parent / "demo-share")
+    swapped: list[bool] = []
+
+    def swap(argv: list[str]) -> None:
+        if argv[0] == "mount" and not swapped:
+            swap_for_symlink(parent, outside)
+            swapped.append(True)
+
+    machine.before_command = swap
+    rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel}))
+    assert swapped
+    held = str(tmp_path / "srv" / "parent.moved" / "demo-share")
+    assert machine.commands == [mount_cmd(held)]
+    assert machine.mounts_of(str(outside / "demo-share")) == []
+
+
+def test_a_symlink_swapped_in_before_the_walk_is_refused(machine, tmp_path):
+    """The swap happens after the policy check, before mounting: nothing is made or mounted."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    parent = tmp_path / "srv" / "parent"
+    parent.mkdir()
+    mountpoint = nfs_request.normalise_mountpoint(str(parent / "demo-share"))  # the check
+    swap_for_symlink(parent, outside)
+    with pytest.raises(nfs.MountError, match="parent is a symlink or not a directory"):
+        nfs.mount(SOURCE, mountpoint, ["rw"])
+    assert machine.commands == []
+    assert list(outside.iterdir()) == []  # no directory was created through the symlink
+
+
+def test_umount_refuses_a_mount_point_replaced_by_a_symlink(machine, tmp_path):
+    elsewhere = tmp_path / "srv" / "elsewhere"
+    elsewhere.mkdir()
+    mountpoint = tmp_path / "srv" / "demo-share"
+    mountpoint.symlink_to(elsewhere)
+    with pytest.raises(nfs.MountError, match="demo-share is a symlink"):
+        nfs.umount(str(mountpoint), SOURCE)
+    assert machine.commands == []
+
+
+def test_umount_refuses_a_directory_put_where_our_mount_point_was(machine, tmp_path):
+    """The parent was moved away (our mount with it) and a plain directory put in its place.
+
+    The path still names our mount in a stale table check; the directory it leads to now is not
+    the one our share was mounted on, so nothing is unmounted.
+    """
+    team = tmp_path / "srv" / "team"
+    (team / "share").mkdir(parents=True)
+    mountpoint = str(team / "share")
+    nfs.mount(SOURCE, mountpoint, ["rw"])
+    team.rename(team.with_name("team.moved"))
+    (team / "share").mkdir(parents=True)
+    machine.commands.clear()
+    with pytest.raises(nfs.MountError, match=r"is not a mount point, not '10\.0\.0\.5:/demo'"):
+        nfs.umount(mountpoint, SOURCE)
+    assert machine.commands == []
+    assert machine.on_directory  # our mount, now under team.moved, is still there

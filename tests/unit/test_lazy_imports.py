@@ -61,7 +61,7 @@ from tests.unit.conftest import charm_context
 workload.is_installed, workload.get_version = lambda: True, lambda: "1.0.0"
 workload.health = lambda: {"status": "ok", "version": "1.0.0"}
 commands = []
-nfs.run_command = lambda argv: commands.append(argv) or ""
+nfs.run_command = lambda argv, pass_fds=(): commands.append(argv) or ""
 nfs_request.MOUNT_ROOTS = (*nfs_request.MOUNT_ROOTS, f"{tmp}/srv")
 source, mountpoint = "10.0.0.5:/demo", f"{tmp}/srv/demo-share"
 pathlib.Path(mountpoint).mkdir(parents=True)

@@ -507,6 +507,51 @@ def test_return_to_etcd_waits_until_every_unit_acknowledged_peer(monkeypatch):
     assert (app["rollingops-mode"], app["rollingops-epoch"]) == ("etcd", "1")
 
 
+def test_sync_lock_issues_no_token_once_the_app_left_etcd_while_acquiring(monkeypatch):
+    """The app leaves etcd mode (epoch 3 -> 4) while the etcd sync lock is being acquired.
+
+    The hook stands in for the leader's switch in the same hook (as Juju would show it: the
+    leader's own write, read back); the lock itself is a recorder. No token may be made with
+    an epoch that is not the current one (the old code made one with epoch 0): the etcd lock is
+    released and the sync lock falls back to the charm's backend (this charm has none).
+    """
+    import contextlib
+
+    from charmlibs.rollingops import RollingOpsSyncLockError
+
+    released: list[int] = []
+    app_data: list = []
+
+    @contextlib.contextmanager
+    def sync_lock(self, timeout):
+        app_data[0].update({"rollingops-mode": "peer", "rollingops-epoch": "4"})
+        try:
+            yield 42
+        finally:
+            released.append(42)
+
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "sync_lock", sync_lock)
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    rel = testing.PeerRelation(
+        "restart", local_unit_data=unit_bag(backend="etcd"), local_app_data=app_bag_v2("etcd", 3)
+    )
+    state = testing.State(
+        planned_units=PLANNED, leader=True, relations={rel, testing.Relation("etcd")}
+    )
+    with ctx(ctx.on.update_status(), state) as mgr:
+        relation = mgr.charm.model.get_relation("restart")
+        assert relation is not None
+        app_data.append(relation.data[mgr.charm.app])
+        with (
+            pytest.raises(RollingOpsSyncLockError, match="no sync lock backend"),
+            mgr.charm.rolling.acquire_sync_lock("restart", 5) as grant,
+        ):
+            pytest.fail(f"the body ran with {grant}")
+        assert released == [42]
+        out = mgr.run()
+    assert out.get_relation(rel.id).local_unit_data["rollingops-backend"] == "peer"
+
+
 @pytest.mark.parametrize(("result", "after"), [(None, "idle"), ("retry-hold", "granted")])
 def test_the_granted_hook_ends_reporting_the_grant_over(monkeypatch, tmp_path, result, after):
     """In etcd mode no later hook may come to refresh the unit's status.

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -43,7 +44,7 @@ class FakeEtcdServer:
         ca, cert, key = _server_credentials()
         client = generate_client_credentials("codec-test")
         self.reply: Any = b""
-        self.stream: list[bytes] = []
+        self.stream: Iterable[bytes] = []
         handlers = {
             path.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(self._unary)
             for path in (
@@ -262,3 +263,30 @@ def test_threads_share_one_client(server: FakeEtcdServer):
     for t in threads:
         t.join(30)
     assert results == [9] * 8
+
+
+def test_watch_timeout_is_a_deadline_that_empty_messages_do_not_restart(server: FakeEtcdServer):
+    """Messages without events (progress notifications) do not restart the timeout.
+
+    Otherwise a stream of them (here one every 50 ms for 3 s) makes ``next`` wait on.
+    """
+    created = _etcd_proto.encode("WatchResponse", {"created": True, "header": {"revision": 3}})
+    empty = _etcd_proto.encode("WatchResponse", {"header": {"revision": 3}})
+    stop = threading.Event()
+
+    def progress_notifications() -> Iterator[bytes]:
+        yield created
+        for _ in range(60):
+            if stop.wait(0.05):
+                return
+            yield empty
+
+    server.stream = progress_notifications()
+    watch = server.client.watch("/p/", start_revision=1, timeout=5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            watch.next(timeout=0.3)
+    finally:
+        stop.set()
+    assert time.monotonic() - started < 1.5

@@ -920,3 +920,46 @@ def test_tokens_pack_epoch_high_and_refuse_a_sequence_that_does_not_fit():
     assert (grant.epoch, grant.sequence) == (3, 9)
     with pytest.raises(ValueError):
         _models.make_token(1, 1 << 40)
+
+
+@pytest.mark.parametrize("epoch", [1 << 23, (1 << 63) - 1])
+def test_an_epoch_too_large_for_a_token_is_malformed_and_granting_goes_on(caplog, epoch):
+    """A hand-written epoch whose tokens would not fit in 63 bits: shown, ignored, rewritten.
+
+    It was read as it is and the next grant's token (above 2**63) made every later read of the
+    databag fail: granting stopped for good.
+    """
+    context = ctx(0)
+    app = {**app_bag(_models.make_token(2, 5)), "rollingops-version": "2"}
+    app["rollingops-epoch"] = str(epoch)
+    state = testing.State(
+        planned_units=PLANNED, leader=True, relations={peer(app=app, peers={1: unit_bag(op(1))})}
+    )
+    with context(context.on.update_status(), state) as mgr:
+        malformed = mgr.charm.rolling.state.malformed
+        out = mgr.run()
+    assert any("rollingops-epoch" in problem for problem in malformed), malformed
+    assert "rollingops-epoch" in caplog.text
+    (rel,) = out.relations
+    assert isinstance(rel, testing.PeerRelation)
+    app_out, _ = bags(out, rel)
+    grant = json.loads(app_out["rollingops-grant"])
+    assert grant["unit"] == "app/1"
+    assert rollingops.split_token(grant["token"]) == (2, 6)  # the epoch of the last token
+    assert app_out["rollingops-epoch"] == "2"
+    next_state = dataclasses.replace(out, relations={rel})
+    with context(context.on.update_status(), next_state) as mgr:
+        assert mgr.charm.rolling.state.malformed == ()
+        mgr.run()
+
+
+def test_the_last_epoch_makes_the_largest_token_and_is_never_left():
+    from charmlibs.rollingops._peer import AppView
+
+    last = _models.MAX_EPOCH
+    assert _models.make_token(last, (1 << 40) - 1) == _models.MAX_INT
+    with pytest.raises(ValueError):
+        _models.make_token(last + 1, 0)
+    app = AppView(epoch=last)
+    app.switch_mode(ProcessingBackend.ETCD)  # no epoch is left to switch into
+    assert (app.mode, app.epoch) == (ProcessingBackend.PEER, last)

@@ -194,7 +194,11 @@ mode switch, in the same write as `rollingops-mode`, so each epoch has exactly o
 - peer grant: the leader issues `max(rollingops-token + 1, epoch << 40 | 1)`;
 - etcd grant: `epoch << 40 | create_revision(P lock)`, the epoch read by the granted hook, which
   runs the callback only if the application is on etcd in that hook (else: not-granted); the etcd
-  sync lock likewise. A revision past 2**40 cannot be packed: the unit falls back to peer.
+  sync lock likewise (the epoch read before acquiring, still current once the lock is held). A
+  revision past 2**40 cannot be packed: the unit falls back to peer.
+- epochs end at 2**23 - 1 (`MAX_EPOCH`, so a token fits in 63 bits): a larger `rollingops-epoch`
+  (only ever written by hand; no token of it can exist) is malformed: logged, shown in status and
+  replaced by the epoch of the last token issued. The leader never leaves the last epoch.
 
 Claim: if critical section A ended before critical section B started (a section spans the hook that
 runs it), then token(A) < token(B). The epoch only grows (only the leader writes it, each new
@@ -277,10 +281,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.5"
+__version__ = "1.1.5+coordinated.6"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 5
+LIBPATCH = 6
 
 __all__ = [
     "BusyUnits",

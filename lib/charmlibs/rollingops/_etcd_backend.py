@@ -389,11 +389,21 @@ class EtcdBackend:
 
     @contextlib.contextmanager
     def sync_lock(self, timeout: int | None) -> Iterator[LockGrant | None]:
-        """Yield an etcd LockGrant, or None when etcd failed (the caller uses its fallback)."""
+        """Yield an etcd LockGrant, or None when etcd failed (the caller uses its fallback).
+
+        The token carries the epoch read before acquiring, and only if it is still the current
+        one once the lock is held: if the application left etcd mode meanwhile, the lock is
+        released and this is an etcd failure like any other (None).
+        """
         stack = contextlib.ExitStack()
         try:
+            epoch = self._etcd_epoch()
+            if epoch is None:
+                raise RollingOpsError("the application does not run on etcd")
             token = stack.enter_context(self._etcd_lock().sync_lock(timeout))
-            fencing = make_token(self._etcd_epoch() or 0, token)
+            if self._etcd_epoch() != epoch:
+                raise RollingOpsError(f"the application left etcd epoch {epoch} while acquiring")
+            fencing = make_token(epoch, token)
         except TimeoutError:
             raise  # contention, not a failure: the caller reports "busy"
         except (RollingOpsError, OSError, ValueError) as error:  # never raise on etcd's account

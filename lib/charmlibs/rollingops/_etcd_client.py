@@ -42,6 +42,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -633,11 +634,14 @@ class Watch:
         Raises :class:`EtcdCompactedError` when the start revision is compacted,
         :class:`WatchCancelledError` after :meth:`cancel`, :class:`EtcdConnectionError` when the
         stream breaks (resume with a new watch from the last revision + 1). After a timeout or an
-        error the watch is closed.
+        error the watch is closed. ``timeout`` is one deadline for the whole call: messages
+        without events (progress notifications) are skipped without restarting it.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:  # skip progress notifications that carry no events
             try:
-                result = self._message(timeout)
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                result = self._message(remaining)
                 self._check_cancel(result)
                 events = [_event(event) for event in result.get("events", [])]
             except BaseException:

@@ -52,14 +52,16 @@ MAX_INT = (1 << 63) - 1
 
 # A fencing token packs (epoch, sequence) into one integer: epoch in the high bits.
 TOKEN_SEQUENCE_BITS = 40  # sequences (peer counter, etcd create_revision) stay below 2**40
+MAX_EPOCH = MAX_INT >> TOKEN_SEQUENCE_BITS  # 2**23 - 1: every token fits in 63 bits
 
 
 def make_token(epoch: int, sequence: int) -> int:
     """The fencing token of grant `sequence` in `epoch`: ordered by epoch, then by sequence.
 
-    Raises ValueError when `sequence` does not fit (an etcd revision past 2**40) or is negative.
+    Raises ValueError when `sequence` does not fit (an etcd revision past 2**40), when `epoch`
+    is above MAX_EPOCH, or when either is negative.
     """
-    if epoch < 0 or not 0 <= sequence < 1 << TOKEN_SEQUENCE_BITS:
+    if not 0 <= epoch <= MAX_EPOCH or not 0 <= sequence < 1 << TOKEN_SEQUENCE_BITS:
         raise ValueError(f"cannot pack epoch {epoch}, sequence {sequence} into a fencing token")
     return epoch << TOKEN_SEQUENCE_BITS | sequence
 

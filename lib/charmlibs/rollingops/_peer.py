@@ -37,6 +37,7 @@ from ._models import (
     KEY_SEQ,
     KEY_TOKEN,
     KEY_VERSION,
+    MAX_EPOCH,
     UNIT_WIRE_VERSION,
     Done,
     Grant,
@@ -260,6 +261,9 @@ class AppView:
             # Never reuse a token: an unreadable counter is a broken invariant, stop granting.
             view._bad(f"bad {KEY_TOKEN} or {KEY_EPOCH} (granting stops): {error}")
             view.readable = False
+        if view.epoch > MAX_EPOCH:  # written by hand: no token of it fits, none was issued
+            view._bad(f"{KEY_EPOCH} above {MAX_EPOCH} (ignored): {view.epoch}")
+            view.epoch = 0  # the epoch of the last token issued, below
         if bag.get(KEY_GRANT):
             try:
                 view.grant = Grant.decode(bag[KEY_GRANT])
@@ -283,7 +287,13 @@ class AppView:
         return view
 
     def switch_mode(self, mode: ProcessingBackend) -> None:
-        """Leader: run the application on `mode` from now on, in a new fencing epoch."""
+        """Leader: run the application on `mode` from now on, in a new fencing epoch.
+
+        At MAX_EPOCH (only ever written by hand) it stays in its mode: no new epoch is left.
+        """
+        if self.epoch >= MAX_EPOCH:
+            logger.error("fencing epoch %s is the last one: staying on %s", self.epoch, self.mode)
+            return
         self.mode = mode
         self.epoch += 1
 
