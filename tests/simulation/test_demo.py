@@ -208,8 +208,11 @@ def test_no_unit_still_shows_restarting_once_the_roll_is_over(tmp_path, engine):
 
 
 def test_svg_labels_never_overlap_even_when_everything_happens_at_once(tmp_path):
-    """A crowded picture: an outage starting a tick after the request, a dozen markers on one
-    lane a tick apart (two-digit numbers), a footnote spanning three-digit times."""
+    """A crowded picture: every label's box stays clear of every other.
+
+    An outage starting a tick after the request, a dozen markers on one lane a tick apart
+    (two-digit numbers), footnotes at three-digit times.
+    """
     from demo.svg import Interval, Lane, Mark, Picture, render
 
     units = [f"{APP}/{i}" for i in range(3)]
