@@ -101,9 +101,9 @@ next run.
 
       state = ctx.run(ctx.on.custom(Serial.on.wake_up), state)
 
-  (``coordinator.on.wake_up`` emits ``wake_up_event`` in the same dispatch; with two
-  coordinators on one charm Scenario picks the first attribute, so subclass ``Serial`` per lock
-  set or use the relation route below.) A peer ``relation_changed`` with a ``remote_unit`` works
+  (``coordinator.on.wake_up`` emits ``wake_up_event`` in the same dispatch. Scenario wakes the
+  first coordinator it finds among the charm's attributes: with two coordinators, drive the
+  other one by the relation route.) A peer ``relation_changed`` with a ``remote_unit`` works
   too.
 - Another unit's turn: give its request (its unit bag) to the leader's State and run
   ``relation_changed``; give the resulting app bag to the unit's State and run its
