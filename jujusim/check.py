@@ -9,10 +9,11 @@ the seed picks, with one fault, and checks what a lock must guarantee:
 - I4 liveness: every unit that was not removed ran its operation as often as it asked;
 - I5 no uncaught exception in any hook, and no unit left in error.
 
-The critical section is the method (or function) of your charm that does the disruptive work:
-`critical_section=(MyCharm, "_restart")`. While the check runs it is wrapped: each call inside a
-hook is recorded as one critical section that lasts as long as that hook plus `section_ticks`
-ticks (a restart takes longer than an ordinary hook, so overlaps show). Faults (`FAULTS`):
+The critical section is the method (or module function) of your charm that does the disruptive
+work: `critical_section=(MyCharm, "_restart")` or `(my_module, "restart_service")`. While the
+check runs it is wrapped: each call inside a hook is recorded as one critical section that
+lasts as long as that hook plus `section_ticks` ticks (a restart takes longer than an ordinary
+hook, so overlaps show). Faults (`FAULTS`):
 
 - `none`;
 - `leader-removed`: `juju remove-unit` of the leader while the first section runs;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -162,6 +164,7 @@ def _wrapped(owner: Any, name: str, current: list[_Schedule]) -> Iterator[None]:
     original = getattr(owner, name)
     if not callable(original):
         raise TypeError(f"critical_section: {owner!r}.{name} is not callable")
+    stored = inspect.getattr_static(owner, name)  # what to put back (a staticmethod stays one)
 
     @functools.wraps(original)
     def section(*args: Any, **kwargs: Any) -> Any:
@@ -169,11 +172,12 @@ def _wrapped(owner: Any, name: str, current: list[_Schedule]) -> Iterator[None]:
             current[0].enter()
         return original(*args, **kwargs)
 
-    setattr(owner, name, section)
+    static = isinstance(stored, (staticmethod, classmethod))  # `original` is already bound
+    setattr(owner, name, staticmethod(section) if static else section)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        setattr(owner, name, stored)
 
 
 def check_charm(
@@ -244,6 +248,7 @@ def check_charm(
                 problems += recorder.violations + recorder.ghost_holders()
                 problems += recorder.liveness_failures() + recorder.uncaught()
                 problems += [f"{u} left in error" for u in sim.stuck_units()]
+                problems = list(dict.fromkeys(problems))  # one line per distinct problem
                 served = sum(1 for i in recorder.intervals if i.committed and not i.failed)
                 script = format_script(sim.steps)
                 hooks = sim.hooks_run - since

@@ -96,3 +96,14 @@ class UnlockedCharm(ops.CharmBase):
 
     def _restart(self) -> None:
         RESTARTS.append(self.unit.name)
+
+
+class StaticCharm(UnlockedCharm):
+    """UnlockedCharm whose restart is a staticmethod (`check_charm` must still see it)."""
+
+    def _restart(self) -> None:
+        self.restart_service(self.unit.name)
+
+    @staticmethod
+    def restart_service(unit: str) -> None:
+        RESTARTS.append(unit)

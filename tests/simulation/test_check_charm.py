@@ -17,7 +17,7 @@ import pytest
 
 from jujusim import CharmSpec, check_charm, grants
 
-from .example_charm import CHARM_DIR, CoordinatorCharm, UnlockedCharm, V0Charm
+from .example_charm import CHARM_DIR, CoordinatorCharm, StaticCharm, UnlockedCharm, V0Charm
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "## Testing your charm on N units"
@@ -124,3 +124,15 @@ def test_unknown_faults_are_refused_with_the_list_of_known_ones():
             critical_section=(V0Charm, "_restart"),
             faults=("machine-on-fire",),
         )
+
+
+def test_a_module_function_can_be_the_critical_section():
+    """`critical_section` may name a function of a module the charm calls (here a staticmethod)."""
+    report = check_charm(
+        CharmSpec.from_dir(StaticCharm, CHARM_DIR),
+        request="restart",
+        critical_section=(StaticCharm, "restart_service"),
+        seeds=[0],
+    )
+    assert not report.ok  # the static section is seen: three units inside at once
+    assert StaticCharm.__dict__["restart_service"].__class__ is staticmethod
