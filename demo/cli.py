@@ -9,6 +9,7 @@ simulated (an in-memory service per unit; see harness.py).
     python -m demo        # 5 units, rolling restart, engine rollingops
     python -m demo --units 3 --engine v0 --fault holder-removed
     python -m demo --operation upgrade --fault hook-failure --seed 7
+    python -m demo --compare --fault holder-removed   # every engine, same schedule and fault
 
 It prints, as it goes, a `juju status`-like table each time a unit enters its critical section
 (and when a fault strikes), then a timeline (one row per unit), the hook count and the checks
@@ -22,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import logging
 import math
 import pathlib
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -47,6 +50,17 @@ ENGINE_TEXT = {
     "v0": "charms.rolling_ops.v0.rollingops, peer-relation lock",
     "coordinator": "charms.coordinated_ops.v0.coordinator, Serial (first come first served)",
 }
+ENGINE_HOW = {
+    "rollingops": "each unit's background worker takes a lease-backed lock key in etcd and "
+    "dispatches the unit's rollingops-lock-granted hook: 2 hooks per restart, no peer-relation "
+    "traffic; any etcd failure moves the application to the peer backend",
+    "rollingops-peer": "the leader grants in the peer application bag, first come first "
+    "served, one fencing token per grant; every grant and release wakes every unit",
+    "v0": "the Charmhub library's API and relation data: the leader writes `granted` for one "
+    "unit at a time in the peer application bag",
+    "coordinator": "units request named locks in their peer unit bag, the leader grants in "
+    "request order; a unit releases at the end of the hook in which it saw its grant",
+}
 ENGINE_TITLE = {
     "rollingops": "rollingops on etcd (in-memory fake etcd)",
     "rollingops-peer": "rollingops on its peer backend",
@@ -61,6 +75,7 @@ FAULTS = (
     "etcd-replaced",
 )
 ETCD_FAULTS = ("etcd-outage", "etcd-replaced")
+COMPARED_FAULTS = ("none", "leader-removed", "holder-removed", "hook-failure")  # every engine
 OUTAGE_TICKS = 20  # longer than the rollingops lease (LEASE_TTL_TICKS) on logical time
 REPLACE_TICKS = 6  # from removing the etcd relation to integrating the new cluster
 REPLACE_WAIT_TICKS = 60  # how long the demo waits for the application to return to etcd
@@ -77,17 +92,56 @@ class Options:
     fault: str = "none"
     seed: int | None = None
     svg: pathlib.Path = DEFAULT_SVG
+    compare: bool = False
+
+
+def faults_for(engine: str, operation: str = "restart") -> tuple[str, ...]:
+    """The faults that apply to an engine: the etcd ones need etcd (rollingops, restart)."""
+    etcd = operation == "restart" and engine == "rollingops"
+    return tuple(f for f in FAULTS if f != "none" and (etcd or f not in ETCD_FAULTS))
+
+
+def _help_epilog() -> str:
+    lines = ["engines (--engine; which library coordinates the restart):"]
+    for engine in ENGINES:
+        lines.append(f"  {engine:<16} {ENGINE_TEXT[engine]}:")
+        lines += textwrap.wrap(ENGINE_HOW[engine], 79, initial_indent=" " * 19,
+                               subsequent_indent=" " * 19)  # fmt: skip
+    lines += ["", "faults (--fault; one per run):"]
+    for fault in FAULTS[1:]:
+        applies = "rollingops only (needs etcd)" if fault in ETCD_FAULTS else "every engine"
+        lines.append(f"  {fault:<16} {FAULT_TEXT[fault]} [{applies}]")
+    lines += [
+        "",
+        "--compare runs the same schedule and fault on every engine and prints, per engine,",
+        "the hooks, makespan and lock handoffs, and what it did about the fault; without",
+        f"--fault it compares under {', '.join(COMPARED_FAULTS)}.",
+        "--operation upgrade uses the upgrade library's own coordination (--engine ignored).",
+    ]
+    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         prog="tox -e demo --",
         description="A simulated Juju deployment of the real coordinated-ops charm.",
+        epilog=_help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--units", type=int, default=5, help="number of units (default 5)")
-    parser.add_argument("--engine", choices=ENGINES, default="rollingops", help="restart engine")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="rollingops",
+        help="which library coordinates the restart (see below; default rollingops)",
+    )  # fmt: skip
     parser.add_argument("--operation", choices=OPERATIONS, default="restart")
-    parser.add_argument("--fault", choices=FAULTS, default="none", help="inject one fault")
+    parser.add_argument(
+        "--fault", choices=FAULTS, default="none",
+        help="inject one fault (see below for which engines it applies to)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="run every engine on the same schedule and fault, side by side",
+    )  # fmt: skip
     parser.add_argument(
         "--seed", type=int, default=None,
         help="interleave the units' hooks at random with this seed (default: round-robin)",
@@ -103,7 +157,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--units must be between 1 and 26")
     if args.fault in ("leader-removed", "holder-removed", "hook-failure") and args.units < 2:
         parser.error(f"--fault {args.fault} needs at least 2 units")
-    return Options(args.units, args.engine, args.operation, args.fault, args.seed, args.svg)
+    if args.compare and args.units < 2:
+        parser.error("--compare needs at least 2 units")
+    if args.compare and args.operation != "restart":
+        parser.error("--compare compares the restart engines: use it with --operation restart")
+    return Options(
+        args.units, args.engine, args.operation, args.fault, args.seed, args.svg, args.compare
+    )
 
 
 class Glyphs:
@@ -135,6 +195,10 @@ class Demo:
         self.crashes_seen: list[Crash] = []
         self.crashes_told: list[Crash] = []
         self._intervals_seen = 0
+        self.fault_at: int | None = None  # when the fault struck
+        self.stats: dict[str, Any] = {}  # the accounting of the run (report)
+        self.problems: list[str] = []  # the failed checks (report)
+        self.sections: list[Any] = []  # the critical sections, by start (report)
 
     def units(self) -> list[str]:
         """Every unit the demo's application ever had, in id order (removed ones included)."""
@@ -181,6 +245,11 @@ class Demo:
         self.say("  The controller, unit agents and hook delivery are simulated (jujusim);")
         self.say("  the charm code is the real charm (src/, lib/), one copy per unit.")
         self.say(f"  Units: {o.units}. Operation: {what}.")
+        if o.operation == "restart":
+            for line in textwrap.wrap(f"How: {ENGINE_HOW[o.engine]}.", 94):
+                self.say(f"  {line}")
+            faults = ", ".join(faults_for(o.engine))
+            self.say(f"  Faults that apply to this engine (--fault): {faults}.")
         if o.operation == "restart" and o.engine == "rollingops":
             self.say("  etcd: an in-memory fake etcd on logical time (demo/fake_etcd.py)")
             self.say(
@@ -197,6 +266,8 @@ class Demo:
         self.say(
             f"  Time is logical: 1 tick = 1 hook; a restart takes {RESTART_TICKS} ticks more."
         )
+        self.say("  Status tables show the statuses Juju has committed (a hook's own status shows")
+        self.say("  once the hook ends); Lock is who holds the grant and who is inside it now.")
         self.say()
 
     def deploy(self) -> int:
@@ -262,6 +333,7 @@ class Demo:
         news: list[str] = []
         for crash in h.crashed[len(self.crashes_seen) :]:
             self.crashes_seen.append(crash)
+            self.fault_at = crash.t if self.fault_at is None else self.fault_at
             self.marks.append(
                 Mark(
                     crash.t, crash.unit, "crash", "crashed inside its critical section (injected)"
@@ -359,6 +431,7 @@ class Demo:
         sim = self.sim
         rollingops_engines.world_of(sim).outage(t1, t2)
         self.outages.append((t1, t2))
+        self.fault_at = t1
         self.say(f"t={sim.now}  {self.glyphs.fault} fault: etcd will be unreachable t={t1}..{t2}")
         settle = t2 + rollingops_engines.LEASE_TTL_TICKS + 1
         sim.add_timer(settle, "update-status", lambda: self.update_status())
@@ -374,6 +447,7 @@ class Demo:
             f"removed t={t1}, new cluster integrated t={t2}"
         )
         old = rollingops_engines.etcd_relation(sim)
+        self.fault_at = t1
         sim.add_timer(
             t1,
             "juju remove-relation etcd; a new etcd cluster is deployed",
@@ -410,6 +484,7 @@ class Demo:
 
     def remove(self, unit: str, graceful: bool) -> None:
         how = "juju remove-unit" if graceful else "its machine vanished (abrupt removal)"
+        self.fault_at = self.sim.now if self.fault_at is None else self.fault_at
         self.say(f"t={self.sim.now}  {self.glyphs.fault} fault: {unit} removed: {how}")
         if not graceful and self.h.engine.name == "rollingops-etcd":
             ttl = rollingops_engines.LEASE_TTL_TICKS
@@ -505,6 +580,7 @@ class Demo:
             )
         self.say()
         problems = self.checks(intervals)
+        self.stats, self.problems, self.sections = stats, problems, intervals
         picture = self.picture(t_request, t_end, intervals, stats)
         self.o.svg.parent.mkdir(parents=True, exist_ok=True)
         self.o.svg.write_text(picture)
@@ -647,6 +723,102 @@ class Demo:
             )
         )
 
+    # --- what the engine did about the fault (for --compare) ----------------------------------
+
+    def fault_response(self) -> list[str]:
+        """What happened after the fault struck, read from the run: who went next, and how."""
+        o, sim = self.o, self.sim
+        if o.fault == "none" or self.fault_at is None:
+            return []
+        struck = self.fault_at
+        said = []
+        for crash in self.crashes_seen[:1]:
+            if crash.run.ok:
+                said.append(
+                    "the library caught the exception: the hook committed, the lock was "
+                    "released and the restart queued again"
+                )
+            else:
+                said.append(
+                    f"the hook failed: {crash.unit} went into error and Juju discarded its "
+                    "writes; `juju resolved` ran the hook again"
+                )
+        if o.fault == "leader-removed":
+            elected = [(t, u) for t, u in self.leader_history if t >= struck and u]
+            if elected:
+                said.append(f"{elected[0][1]} became leader at t={elected[0][0]}")
+        after = [i for i in self.sections if i.start >= struck and i.committed]
+        if not after:
+            said.append("no critical section started after the fault")
+            return said
+        nxt = after[0]
+        run = sim.runs.get(nxt.hook)
+        hook = run.item.event.replace("_", "-") if run else "?"
+        ticks = nxt.start - struck
+        said.append(
+            f"next inside: {nxt.unit} at t={nxt.start}, {ticks} tick{'s' * (ticks != 1)} after "
+            f"the fault, in its {hook} hook"
+        )
+        chain = self.chain_since(nxt.hook, struck)
+        if len(chain) > 1:
+            said.append("hooks that led there: " + " -> ".join(chain))
+        return said
+
+    def chain_since(self, seq: int, since: int) -> list[str]:
+        """The causal chain of hooks that queued run `seq`, back to the first one after `since`."""
+        chain = []
+        run = self.sim.runs.get(seq)
+        while run is not None and run.start >= since and len(chain) < 12:
+            unit = run.unit.rsplit("/", 1)[1]
+            chain.append(f"{unit}:{run.item.event.replace('_', '-')}")
+            run = self.sim.runs.get(run.item.parent)
+        return chain[::-1]
+
+
+def compare(options: Options, out: TextIO = sys.stdout) -> int:
+    """`--compare`: every engine on the same schedule and fault(s), side by side."""
+    faults = [options.fault] if options.fault != "none" else list(COMPARED_FAULTS)
+    schedule = f"seeded random, seed {options.seed}" if options.seed is not None else "round-robin"
+    intro = (
+        f"coordinated-ops demo, side by side: {options.units} units, a restart requested on "
+        f"every unit, {schedule}. The controller is simulated (jujusim), the charm is the real "
+        "charm, etcd an in-memory fake. hooks: every hook run from the request on (all units); "
+        "makespan: ticks from the request to the last exit; handoffs: how many, and the median "
+        "ticks from one unit's exit to the next one's entry. Under each engine: what it did "
+        "about the fault, read from the run."
+    )
+    print("\n".join(textwrap.wrap(intro, 94)), file=out)
+    code = 0
+    for fault in faults:
+        print(f"\n=== fault: {fault}" + (f" ({FAULT_TEXT[fault]})" if fault != "none" else ""),
+              file=out)  # fmt: skip
+        print(f"  {'engine':<16} {'hooks':>5} {'makespan':>8}  {'handoffs':<12} checks", file=out)
+        for engine in ENGINES:
+            if fault != "none" and fault not in faults_for(engine):
+                print(f"  {engine:<16} {'-':>5} {'-':>8}  {'-':<12} n/a: needs etcd", file=out)
+                continue
+            run = dataclasses.replace(options, engine=engine, fault=fault, compare=False)
+            run.svg = options.svg.with_name(f"{options.svg.stem}-{engine}-{fault}.svg")
+            demo = Demo(run, out=io.StringIO())  # its own story is not shown here
+            result = demo.run()
+            code = max(code, result)
+            stats = demo.stats
+            median = stats.get("handoff_ticks_p50")
+            handoffs = f"{len(stats.get('handoffs', []))}" + (
+                f" ({median:g})" if median is not None else ""
+            )
+            checks = "ok" if result == 0 else "FAILED: " + "; ".join(demo.problems)[:60]
+            print(
+                f"  {engine:<16} {stats.get('hooks_total', '?'):>5} "
+                f"{stats.get('makespan', '?'):>8}  {handoffs:<12} {checks}",
+                file=out,
+            )
+            for line in demo.fault_response():
+                for part in textwrap.wrap(line, 90, break_on_hyphens=False):
+                    print(f"      {part}", file=out)
+    print(f"\nPictures: {options.svg.parent}/{options.svg.stem}-<engine>-<fault>.svg", file=out)
+    return code
+
 
 FAULT_TEXT = {
     "leader-removed": "the leader is removed (juju remove-unit) mid-rollout",
@@ -665,6 +837,8 @@ def quiet_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     quiet_logging()
+    if options.compare:
+        return compare(options)
     return Demo(options).run()
 
 

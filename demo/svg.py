@@ -117,6 +117,7 @@ class _Canvas:
         self.hi = max(p.t1 + 1, self.lo + 2)
         self.row = {lane.unit: i for i, lane in enumerate(p.lanes)}
         self.parts: list[str] = []
+        self.top_labels: list[tuple[float, str, str]] = []  # (x, text, colour) above the lanes
         notes = len(self.notes())  # footnote lines
         self.height = TOP + LANE * len(p.lanes) + BOTTOM + (FOOTNOTE * notes + 14 if notes else 0)
 
@@ -151,6 +152,7 @@ class _Canvas:
             self.lane(lane)
         self.outages()
         self.request_line()
+        self.draw_top_labels()
         self.handoffs()
         for bar in p.bars:
             self.bar(bar)
@@ -188,7 +190,6 @@ class _Canvas:
             (LEFT + WIDTH - RIGHT) / 2, bottom + 34,
             "logical time (ticks: one hook takes 1 tick)", 11, fill=MUTED, text_anchor="middle",
         )  # fmt: skip
-        self.text(WIDTH - 12, top + 2, "hooks run", 11, fill=MUTED, text_anchor="end")
         self.add("</g>")
 
     def lane(self, lane: Lane) -> None:
@@ -249,7 +250,15 @@ class _Canvas:
             'stroke-dasharray="4 3" stroke-width="1"/>'
         )
         what = f"{self.p.operation} requested on {len(requests)} unit{'s' * (len(requests) > 1)}"
-        self.text(x + 4, top - 2, what, 11, fill=INK)
+        self.top_labels.append((x + 4, what, INK))
+
+    def draw_top_labels(self) -> None:
+        """The labels of the strip above the lanes, left to right, each after the one before."""
+        free = 0.0
+        for x, what, colour in sorted(self.top_labels):
+            x = max(x, free)
+            self.text(x, TOP - 8, what, 11, fill=colour)
+            free = x + label_width(what, 11) + 8
 
     def handoffs(self) -> None:
         done = sorted(self.p.bars, key=lambda b: (b.start, b.unit))
@@ -302,13 +311,13 @@ class _Canvas:
         return groups
 
     def marks(self) -> None:
-        placed: dict[tuple[str, int], int] = {}
+        """Numbered markers; in a lane each one at least a marker's width after the one before."""
+        free: dict[str, float] = {}  # lane -> the first x where the next marker fits
         for number, group in enumerate(self.notes(), 1):
             for mark in group:
-                key = (mark.unit, mark.t)
-                nudge = placed.get(key, 0)
-                placed[key] = nudge + 1
-                x, y = self.x(mark.t) + nudge * 17, self.y(mark.unit) + 11
+                x = max(self.x(mark.t), free.get(mark.unit, 0.0))
+                free[mark.unit] = x + 17
+                y = self.y(mark.unit) + 11
                 self.add(
                     f'<g class="mark {mark.kind}"><circle cx="{x}" cy="{y}" r="8" '
                     f'fill="{MARK_COLOUR[mark.kind]}" stroke="#ffffff" stroke-width="1.5"/>'
@@ -319,18 +328,18 @@ class _Canvas:
 
     def footnotes(self) -> None:
         y = TOP + LANE * len(self.p.lanes) + 62 + 34
+        spans = [_span(group) for group in self.notes()]
+        column = 48 + max((label_width(span, 12) for span in spans), default=0) + 10
         for number, group in enumerate(self.notes(), 1):
             first = group[0]
             colour = MARK_COLOUR[first.kind]
             self.add(f'<circle cx="32" cy="{y - 4}" r="8" fill="{colour}"/>')
             self.text(32, y, str(number), 10, fill="#ffffff", text_anchor="middle",
                       font_weight="bold")  # fmt: skip
-            last = max(m.t for m in group)
-            self.text(48, y, f"t={first.t}" + (f"-{last}" if last != first.t else ""), 12,
-                      fill=MUTED)  # fmt: skip
+            self.text(48, y, _span(group), 12, fill=MUTED)
             units = sorted((m.unit for m in group), key=self.row.__getitem__)
             who = units[0] if len(units) == 1 else _short(units)
-            self.text(112, y, f"{who}: {first.label}", 12)
+            self.text(column, y, f"{who}: {first.label}", 12)
             y += FOOTNOTE
 
     def outages(self) -> None:
@@ -345,7 +354,7 @@ class _Canvas:
                 f'<line x1="{x2}" y1="{top}" x2="{x2}" y2="{bottom}" stroke="{FAULT}" '
                 'stroke-dasharray="3 3"/></g>'
             )
-            self.text(x1 + 4, top - 2, f"etcd unreachable t={t1}..{t2}", 11, fill=FAULT)
+            self.top_labels.append((x1 + 4, f"etcd unreachable t={t1}..{t2}", FAULT))
 
     def legend(self) -> None:
         y = TOP + LANE * len(self.p.lanes) + 62
@@ -372,6 +381,17 @@ class _Canvas:
             self.text(x + 28, y + 2, label, 11)
             x += 28 + 6.6 * len(label) + 22
         self.add("</g>")
+
+
+def label_width(text: str, size: float, bold: bool = False) -> float:
+    """A generous estimate of a label's width in pixels (sans-serif, no font metrics at hand)."""
+    return len(text) * size * (0.66 if bold else 0.62)
+
+
+def _span(group: list[Mark]) -> str:
+    """`t=5`, or `t=5-7` for a footnote shared by marks at several times."""
+    first, last = group[0].t, max(m.t for m in group)
+    return f"t={first}" + (f"-{last}" if last != first else "")
 
 
 def _short(units: list[str]) -> str:

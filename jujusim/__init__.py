@@ -5,9 +5,13 @@ the simulator; each unit runs the real charm class through ops.testing (Scenario
 view of that truth, and the simulator commits what it wrote and queues the hooks Juju would queue.
 A scheduler decides which unit runs next, so one test can try many interleavings (seeds).
 The rules it implements are written in docs/juju-rules.md; see README.md here for an example.
+`check_charm` (check.py) checks a lock or rolling operation in your charm on N units, with the
+ready-made grant checks of `grants` for each lock library of this project.
 """
 
+from . import grants
 from .accounting import account
+from .check import FAULTS, Report, Schedule, check_charm
 from .invariants import Interval, Recorder
 from .protocols import Actor, Listener, Scheduler
 from .queues import ActionRecord, Item
@@ -18,6 +22,7 @@ from .simulator import ActionRejected, DrainLimit, InjectedFault, Running, Simul
 from .truth import Bags, app_of, unit_id
 
 __all__ = [
+    "FAULTS",
     "ActionRecord",
     "ActionRejected",
     "Actor",
@@ -29,16 +34,20 @@ __all__ = [
     "Item",
     "Listener",
     "Recorder",
+    "Report",
     "RoundRobin",
     "Running",
+    "Schedule",
     "Scheduler",
     "SeededRandom",
     "Simulator",
     "SimulatorBug",
     "account",
     "app_of",
+    "check_charm",
     "drain",
     "format_script",
+    "grants",
     "replay",
     "unit_id",
 ]

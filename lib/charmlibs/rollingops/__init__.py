@@ -257,6 +257,29 @@ Worker (one background process per etcd-managed unit with pending work):
 `_worker.worker_argv`); liveness = `flock` on base_dir/etcd/worker.lock (`_files.worker_alive`,
 `_files.stop_worker`); the hook side writes work.json under `_files.queue_lock` and only then
 checks `worker_alive()`, so a request racing with an exiting worker always gets a worker.
+
+Testing your charm with this library:
+In Scenario (`ops.testing`) one `ctx.run` is one dispatch; feed each output State into the next.
+
+- Set `planned_units` in your State. Scenario's default is 1, and once the peer relation has a
+  remote unit the library reads "fewer planned units than units I see" as a removal under way:
+  a unit on the peer backend runs no callback while it lasts, so every grant is held forever.
+  Use `State(planned_units=1 + len(peer.peers_data), ...)`.
+- Drive a peer grant: run the action that calls `request_async_lock` on the leader, then run
+  `update_status()` (or the peer `relation_changed` with a `remote_unit`) on its output: the
+  leader grants itself in the first run and calls the callback in the second, never in the run
+  that requested. Another unit: give its unit bag (its queue) to the leader's State, run
+  `relation_changed` there, then give the resulting app bag (`rollingops-grant`) to the unit's
+  State and run its `relation_changed`.
+- `base_dir` (default /var/lib/rollingops) is where the library keeps its local files: pass a
+  temporary directory in tests.
+- The etcd backend cannot be driven in Scenario: its grant comes from a background worker and
+  the granted hook checks the lock in etcd. Leave the `etcd` relation out of the State and test
+  your callbacks on the peer backend (they are the same callbacks).
+- No `juju-exec` on a test machine: the wake-up is logged once and skipped.
+- Several units, interleavings and faults: `jujusim.check_charm` with
+  `jujusim.grants.rollingops_peer(peer_relation_name)` (the repository's README has a 20-line
+  test).
 """
 
 from ._manager import RollingOpsEtcdFailedEvent, RollingOpsLockGrantedEvent, RollingOpsManager

@@ -86,6 +86,32 @@ holders of ``restart``, keeping FIFO order::
 
 Other locks of the subclass keep Serial's one-at-a-time default.
 
+Testing your charm with this library
+------------------------------------
+
+In Scenario (``ops.testing``) one ``ctx.run`` is one dispatch; feed each output State into the
+next run.
+
+- Set ``planned_units`` in your State. Scenario's default is 1, and once the peer relation has a
+  remote unit the coordinator reads "fewer planned units than units I see" as a removal under
+  way: ``granted()`` stays False on every unit, so nothing ever runs. Use
+  ``State(planned_units=1 + len(peer.peers_data), ...)``.
+- The leader's own grant: the run in which it calls ``acquire()`` records the grant and returns
+  False; fire the wake-up on the output State with public names, as juju-exec would::
+
+      state = ctx.run(ctx.on.custom(Serial.on.wake_up), state)
+
+  (``coordinator.on.wake_up`` emits ``wake_up_event`` in the same dispatch. Scenario wakes the
+  first coordinator it finds among the charm's attributes: with two coordinators, drive the
+  other one by the relation route.) A peer ``relation_changed`` with a ``remote_unit`` works
+  too.
+- Another unit's turn: give its request (its unit bag) to the leader's State and run
+  ``relation_changed``; give the resulting app bag to the unit's State and run its
+  ``relation_changed``: ``granted()`` is True there.
+- No ``juju-exec`` on a test machine: the wake-up is logged once and skipped.
+- Several units, interleavings and faults: ``jujusim.check_charm`` with
+  ``jujusim.grants.coordinator(lock, relation)`` (the repository's README has a 20-line test).
+
 Storage
 -------
 
@@ -128,7 +154,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 2
+LIBPATCH = 3
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +168,17 @@ _missing_juju_exec_logged = False
 
 class CoordinatorWakeUpEvent(ops.EventBase):
     """Dispatched by the coordinator on the leader right after it granted itself a lock."""
+
+
+class CoordinatorEvents(ops.ObjectEvents):
+    """The coordinator's own events: ``coordinator.on.wake_up`` is the tests' way in.
+
+    Emitting ``wake_up`` emits the coordinator's ``wake_up_event`` (the charm event juju-exec
+    dispatches) in the same dispatch, so Scenario can fire it with public names:
+    ``ctx.run(ctx.on.custom(Serial.on.wake_up), state)``.
+    """
+
+    wake_up = ops.EventSource(CoordinatorWakeUpEvent)
 
 
 class _CallableHandle(ops.Handle):
@@ -224,6 +261,7 @@ class BaseCoordinator(ops.Object):
     """
 
     _stored = ops.StoredState()
+    on = CoordinatorEvents()  # pyright: ignore[reportAssignmentType]
 
     def __init__(
         self,
@@ -261,8 +299,13 @@ class BaseCoordinator(ops.Object):
         self.framework.observe(relation_events.relation_departed, self._on_relation_departed)
         self.framework.observe(charm.on.leader_elected, self._on_load_trigger)
         self.framework.observe(self.wake_up_event, self._on_load_trigger)
+        self.framework.observe(self.on.wake_up, self._on_wake_up_for_tests)
         self.framework.observe(self.framework.on.pre_commit, self._on_pre_commit)
         self.framework.observe(self.framework.on.commit, self._on_commit)
+
+    def _on_wake_up_for_tests(self, event: CoordinatorWakeUpEvent) -> None:
+        """``on.wake_up`` (fired by tests) runs what the juju-exec wake-up runs."""
+        self.wake_up_event.emit()
 
     @property
     def handle(self) -> _CallableHandle:  # type: ignore[override]

@@ -121,6 +121,21 @@ Different on purpose:
   Blocked status when the charm's `set_unit_failed()` left it empty;
 - additive: `prepare_upgrade()`, `set_unit_ready()`, `in_progress()`, a model factory.
 
+Testing your charm with this library
+------------------------------------
+In Scenario (`ops.testing`) one `ctx.run` is one dispatch; feed each output State into the next.
+
+- Set `planned_units` in your State. Scenario's default is 1, and once the peer relation has a
+  remote unit the library reads "fewer planned units than units I see" as a removal under way:
+  no unit starts its upgrade. Use `State(planned_units=1 + len(peer.peers_data), ...)`. On
+  Kubernetes the highest ordinal (`planned_units - 1`) upgrades first, so it matters there too.
+- Drive a grant: the `pre-upgrade-check` action on the leader writes `upgrade-stack` and
+  `upgrade_charm()` makes a unit `ready`. A unit whose State shows it on top of the stack (the
+  last entry of `upgrade-stack` in the app bag), itself and every peer `ready`, runs
+  `_on_upgrade_granted` in its peer `relation_changed`.
+- Several units, interleavings and faults: `jujusim.check_charm` with
+  `jujusim.grants.upgrade(relation)` (the repository's README has a 20-line test).
+
 pydantic on demand
 ------------------
 Importing pydantic costs about half as much as importing ops, in every hook. This module does not

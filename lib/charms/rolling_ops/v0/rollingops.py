@@ -127,6 +127,27 @@ library's own status texts stay those of the library it replaces) and read as ab
 raises in a hook. Bounds, checked before decoding: a JSON value of at most 64 KiB nested at most 16
 deep (no NaN or Infinity), a token of at most 18 ASCII digits, a time of at most 64 characters.
 
+Testing your charm with this library
+====================================
+
+In Scenario (``ops.testing``) one ``ctx.run`` is one dispatch, and the lock takes several: feed
+each output State into the next run.
+
+- The leader never runs its own callback in the dispatch that grants it. After the run that
+  emits ``acquire_lock`` on the leader, run ``update_status()`` (or the peer
+  ``relation_changed`` with a ``remote_unit``) on its output: that run calls the callback. The
+  ``<relation>_process_locks`` wake-up does the same on a real unit.
+- Another unit's turn: its ``acquire_lock`` writes ``state: acquire`` in its unit bag; give that
+  bag to the leader's State as the remote unit's data and run ``relation_changed`` there (the
+  grant appears in the app bag); then give that app bag to the unit's State and run its
+  ``relation_changed``: the callback runs.
+- This library does not read Juju's planned unit count, so Scenario's default
+  ``planned_units=1`` does not hold its grants (it does hold those of charmlibs.rollingops,
+  the coordinator and the upgrade library).
+- No ``juju-exec`` on a test machine: the wake-up is logged once and skipped.
+- Several units, interleavings and faults: ``jujusim.check_charm`` with
+  ``jujusim.grants.rolling_ops_v0(relation)`` (the repository's README has a 20-line test).
+
 Identity
 ========
 
