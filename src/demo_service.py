@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 def _notify_ready() -> None:
@@ -54,7 +55,7 @@ def _make_handler(version: str):
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format, *args):
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
@@ -70,7 +71,7 @@ def main() -> int:
     )
     version = version_file.read_text().strip()
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     time.sleep(startup)  # the simulated warm-up: the reason restarts take measurable time
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer((bind, port), _make_handler(version))

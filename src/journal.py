@@ -21,13 +21,18 @@ import logging
 import os
 import pathlib
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from typing import Any, cast
 
 import workload
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "coordinated-ops-journal.jsonl"
+
+Entry = dict[str, Any]
+"""One journal line: a JSON object (`unit`, `operation`, `engine`, `token`, `start`, `end`,
+`result`, and what the operation added, e.g. `version`)."""
 
 
 def local_path() -> pathlib.Path:
@@ -46,13 +51,13 @@ def operation(
     engine: str,
     token: int | str | None = None,
     dirs: Sequence[pathlib.Path] = (),
-) -> Iterator[dict]:
+) -> Generator[Entry, None, None]:
     """Record one operation; the body is the operation itself.
 
     The yielded entry may be extended by the body (e.g. `entry["version"] = "1.1.0"`). The line is
     written when the body ends, with `result` "ok" or "failed" (the exception still propagates).
     """
-    entry: dict = {"unit": unit, "operation": operation, "engine": engine, "token": token}
+    entry: Entry = {"unit": unit, "operation": operation, "engine": engine, "token": token}
     entry["start"] = _now()
     result = "failed"
     try:
@@ -64,7 +69,7 @@ def operation(
         _append(entry, [local_path(), *(pathlib.Path(d) / JOURNAL_NAME for d in dirs)])
 
 
-def _append(entry: dict, paths: Sequence[pathlib.Path]) -> None:
+def _append(entry: Entry, paths: Sequence[pathlib.Path]) -> None:
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     for path in paths:
         try:
@@ -104,9 +109,9 @@ def _append_line(path: pathlib.Path, line: bytes) -> None:
         os.close(fd)
 
 
-def read(path: pathlib.Path) -> list[dict]:
+def read(path: pathlib.Path) -> list[Entry]:
     """All entries of a journal file, skipping (and logging) lines that are not JSON objects."""
-    entries = []
+    entries: list[Entry] = []
     try:
         lines = pathlib.Path(path).read_text().splitlines()
     except FileNotFoundError:
@@ -118,5 +123,5 @@ def read(path: pathlib.Path) -> list[dict]:
             logger.warning("%s:%d is not JSON; skipped", path, number)
             continue
         if isinstance(entry, dict):
-            entries.append(entry)
+            entries.append(cast("Entry", entry))  # a JSON object's keys are strings
     return entries

@@ -547,6 +547,7 @@ class NfsShare(ops.Object):
 
     @staticmethod
     def _provider_endpoint(relation: ops.Relation) -> str | None:
-        if relation.app is None:
+        # ops types Relation.app as always set, but it is None when Juju names no remote app.
+        if relation.app is None:  # pyright: ignore[reportUnnecessaryComparison]
             return None
         return relation.data[relation.app].get("endpoint") or None

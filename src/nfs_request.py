@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+from typing import Any, cast
 
 from charms.storage_libs.v0.nfs_interfaces import MAX_SIZE_GB
 
@@ -41,7 +42,7 @@ def _under_a_root(path: str) -> bool:
     return False
 
 
-def normalise_mountpoint(path: str) -> str:
+def normalise_mountpoint(path: object) -> str:
     r"""Return the mount point with symlinks resolved, or raise ValueError saying what is wrong.
 
     The policy: an absolute path strictly under /srv, /mnt or /media (`MOUNT_ROOTS`), also once
@@ -76,7 +77,7 @@ def normalise_mountpoint(path: str) -> str:
     return resolved
 
 
-def check_name(name: str) -> str:
+def check_name(name: object) -> str:
     """Return the share name, or raise ValueError saying what is wrong."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
@@ -113,6 +114,6 @@ class ShareRequest:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         try:
-            return cls(**data)
+            return cls(**cast("dict[str, Any]", data))  # a JSON object's keys are strings
         except TypeError as error:
             raise ValueError(str(error)) from None

@@ -33,7 +33,7 @@ import json
 import logging
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import ops
 from charms.data_platform_libs.v0.upgrade import (
@@ -66,7 +66,17 @@ WORKLOAD_RELEASES: dict[str, str] = {
     "2.0.0": "^1.2 || ^2",  # the major bump needs 1.2 first
 }
 
-DEPENDENCIES = {
+
+class Dependency(TypedDict):
+    """One entry of DEPENDENCIES: the fields of the library's DependencyModel."""
+
+    dependencies: dict[str, str]
+    name: str
+    upgrade_supported: str
+    version: str
+
+
+DEPENDENCIES: dict[str, Dependency] = {
     "demo_charm": {
         "dependencies": {},
         "name": "coordinated-ops",
@@ -139,6 +149,7 @@ class Rollout:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"not a JSON object: {raw[:40]!r}")
+        data = cast("dict[str, Any]", data)  # a JSON object's keys are strings
         names = [field.name for field in dataclasses.fields(cls)]
         missing = [name for name in names if name not in data]
         if missing:
@@ -406,7 +417,7 @@ class DemoUpgrade(DataUpgrade):
             }
         )
 
-    def _check_upgrade_request(self, params: dict) -> tuple[str, bool]:
+    def _check_upgrade_request(self, params: dict[str, Any]) -> tuple[str, bool]:
         """Validate an `upgrade` request; return (target, is_rollback) or raise UpgradeRefused."""
         import pydantic  # here, not at the top: only actions validate with pydantic
 

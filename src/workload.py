@@ -26,6 +26,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from typing import Any
 
 import paths
 
@@ -119,7 +120,7 @@ def is_running() -> bool:
     return _manager().is_running()
 
 
-def _get(path: str) -> dict | None:
+def _get(path: str) -> dict[str, Any] | None:
     port = _read_env().get("PORT", "8080")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
@@ -128,7 +129,7 @@ def _get(path: str) -> dict | None:
         return None
 
 
-def health() -> dict | None:
+def health() -> dict[str, Any] | None:
     """GET /health: the service's answer, or None when it is not serving."""
     answer = _get("/health")
     return answer if answer and answer.get("status") == "ok" else None

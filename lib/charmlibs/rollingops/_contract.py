@@ -32,9 +32,9 @@ import re
 import secrets
 import string
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
-from ._models import RollingOpsDecodingError, load_json
+from ._models import RollingOpsDecodingError, is_json_object, load_json
 
 VERSION = "v1"
 SALT_LENGTH = 16
@@ -119,7 +119,7 @@ def parse_request(raw: str | None) -> Request | None:
         data = load_json(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict) or set(data) != set(REQUEST_FIELDS):
+    if not is_json_object(data) or set(data) != set(REQUEST_FIELDS):
         return None
     resource, salt = data["resource"], data["salt"]
     if not isinstance(resource, str) or not resource or not isinstance(salt, str):
@@ -159,9 +159,10 @@ def find_answer(bag: Mapping[str, str], our_id: str) -> Answer | None:
         raise ProviderDataError(why) from None
     if not isinstance(answers, list):
         raise ProviderDataError("the provider's 'requests' is not a JSON list")
-    ours = [a for a in answers if isinstance(a, dict) and a.get("request-id") == our_id]
+    objects = [a for a in cast("list[object]", answers) if is_json_object(a)]
+    ours = [a for a in objects if a.get("request-id") == our_id]
     if not ours:
-        ids = sorted(str(a.get("request-id")) for a in answers if isinstance(a, dict))[:5]
+        ids = sorted(str(a.get("request-id")) for a in objects)[:5]
         raise ProviderDataError(
             f"the provider has no answer for our request {our_id} (it answered {ids})"
         )
@@ -184,7 +185,7 @@ def check_endpoints(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",")]
     elif isinstance(value, (list, tuple)):
-        items = list(value)  # type: ignore[arg-type]
+        items = list(cast("list[object] | tuple[object, ...]", value))
     else:
         raise ProviderDataError(f"endpoints must be 'host:port,...', not {_shown(value)}")
     if not items or items == [""]:

@@ -1,3 +1,5 @@
+# pyright: basic
+# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 """Hook side of the etcd backend: mode switches with a barrier, the worker, fence checks, fallback.
 
 Imported only by charms that name an etcd relation, and only when a hook needs it; the etcd client,

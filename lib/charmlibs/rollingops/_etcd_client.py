@@ -44,10 +44,10 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._etcd_proto import ProtoError, decode, encode
-from ._models import RollingOpsEtcdctlError
+from ._models import RollingOpsEtcdctlError, is_json_object
 
 if TYPE_CHECKING:
     import grpc
@@ -162,7 +162,7 @@ class KeyValue:
     @classmethod
     def from_json(cls, data: Any) -> KeyValue:
         """Decode a ``KeyValue`` message in its JSON mapping (``EtcdError`` if malformed)."""
-        if not isinstance(data, dict):
+        if not is_json_object(data):
             raise EtcdError(f"etcd sent a malformed key-value: {str(data)[:200]!r}")
         try:
             key = _unb64(data.get("key")).decode()
@@ -229,7 +229,9 @@ class WatchResponse:
 # --- transaction builders ---------------------------------------------------------------------
 
 
-def compare_create(key: str, result: str, revision: int, range_end: str | None = None) -> dict:
+def compare_create(
+    key: str, result: str, revision: int, range_end: str | None = None
+) -> dict[str, Any]:
     """Compare the ``create_revision`` of ``key`` (0 when absent) with ``revision``.
 
     ``result`` is ``EQUAL``, ``NOT_EQUAL``, ``GREATER`` or ``LESS``. With ``range_end`` the
@@ -237,23 +239,28 @@ def compare_create(key: str, result: str, revision: int, range_end: str | None =
     key (create_revision 0): ``compare_create(p, "LESS", 1, prefix_end(p))`` means "no key
     under p".
     """
-    cmp = {"key": _b64(key), "target": "CREATE", "result": result, "create_revision": revision}
+    cmp: dict[str, Any] = {
+        "key": _b64(key),
+        "target": "CREATE",
+        "result": result,
+        "create_revision": revision,
+    }
     if range_end is not None:
         cmp["range_end"] = _b64(range_end)
     return cmp
 
 
-def op_put(key: str, value: str | bytes, lease: int = 0) -> dict:
+def op_put(key: str, value: str | bytes, lease: int = 0) -> dict[str, Any]:
     """Put ``key`` (attached to ``lease`` when non-zero) inside a transaction."""
     return {"request_put": _put_body(key, value, lease)}
 
 
-def op_delete(key: str, range_end: str | None = None) -> dict:
+def op_delete(key: str, range_end: str | None = None) -> dict[str, Any]:
     """Delete ``key`` (or ``[key, range_end)``) inside a transaction."""
     return {"request_delete_range": _range_body(key, range_end)}
 
 
-def op_range(key: str, range_end: str | None = None, *, limit: int = 0) -> dict:
+def op_range(key: str, range_end: str | None = None, *, limit: int = 0) -> dict[str, Any]:
     """Read ``key`` (or ``[key, range_end)`` by ascending ``create_revision``) in a transaction."""
     body = _range_body(key, range_end)
     if range_end is not None:
@@ -300,6 +307,19 @@ def _target(host: str, port: int) -> str:
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+class _StreamCall(Protocol):
+    """A grpc stream-stream call without a deserializer, as we use it: an iterator of replies.
+
+    grpc ships no type information; its calls are cast to this (and unary replies to ``bytes``).
+    """
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __next__(self) -> bytes: ...
+
+    def cancel(self) -> bool: ...
 
 
 def _grpc_error(what: str, error: Exception) -> EtcdError:
@@ -393,7 +413,7 @@ class EtcdClient:
             raise EtcdError(f"etcd {method}: cannot encode the request: {e}") from e
         channel = self.channel()
         try:
-            raw = channel.unary_unary(path)(payload, timeout=self.timeout)
+            raw = cast("bytes", channel.unary_unary(path)(payload, timeout=self.timeout))
         except Exception as e:
             error = _grpc_error(method, e)
             if isinstance(error, EtcdConnectionError):
@@ -464,7 +484,10 @@ class EtcdClient:
         return _int(self._call("delete", _range_body(key, range_end)).get("deleted"))
 
     def txn(
-        self, compare: list[dict], success: list[dict], failure: list[dict] | None = None
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]] | None = None,
     ) -> TxnResult:
         """Run ``success`` if every comparison holds, else ``failure``, atomically."""
         failure = failure or []
@@ -495,7 +518,10 @@ class EtcdClient:
         payload = encode("LeaseKeepAliveRequest", {"ID": lease})
         channel = self.channel()
         try:
-            call = channel.stream_stream(KEEPALIVE_PATH)(iter([payload]), timeout=self.timeout)
+            call = cast(
+                "_StreamCall",
+                channel.stream_stream(KEEPALIVE_PATH)(iter([payload]), timeout=self.timeout),
+            )
             try:
                 raw = next(call, None)
             finally:
@@ -564,7 +590,9 @@ class Watch:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
             payload = encode("WatchRequest", {"create_request": request})
-            self._call = channel.stream_stream(WATCH_PATH)(self._requests(payload))
+            self._call = cast(
+                "_StreamCall", channel.stream_stream(WATCH_PATH)(self._requests(payload))
+            )
         except Exception as e:
             self._closed.set()
             raise _grpc_error("watch", e) from e
@@ -663,7 +691,7 @@ class Watch:
 
 
 def _event(event: Any) -> WatchEvent:
-    if not isinstance(event, dict):
+    if not is_json_object(event):
         raise EtcdError(f"etcd watch sent a malformed event: {str(event)[:200]!r}")
     return WatchEvent(kind=str(event.get("type", "PUT")), kv=KeyValue.from_json(event.get("kv")))
 

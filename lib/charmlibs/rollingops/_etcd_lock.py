@@ -40,7 +40,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
 from ._etcd_client import (
@@ -473,7 +473,7 @@ class EtcdLock:
     # -- sync lock --
 
     @contextlib.contextmanager
-    def sync_lock(self, timeout: float | None) -> Iterator[int]:
+    def sync_lock(self, timeout: float | None) -> Generator[int, None, None]:
         """Hold the lock for the ``with`` block and yield the fencing token.
 
         Own lease (TTL 60 s, kept alive inside the block) and ``waiting-sync/<O>`` ticket; sync

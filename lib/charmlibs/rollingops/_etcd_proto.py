@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from typing import Any
 
 # Wire types.
@@ -52,8 +53,10 @@ COMPARE_TARGET = _enum("VERSION", "CREATE", "MOD", "VALUE", "LEASE")
 FILTER_TYPE = _enum("NOPUT", "NODELETE")
 EVENT_TYPE = _enum("PUT", "DELETE")
 
+# A field's kind: a scalar kind above, a message name of SCHEMA, or an enum (name -> number).
+Kind = str | dict[str, int]
 # message name -> field name -> (number, kind or enum or message name, repeated)
-Field = tuple[int, Any, bool]
+Field = tuple[int, Kind, bool]
 SCHEMA: dict[str, dict[str, Field]] = {
     "ResponseHeader": {
         "cluster_id": (1, UINT64, False),
@@ -191,7 +194,7 @@ def _tag(number: int, wire_type: int) -> bytes:
     return _varint(number << 3 | wire_type)
 
 
-def _scalar(kind: Any, value: Any, where: str) -> int | bytes:
+def _scalar(kind: Kind, value: Any, where: str) -> int | bytes:
     """Return the varint value or the length-delimited payload of one scalar."""
     try:
         if isinstance(kind, dict):
@@ -256,7 +259,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             return result & _MASK64, pos
 
 
-def _fields(buf: bytes):
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """Yield ``(number, wire_type, value)``: an int for varints, bytes otherwise."""
     pos = 0
     while pos < len(buf):
@@ -280,7 +283,7 @@ def _fields(buf: bytes):
         pos += size
 
 
-def _scalar_out(kind: Any, raw: int | bytes, where: str) -> Any:
+def _scalar_out(kind: Kind, raw: int | bytes, where: str) -> Any:
     if kind in (BYTES, STRING):
         if not isinstance(raw, bytes):
             raise ProtoError(f"{where}: expected a length-delimited field")
@@ -304,7 +307,8 @@ def _scalar_out(kind: Any, raw: int | bytes, where: str) -> Any:
 
 def decode(message: str, buf: bytes) -> dict[str, Any]:
     """Decode the protobuf ``message`` in ``buf`` into its JSON mapping (:class:`ProtoError`)."""
-    if not isinstance(buf, bytes):
+    # grpc is untyped: it hands the deserializer whatever its transport produced.
+    if not isinstance(buf, bytes):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ProtoError(f"{message}: expected bytes, got {type(buf).__name__}")
     by_number = {spec[0]: (name, spec) for name, spec in SCHEMA[message].items()}
     out: dict[str, Any] = {}
@@ -319,7 +323,8 @@ def decode(message: str, buf: bytes) -> dict[str, Any]:
             value = decode(kind, raw)
         elif repeated and wire_type == LENGTH and not isinstance(kind, str):
             # packed repeated numbers (enums here)
-            packed, pos = [], 0
+            packed: list[Any] = []
+            pos = 0
             assert isinstance(raw, bytes)
             while pos < len(raw):
                 item, pos = _read_varint(raw, pos)

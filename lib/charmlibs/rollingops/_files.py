@@ -48,11 +48,11 @@ import pathlib
 import select
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import IO, Any
 
 from ._contract import check_endpoints
-from ._models import RollingOpsDecodingError, RollingOpsFileSystemError
+from ._models import RollingOpsDecodingError, RollingOpsFileSystemError, is_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def read_json(path: pathlib.Path) -> dict[str, Any] | None:
         data = json.loads(text)
     except ValueError as e:
         raise RollingOpsDecodingError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
+    if not is_json_object(data):
         raise RollingOpsDecodingError(f"{path} does not hold a JSON object")
     if data.get("version") != FORMAT_VERSION:
         raise RollingOpsDecodingError(f"{path} has unknown format version {data.get('version')!r}")
@@ -261,7 +261,7 @@ class WorkHint:
 
 
 @contextlib.contextmanager
-def queue_lock(base_dir: str | os.PathLike[str]) -> Iterator[None]:
+def queue_lock(base_dir: str | os.PathLike[str]) -> Generator[None, None, None]:
     """Hold ``queue.lock`` (blocking ``flock``: the holder keeps it for a few file operations)."""
     path = _ensure_dir(base_dir) / QUEUE_LOCK_FILE
     with open(path, "a") as f:

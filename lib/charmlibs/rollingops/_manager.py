@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import ops
@@ -199,7 +199,9 @@ class RollingOpsManager(ops.Object):
             self._reconcile()
 
     @contextlib.contextmanager
-    def acquire_sync_lock(self, backend_id: str, timeout: int | None) -> Iterator[Any]:
+    def acquire_sync_lock(
+        self, backend_id: str, timeout: int | None
+    ) -> Generator[Any, None, None]:
         """Hold an exclusive lock for the body of a `with` block, inside the current hook.
 
         With etcd available the lock is the etcd lock (yields its LockGrant); otherwise the
@@ -326,7 +328,7 @@ class RollingOpsManager(ops.Object):
         if relation is None:
             return BusyUnits()
         me = self._me or self._read_me(relation)
-        busy = {me.name} if me.queue else set()
+        busy: set[str] = {me.name} if me.queue else set()
         on_etcd: list[str] = []
         unreadable: list[str] = []
         for unit in relation.units:
@@ -337,7 +339,7 @@ class RollingOpsManager(ops.Object):
                 unreadable.append(unit.name)
             elif view.backend is ProcessingBackend.ETCD:
                 on_etcd.append(unit.name)
-        problems = []
+        problems: list[str] = []
         if unreadable:
             names = ", ".join(_by_number(unreadable))
             problems.append(f"the rollingops data of {names} is unreadable")

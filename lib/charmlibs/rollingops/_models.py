@@ -21,7 +21,7 @@ import enum
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 # Wire versions: unit databags are still at 1; the app databag went to 2 with fencing epochs.
 UNIT_WIRE_VERSION = "1"
@@ -274,6 +274,25 @@ def load_json(raw: str) -> Any:
     return json.loads(raw, parse_constant=_reject_constant)
 
 
+def is_json_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a decoded JSON value is an object (a dict: JSON object keys are strings)."""
+    return isinstance(value, dict)
+
+
+def is_str_dict(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether `value` is a dict whose keys are all strings (e.g. a caller's kwargs)."""
+    return isinstance(value, dict) and all(
+        isinstance(key, str) for key in cast("dict[object, object]", value)
+    )
+
+
+def is_str_list(value: object) -> TypeGuard[list[str]]:
+    """Whether `value` is a list of strings."""
+    return isinstance(value, list) and all(
+        isinstance(item, str) for item in cast("list[object]", value)
+    )
+
+
 def _int(value: Any, what: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
         raise RollingOpsDecodingError(
@@ -317,11 +336,12 @@ class Operation:
     def from_dict(cls, raw: Any) -> Operation:
         if not isinstance(raw, Mapping):
             raise RollingOpsDecodingError(f"an operation must be a JSON object, got {short(raw)}")
+        raw = cast("Mapping[str, object]", raw)  # only ever read with string keys
         callback_id = raw.get("callback_id")
         if not isinstance(callback_id, str) or not callback_id:
             raise RollingOpsDecodingError(f"bad callback_id in {short(raw)}")
         kwargs = raw.get("kwargs", {})
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        if not is_str_dict(kwargs):
             raise RollingOpsDecodingError(f"kwargs must be a JSON object in {short(raw)}")
         max_retry = raw.get("max_retry")
         requested_at = raw.get("requested_at", "")
@@ -342,9 +362,9 @@ def validate_request(kwargs: Any, max_retry: Any) -> dict[str, Any]:
     """
     if kwargs is None:
         kwargs = {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-    if not all(isinstance(key, str) for key in kwargs):
+    if not is_str_dict(kwargs):
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         raise ValueError("kwargs keys must be strings")
     if max_retry is not None and (
         isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0
@@ -373,6 +393,7 @@ def parse_queue(raw: str | None) -> tuple[list[Operation], list[str]]:
         return [], [f"queue is not usable JSON ({error})"]
     if not isinstance(items, list):
         return [], [f"queue is not a JSON array: {short(raw)}"]
+    items = cast("list[object]", items)
     ops: list[Operation] = []
     errors: list[str] = []
     seen: set[int] = set()
@@ -411,7 +432,7 @@ class Done:
             data = load_json(raw)
         except ValueError as error:
             raise RollingOpsDecodingError(f"done is not usable JSON: {error}") from None
-        if not isinstance(data, dict):
+        if not is_json_object(data):
             raise RollingOpsDecodingError(f"done is not a JSON object: {short(raw)}")
         result = data.get("result")
         if result not in DONE_RESULTS:
@@ -441,7 +462,7 @@ class Grant:
             data = load_json(raw)
         except ValueError as error:
             raise RollingOpsDecodingError(f"grant is not usable JSON: {error}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("unit"), str):
+        if not is_json_object(data) or not isinstance(data.get("unit"), str):
             raise RollingOpsDecodingError(f"bad grant {short(raw)}")
         op = data.get("op")
         return cls(
@@ -462,7 +483,7 @@ def parse_order(raw: str | None) -> list[str] | None:
         data = load_json(raw)
     except ValueError as error:
         raise RollingOpsDecodingError(f"order is not usable JSON: {error}") from None
-    if not isinstance(data, list) or not all(isinstance(name, str) for name in data):
+    if not is_str_list(data):
         raise RollingOpsDecodingError(f"order is not a JSON array of unit names: {short(raw)}")
     return list(dict.fromkeys(data))
 

@@ -73,13 +73,13 @@ class UnitView:
 
     name: str
     readable: bool = True
-    queue: list[Operation] = dataclasses.field(default_factory=list)
+    queue: list[Operation] = dataclasses.field(default_factory=list[Operation])
     seq: int = 0
     done: Done | None = None
     backend: ProcessingBackend = ProcessingBackend.PEER
     etcd_cleanup: bool = False
     last_result: str | None = None
-    errors: list[str] = dataclasses.field(default_factory=list)  # malformed values, ignored
+    errors: list[str] = dataclasses.field(default_factory=list[str])  # malformed values, ignored
 
     def _bad(self, problem: str) -> None:
         message = f"unit {self.name}: {problem}"
@@ -232,7 +232,7 @@ class AppView:
     order: list[str] | None = None
     mode: ProcessingBackend = ProcessingBackend.PEER
     epoch: int = 0
-    errors: list[str] = dataclasses.field(default_factory=list)  # malformed values, ignored
+    errors: list[str] = dataclasses.field(default_factory=list[str])  # malformed values, ignored
 
     def _bad(self, problem: str) -> None:
         message = f"app databag: {problem}"

@@ -1,3 +1,5 @@
+# pyright: basic
+# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 """Leadership-based lock coordinator for ops charms: one unit at a time, first come first served.
 
 Any unit may **request** a named lock; only the **leader grants**. A unit holds a lock when the

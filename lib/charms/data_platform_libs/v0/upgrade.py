@@ -1,3 +1,5 @@
+# pyright: basic
+# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 # Copyright 2025 coordinated-ops contributors
 # See LICENSE file for licensing details.
 

@@ -1,3 +1,5 @@
+# pyright: basic
+# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 """Rolling operations over a peer relation: one unit at a time runs a disruptive callback.
 
 This is the coordinated-ops implementation of ``charms.rolling_ops.v0.rollingops``. It keeps the

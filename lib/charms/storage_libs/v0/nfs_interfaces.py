@@ -87,8 +87,9 @@ import ipaddress
 import json
 import logging
 import re
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ops.charm import (
     CharmBase,
@@ -96,10 +97,9 @@ from ops.charm import (
     RelationBrokenEvent,
     RelationDepartedEvent,
     RelationEvent,
-    RelationJoinedEvent,
 )
-from ops.framework import EventBase, EventSource, Object, ObjectEvents, StoredState
-from ops.model import BlockedStatus, ModelError, Relation, Unit
+from ops.framework import EventBase, EventSource, Handle, Object, ObjectEvents, StoredState
+from ops.model import Application, BlockedStatus, ModelError, Relation, Unit
 
 # The unique Charmhub library identifier, never change it
 LIBID = "8d780832d33d42fd854e04e9c70b418b"
@@ -132,6 +132,16 @@ _HOSTNAME = re.compile(
 )
 _BAD_PATH_CHARS = re.compile(r"[\s\x00]")
 _warned_entries: set[str] = set()
+
+
+def _remote_app(relation: Relation) -> Application | None:
+    """The relation's remote application, or None when Juju names none.
+
+    ops types `Relation.app` as always set, but it is None when Juju reports neither a remote
+    unit nor a remote application (a relation being broken, launchpad bug 1960934).
+    """
+    app: Application | None = relation.app
+    return app
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +277,8 @@ def parse_endpoint(text: str) -> ShareEndpoint:
         >>> parse_endpoint("[fd00::5]:/data").url
         'nfs://[fd00::5]/data'
     """
-    if not isinstance(text, str) or not text.strip():
+    # The annotation is not enforced at run time and charm code may be untyped: check anyway.
+    if not isinstance(text, str) or not text.strip():  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError("empty endpoint")
     if len(text) > _MAX_TEXT:
         raise ValueError(f"longer than {_MAX_TEXT} characters")
@@ -414,7 +425,14 @@ class ServerConnectedEvent(RelationEvent):
 class _MountEvent(RelationEvent):
     """Base of mount_share / umount_share; `endpoint` is the endpoint the event is about."""
 
-    def __init__(self, handle, relation, app=None, unit=None, endpoint: str | None = None):
+    def __init__(
+        self,
+        handle: Handle,
+        relation: Relation,
+        app: Application | None = None,
+        unit: Unit | None = None,
+        endpoint: str | None = None,
+    ):
         super().__init__(handle, relation, app=app, unit=unit)
         self._endpoint = endpoint
 
@@ -435,10 +453,11 @@ class _MountEvent(RelationEvent):
         """The endpoint this event was emitted for, else the provider's current one."""
         if self._endpoint is not None:
             return self._endpoint
-        if self.relation.app is None:
+        app = _remote_app(self.relation)
+        if app is None:
             return None
         try:
-            return self.relation.data[self.relation.app].get("endpoint")
+            return self.relation.data[app].get("endpoint")
         except ModelError:
             return None
 
@@ -455,10 +474,11 @@ class ShareRequestedEvent(RelationEvent):
     """A requirer asked for a share, or changed its request (provider leader only)."""
 
     def _field(self, key: str) -> str | None:
-        if self.relation.app is None:
+        app = _remote_app(self.relation)
+        if app is None:
             return None
         try:
-            return self.relation.data[self.relation.app].get(key)
+            return self.relation.data[app].get(key)
         except ModelError:
             return None
 
@@ -495,7 +515,15 @@ class ShareRequestedEvent(RelationEvent):
 class ClientsChangedEvent(RelationEvent):
     """The effective client list changed (provider leader only): re-render the exports."""
 
-    def __init__(self, handle, relation, app=None, unit=None, clients=(), name=None):
+    def __init__(
+        self,
+        handle: Handle,
+        relation: Relation,
+        app: Application | None = None,
+        unit: Unit | None = None,
+        clients: Iterable[str] = (),
+        name: str | None = None,
+    ):
         super().__init__(handle, relation, app=app, unit=unit)
         self.clients: list[str] = list(clients)
         self.name: str | None = name
@@ -547,7 +575,7 @@ class _BaseInterface(Object):
         return [
             relation
             for relation in self.model.relations[self.integration_name]
-            if relation.active and relation.app is not None
+            if relation.active and _remote_app(relation) is not None
         ]
 
     def fetch_data(self) -> dict[int, dict[str, str]]:
@@ -569,7 +597,7 @@ class _BaseInterface(Object):
         return None
 
     @staticmethod
-    def _write(bag, values: dict[str, str | None]) -> None:
+    def _write(bag: MutableMapping[str, str], values: dict[str, str | None]) -> None:
         """Write only the keys whose value changes (None deletes)."""
         for key, value in values.items():
             if value is None:
@@ -587,8 +615,11 @@ class _BaseInterface(Object):
 def _check_request(
     name: str, allowlist: str | list[str] | tuple[str, ...] | None, size: int | None
 ) -> tuple[str, str, str]:
-    """Validate `request_share` arguments; return the three strings to write."""
-    if not isinstance(name, str) or _name_problem(name):
+    """Validate `request_share` arguments; return the three strings to write.
+
+    The charm calling `request_share` may be untyped: every type is checked again here.
+    """
+    if not isinstance(name, str) or _name_problem(name):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(
             f"invalid share name {name!r:.80}: 1 to {MAX_NAME} letters, digits, '.', '_', '-'"
             " (a leading '/' is allowed)"
@@ -597,7 +628,7 @@ def _check_request(
         entries = [DEFAULT_ALLOWLIST]
     elif isinstance(allowlist, str):
         entries = [allowlist.strip()]
-    elif isinstance(allowlist, (list, tuple)) and all(isinstance(e, str) for e in allowlist):
+    elif isinstance(allowlist, (list, tuple)) and all(isinstance(e, str) for e in allowlist):  # pyright: ignore[reportUnnecessaryIsInstance]
         entries = [entry.strip() for entry in allowlist]
     else:
         raise ValueError(f"invalid allowlist {allowlist!r}: a string or a list of strings")
@@ -609,7 +640,7 @@ def _check_request(
         size = -1
     if (
         isinstance(size, bool)
-        or not isinstance(size, int)
+        or not isinstance(size, int)  # pyright: ignore[reportUnnecessaryIsInstance]
         or not (size == -1 or 1 <= size <= MAX_SIZE_GB)
     ):
         raise ValueError(
@@ -664,7 +695,9 @@ class NFSRequires(_BaseInterface):
 
     # -- events -------------------------------------------------------------------------------
 
-    def _on_relation_joined(self, event: RelationJoinedEvent) -> None:
+    def _on_relation_joined(self, event: RelationEvent) -> None:
+        # Typed as the base event: ops types a joined event's unit as always set, but a test
+        # harness may emit one without a unit.
         if self.unit.is_leader() and event.unit is not None:
             self.on.server_connected.emit(event.relation, app=event.app, unit=event.unit)
         self._reconcile(event.relation, event.unit)
@@ -711,7 +744,7 @@ class NFSRequires(_BaseInterface):
         """(desired endpoint, whether no provider remains, whether the endpoint is malformed)."""
         if (
             broken
-            or relation.app is None
+            or _remote_app(relation) is None
             or (departing is not None and departing.name == self.unit.name)
         ):
             return None, True, False
@@ -746,7 +779,10 @@ class NFSRequires(_BaseInterface):
             seen = json.loads(raw) if len(raw) <= _MAX_TEXT else None
         except (ValueError, RecursionError):
             seen = None
-        endpoint = seen.get("endpoint") if isinstance(seen, dict) else None
+        # A JSON object's keys are strings.
+        endpoint = (
+            cast("dict[str, object]", seen).get("endpoint") if isinstance(seen, dict) else None
+        )
         if key not in self._stored.mounted and isinstance(endpoint, str) and endpoint:
             self._stored.mounted[key] = endpoint
         try:
@@ -884,7 +920,7 @@ class NFSProvides(_BaseInterface):
         key = str(relation.id)
         remembered = self._stored.requests.get(key)
         name = remembered[0] if remembered else None
-        if broken or relation.app is None:
+        if broken or _remote_app(relation) is None:
             if self._stored.clients.get(key):
                 self._stored.clients[key] = []
                 self.on.clients_changed.emit(relation, app=relation.app, clients=[], name=name)
