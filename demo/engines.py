@@ -21,8 +21,9 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
   (`ONE_LOCK`): no two of them may run on two units at once, whichever they are.
 
 The `one-lock` engine mixes operations: every unit asks for a rollingops restart and the upgrade
-(the upgrade engine's operator, rollback fault included) at once, so restarts and upgrade steps
-queue behind each other on the one lock.
+(the upgrade engine's operator, rollback fault included), and the NFS provider moves the share
+(nfs_engine.py), all at once, so restarts, upgrade steps and remounts queue behind each other on
+the one lock.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from jujusim.runner import CharmSpec
 from jujusim.simulator import Simulator
 from jujusim.truth import Bags
 
-from . import coordinator_engines, rollingops_engines, upgrade_engine
+from . import coordinator_engines, nfs_engine, rollingops_engines, upgrade_engine
 from .fakes import DemoFakes, demo_spec
 
 APP = "coordinated-ops"
@@ -55,12 +56,20 @@ def _restart_with(engine: str) -> Callable[[Simulator, str], Any]:
     return request
 
 
-def _restart_and_upgrade(sim: Simulator, unit: str) -> None:
-    """`one-lock`: a rollingops restart of `unit` and its share of the upgrade, in either order."""
-    steps = [_restart_with("rollingops"), upgrade_engine.request]
+def _restart_upgrade_remount(sim: Simulator, unit: str) -> None:
+    """`one-lock`: a rollingops restart of `unit`, its part in the upgrade and the remount.
+
+    The upgrade and the endpoint change are one command for all units, issued with the first
+    request; the order of the three requests is random.
+    """
+    steps = [_restart_with("rollingops"), upgrade_engine.request, _remount]
     sim.rng.shuffle(steps)
     for step in steps:
         step(sim, unit)
+
+
+def _remount(sim: Simulator, unit: str) -> None:
+    nfs_engine.request_remount(sim)
 
 
 def _no_actors(sim: Simulator) -> list[Actor]:
@@ -135,9 +144,10 @@ ENGINES: dict[str, Engine] = {
     ),
     "one-lock": Engine(
         name="one-lock",
-        request=_restart_and_upgrade,
+        request=_restart_upgrade_remount,
         holds_grant=rollingops_engines.peer_holds_grant,  # the one lock's peer grant
-        fakes=upgrade_engine.UpgradeFakes,
+        fakes=nfs_engine.NfsFakes,
+        setup=nfs_engine.setup,
         faults=upgrade_engine.faults,
         domains=ONE_LOCK,
     ),
