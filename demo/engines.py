@@ -41,7 +41,7 @@ from . import coordinator_engines, nfs_engine, rollingops_engines, upgrade_engin
 from .fakes import DemoFakes, demo_spec
 
 APP = "coordinated-ops"
-ONE_LOCK = dict.fromkeys(("restart", "remount", "upgrade"), "one-lock")
+ONE_LOCK: dict[str, str] = dict.fromkeys(("restart", "remount", "upgrade"), "one-lock")
 
 
 def _v0_holds_grant(bags: Bags, unit: str) -> bool:

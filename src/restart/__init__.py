@@ -5,7 +5,7 @@ The package, one module per piece:
 - here: what every engine shares: the `Engine` interface, `EngineNotReady`, and `run_restart`,
   the critical section (restart the service, check it is healthy, hold for `delay`);
 - `restart.policy`: `Restarts`, the object the charm builds: the engines by name, the action, the
-  statuses, and the one rule "a restart or an upgrade is busy, so nothing else may start";
+  statuses, and the rules the disruptive operations share (docs/one-lock.md);
 - `restart.v0`, `restart.rollingops`, `restart.coordinator`: one engine each. An engine decides
   *when* this unit may restart; `run_restart` is *what* happens once it may.
 

@@ -18,7 +18,8 @@ other instead of failing. What that means for each engine of the `restart` actio
   flight; and the `upgrade` action and `pre-upgrade-check` are refused while a v0 or coordinator
   restart is in flight (`busy_outside_lock`). Not covered: a remount is started by the NFS
   provider, not an operator, so nothing refuses it; one that arrives during a v0 or coordinator
-  roll may overlap a restart of another unit. Use rollingops to have remounts in the order.
+  roll may overlap a restart of another unit: choose rollingops when remounts must wait too.
+  (docs/one-lock.md)
 """
 
 from __future__ import annotations

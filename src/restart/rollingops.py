@@ -189,7 +189,7 @@ class RollingOpsEngine(ops.Object):
         return any(self.manager.is_waiting_callback("restart", unit) for unit in units)
 
     def busy_for_action(self) -> str | None:
-        """Actions only (may ask etcd): why a restart may be in flight, or None when none is."""
+        """Actions only (may ask etcd): why work on the lock may be in flight, or None if none."""
         found = self.manager.busy_units()
         if found.unknown:
             return (
@@ -219,13 +219,14 @@ class RollingOpsEngine(ops.Object):
             return ops.BlockedStatus(
                 f"ignoring malformed '{PEER_RELATION}' data: {state.malformed[0]}"
             )
-        queued = [name for name in OPERATIONS if self.queued(name)]
-        what = " + ".join(queued) or "restart"
-        if state.status is RollingOpsStatus.GRANTED:
+        if state.status in (RollingOpsStatus.GRANTED, RollingOpsStatus.WAITING):
+            queued = [name for name in OPERATIONS if self.queued(name)]
+            what = " + ".join(queued) or "restart"
+            where = f"(rollingops, {state.processing_backend})"
+            if state.status is RollingOpsStatus.WAITING:
+                return ops.WaitingStatus(f"{what} queued {where}")
             doing = f"running {what}" if len(queued) > 1 else VERBS[what]
-            return ops.MaintenanceStatus(f"{doing} (rollingops, {state.processing_backend})")
-        if state.status is RollingOpsStatus.WAITING:
-            return ops.WaitingStatus(f"{what} queued (rollingops, {state.processing_backend})")
+            return ops.MaintenanceStatus(f"{doing} {where}")
         if state.status is RollingOpsStatus.NOT_READY:
             return ops.WaitingStatus("rollingops not ready: see `juju debug-log`")
         return None
