@@ -225,6 +225,8 @@ class DemoUpgrade(DataUpgrade):
         if state == "recovery":
             return ops.BlockedStatus("ready to rollback application")
         if state == "upgrading":
+            if self._lock.queued(LOCK_OPERATION):
+                return None  # its turn came; the step waits for the lock, whose status says so
             return ops.MaintenanceStatus("upgrading...")
         if state == "completed":
             return ops.MaintenanceStatus("upgrade completed")

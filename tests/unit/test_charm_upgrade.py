@@ -281,6 +281,7 @@ def test_top_unit_waits_for_the_lock_then_upgrades_checks_and_completes(service,
     queued = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-queue"])
     assert [op["callback_id"] for op in queued] == ["upgrade"]
     assert journal.read(journal.local_path()) == []
+    assert out.unit_status == testing.WaitingStatus("upgrade queued (rollingops, peer)")
 
     out = _run_under_the_lock(ctx, lock, out, 2)
     assert service.calls == [("stop",), ("install", "1.1.0"), ("start",)]
