@@ -15,7 +15,15 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
 - `setup(sim)`: deploy and integrate what else the engine needs (e.g. an etcd provider) before
   the deployment settles;
 - `faults(sim, units)`: arm the engine's own faults (e.g. an etcd outage) with the simulator's
-  RNG; returns their descriptions.
+  RNG; returns their descriptions;
+- `domains`: the lock domain of each operation, for I1 and I6 (jujusim/invariants.py). The
+  demo charm's restart (engine rollingops), remount and upgrade step share one lock
+  (`ONE_LOCK`): no two of them may run on two units at once, whichever they are.
+
+The `one-lock` engine mixes operations: every unit asks for a rollingops restart and the upgrade
+(the upgrade engine's operator, rollback fault included), and the NFS provider moves the share
+(nfs_engine.py), all at once, so restarts, upgrade steps and remounts queue behind each other on
+the one lock.
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ from jujusim.runner import CharmSpec
 from jujusim.simulator import Simulator
 from jujusim.truth import Bags
 
-from . import coordinator_engines, rollingops_engines, upgrade_engine
+from . import coordinator_engines, nfs_engine, rollingops_engines, upgrade_engine
 from .fakes import DemoFakes, demo_spec
 
 APP = "coordinated-ops"
+ONE_LOCK: dict[str, str] = dict.fromkeys(("restart", "remount", "upgrade"), "one-lock")
 
 
 def _v0_holds_grant(bags: Bags, unit: str) -> bool:
@@ -45,6 +54,22 @@ def _restart_with(engine: str) -> Callable[[Simulator, str], Any]:
         return sim.request(unit, "restart", "restart", engine=engine)
 
     return request
+
+
+def _restart_upgrade_remount(sim: Simulator, unit: str) -> None:
+    """`one-lock`: a rollingops restart of `unit`, its part in the upgrade and the remount.
+
+    The upgrade and the endpoint change are one command for all units, issued with the first
+    request; the order of the three requests is random.
+    """
+    steps = [_restart_with("rollingops"), upgrade_engine.request, _remount]
+    sim.rng.shuffle(steps)
+    for step in steps:
+        step(sim, unit)
+
+
+def _remount(sim: Simulator, unit: str) -> None:
+    nfs_engine.request_remount(sim)
 
 
 def _no_actors(sim: Simulator) -> list[Actor]:
@@ -75,6 +100,7 @@ class Engine:
     fakes: Callable[[Simulator], DemoFakes] = DemoFakes
     setup: Callable[[Simulator], None] = _no_setup  # more apps/relations, before settling
     faults: Callable[[Simulator, list[str]], list[str]] = _no_faults  # engine-specific faults
+    domains: dict[str, str] = dataclasses.field(default_factory=dict)  # operation -> lock
 
 
 ENGINES: dict[str, Engine] = {
@@ -83,6 +109,7 @@ ENGINES: dict[str, Engine] = {
         name="rollingops-peer",
         request=_restart_with("rollingops"),
         holds_grant=rollingops_engines.peer_holds_grant,
+        domains=ONE_LOCK,
     ),
     "rollingops-etcd": Engine(
         name="rollingops-etcd",
@@ -92,6 +119,7 @@ ENGINES: dict[str, Engine] = {
         fakes=rollingops_engines.RollingOpsEtcdFakes,
         setup=rollingops_engines.etcd_setup,
         faults=rollingops_engines.etcd_faults,
+        domains=ONE_LOCK,
     ),
     "coordinator": Engine(
         name="coordinator",
@@ -112,5 +140,15 @@ ENGINES: dict[str, Engine] = {
         holds_grant=upgrade_engine.holds_grant,
         fakes=upgrade_engine.UpgradeFakes,
         faults=upgrade_engine.faults,
+        domains=ONE_LOCK,
+    ),
+    "one-lock": Engine(
+        name="one-lock",
+        request=_restart_upgrade_remount,
+        holds_grant=rollingops_engines.peer_holds_grant,  # the one lock's peer grant
+        fakes=nfs_engine.NfsFakes,
+        setup=nfs_engine.setup,
+        faults=upgrade_engine.faults,
+        domains=ONE_LOCK,
     ),
 }

@@ -65,6 +65,7 @@ class FakeService:
     port: int = 0
     startup_seconds: float = 0.0
     restarts: int = 0
+    mounts: dict[str, str] = dataclasses.field(default_factory=dict)  # mount point -> source
 
 
 class DemoFakes:
@@ -164,19 +165,25 @@ class DemoFakes:
                 interval.failed = True
             raise
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[DemoFakes]:
-        """Patch src/workload.py, journal.operation and restart.hold_lock_for for the block."""
+    def patches(self) -> list[tuple[object, str, object]]:
+        """(module, name, stand-in) for `installed`; a subclass adds its own."""
         import journal
         import restart
         import workload
 
+        return [
+            *((workload, name, getattr(self, name)) for name in WORKLOAD_FUNCTIONS),
+            (journal, "operation", self.operation),
+            (restart, "hold_lock_for", self.hold_lock_for),
+        ]
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[DemoFakes]:
+        """Patch src/workload.py, journal.operation and restart.hold_lock_for for the block."""
         saved_root = os.environ.get("COORDINATED_OPS_ROOT")
         with contextlib.ExitStack() as stack:
-            for name in WORKLOAD_FUNCTIONS:
-                stack.enter_context(mock.patch.object(workload, name, getattr(self, name)))
-            stack.enter_context(mock.patch.object(journal, "operation", self.operation))
-            stack.enter_context(mock.patch.object(restart, "hold_lock_for", self.hold_lock_for))
+            for module, name, value in self.patches():
+                stack.enter_context(mock.patch.object(module, name, value))
             try:
                 yield self
             finally:

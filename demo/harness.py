@@ -90,7 +90,9 @@ class DemoHarness:
     def __init__(self, engine: Engine, *, seed: int = 0) -> None:
         self.engine = engine
         self.sim = Simulator(seed=seed)
-        self.recorder = Recorder(self.sim, k=engine.k, holds_grant=engine.holds_grant)
+        self.recorder = Recorder(
+            self.sim, k=engine.k, holds_grant=engine.holds_grant, domains=engine.domains
+        )
         factory = engine.fakes
         if not (isinstance(factory, type) and issubclass(factory, DemoFakes)):
             raise TypeError(f"engine {engine.name}: fakes must be a DemoFakes subclass")

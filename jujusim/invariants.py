@@ -4,8 +4,9 @@ The simulator patches the charm's journal so that every critical section calls `
 (stamped at the start of the hook that makes it) and is closed at that hook's commit (rule: logical
 time and commit: the widest interval). Checks:
 
-- I1 exclusion: at most k units inside the critical section of one operation at any logical
-  time;
+- I1 exclusion: at most k units inside the critical sections of one lock domain at any logical
+  time (a domain is one operation unless `domains` puts several under one lock, e.g. a charm's
+  restart, remount and upgrade step);
 - I2 grant before work: the entering unit's own view (its snapshot plus its writes so far) shows it
   holding the grant;
 - I3 no ghost holders: after quiescence no grant names a removed unit;
@@ -13,7 +14,7 @@ time and commit: the widest interval). Checks:
   unless its unit was removed;
 - I5 no uncaught exception except injected ones;
 - I6 fencing tokens: a committed critical section's token is greater than the token of every
-  critical section (committed or not) of the same operation that ended before it started, for
+  critical section (committed or not) of the same lock domain that ended before it started, for
   engines whose journal carries integer tokens (rollingops on etcd or peer, v0). The one
   exception is the same unit re-running under the same grant (a retried hook, an etcd
   retry-hold), whose token is then equal: a storage system fencing with "reject a token lower
@@ -23,7 +24,7 @@ time and commit: the widest interval). Checks:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .runner import Live
@@ -58,10 +59,18 @@ class Interval:
 class Recorder:
     """Collects requests and critical sections; checks exclusion as each one closes."""
 
-    def __init__(self, sim: Simulator, *, k: int = 1, holds_grant: HoldsGrant | None = None):
+    def __init__(
+        self,
+        sim: Simulator,
+        *,
+        k: int = 1,
+        holds_grant: HoldsGrant | None = None,
+        domains: Mapping[str, str] | None = None,
+    ):
         self.sim = sim
         self.k = k
         self.holds_grant = holds_grant
+        self.domains = dict(domains or {})  # operation -> lock domain (default: itself)
         self.intervals: list[Interval] = []
         self.requests: list[tuple[str, str, int]] = []  # (unit, operation, time)
         self.request_actions: list[Any] = []  # the ActionRecord of each request, if any
@@ -123,8 +132,8 @@ class Recorder:
         spans = []
         for other in self.intervals:
             end = other.end if other.end is not None else provisional.get(other.hook)
-            if end is None or other.operation != new.operation:
-                continue  # one lock domain per operation (restart, upgrade, ...)
+            if end is None or self.domain(other.operation) != self.domain(new.operation):
+                continue  # another lock domain
             if other.unit == new.unit and other is not new:
                 continue
             if new.overlaps(other, end):
@@ -133,15 +142,21 @@ class Recorder:
         for t in points:
             inside = {o.unit for s, e, o in spans if s <= t < e}
             if len(inside) > self.k:
-                who = ", ".join(sorted(inside))
+                who = ", ".join(
+                    sorted({f"{o.unit} {o.operation}" for s, e, o in spans if s <= t < e})
+                )
                 self.violations.append(
                     f"I1 t={t} {len(inside)} units inside the critical section (k={self.k}): {who}"
                 )
                 return
 
+    def domain(self, operation: str) -> str:
+        """The lock domain of `operation`: the operations of one domain exclude each other."""
+        return self.domains.get(operation, operation)
+
     def _check_token_order(self, new: Interval) -> None:
         """I6: `new`'s token exceeds the tokens of every critical section ended before it began."""
-        violation = token_order_violation(self.intervals, new)
+        violation = token_order_violation(self.intervals, new, self.domain)
         if violation is not None:
             self.violations.append(violation)
 
@@ -199,14 +214,19 @@ def _integer(token: object) -> bool:
     return isinstance(token, int) and not isinstance(token, bool)
 
 
-def token_order_violation(intervals: list[Interval], new: Interval) -> str | None:
-    """I6 for `new` against `intervals` (see the module docstring); the message or None."""
+def token_order_violation(
+    intervals: list[Interval], new: Interval, domain: Callable[[str], str] = str
+) -> str | None:
+    """I6 for `new` against `intervals` (see the module docstring); the message or None.
+
+    `domain` maps an operation to its lock domain (default: each operation is its own).
+    """
     if not _integer(new.token):
         return None
     for other in intervals:
         if other is new or other.end is None or other.end > new.start:
             continue  # still open, or not over when `new` began
-        if other.operation != new.operation or not _integer(other.token):
+        if domain(other.operation) != domain(new.operation) or not _integer(other.token):
             continue
         if other.unit == new.unit and other.token == new.token:
             continue  # the same grant run again by its holder
@@ -214,6 +234,7 @@ def token_order_violation(intervals: list[Interval], new: Interval) -> str | Non
         if new.token <= other.token:
             return (
                 f"I6 t={new.start} {new.unit} entered {new.operation} with token {new.token}, "
-                f"not above token {other.token} of {other.unit} (ended t={other.end})"
+                f"not above token {other.token} of {other.unit}'s {other.operation} "
+                f"(ended t={other.end})"
             )
     return None

@@ -147,8 +147,10 @@ class Operations(Clock):
         self._appoint_leader(unit)
 
     @operator
-    def run_action(self, target: str, name: str, **params: Any) -> ActionRecord:
+    def run_action(self, target: str, name: str, /, **params: Any) -> ActionRecord:
         """`juju run <unit> <action> k=v`: schema defaults applied, params checked first.
+
+        `target` and `name` are positional only, so an action may have a parameter `name`.
 
         Rule: actions.
         """

@@ -3,10 +3,11 @@
 
 - `service.Service`: installs, configures and runs the demo service (workload.py);
 - `restart.policy.Restarts`: the `restart` action through one of three coordination engines, and
-  the rule that one restart or upgrade runs at a time;
-- `upgrade.DemoUpgrade`: `juju refresh` and the `upgrade` action, one unit at a time;
+  the one lock (`restarts.lock`, charmlibs.rollingops) that every disruptive operation queues on;
+- `upgrade.DemoUpgrade`: `juju refresh` and the `upgrade` action, one unit at a time, each
+  unit's step under the one lock;
 - `nfs.NfsShare`: the `nfs-mount` action and the share mounted on every unit, where the operation
-  journal (journal.py) is also written.
+  journal (journal.py) is also written; a remount after an endpoint change runs under the lock.
 
 The order they are built in is the order their observers run within a hook: the restart engines
 first, then the upgrade, the service and the share.
@@ -37,10 +38,13 @@ class CoordinatedOpsCharm(ops.CharmBase):
             self, journal_dirs=journal_dirs, upgrade_ongoing=lambda: self.upgrade.ongoing()
         )
         self.upgrade = DemoUpgrade(
-            self, restart_busy=self.restarts.busy, journal_dirs=journal_dirs
+            self,
+            restart_busy=self.restarts.busy_outside_lock,
+            journal_dirs=journal_dirs,
+            lock=self.restarts.lock,
         )
         self.service = Service(self)
-        self.nfs = NfsShare(self)
+        self.nfs = NfsShare(self, lock=self.restarts.lock)
         framework.observe(self.on.collect_unit_status, self._on_collect_unit_status)
         framework.observe(self.on.collect_app_status, self._on_collect_app_status)
 

@@ -1,6 +1,7 @@
 """The operation journal: one JSON line per disruptive operation.
 
-Every restart or upgrade runs inside `operation(...)`, which records the unit, the operation, the
+Every restart, remount or upgrade step runs inside `operation(...)`, which records the unit, the
+operation (`restart`, `remount`, `upgrade`: under the one lock they share one token sequence), the
 engine that coordinated it, the fencing token when there is one, and the wall-clock start and end
 (UTC, ISO 8601). The line goes to the unit's local journal and to every extra directory given — the
 NFS share when one is mounted — so one file on the share shows every unit's intervals and anyone
@@ -55,7 +56,8 @@ def operation(
     """Record one operation; the body is the operation itself.
 
     The yielded entry may be extended by the body (e.g. `entry["version"] = "1.1.0"`). The line is
-    written when the body ends, with `result` "ok" or "failed" (the exception still propagates).
+    written when the body ends, with `result` "ok" or "failed" (the exception still propagates),
+    to the local journal and to each directory `dirs` holds then (a remount adds the new share).
     """
     entry: Entry = {"unit": unit, "operation": operation, "engine": engine, "token": token}
     entry["start"] = _now()

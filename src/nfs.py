@@ -12,6 +12,13 @@ How it fits together:
 3. Each unit publishes `nfs-mount-state` (`mounted <source>` or `failed`) in its peer unit bag; the
    action reports how many units have the share mounted.
 
+A remount (the provider's endpoint changed while this unit has the old share mounted) disrupts
+whatever uses the share, so it does not run in the hook that learns of the change: it is queued
+on the charm's one lock (`restart.OperationLock`) as the operation `remount` and runs when this
+unit holds it (`run_remount`), one unit at a time and in line with restarts and upgrade steps;
+the journal records it. The old share stays mounted until then. A first mount, an unmount and a
+move to another mount point are not remounts: they run at once.
+
 The request's fields and the mount point policy are in nfs_request.py (plain Python; the action's
 pydantic model in models.py applies the same rules). Every command goes through `run_command`, the
 one function tests replace (the kernel of a test machine may have no NFS client). Mounting retries
@@ -55,8 +62,10 @@ from charms.storage_libs.v0.nfs_interfaces import (
     parse_endpoint,
 )
 
+import journal
 import nfs_request
 import paths
+import restart
 from nfs_request import ShareRequest, echo
 
 if TYPE_CHECKING:
@@ -75,6 +84,7 @@ MOUNT_OPTIONS = ["rw", "nosuid", "nodev", "soft", "timeo=50", "retrans=2", "prot
 FSTAB_MARK = "# coordinated-ops nfs-share"
 MOUNTS_FILE = pathlib.Path("/proc/self/mounts")
 MOUNTINFO_FILE = pathlib.Path("/proc/self/mountinfo")
+LOCK_OPERATION = "remount"  # the remount's callback id on the one lock
 
 # Bounded retry of mount/umount: 5 attempts, waits 1, 2, 4, 8 s (tests set the waits to 0).
 RETRY_ATTEMPTS = 5
@@ -352,15 +362,29 @@ class NfsShare(ops.Object):
 
     _stored = ops.StoredState()
 
-    def __init__(self, charm: ops.CharmBase):
+    def __init__(self, charm: ops.CharmBase, *, lock: restart.OperationLock):
         super().__init__(charm, "nfs")
         self.charm = charm
+        self._lock = lock
+        lock.register(LOCK_OPERATION, self.run_remount)
         self.requirer = NFSRequires(charm, RELATION)
         # endpoint: of the last mount_share not followed by umount_share.
         # mounted_at / source: what this unit mounted. error: why the last mount failed.
         self._stored.set_default(endpoint=None, mounted_at=None, source=None, error=None)
         self._problem: str | None = None  # why the stored request was ignored, this hook
+        self._umount_seen = False  # an umount_share came in this dispatch: settle after it
         self.framework.observe(charm.on.nfs_mount_action, self.run_action)
+        # The library sends an endpoint change as umount_share then mount_share in one of these
+        # hooks; observed after the library's own observers, `_settle` acts on the outcome.
+        share = charm.on[RELATION]
+        for event in (
+            share.relation_joined,
+            share.relation_changed,
+            share.relation_departed,
+            share.relation_broken,
+            charm.on.upgrade_charm,
+        ):
+            self.framework.observe(event, self._settle)
         for event in (
             self.requirer.on.server_connected,
             self.requirer.on.mount_share,
@@ -429,9 +453,20 @@ class NfsShare(ops.Object):
             return
         if isinstance(event, MountShareEvent):
             self._stored.endpoint = event.endpoint
+            self._umount_seen = False
         elif isinstance(event, UmountShareEvent):
+            # Unmount in `_settle`, once it is known whether a mount_share follows in this
+            # hook: then the endpoint changed, and the remount waits for the one lock.
             self._stored.endpoint = None
+            self._umount_seen = True
+            return
         self.reconcile()
+
+    def _settle(self, _: ops.EventBase) -> None:
+        """After the library's observers: an umount_share not followed by a mount_share."""
+        if self._umount_seen:
+            self._umount_seen = False
+            self.reconcile()
 
     def _rerequest(self, relation: ops.Relation) -> None:
         """A (new) provider joined: repeat the request the action stored, if any."""
@@ -439,14 +474,18 @@ class NfsShare(ops.Object):
         if wanted is not None:
             self.requirer.request_share(relation.id, wanted.name, size=wanted.size)
 
-    def reconcile(self) -> None:
+    def reconcile(self, *, remount: bool = False) -> None:
         """Make this unit's mount match the desired one (idempotent; never raises on failure).
 
         Only what this unit mounted (`mounted_at`, `source` in its local stored state) is ever
         unmounted: a mount point holding anything else is left alone and the unit is Blocked.
+        A remount is queued on the one lock instead, unless `remount` says the caller holds it.
         """
         self._problem = None
         target = self._target()
+        if not remount and self._remount_due(target):
+            self._queue_remount()
+            return
         previous, ours = self._stored.mounted_at, self._stored.source
         try:
             if previous and (target is None or target[1] != previous):
@@ -481,6 +520,53 @@ class NfsShare(ops.Object):
             return
         self._stored.mounted_at, self._stored.source, self._stored.error = mountpoint, source, None
         self._publish(f"mounted {source}")
+
+    # -- the remount, under the one lock ------------------------------------------------------
+
+    def _remount_due(self, target: tuple[str, str, list[str]] | None) -> bool:
+        """Whether reaching `target` replaces a share this unit has mounted by another source."""
+        mountpoint, ours = self._stored.mounted_at, self._stored.source
+        return (
+            target is not None
+            and ours is not None
+            and target[0] != ours
+            and target[1] == mountpoint
+            and mounted_source(mountpoint) == ours
+        )
+
+    def _queue_remount(self) -> None:
+        if self._lock.queued(LOCK_OPERATION):
+            return
+        try:
+            self._lock.queue(LOCK_OPERATION)
+        except restart.EngineNotReady as error:  # the next event tries again
+            logger.warning("remount not queued yet: %s", error)
+            return
+        logger.info("the NFS endpoint changed: remount queued on the lock")
+
+    def run_remount(self) -> None:
+        """Under the one lock: remount the share from the provider's new endpoint, journalled.
+
+        If no remount is due any more (the endpoint changed back, the share went away), this
+        only reconciles. The journal line also goes to the share mounted afterwards.
+        """
+        target = self._target()
+        if not self._remount_due(target):
+            self.reconcile()
+            return
+        assert target is not None
+        token, backend = self._lock.grant()
+        dirs: list[pathlib.Path] = []  # read when the line is written, after the remount
+        unit = self.charm.unit.name
+        try:
+            with journal.operation(unit, "remount", "rollingops", token, dirs=dirs) as entry:
+                entry.update(backend=backend, source=target[0], previous=self._stored.source)
+                self.reconcile(remount=True)
+                if self._stored.error:
+                    raise MountError(self._stored.error)
+                dirs.extend(self.journal_dirs())
+        except MountError:
+            pass  # logged, published and shown by reconcile; the next event mounts afresh
 
     # -- what the charm asks ------------------------------------------------------------------
 

@@ -12,11 +12,16 @@ Both paths run on the same machinery, `charms.data_platform_libs.v0.upgrade`:
   (`set_unit_ready()`), exactly as upgrade-charm would after a refresh; from there the library's
   stack decides who upgrades next. A workload rollout is therefore a refresh without a new charm.
 
-The per-unit step (`_on_upgrade_granted`) stops the service, installs the target, starts it, and
-checks that `/health` answers and `/version` reports the target before the unit reports
-`completed`; otherwise it reports `failed`, which halts the rollout. Rolling back is a second
-`upgrade` to the previous version while the rollout is halted: the leader prepares the recovery
-stack (the failed unit first) and the same one-at-a-time rollout runs back.
+The library decides the order and when a unit's turn comes (`_on_upgrade_granted`, the unit is
+then `upgrading`); the step itself waits for the charm's one lock (`restart.OperationLock`,
+charmlibs.rollingops): it is queued there as the operation `upgrade`, behind any restart or
+remount already queued, and runs in a later hook (`_run_step`). Meanwhile the unit stays
+`upgrading`, so the library gives no other unit its turn. The step stops the service, installs
+the target, starts it, and checks that `/health` answers and `/version` reports the target; only
+then does the unit report `completed`; otherwise it reports `failed`, which halts the rollout.
+Rolling back is a second `upgrade` to the previous version while the rollout is halted: the
+leader prepares the recovery stack (the failed unit first) and the same one-at-a-time rollout
+runs back.
 
 Which workload versions exist: `WORKLOAD_RELEASES`, each with the Poetry constraint the installed
 version must satisfy to move to it (the same rule as `upgrade_supported` in DEPENDENCIES).
@@ -45,6 +50,7 @@ from charms.data_platform_libs.v0.upgrade import (
 )
 
 import journal
+import restart
 import workload
 
 if TYPE_CHECKING:
@@ -57,6 +63,7 @@ logger = logging.getLogger(__name__)
 RELATION = "upgrade"
 ROLLOUT_KEY = "workload-rollout"
 CHARM_VERSION = "1"
+LOCK_OPERATION = "upgrade"  # the step's callback id on the one lock
 
 # Installable workload versions -> the constraint the installed version must satisfy.
 WORKLOAD_RELEASES: dict[str, str] = {
@@ -164,8 +171,9 @@ class UpgradeCheckFailed(Exception):
 class DemoUpgrade(DataUpgrade):
     """The demo's DataUpgrade: the workload upgrade step and the `upgrade` action.
 
-    `restart_busy()` says why no upgrade may start (a restart is in flight), else None;
-    `journal_dirs()` lists the extra directories of the operation journal.
+    `restart_busy()` says why no upgrade may start (a restart is in flight on a lock other than
+    the one lock), else None; `journal_dirs()` lists the extra directories of the operation
+    journal; each unit's step runs under `lock`.
     """
 
     name = "upgrade"
@@ -177,10 +185,13 @@ class DemoUpgrade(DataUpgrade):
         *,
         restart_busy: Callable[[], str | None],
         journal_dirs: Callable[[], Sequence[pathlib.Path]],
+        lock: restart.OperationLock,
     ):
         super().__init__(charm, dependencies, RELATION, "vm")  # the model, built on first use
         self._restart_busy = restart_busy
         self._journal_dirs = journal_dirs
+        self._lock = lock
+        lock.register(LOCK_OPERATION, self._run_step)
         self._demo.set_default(handled_round=0, worked_round=0, failure="")
         rel = charm.on[RELATION]
         # After the library's own observers: the library reconciles first.
@@ -225,6 +236,8 @@ class DemoUpgrade(DataUpgrade):
         if state == "recovery":
             return ops.BlockedStatus("ready to rollback application")
         if state == "upgrading":
+            if self._lock.queued(LOCK_OPERATION):
+                return None  # its turn came; the step waits for the lock, whose status says so
             return ops.MaintenanceStatus("upgrading...")
         if state == "completed":
             return ops.MaintenanceStatus("upgrade completed")
@@ -304,7 +317,35 @@ class DemoUpgrade(DataUpgrade):
         return "upgrade failed"
 
     def _on_upgrade_granted(self, event: UpgradeGrantedEvent) -> None:
-        """This unit's turn: stop, install, start, check; then completed or failed."""
+        """This unit's turn: queue the step on the one lock (once; it runs in `_run_step`).
+
+        The library emits the grant at every reconcile while this unit is `upgrading` and on
+        top: only the first queues. If the lock cannot take it yet (no peer relation), the next
+        reconcile tries again.
+        """
+        if self._lock.queued(LOCK_OPERATION):
+            return
+        try:
+            self._lock.queue(LOCK_OPERATION)
+        except restart.EngineNotReady as error:
+            logger.warning("upgrade step not queued yet: %s", error)
+
+    def _run_step(self) -> None:
+        """Under the one lock: stop, install, start, check; then completed or failed.
+
+        The step runs only if it is still this unit's turn (the library's grant rule: this unit
+        `upgrading` on top of the stack, the rollout not halted); otherwise it is dropped.
+        """
+        stack = self.upgrade_stack
+        me = int(self.charm.unit.name.split("/")[1])
+        if (
+            self.state != "upgrading"
+            or not stack
+            or stack[-1] != me
+            or self.cluster_state in ("failed", "recovery")
+        ):
+            logger.warning("upgrade step no longer due (state %s): dropped", self.state)
+            return
         target = self.target_version()
         rollout = self.rollout()
         self._demo.worked_round = rollout.round if rollout and not rollout.done else 0
@@ -334,9 +375,11 @@ class DemoUpgrade(DataUpgrade):
 
     def _upgrade_workload(self, target: str) -> None:
         unit = self.charm.unit.name
+        token, backend = self._lock.grant()
         with journal.operation(
-            unit, "upgrade", engine="upgrade", dirs=list(self._journal_dirs())
+            unit, "upgrade", engine="rollingops", token=token, dirs=list(self._journal_dirs())
         ) as entry:
+            entry["backend"] = backend
             entry["from"] = workload.get_version()
             entry["version"] = target
             logger.info("upgrading the demo service on %s to %s", unit, target)

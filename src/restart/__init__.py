@@ -5,9 +5,12 @@ The package, one module per piece:
 - here: what every engine shares: the `Engine` interface, `EngineNotReady`, and `run_restart`,
   the critical section (restart the service, check it is healthy, hold for `delay`);
 - `restart.policy`: `Restarts`, the object the charm builds: the engines by name, the action, the
-  statuses, and the one rule "a restart or an upgrade is busy, so nothing else may start";
+  statuses, and the rules the disruptive operations share (docs/one-lock.md);
 - `restart.v0`, `restart.rollingops`, `restart.coordinator`: one engine each. An engine decides
   *when* this unit may restart; `run_restart` is *what* happens once it may.
+
+`OperationLock` is the one lock as the other concerns see it (the rollingops engine implements
+it): the upgrade step and the NFS remount queue there, behind and ahead of restarts.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import pathlib
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import journal
 import workload
@@ -49,6 +52,30 @@ class Engine(Protocol):
 
     def unit_status(self) -> ops.StatusBase | None:
         """This unit's status as far as this engine is concerned, or None when idle."""
+        ...
+
+
+class OperationLock(Protocol):
+    """The charm's lock for every disruptive operation, as a concern uses it.
+
+    A concern registers its callback in its `__init__`, then queues requests; the callback runs
+    in a later hook, while this unit holds the lock (returning None releases it).
+    """
+
+    def register(self, operation: str, callback: Callable[..., Any]) -> None:
+        """Run `callback(**kwargs)` for each queued `operation` once this unit holds the lock."""
+        ...
+
+    def queue(self, operation: str, **kwargs: object) -> None:
+        """Queue `operation`; raise EngineNotReady when it cannot be queued yet."""
+        ...
+
+    def queued(self, operation: str) -> bool:
+        """Whether this unit has `operation` queued or running."""
+        ...
+
+    def grant(self) -> tuple[int | None, str | None]:
+        """(fencing token, backend) of the grant the running callback holds."""
         ...
 
 

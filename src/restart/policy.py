@@ -1,9 +1,25 @@
 """`Restarts`: the restart concern as the charm sees it.
 
 It builds the engines (one per coordination library), runs the `restart` action, reports the
-engines' statuses, and owns the one rule the charm's disruptive operations share: while a restart
-(in any engine) or an upgrade is in flight, nothing else may start. The upgrade asks it through
-`busy()`; it asks the upgrade through the `upgrade_ongoing` callable it is given.
+engines' statuses, and owns the rules the charm's disruptive operations share.
+
+One lock for every disruptive operation. The rollingops engine's lock (`self.lock`) is the
+charm's lock: a restart with engine rollingops, the NFS remount after an endpoint change and each
+unit's upgrade step all queue on it, so they never run on two units at once and wait for each
+other instead of failing. What that means for each engine of the `restart` action:
+
+- `rollingops` (etcd or peer backend, the same lock either way): a restart queues behind
+  whatever the lock already serves: other restarts, a remount, an upgrade step (an upgrade
+  rollout in flight does not refuse it). It is refused only while a v0 or coordinator restart
+  is in flight: those hold other locks.
+- `v0` and `coordinator` keep their own locks and their semantics. Exclusion with the one lock
+  is kept at the action, as before: such a restart is refused while the other of the two, the
+  one lock (any operation: a restart, a remount, an upgrade step) or an upgrade rollout is in
+  flight; and the `upgrade` action and `pre-upgrade-check` are refused while a v0 or coordinator
+  restart is in flight (`busy_outside_lock`). Not covered: a remount is started by the NFS
+  provider, not an operator, so nothing refuses it; one that arrives during a v0 or coordinator
+  roll may overlap a restart of another unit: choose rollingops when remounts must wait too.
+  (docs/one-lock.md)
 """
 
 from __future__ import annotations
@@ -29,8 +45,10 @@ class Restarts(ops.Object):
         upgrade_ongoing: Callable[[], str | None],
     ):
         super().__init__(charm, "restarts")
+        self.lock = RollingOpsEngine(charm, journal_dirs)
+        """The one lock (charmlibs.rollingops): other concerns `register` and `queue` on it."""
         engines = [
-            RollingOpsEngine(charm, journal_dirs),
+            self.lock,
             V0Engine(charm, journal_dirs),
             CoordinatorEngine(charm, journal_dirs),
         ]
@@ -65,11 +83,20 @@ class Restarts(ops.Object):
                 return why
         return None
 
+    def busy_outside_lock(self) -> str | None:
+        """Actions only: why an operation on the one lock may not start, else None.
+
+        Only a v0 or coordinator restart in flight stops it: those hold other locks.
+        """
+        return self.busy(ignore=self.lock.name)
+
     def _refusal(self, engine: str) -> str | None:
-        """Why `engine` may not restart now: another engine's restart or an upgrade is busy."""
+        """Why `engine` may not restart now (see the module docstring), or None."""
         busy = self.busy(ignore=engine)
         if busy is not None:
             return busy
+        if engine == self.lock.name:
+            return None  # an upgrade step queues on this lock too: the restart waits its turn
         upgrade = self._upgrade_ongoing()
         if upgrade is not None:
             return f"{upgrade}; wait for it to finish or roll it back"

@@ -8,12 +8,23 @@ increasing sequence across both backends).
 Synchronous restart (`sync=true`): the restart runs inside the action, under
 `acquire_sync_lock`: the etcd lock when etcd is available, else `LeaderPeerSyncLock`, a peer lock
 that only the leader can take, and only while no unit holds or waits to run under a grant.
+
+The one lock. This engine's lock is the charm's lock for every disruptive operation, not only
+restarts: the NFS remount after an endpoint change (`nfs.NfsShare`) and each unit's upgrade step
+(`upgrade.DemoUpgrade`) queue on it too, as the callbacks `remount` and `upgrade`
+(`OPERATIONS`). They `register` their callback and `queue` requests; the library runs them one
+unit at a time in grant order, on etcd or on the peer relation, whichever backend is in use. So
+a restart, a remount and an upgrade step never run on two units at once, and each waits for the
+others instead of being refused. The v0 and coordinator engines keep their own locks (see
+`restart.policy`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
+from collections.abc import Callable
 
 import ops
 from charmlibs.rollingops import (
@@ -34,6 +45,11 @@ ETCD_RELATION = "etcd"
 MAX_RETRY = 2  # a failed restart runs at most 3 times, then is dropped (and logged)
 SYNC_TIMEOUT = 60
 STATUS_LIMIT = 160  # characters of the etcd problem shown in the unit status
+OPERATIONS = ("restart", "remount", "upgrade")  # the callbacks of the one lock, in status order
+VERBS = {"restart": "restarting", "remount": "remounting", "upgrade": "upgrading"}
+
+Operation = Callable[..., "OperationResult | None"]
+"""A callback of the one lock: runs while this unit holds it; None (or RELEASE) releases it."""
 
 
 def base_dir() -> pathlib.Path:
@@ -76,9 +92,12 @@ class RollingOpsEngine(ops.Object):
         super().__init__(charm, "restart-engine-rollingops")
         self.charm = charm
         self._journal_dirs = journal_dirs
+        self._operations: dict[str, Operation] = {"restart": self._restart}
         self.manager = RollingOpsManager(
             charm,
-            callback_targets={"restart": self._restart},
+            # Every id is known from the start (a queued op names one); the callables are
+            # looked up when the op runs, so concerns built after this one can `register`.
+            callback_targets={name: functools.partial(self._run, name) for name in OPERATIONS},
             peer_relation_name=PEER_RELATION,
             etcd_relation_name=ETCD_RELATION,
             cluster_id=charm.app.name,
@@ -93,17 +112,50 @@ class RollingOpsEngine(ops.Object):
                 "once the unit has started"
             )
 
-    def request(self, delay: int) -> str:
-        """Queue a restart; it runs when this unit is granted the lock."""
+    # --- the one lock, as other concerns use it ---------------------------------------------
+
+    def register(self, operation: str, callback: Operation) -> None:
+        """Run `callback(**kwargs)` for each queued `operation` once this unit holds the lock."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; add it to OPERATIONS")
+        self._operations[operation] = callback
+
+    def queue(self, operation: str, **kwargs: object) -> None:
+        """Queue `operation` on the one lock; raise EngineNotReady when it cannot be queued."""
         self._require_peer_relation()
         try:
-            self.manager.request_async_lock(
-                "restart", kwargs={"delay": delay}, max_retry=MAX_RETRY
-            )
+            self.manager.request_async_lock(operation, kwargs=kwargs, max_retry=MAX_RETRY)
         except RollingOpsError as error:
             raise restart.EngineNotReady(f"rollingops refused the request: {error}") from error
+
+    def queued(self, operation: str) -> bool:
+        """Whether this unit has `operation` queued (or running) on the one lock."""
+        return self.manager.is_waiting_callback(operation)
+
+    def grant(self) -> tuple[int | None, str | None]:
+        """(fencing token, backend) of the grant the running callback holds; Nones outside one."""
+        grant = self.manager.lock_grant
+        if grant is None:
+            return None, None
+        return grant.token, str(grant.backend)
+
+    def _run(self, operation: str, **kwargs: object) -> OperationResult | None:
+        callback = self._operations.get(operation)
+        if callback is None:  # only if the charm forgot to register it: drop the op, loudly
+            logger.error("no callback registered for %r: the queued op is dropped", operation)
+            return OperationResult.RELEASE
+        return callback(**kwargs)
+
+    # --- restarts ----------------------------------------------------------------------------
+
+    def request(self, delay: int) -> str:
+        """Queue a restart; it runs when this unit is granted the lock."""
+        self.queue("restart", delay=delay)
         backend = self.manager.state.processing_backend
-        return f"restart queued with rollingops ({backend} backend); units restart one at a time"
+        return (
+            f"restart queued with rollingops ({backend} backend); units restart one at a time, "
+            "behind any remount or upgrade step already queued"
+        )
 
     def restart_now(self, delay: int) -> str:
         """Restart inside this action under the sync lock; raise EngineNotReady if not possible."""
@@ -126,17 +178,18 @@ class RollingOpsEngine(ops.Object):
     def in_flight(self) -> bool:
         """Cheap, for the status: a restart queued or running that the peer relation shows.
 
-        Units on the etcd backend publish no queue, so their work is missed here; actions use
+        Only restarts: a remount or an upgrade step on the lock shows in its own status. Units
+        on the etcd backend publish no queue, so their work is missed here; actions use
         `busy_for_action`.
         """
         relation = self.model.get_relation(PEER_RELATION)
         if relation is None:
             return False
         units = [None, *(unit.name for unit in relation.units)]
-        return any(self.manager.is_waiting(unit) for unit in units)
+        return any(self.manager.is_waiting_callback("restart", unit) for unit in units)
 
     def busy_for_action(self) -> str | None:
-        """Actions only (may ask etcd): why a restart may be in flight, or None when none is."""
+        """Actions only (may ask etcd): why work on the lock may be in flight, or None if none."""
         found = self.manager.busy_units()
         if found.unknown:
             return (
@@ -146,12 +199,16 @@ class RollingOpsEngine(ops.Object):
         if found.units:
             units = ", ".join(found.units)
             return (
-                f"a restart with engine 'rollingops' is in flight ({units}); wait for it to finish"
+                f"a restart, remount or upgrade step on the 'rollingops' lock is in flight "
+                f"({units}); wait for it to finish"
             )
         return None
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Blocked: etcd refused or peer data ignored; maintenance: restarting; waiting: queued."""
+        """Blocked: etcd refused or peer data ignored; maintenance: running; waiting: queued.
+
+        The operations named are those of this unit's queue (`restart` when it shows none).
+        """
         if self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state
@@ -162,18 +219,20 @@ class RollingOpsEngine(ops.Object):
             return ops.BlockedStatus(
                 f"ignoring malformed '{PEER_RELATION}' data: {state.malformed[0]}"
             )
-        if state.status is RollingOpsStatus.GRANTED:
-            return ops.MaintenanceStatus(f"restarting (rollingops, {state.processing_backend})")
-        if state.status is RollingOpsStatus.WAITING:
-            return ops.WaitingStatus(f"restart queued (rollingops, {state.processing_backend})")
+        if state.status in (RollingOpsStatus.GRANTED, RollingOpsStatus.WAITING):
+            queued = [name for name in OPERATIONS if self.queued(name)]
+            what = " + ".join(queued) or "restart"
+            where = f"(rollingops, {state.processing_backend})"
+            if state.status is RollingOpsStatus.WAITING:
+                return ops.WaitingStatus(f"{what} queued {where}")
+            doing = f"running {what}" if len(queued) > 1 else VERBS[what]
+            return ops.MaintenanceStatus(f"{doing} {where}")
         if state.status is RollingOpsStatus.NOT_READY:
             return ops.WaitingStatus("rollingops not ready: see `juju debug-log`")
         return None
 
     def _restart(self, delay: int = 0) -> OperationResult:
-        grant = self.manager.lock_grant
-        token = grant.token if grant is not None else None
-        backend = str(grant.backend) if grant is not None else None
+        token, backend = self.grant()
         ok = self._run_restart(delay, token, backend)
         return OperationResult.RELEASE if ok else OperationResult.RETRY_RELEASE
 

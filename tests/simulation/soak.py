@@ -121,7 +121,7 @@ def run_schedule(
     """One schedule on a fork of the settled deployment `base`; returns its checks and figures."""
     sim = base.fork(seed, retry=retry)
     fakes.attach(sim)
-    recorder = Recorder(sim, k=engine.k, holds_grant=engine.holds_grant)
+    recorder = Recorder(sim, k=engine.k, holds_grant=engine.holds_grant, domains=engine.domains)
     sim.actors.extend(engine.actors(sim))
     mark = sim.last_seq
     units = sim.members(engine.app)

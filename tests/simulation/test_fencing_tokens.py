@@ -91,7 +91,9 @@ def roll(units: int, seed: int, fault: Callable[[Simulator], None]) -> Recorder:
         base = soak.settle(engine, units, fakes, leader_sees_own_app_writes=True)
         sim = base.fork(seed, retry="none")
         fakes.attach(sim)
-        recorder = Recorder(sim, k=engine.k, holds_grant=engine.holds_grant)
+        recorder = Recorder(
+            sim, k=engine.k, holds_grant=engine.holds_grant, domains=engine.domains
+        )
         sim.actors.extend(engine.actors(sim))
         sim.listeners.append(AfterSections(1, fault))
         for unit in sim.members(engine.app):

@@ -127,7 +127,12 @@ class LockMachine(RuleBasedStateMachine):
         self._stack.enter_context(self.fakes.installed())
         self.sim = base.fork(0)
         self.fakes.attach(self.sim)
-        self.recorder = Recorder(self.sim, k=self.engine.k, holds_grant=self.engine.holds_grant)
+        self.recorder = Recorder(
+            self.sim,
+            k=self.engine.k,
+            holds_grant=self.engine.holds_grant,
+            domains=self.engine.domains,
+        )
         self.removed = False
 
     @initialize(switch=st.booleans(), retry=st.sampled_from(["none", "backoff"]))

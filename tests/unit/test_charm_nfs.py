@@ -27,6 +27,8 @@ import nfs_request
 from tests.unit.conftest import charm_context
 
 APP = "coordinated-ops"
+LOCK = "rollingops"  # the peer relation of the one lock (charmlibs.rollingops)
+PLANNED = 2  # Juju's planned units: no unit looks like it is being removed
 ENDPOINT = "nfs://10.0.0.5:2050/demo"
 SOURCE = "10.0.0.5:/demo"
 
@@ -323,17 +325,49 @@ def test_mount_waits_for_mountpoint_from_peer_data(ctx, machine, mountpoint):
     assert machine.commands == [mount_cmd(mountpoint)]
 
 
-def test_endpoint_change_unmounts_then_mounts(ctx, machine, mountpoint):
-    rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)
-    out = ctx.run(
-        ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel})
+def _lock_granted(
+    out: testing.State, token: int = 7
+) -> tuple[testing.State, testing.RelationBase]:
+    """The leader (unit 1) grants the one lock to unit 0's first queued op (wire format v1)."""
+    lock = next(r for r in out.relations if r.endpoint == LOCK)
+    bag = dict(lock.local_unit_data)
+    first = json.loads(bag["rollingops-queue"])[0]
+    grant = {"unit": f"{APP}/0", "token": token, "op": first["id"]}
+    app = {"rollingops-version": "1", "rollingops-token": str(token), "rollingops-mode": "peer"}
+    lock = dataclasses.replace(
+        lock, local_unit_data=bag, local_app_data={**app, "rollingops-grant": json.dumps(grant)}
     )
+    others = {r for r in out.relations if r.id != lock.id}
+    return dataclasses.replace(out, relations={*others, lock}), lock
+
+
+def _mounted_then_changed(ctx, machine, mountpoint):
+    """Unit 0 has the share mounted; the provider then publishes another endpoint."""
+    rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)
+    lock = testing.PeerRelation(LOCK, peers_data={1: {}})
+    state = testing.State(relations={rel, prel, lock}, planned_units=PLANNED)
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), state)
     rel2 = nfs_rel("10.0.0.9:/demo", id=rel.id)
     machine.commands.clear()
-    ctx.run(
-        ctx.on.relation_changed(rel2, remote_unit=0),
-        testing.State(relations={rel2, prel}, stored_states=out.stored_states),
-    )
+    changed = dataclasses.replace(out, relations={rel2, prel, out.get_relation(lock.id)})
+    return ctx.run(ctx.on.relation_changed(rel2, remote_unit=0), changed), lock
+
+
+def test_endpoint_change_queues_the_remount_on_the_lock_and_keeps_the_old_mount(
+    ctx, machine, mountpoint
+):
+    out, lock = _mounted_then_changed(ctx, machine, mountpoint)
+    assert machine.commands == []  # nothing unmounted in the hook that learnt of the change
+    assert machine.mounts_of(mountpoint) == [SOURCE]
+    queued = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-queue"])
+    assert [op["callback_id"] for op in queued] == ["remount"]
+    assert out.unit_status == testing.WaitingStatus("remount queued (rollingops, peer)")
+
+
+def test_remount_runs_under_the_lock_and_the_journal_names_it(ctx, machine, mountpoint):
+    out, _ = _mounted_then_changed(ctx, machine, mountpoint)
+    granted, lock = _lock_granted(out)
+    out = ctx.run(ctx.on.relation_changed(lock, remote_unit=1), granted)
     new_mount = [
         "mount",
         "--no-canonicalize",
@@ -346,6 +380,44 @@ def test_endpoint_change_unmounts_then_mounts(ctx, machine, mountpoint):
     ]
     assert machine.commands == [umount_cmd(mountpoint), new_mount]
     assert machine.mounts_of(mountpoint) == ["10.0.0.9:/demo"]
+    (entry,) = journal.read(journal.local_path())
+    assert (entry["operation"], entry["engine"], entry["token"]) == ("remount", "rollingops", 7)
+    assert (entry["previous"], entry["source"], entry["result"]) == (
+        SOURCE, "10.0.0.9:/demo", "ok",
+    )  # fmt: skip
+    # ... and on the share mounted by the remount, where every unit's line goes.
+    shared = journal.read(pathlib.Path(mountpoint) / journal.JOURNAL_NAME)
+    assert [line["operation"] for line in shared] == ["remount"]
+    done = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-done"])
+    assert done["result"] == "release"
+
+
+def test_a_restart_asked_while_a_remount_waits_queues_behind_it(ctx, machine, mountpoint):
+    out, lock = _mounted_then_changed(ctx, machine, mountpoint)
+    params = {"delay": 0, "engine": "rollingops", "sync": False}
+    out = ctx.run(ctx.on.action("restart", params=params), out)
+    assert "queued" in (ctx.action_results or {})["message"]
+    queued = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-queue"])
+    assert [op["callback_id"] for op in queued] == ["remount", "restart"]
+    assert out.unit_status == testing.WaitingStatus("restart + remount queued (rollingops, peer)")
+
+
+def test_a_restart_asked_while_a_remount_runs_elsewhere_queues(ctx, machine, mountpoint):
+    remount = {"id": 1, "callback_id": "remount", "kwargs": {}, "max_retry": 2, "attempt": 0,
+               "requested_at": "2026-01-01T00:00:00.000000Z"}  # fmt: skip
+    other = {"rollingops-version": "1", "rollingops-queue": json.dumps([remount]),
+             "rollingops-seq": "1", "rollingops-intent": "request",
+             "rollingops-backend": "peer"}  # fmt: skip
+    grant = json.dumps({"unit": f"{APP}/1", "token": 3, "op": 1})
+    app = {"rollingops-version": "1", "rollingops-token": "3", "rollingops-mode": "peer",
+           "rollingops-grant": grant}  # fmt: skip
+    lock = testing.PeerRelation(LOCK, local_app_data=app, peers_data={1: other})
+    params = {"delay": 0, "engine": "rollingops", "sync": False}
+    state = testing.State(relations={lock, peer(mountpoint)}, planned_units=PLANNED)
+    out = ctx.run(ctx.on.action("restart", params=params), state)
+    queued = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-queue"])
+    assert [op["callback_id"] for op in queued] == ["restart"]
+    assert out.get_relation(lock.id).local_app_data["rollingops-grant"] == grant  # still held
 
 
 def test_withdrawn_endpoint_unmounts_and_keeps_files(ctx, machine, mountpoint, tmp_path):

@@ -223,7 +223,7 @@ def test_another_engine_is_refused_while_a_rollingops_restart_is_queued(running)
     context = ctx(0)
     rel = testing.PeerRelation(PEER, peers_data={1: unit_bag(op(1))})
     state = testing.State(planned_units=PLANNED, relations={rel, testing.PeerRelation("restart")})
-    with pytest.raises(testing.ActionFailed, match="'rollingops' is in flight"):
+    with pytest.raises(testing.ActionFailed, match="'rollingops' lock is in flight"):
         restart_action(context, state, engine="v0")
 
 

@@ -6,8 +6,10 @@ the journal are the real ones. One unit per run: multi-unit rollouts are the sim
 
 import dataclasses
 import json
+import subprocess
 
 import pytest
+from charmlibs.rollingops import _dispatch
 from ops import testing
 
 import journal
@@ -17,6 +19,7 @@ import workload
 from tests.unit.conftest import charm_context
 
 APP = "coordinated-ops"
+LOCK = "rollingops"  # the peer relation of the one lock (charmlibs.rollingops)
 
 
 @pytest.fixture(autouse=True)
@@ -172,6 +175,24 @@ def test_restart_is_refused_while_an_upgrade_is_in_flight(service):
     )
 
 
+def test_a_rollingops_restart_during_an_upgrade_queues_on_the_one_lock(service):
+    rel = _upgrade_rel(
+        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 2: {"state": "upgrading"}},
+    )
+    lock = testing.PeerRelation(LOCK, peers_data={0: {}, 2: {}})
+    ctx = _ctx(1)
+    out = ctx.run(
+        ctx.on.action("restart", params={"engine": "rollingops", "delay": 0, "sync": False}),
+        _state(relations={rel, lock}),
+    )
+    assert "queued" in (ctx.action_results or {})["message"]
+    queued = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-queue"])
+    assert [op["callback_id"] for op in queued] == ["restart"]
+    assert service.calls == []
+
+
 def test_pre_upgrade_check_refuses_an_unhealthy_service(fake_workload):
     fake_workload.installed = "1.0.0"  # installed but not running
     ctx = _ctx()
@@ -221,33 +242,95 @@ def test_done_rollout_does_not_pull_a_newcomer_in(service):
 # --- the per-unit step --------------------------------------------------------------------------
 
 
-def test_top_unit_upgrades_checks_and_completes(service, tmp_path):
-    ctx = _ctx(2)
+def _granted_top_unit(ctx):
+    """Unit 2, on top of the stack, gets its turn: the step is queued on the one lock only."""
     rel = _upgrade_rel(
         app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
         unit={"state": "ready"},
         peers={0: {"state": "ready"}, 1: {"state": "ready"}},
     )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
+    lock = testing.PeerRelation(LOCK, peers_data={0: {}, 1: {}})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel, lock}))
+    return rel, lock, out
+
+
+def _run_under_the_lock(ctx, lock, out, unit_id, token=7):
+    """The leader grants the lock to the unit's first queued op; the unit's next hook runs it."""
+    bag = out.get_relation(lock.id).local_unit_data
+    first = json.loads(bag["rollingops-queue"])[0]
+    grant = {"unit": f"{APP}/{unit_id}", "token": token, "op": first["id"]}
+    app = {"rollingops-version": "1", "rollingops-token": str(token), "rollingops-mode": "peer"}
+    lock = dataclasses.replace(
+        lock,
+        local_unit_data=dict(bag),
+        local_app_data={**app, "rollingops-grant": json.dumps(grant)},
+    )
+    others = {r for r in out.relations if r.id != lock.id}
+    return ctx.run(
+        ctx.on.relation_changed(lock, remote_unit=0),
+        dataclasses.replace(out, relations={*others, lock}),
+    )
+
+
+def test_top_unit_waits_for_the_lock_then_upgrades_checks_and_completes(service, tmp_path):
+    ctx = _ctx(2)
+    rel, lock, out = _granted_top_unit(ctx)
+    # Its turn came, but the step waits for the one lock: queued, nothing touched, upgrading.
+    assert service.calls == []
+    assert out.get_relation(rel.id).local_unit_data["state"] == "upgrading"
+    queued = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-queue"])
+    assert [op["callback_id"] for op in queued] == ["upgrade"]
+    assert journal.read(journal.local_path()) == []
+    assert out.unit_status == testing.WaitingStatus("upgrade queued (rollingops, peer)")
+
+    out = _run_under_the_lock(ctx, lock, out, 2)
     assert service.calls == [("stop",), ("install", "1.1.0"), ("start",)]
     assert out.get_relation(rel.id).local_unit_data["state"] == "completed"
     assert out.workload_version == "1.1.0"
     assert out.unit_status == testing.MaintenanceStatus("upgrade completed")
     (entry,) = journal.read(journal.local_path())
     assert entry["unit"] == f"{APP}/2"
-    assert (entry["operation"], entry["engine"], entry["result"]) == ("upgrade", "upgrade", "ok")
+    assert (entry["operation"], entry["engine"], entry["result"]) == (
+        "upgrade",
+        "rollingops",
+        "ok",
+    )
+    assert (entry["token"], entry["backend"]) == (7, "peer")
     assert (entry["from"], entry["version"]) == ("1.0.0", "1.1.0")
+    done = json.loads(out.get_relation(lock.id).local_unit_data["rollingops-done"])
+    assert done == {"token": 7, "op": queued[0]["id"], "result": "release"}
+
+
+def test_the_grant_emitted_again_queues_the_step_once(service):
+    ctx = _ctx(2)
+    _, lock, out = _granted_top_unit(ctx)
+    again = ctx.run(ctx.on.update_status(), out)  # the library reconciles and grants again
+    queued = json.loads(again.get_relation(lock.id).local_unit_data["rollingops-queue"])
+    assert [op["callback_id"] for op in queued] == ["upgrade"]
+    assert service.calls == []
+
+
+def test_a_step_no_longer_due_is_dropped_without_touching_the_service(service):
+    ctx = _ctx(2)
+    rel, lock, out = _granted_top_unit(ctx)
+    got = out.get_relation(rel.id)
+    halted = dataclasses.replace(got, peers_data={0: {"state": "ready"}, 1: {"state": "failed"}})
+    out = dataclasses.replace(
+        out, relations={*(r for r in out.relations if r.id != rel.id), halted}
+    )
+    out = _run_under_the_lock(ctx, lock, out, 2)
+    assert service.calls == []
+    assert journal.read(journal.local_path()) == []
+    assert json.loads(out.get_relation(lock.id).local_unit_data["rollingops-done"])["result"] == (
+        "release"
+    )
 
 
 def test_wrong_served_version_fails_the_unit_and_halts(service, monkeypatch):
     monkeypatch.setattr(workload, "served_version", lambda: "1.0.0")  # the old program still runs
     ctx = _ctx(2)
-    rel = _upgrade_rel(
-        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
-        unit={"state": "ready"},
-        peers={0: {"state": "ready"}, 1: {"state": "ready"}},
-    )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
+    rel, lock, out = _granted_top_unit(ctx)
+    out = _run_under_the_lock(ctx, lock, out, 2)
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
     assert out.unit_status == testing.BlockedStatus("health check failed after upgrade to 1.1.0")
     (entry,) = journal.read(journal.local_path())
@@ -257,12 +340,8 @@ def test_wrong_served_version_fails_the_unit_and_halts(service, monkeypatch):
 def test_unhealthy_after_start_fails_the_unit(service, monkeypatch):
     monkeypatch.setattr(workload, "health", lambda: None)
     ctx = _ctx(2)
-    rel = _upgrade_rel(
-        app={"upgrade-stack": "[0, 1, 2]", "workload-rollout": _rollout()},
-        unit={"state": "ready"},
-        peers={0: {"state": "ready"}, 1: {"state": "ready"}},
-    )
-    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=1), _state(relations={rel}))
+    rel, lock, out = _granted_top_unit(ctx)
+    out = _run_under_the_lock(ctx, lock, out, 2)
     assert out.get_relation(rel.id).local_unit_data["state"] == "failed"
 
 
@@ -317,11 +396,20 @@ def test_leader_marks_the_rollout_done_when_everyone_is_idle(service):
     assert rollout["round"] == 1
 
 
-def test_refresh_single_unit_installs_the_bundled_version(service):
+def test_refresh_single_unit_installs_the_bundled_version(service, monkeypatch):
+    spawns: list[list[str]] = []
+    monkeypatch.setattr(_dispatch, "juju_exec_path", lambda: "/usr/bin/juju-exec")
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, **_: spawns.append(list(argv)))
     service.installed = "0.9.0"
     ctx = _ctx(0)
     rel = _upgrade_rel(app={"upgrade-stack": "[0]"}, peers={})
-    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel}))
+    lock = testing.PeerRelation(LOCK)
+    out = ctx.run(ctx.on.upgrade_charm(), _state(leader=True, relations={rel, lock}))
+    assert len(spawns) == 1  # the leader granted itself the lock: the step runs in the wake-up
+    assert ("install", workload.DEFAULT_VERSION) not in service.calls
+    with ctx(ctx.on.update_status(), out) as mgr:  # the wake-up the grant spawned
+        mgr.charm.on.rollingops_lock_granted.emit()
+        out = mgr.run()
     assert ("install", workload.DEFAULT_VERSION) in service.calls
     got = out.get_relation(rel.id)
     assert got.local_unit_data["state"] == "idle"

@@ -124,31 +124,36 @@ def test_another_engine_is_refused_while_a_unit_on_etcd_has_a_ticket_or_the_lock
     with pytest.raises(testing.ActionFailed) as failure:
         restart_action(1, state(), engine="v0")
     assert failure.value.message == (
-        f"a restart with engine 'rollingops' is in flight ({APP}/0); wait for it to finish"
+        f"a restart, remount or upgrade step on the 'rollingops' lock is in flight ({APP}/0); "
+        "wait for it to finish"
     )
     assert [client["attempts"] for client in etcd.clients] == [1]  # one client, one read
 
 
-def test_pre_upgrade_check_is_refused_while_a_unit_on_etcd_has_a_ticket(etcd):
+def test_pre_upgrade_check_is_not_refused_by_work_on_the_one_lock(etcd, fake_workload):
+    # Each unit's upgrade step queues on the rollingops lock: it waits for that work, so
+    # nothing is refused, and etcd is not even read.
+    fake_workload.installed, fake_workload.running = "1.0.0", True
     etcd.put(f"waiting/{owner(f'{APP}/2')}", owner(f"{APP}/2"), f"{APP}/2")
     context = charm_context(app_name=APP, unit_id=0)
-    with pytest.raises(testing.ActionFailed) as failure:
-        context.run(context.on.action("pre-upgrade-check"), state(leader=True))
-    assert "'rollingops' is in flight (coordinated-ops/2)" in failure.value.message
+    context.run(context.on.action("pre-upgrade-check"), state(leader=True))
+    assert (context.action_results or {})["message"].startswith("Pre-upgrade check successful")
+    assert etcd.clients == []
 
 
-def test_the_upgrade_action_is_refused_while_a_unit_on_etcd_has_a_ticket(etcd):
+def test_the_upgrade_action_is_not_refused_by_work_on_the_one_lock(etcd, fake_workload):
+    fake_workload.installed, fake_workload.running = "1.0.0", True
     etcd.put(f"waiting/{owner(f'{APP}/1')}", owner(f"{APP}/1"), f"{APP}/1")
     context = charm_context(app_name=APP, unit_id=0)
-    with pytest.raises(testing.ActionFailed) as failure:
-        context.run(context.on.action("upgrade", params={"version": "1.1.0"}), state(leader=True))
-    assert "'rollingops' is in flight (coordinated-ops/1)" in failure.value.message
+    context.run(context.on.action("upgrade", params={"version": "1.1.0"}), state(leader=True))
+    assert (context.action_results or {})["message"].startswith("upgrade to 1.1.0 started")
+    assert etcd.clients == []
 
 
 def test_work_queued_here_counts_before_the_worker_took_a_ticket(etcd):
     out = restart_action(1, state())  # queued in this unit's stored state, no ticket yet
     assert not etcd.fake.keys and not etcd.clients
-    with pytest.raises(testing.ActionFailed, match=rf"'rollingops' is in flight \({APP}/1\)"):
+    with pytest.raises(testing.ActionFailed, match=rf"'rollingops' lock is in flight \({APP}/1\)"):
         restart_action(1, out, engine="v0")
 
 
