@@ -83,8 +83,13 @@ class NfsFakes(UpgradeFakes):
         self._service().mounts[mountpoint] = source
         self.sim.add_cost(MOUNT_TICKS)
 
-    def umount(self, mountpoint: str) -> None:
-        self._service().mounts.pop(mountpoint, None)
+    def umount(self, mountpoint: str, source: str) -> None:
+        mounts = self._service().mounts
+        if mounts.get(mountpoint) != source:  # as src/nfs.py: never unmount what is not ours
+            import nfs
+
+            raise nfs.MountError(f"{mountpoint} is not {source}; not unmounting it")
+        del mounts[mountpoint]
         self.sim.add_cost(MOUNT_TICKS)
 
     def mounted_source(self, mountpoint: str) -> str | None:
