@@ -135,6 +135,10 @@ class RollingOpsEngine(ops.Object):
         units = [None, *(unit.name for unit in relation.units)]
         return any(self.manager.is_waiting(unit) for unit in units)
 
+    def quiet(self) -> bool:
+        """The library's last reconcile saw nothing in flight (read from stored state)."""
+        return self.manager.quiet
+
     def busy_for_action(self) -> str | None:
         """Actions only (may ask etcd): why a restart may be in flight, or None when none is."""
         found = self.manager.busy_units()
@@ -151,8 +155,11 @@ class RollingOpsEngine(ops.Object):
         return None
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Blocked: etcd refused or peer data ignored; maintenance: restarting; waiting: queued."""
-        if self.model.get_relation(PEER_RELATION) is None:
+        """Blocked: etcd refused or peer data ignored; maintenance: restarting; waiting: queued.
+
+        A quiet unit reads no relation here (the library answers from stored state).
+        """
+        if not self.manager.quiet and self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state
         if state.etcd_problem:

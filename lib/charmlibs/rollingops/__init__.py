@@ -277,10 +277,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.5"
+__version__ = "1.1.5+coordinated.6"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 5
+LIBPATCH = 6
 
 __all__ = [
     "BusyUnits",

@@ -128,7 +128,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 2
+LIBPATCH = 3
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,8 @@ class BaseCoordinator(ops.Object):
         self.requests: dict[str, dict[str, str]] | None = None
         self.grants: dict[str, dict[str, str]] | None = None
         self.bad_data: list[str] = []
-        self._stored.set_default(requests="", grants="", departing=False)
+        # quiet: the last dispatch that loaded saw no request, grant or bad data (see `quiet`).
+        self._stored.set_default(requests="", grants="", departing=False, quiet=False)
         self._reset()
 
         # The event juju-exec dispatches on the leader after a self-grant; it must be an event of
@@ -450,6 +451,17 @@ class BaseCoordinator(ops.Object):
 
     # ---- public API ---------------------------------------------------------------------------
 
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing is in flight, from stored state (no relation read).
+
+        True when the last dispatch that read the relation saw no request, no grant and no
+        malformed data, and no request waits in stored state. Every change of another unit
+        reaches this unit as a relation-changed, which loads (and remembers) again, so an idle
+        unit answers from memory. False means "maybe": call `initialize()` to know.
+        """
+        return bool(self._stored.quiet) and not self._stored.requests
+
     def acquire(self, lock: str) -> bool:
         """Request `lock` if not requested yet; return True only if it is held now.
 
@@ -614,6 +626,12 @@ class BaseCoordinator(ops.Object):
             self._handle_requests()
 
     def _on_pre_commit(self, _: ops.EventBase) -> None:
+        # Every dispatch loads while work is in flight (a grant must be used or released, a
+        # leader whose wake-up was lost must act on its own grant, requests kept in stored
+        # state before the peer relation existed must be published). A unit that saw nothing
+        # in flight reads nothing: another unit's request reaches it as a relation-changed.
+        if not self._loaded and self.quiet and not self._stored.grants:
+            return
         self.initialize()
         own = self._own_requests()
         released = False
@@ -650,6 +668,9 @@ class BaseCoordinator(ops.Object):
         self._write(self._relation.data[self.model.unit], own)
         if self._leader:
             self._write(self._relation.data[self.model.app], grants)
+        quiet = not (any(self.requests.values()) or grants or self.bad_data)
+        if self._stored.quiet != quiet:
+            self._stored.quiet = quiet
 
     def _write(self, databag: ops.RelationDataContent, data: dict[str, Any]) -> None:
         new = _dump(data)
