@@ -64,6 +64,12 @@ and another relation-changed, which requests again. ``require`` packages the gua
     )
     # self._restart() runs _do_restart when granted, or requests the lock if needed.
 
+An idle unit reads nothing: at the end of every dispatch that loaded, the coordinator remembers
+(stored state) whether any request or grant was in flight, and while nothing was (``quiet``) a
+dispatch that did not load skips loading at its end. Another unit's request reaches it as a
+relation-changed, which loads. A charm's status handler can check ``quiet`` before calling a
+method that loads.
+
 ``acquire()`` never blocks. Even on a leader with a free lock it returns ``False`` in the dispatch
 that requests it: the leader records the grant, and acts on it in its next dispatch, once the grant
 is committed (a failed hook would discard the grant while the work had already run). The

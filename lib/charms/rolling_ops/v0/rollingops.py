@@ -68,6 +68,9 @@ relation data::
 ``any(lock.is_pending() or lock.is_held() for lock in Locks(self.restart_manager))`` tells whether
 some unit of the application is waiting for or holding the lock; ``lock.in_flight()`` also counts
 a finished holder the leader has not cleared yet and requests queued behind the current one.
+``self.restart_manager.quiet`` answers without reading the relation (every ``Lock`` read is a
+hook tool call): True when the last hook that read it saw nothing in flight and no malformed
+data, so a collect-status handler can return at once (``if manager.quiet: return``).
 
 The leader's own turn
 =====================
@@ -119,7 +122,9 @@ Different on purpose (each fixes a defect of that library):
 - after the callback the unit shows Waiting ("Awaiting ...") rather than Active while it has
   another request queued (the original had one request slot, so never one queued);
 - the unit (app) status goes back to Active only over the library's own "Executing"
-  ("Beginning rolling") status, never over a status the charm set meanwhile.
+  ("Beginning rolling") status, never over a status the charm set meanwhile;
+- update-status reads the relation only while the last reconcile saw something in flight
+  (``quiet``, ours): an idle unit makes no hook tool call there.
 
 Bad relation data, one rule: a value another unit wrote that does not parse, is out of range or
 is too big is logged, listed by ``RollingOpsManager.malformed_data()`` (for the charm's status; the
