@@ -486,6 +486,8 @@ class RollingOpsManager(ops.Object):
         app = AppView.read(relation.data[self.model.app])
         me = self._unit_view(relation)
         if not app.readable or not me.readable:
+            if getattr(self._stored, "quiet", False):
+                self._stored.quiet = False  # not ready is not quiet: the status must say so
             return
         self._follow_mode(app, me)
         if is_granted(app, me) and app.grant is not None:
