@@ -249,8 +249,8 @@ class RollingOpsManager(ops.Object):
         """True when the last reconcile saw nothing in flight; reads no relation data.
 
         Nothing in flight: this unit has no queued op and no etcd clean-up pending, the
-        application bag holds no grant and no order, no data was malformed and, on the leader,
-        no unit published a queue or unreadable data. It is what this unit remembered (stored
+        application bag holds no grant and no order, no data was malformed, no provider answer
+        was refused and, on the leader, no unit published a queue or unreadable data. It is what this unit remembered (stored
         state) at the end of its last reconcile; another unit's request reaches it as a
         relation-changed, which reconciles and remembers again. A `cluster_id` other than the
         one of that reconcile is not quiet either (the leader has a request to publish).
@@ -268,11 +268,10 @@ class RollingOpsManager(ops.Object):
 
         A quiet unit (see `quiet`) answers from memory: idle, no malformed data.
         """
-        if self.quiet and self._lock_grant is None:
+        if self.quiet and self._lock_grant is None:  # no etcd problem either (see `_remember`)
             backend = ProcessingBackend(getattr(self._stored, "quiet_backend", "peer"))
-            state = RollingOpsState(RollingOpsStatus.IDLE, backend)
-        else:
-            state = dataclasses.replace(self._lock_state(), malformed=self._malformed())
+            return RollingOpsState(RollingOpsStatus.IDLE, backend)
+        state = dataclasses.replace(self._lock_state(), malformed=self._malformed())
         etcd = self._etcd()
         problem = etcd.problem() if etcd is not None else None
         return dataclasses.replace(state, etcd_problem=problem) if problem else state
@@ -420,11 +419,11 @@ class RollingOpsManager(ops.Object):
         self._reconcile(departing=departing)
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
+        if self.quiet:
+            return  # nothing queued here (so no worker to check) and nothing to poll for
         etcd = self._etcd()
         if etcd is not None:
-            etcd.check_worker_health()  # local files first; the relation only if it failed
-        if self.quiet:
-            return  # nothing in flight as of the last reconcile: nothing to poll for
+            etcd.check_worker_health()
         self._reconcile()
 
     def _on_stop(self, _: ops.StopEvent) -> None:
@@ -464,10 +463,13 @@ class RollingOpsManager(ops.Object):
         self._reconcile()  # a refused answer moves this unit to peer in this very hook
 
     def _on_pre_commit(self, _: ops.PreCommitEvent) -> None:
-        etcd = self._etcd()
         # Only a dispatch that read this unit's view (or a new cluster_id) can have changed what
-        # the leader publishes to etcd or what the worker must do: a quiet one reads nothing.
-        if etcd is None or (self._me is None and self.quiet):
+        # the leader publishes to etcd or what the worker must do: a quiet one reads nothing
+        # (and does not even import the etcd backend).
+        if self._me is None and self.quiet:
+            return
+        etcd = self._etcd()
+        if etcd is None:
             return
         if self._peer_relation() is not None and not etcd.end_of_dispatch():
             self._stored.quiet = False  # the request was not published: the next hook retries
@@ -522,6 +524,9 @@ class RollingOpsManager(ops.Object):
                 for unit in units.values()
             )
         )
+        etcd = self._etcd()
+        if quiet and etcd is not None and etcd.problem() is not None:
+            quiet = False  # a refused provider answer: the status shows it in every hook
         me = units[self.model.unit.name]
         if getattr(self._stored, "quiet", None) != quiet:
             self._stored.quiet = quiet
