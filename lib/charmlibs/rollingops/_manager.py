@@ -250,11 +250,11 @@ class RollingOpsManager(ops.Object):
 
         Nothing in flight: this unit has no queued op and no etcd clean-up pending, the
         application bag holds no grant and no order, no data was malformed, no provider answer
-        was refused and, on the leader, no unit published a queue or unreadable data. It is what this unit remembered (stored
-        state) at the end of its last reconcile; another unit's request reaches it as a
-        relation-changed, which reconciles and remembers again. A `cluster_id` other than the
-        one of that reconcile is not quiet either (the leader has a request to publish).
-        False means "maybe".
+        was refused and, on the leader, no unit published a queue or unreadable data. It is
+        what this unit remembered (stored state) at the end of its last reconcile; another
+        unit's request reaches it as a relation-changed, which reconciles and remembers again.
+        A `cluster_id` other than the one of that reconcile is not quiet either (the leader has
+        a request to publish). False means "maybe".
         """
         return (
             bool(getattr(self._stored, "quiet", False))
