@@ -342,7 +342,9 @@ def test_a_quiet_unit_skips_update_status_and_a_relation_changed_wakes_it():
         assert mgr.charm.rolling.state.status is RollingOpsStatus.IDLE
         out = mgr.run()
     request = {"rollingops-version": "1", "rollingops-queue": json.dumps([op(1)])}
-    rel = dataclasses.replace(out.get_relation(rel.id), peers_data={1: request})
+    settled = out.get_relation(rel.id)
+    assert isinstance(settled, testing.PeerRelation)
+    rel = dataclasses.replace(settled, peers_data={1: request})
     state = dataclasses.replace(out, relations={rel})
     quiet = context.run(context.on.update_status(), state)  # not polled: nothing granted
     assert "rollingops-grant" not in bags(quiet, rel)[0]
