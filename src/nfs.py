@@ -451,6 +451,8 @@ class NfsShare(ops.Object):
         if isinstance(event, ServerConnectedEvent):
             self._rerequest(event.relation)
             return
+        if isinstance(event, (ops.UpdateStatusEvent, ops.ConfigChangedEvent)) and self._settled():
+            return  # a new request or endpoint arrives as a relation event: nothing to read
         if isinstance(event, MountShareEvent):
             self._stored.endpoint = event.endpoint
             self._umount_seen = False
@@ -586,6 +588,19 @@ class NfsShare(ops.Object):
         return []
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _settled(self) -> bool:
+        """From local state only: no share served and none mounted, or ours still mounted.
+
+        Periodic hooks then read no relation. A failed mount (`error`) or a mount gone from
+        the machine is not settled: the full reconcile retries it.
+        """
+        if self._stored.error:
+            return False
+        mounted_at, source = self._stored.mounted_at, self._stored.source
+        if self._stored.endpoint is None:
+            return mounted_at is None
+        return bool(mounted_at and source) and mounted_source(mounted_at) == source
 
     def _wanted(self) -> ShareRequest | None:
         """The request the action stored in the peer app bag (None if absent or unreadable)."""

@@ -221,13 +221,13 @@ class DemoUpgrade(DataUpgrade):
         return f"upgrade {what}: {done}/{len(states)} units done"
 
     def unit_status(self) -> ops.StatusBase | None:
-        """This unit's status as far as upgrades are concerned (for collect-status)."""
-        if self.peer_relation is None:
+        """This unit's status as far as upgrades are concerned (for collect-status).
+
+        A quiet unit (no rollout as of the last reconcile) reads nothing: it has no status here.
+        """
+        if self.quiet or self.peer_relation is None:
             return None
-        self.upgrade_stack  # noqa: B018  (reading it records malformed data)
-        raw = self.peer_relation.data[self.charm.app].get("dependencies")
-        if raw and raw != json.dumps(DEPENDENCIES):  # our own constant is valid (unit tests)
-            self.stored_dependencies  # noqa: B018  (validates: imports pydantic and poetry-core)
+        self._check_app_data()
         if self.data_errors:
             return ops.BlockedStatus(f"upgrade relation: {self.data_errors[0]}"[:120])
         state = self.state
@@ -249,7 +249,7 @@ class DemoUpgrade(DataUpgrade):
 
     def app_status(self) -> ops.StatusBase | None:
         """The app status for the leader's collect-status: the rollback line or the progress."""
-        if self.peer_relation is None or not self.in_flight():
+        if self.quiet or self.peer_relation is None or not self.in_flight():
             return None
         failed = sorted(u.name for u in self.app_units if self._state_of(u) == "failed")
         if failed:
@@ -402,9 +402,30 @@ class DemoUpgrade(DataUpgrade):
             self._data_error(f"invalid {ROLLOUT_KEY} data: {error}")
             return None
 
+    def _check_app_data(self) -> None:
+        """Parse the app keys this charm reads; malformed ones go to `data_errors` (status)."""
+        self.upgrade_stack  # noqa: B018  (reading it records malformed data)
+        relation = self.peer_relation
+        raw = relation.data[self.charm.app].get("dependencies") if relation else None
+        if raw and raw != json.dumps(DEPENDENCIES):  # our own constant is valid (unit tests)
+            self.stored_dependencies  # noqa: B018  (validates: imports pydantic and poetry-core)
+        self.rollout()
+
     def _on_rollout_signal(self, event: ops.EventBase) -> None:
+        # A new round arrives as relation-changed; update-status looks again only while the
+        # library saw a rollout in flight (the leader then marks the round done).
+        if isinstance(event, ops.UpdateStatusEvent) and self.quiet:
+            return
         if self.peer_relation is None:
             return
+        self._follow_rollout()
+        # The library remembered "quiet" from the keys it knows; malformed keys of this charm
+        # (rollout, dependencies) must be shown, so they make the unit not quiet either.
+        self._check_app_data()
+        self._remember()
+
+    def _follow_rollout(self) -> None:
+        """Join a new round; on the leader, mark a finished round done."""
         rollout = self.rollout()
         if rollout is None:
             return

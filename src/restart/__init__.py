@@ -50,6 +50,13 @@ class Engine(Protocol):
         """Whether any unit of the application has a restart pending or running in this engine."""
         ...
 
+    def quiet(self) -> bool:
+        """True when this unit knows from its stored state that nothing is in flight.
+
+        Reads no relation data: statuses of an idle unit ask this first. False means "maybe".
+        """
+        ...
+
     def unit_status(self) -> ops.StatusBase | None:
         """This unit's status as far as this engine is concerned, or None when idle."""
         ...

@@ -65,10 +65,16 @@ class CoordinatorEngine(ops.Object):
                     return True
         return False
 
+    def quiet(self) -> bool:
+        """No restart pending here and the coordinator saw no request or grant when it loaded."""
+        return self._stored.pending_delay is None and self.serial.quiet
+
     def unit_status(self) -> ops.StatusBase | None:
         """Waiting while this unit's restart is queued; a note when peer data was ignored."""
         if self._stored.pending_delay is not None:
             return ops.WaitingStatus("Awaiting coordinator restart")
+        if self.serial.quiet:
+            return None  # nothing loaded: no malformed data seen either
         self.serial.initialize()
         if self.serial.bad_data:
             return ops.ActiveStatus("ignored malformed coordinator data (see debug-log)")

@@ -56,12 +56,6 @@ class Restarts(ops.Object):
         self._upgrade_ongoing = upgrade_ongoing
         self.framework.observe(charm.on.restart_action, self._on_restart_action)
 
-    def busy_engines(self, ignore: str | None = None) -> list[str]:
-        """The engines (all but `ignore`, which is not asked) with a restart in flight."""
-        return [
-            name for name, engine in self.engines.items() if name != ignore and engine.in_flight()
-        ]
-
     def busy(self, ignore: str | None = None) -> str | None:
         """Actions only: why nothing else may start now (a restart in an engine but `ignore`).
 
@@ -108,8 +102,15 @@ class Restarts(ops.Object):
         return [status for status in statuses if status is not None]
 
     def app_status(self) -> ops.StatusBase | None:
-        """The leader's app status while a rolling restart is in flight."""
-        busy = self.busy_engines()
+        """The leader's app status while a rolling restart is in flight.
+
+        Quiet engines are not asked: an idle leader reads no relation for its status.
+        """
+        busy = [
+            name
+            for name, engine in self.engines.items()
+            if not engine.quiet() and engine.in_flight()
+        ]
         if busy:
             return ops.MaintenanceStatus(f"rolling restart in progress ({busy[0]})")
         return None

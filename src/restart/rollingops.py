@@ -188,6 +188,10 @@ class RollingOpsEngine(ops.Object):
         units = [None, *(unit.name for unit in relation.units)]
         return any(self.manager.is_waiting_callback("restart", unit) for unit in units)
 
+    def quiet(self) -> bool:
+        """The library's last reconcile saw nothing in flight (read from stored state)."""
+        return self.manager.quiet
+
     def busy_for_action(self) -> str | None:
         """Actions only (may ask etcd): why work on the lock may be in flight, or None if none."""
         found = self.manager.busy_units()
@@ -207,9 +211,10 @@ class RollingOpsEngine(ops.Object):
     def unit_status(self) -> ops.StatusBase | None:
         """Blocked: etcd refused or peer data ignored; maintenance: running; waiting: queued.
 
-        The operations named are those of this unit's queue (`restart` when it shows none).
+        The operations named are those of this unit's queue (`restart` when it shows none). A
+        quiet unit reads no relation here (the library answers from stored state).
         """
-        if self.model.get_relation(PEER_RELATION) is None:
+        if not self.manager.quiet and self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state
         if state.etcd_problem:

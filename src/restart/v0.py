@@ -40,9 +40,16 @@ class V0Engine(ops.Object):
             return False
         return any(lock.in_flight() for lock in Locks(self.manager))
 
+    def quiet(self) -> bool:
+        """The lock library saw nothing in flight when it last read the relation."""
+        return self.manager.quiet
+
     def unit_status(self) -> ops.StatusBase | None:
-        """The library's own wording, so operators see the same strings as with Charmhub's v0."""
-        if self.model.get_relation(RELATION) is None:
+        """The library's own wording, so operators see the same strings as with Charmhub's v0.
+
+        A quiet unit reads nothing: no lock of its own, no malformed data to report.
+        """
+        if self.manager.quiet or self.model.get_relation(RELATION) is None:
             return None
         problems = self.manager.malformed_data()
         if problems:

@@ -18,8 +18,13 @@ idle machine, where a real `jujuc` call takes a few ms. Their calls are counted.
     python -m tests.benchmarks.dispatch --json [--samples 15] [--venv DIR] [--source DIR]
 
 The last line is JSON: {"charm_dispatch_s_median", "ops_only_s_median", "ratio", ...}; the
-target is ratio <= 1.3. `ratio_without_hook_tools` takes out the stub tools' own cost (calls x
-the median of one call), to separate the charm's Python work from this harness's tool latency;
+target is ratio <= 1.3. `charm_hook_tool_calls` counts the charm's hook tool calls (median) per
+quiet hook kind, each a round trip to the unit agent on a real controller: `update-status`
+(nothing in flight; target <= 4), `config-changed` (config unchanged) and `relation-changed`
+(an application-level change of the `rollingops` peer relation with nothing to do, as the
+leader gets for its own write); tests/unit/test_dispatch_calls.py asserts the first.
+`ratio_without_hook_tools` takes out the stub tools' own cost (calls x the median of one
+call), to separate the charm's Python work from this harness's tool latency;
 `ratio_at_5ms_per_hook_tool` puts back 5 ms a call instead, a pessimistic real agent.
 `hook_tool_stub` says which stub ran: "client" (compiled) or "python" (no C compiler here: a
 Python start-up per call, tens of ms, so the ratio is not comparable).
@@ -81,13 +86,15 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _time_dispatch(unit: charmdir.Unit, hook: str) -> Sample:
+def _time_dispatch(
+    unit: charmdir.Unit, hook: str, extra_env: dict[str, str] | None = None
+) -> Sample:
     """Measure one dispatch of `hook` (juju-log is a shell script, counted apart)."""
     calls, logs = unit.work / "calls.jsonl", unit.work / "juju-log.txt"
     calls_before, logs_before = _lines(calls), _lines(logs)
     cpu_before = _children_cpu_s()
     start = time.perf_counter()
-    run = unit.dispatch(f"hooks/{hook}")
+    run = unit.dispatch(f"hooks/{hook}", extra_env)
     elapsed = time.perf_counter() - start
     if run.returncode != 0:
         raise SystemExit(f"{unit.unit}: {hook} exited {run.returncode}:\n{run.output}")
@@ -97,6 +104,30 @@ def _time_dispatch(unit: charmdir.Unit, hook: str) -> Sample:
         _lines(calls) - calls_before,
         _lines(logs) - logs_before,
     )
+
+
+QUIET_PEER = "rollingops"  # the peer relation of the default restart engine
+
+
+def peer_changed_env(unit: charmdir.Unit, endpoint: str = QUIET_PEER) -> dict[str, str]:
+    """The hook environment of an application-level relation-changed of a peer `endpoint`."""
+    for relation_id, relation in unit.state()["relations"].items():
+        if relation["endpoint"] == endpoint:
+            return {
+                "JUJU_RELATION": endpoint,
+                "JUJU_RELATION_ID": f"{endpoint}:{relation_id}",
+                "JUJU_REMOTE_APP": relation["remote-app"],
+            }
+    raise ValueError(f"no {endpoint} relation in {unit.unit}'s state")
+
+
+def quiet_hooks(unit: charmdir.Unit) -> dict[str, tuple[str, dict[str, str] | None]]:
+    """The quiet hook kinds whose hook tool calls are counted: name -> (hook, extra env)."""
+    return {
+        "update-status": ("update-status", None),
+        "config-changed": ("config-changed", None),
+        "relation-changed": (f"{QUIET_PEER}-relation-changed", peer_changed_env(unit)),
+    }
 
 
 def _import_cpu_s(unit: charmdir.Unit, module: str, samples: int) -> float:
@@ -173,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.samples):
                 charm_runs.append(_time_dispatch(charm, "update-status"))
                 ops_runs.append(_time_dispatch(ops_only, "update-status"))
+            calls_per_kind = {"update-status": statistics.median(r.calls for r in charm_runs)}
+            for kind, (hook, env) in quiet_hooks(charm).items():
+                if kind not in calls_per_kind:
+                    runs = [_time_dispatch(charm, hook, env) for _ in range(3)]
+                    calls_per_kind[kind] = statistics.median(run.calls for run in runs)
             tool_s = _time_hook_tool(charm, args.samples)
             import_charm_cpu = _import_cpu_s(charm, "charm", args.samples)
             import_ops_cpu = _import_cpu_s(charm, "ops", args.samples)
@@ -199,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ratio": round(median(charm_runs, "cpu_s") / median(ops_runs, "cpu_s"), 3),
         "import_charm_cpu_s_median": round(import_charm_cpu, 4),
         "import_ops_cpu_s_median": round(import_ops_cpu, 4),
-        "charm_hook_tool_calls": statistics.median(charm_calls),
+        "charm_hook_tool_calls": calls_per_kind,
         "charm_juju_log_calls": median(charm_runs, "logs"),
         "ops_only_hook_tool_calls": statistics.median(ops_calls),
         # The ratio's sensitivity to what one hook tool call costs (calls x one call's median
@@ -217,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"update-status dispatch, median of {args.samples}: coordinated-ops {charm_median:.3f} s "
-        f"({result['charm_hook_tool_calls']} hook tool calls), ops only {ops_median:.3f} s "
+        f"({calls_per_kind['update-status']} hook tool calls; per quiet hook kind "
+        f"{calls_per_kind}), ops only {ops_median:.3f} s "
         f"({result['ops_only_hook_tool_calls']} calls), ratio {result['ratio']} (target <= 1.3); "
         f"one stub hook tool call {tool_s:.4f} s, ratio without hook tools "
         f"{result['ratio_without_hook_tools']}; CPU ratio {result['cpu_ratio']}; import CPU: "

@@ -465,6 +465,29 @@ def test_mountpoint_change_moves_the_mount(ctx, machine, mountpoint, tmp_path):
     assert machine.commands == [umount_cmd(mountpoint), mount_cmd(other)]
 
 
+def test_a_settled_unit_reads_no_request_in_update_status_but_remounts_a_lost_mount(
+    ctx, machine, mountpoint, tmp_path
+):
+    """update-status does not poll the request, but mounts a share that vanished again.
+
+    A new request arrives as a relation-changed; the mount table is local state.
+    """
+    rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=0), testing.State(relations={rel, prel})
+    )
+    moved = peer(str(tmp_path / "srv" / "elsewhere"), id=prel.id)
+    machine.commands.clear()
+    ctx.run(
+        ctx.on.update_status(),
+        testing.State(relations={rel, moved}, stored_states=out.stored_states),
+    )
+    assert machine.commands == []  # settled: the moved request waits for its relation-changed
+    machine.mounts.write_text("proc /proc proc rw 0 0\n")  # the share was unmounted meanwhile
+    ctx.run(ctx.on.update_status(), out)
+    assert machine.commands == [mount_cmd(mountpoint)]
+
+
 def test_mount_retries_then_succeeds(ctx, machine, mountpoint):
     machine.failures_left = 2
     rel, prel = nfs_rel(ENDPOINT), peer(mountpoint)

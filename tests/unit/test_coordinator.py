@@ -770,3 +770,24 @@ def test_unguarded_acquire_loops_hooks():
         juju.enqueue(unit, "action")
     assert not juju.drain(max_hooks=200)
     assert len(RESTARTS) > 3
+
+
+# ---- quiet: an idle unit reads nothing ------------------------------------------------------
+
+
+def test_a_quiet_unit_loads_nothing_and_another_request_arrives_as_relation_changed():
+    ctx = context()
+    relation = peer(peers={1: {}})
+    out = ctx.run(ctx.on.leader_elected(), make_state(leader=True, relations=[relation]))
+    with ctx(ctx.on.config_changed(), out) as mgr:  # the test charm ignores config-changed
+        assert mgr.charm.serial.quiet
+        out = mgr.run()
+    requested = dataclasses.replace(
+        out_relation(out), peers_data={1: {KEY: json.dumps({"restart": ts(1)})}}
+    )
+    out = dataclasses.replace(out, relations={requested})
+    assert app_grants(ctx.run(ctx.on.config_changed(), out)) == {}  # not polled
+    out = ctx.run(ctx.on.relation_changed(requested, remote_unit=1), out)
+    assert app_grants(out) == {"app/1": {"restart": ts(1)}}
+    with ctx(ctx.on.config_changed(), out) as mgr:
+        assert not mgr.charm.serial.quiet  # a grant is out: every dispatch loads again

@@ -156,3 +156,34 @@ def test_rollingops_hooks_that_do_not_talk_to_etcd_do_not_import_grpc(tmp_path):
     for leader in ("leader", "follower"):
         out = _run(ROLLINGOPS_HOOKS, leader, str(tmp_path / leader))
         assert out.splitlines()[-1] == "control True"
+
+
+# An idle update-status of the charm, every library quiet (as its last reconcile remembered):
+# charmlibs.rollingops answers from stored state without building its etcd backend, whose import
+# (and its helpers') costs a few per cent of a dispatch. The control shows the check can fail.
+IDLE_ROLLINGOPS = """
+from ops import testing
+from tests.unit.conftest import charm_context
+import workload
+
+workload.is_installed, workload.get_version = lambda: True, lambda: "1.0.0"
+workload.health = lambda: {"status": "ok", "version": "1.0.0"}
+quiet = testing.StoredState(
+    owner_path="CoordinatedOpsCharm/RollingOpsManager[rolling-ops-manager]",
+    content={"quiet": True, "quiet_backend": "peer", "quiet_cluster_id": "coordinated-ops"},
+)
+state = testing.State(
+    leader=True,
+    relations={testing.PeerRelation("rollingops"), testing.Relation("etcd")},
+    stored_states={quiet},
+)
+ctx = charm_context(app_name="coordinated-ops", unit_id=0)
+ctx.run(ctx.on.update_status(), state)
+print("idle", "charmlibs.rollingops._etcd_backend" in sys.modules)
+ctx.run(ctx.on.update_status(), testing.State(leader=True, relations=state.relations))
+print("control", "charmlibs.rollingops._etcd_backend" in sys.modules)
+"""
+
+
+def test_an_idle_update_status_does_not_build_the_etcd_backend():
+    assert _run(IDLE_ROLLINGOPS).splitlines()[-2:] == ["idle False", "control True"]

@@ -860,8 +860,10 @@ def test_provider_exports_only_literal_single_unit_addresses(address, allowlist,
 def test_provider_out_of_bounds_request_is_blocked_not_raised(request_data, field):
     ctx = prov_ctx()
     rel = requirer_relation(request_data)
+    out = testing.State(leader=True, relations={rel})
+    # update-status shows what the relation-changed saw (stored state): it reads no relation.
     for event in (ctx.on.relation_changed(rel, remote_unit=0), ctx.on.update_status()):
-        out = ctx.run(event, testing.State(leader=True, relations={rel}))
+        out = ctx.run(event, out)
         assert out.unit_status == testing.BlockedStatus(f"invalid share request from req: {field}")
     assert provider_events(ctx) == []
 

@@ -340,8 +340,10 @@ def test_a_hostile_unit_address_never_reaches_the_export(ctx, machine, tmp_path,
 )
 def test_absurd_requests_block_and_never_crash(ctx, machine, tmp_path, name, size):
     rel = requirer(name=name, size=size)
+    out = state(tmp_path, rel)
+    # update-status shows what the relation-changed saw (stored state): it reads no relation.
     for event in (ctx.on.relation_changed(rel, remote_unit=0), ctx.on.update_status()):
-        out = ctx.run(event, state(tmp_path, rel))
+        out = ctx.run(event, out)
         assert out.unit_status.name == "blocked"
     assert not (tmp_path / "exports").exists()
     assert machine.restarts == 0

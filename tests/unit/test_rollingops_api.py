@@ -31,6 +31,8 @@ ON_PURPOSE = {
     "added RollingOpsManager.busy_units": "who has work queued or running, in both backends "
     "(on etcd one read of the lock and tickets; for actions)",
     "added name split_token": "(epoch, sequence) of a fencing token, which packs both in one int",
+    "added RollingOpsManager.quiet": "whether the last reconcile saw nothing in flight (stored "
+    "state, no relation read): statuses of idle units read nothing",
     "added RollingOpsManager.lock_grant": "the grant (backend, token, op) a callback runs under",
     "added RollingOpsManager.peer_lock_free": "is the peer lock free (the demo's status)",
     "added RollingOpsState.__init__(etcd_problem)": "why etcd was refused; has a default",

@@ -326,6 +326,50 @@ def test_unknown_wire_version_is_not_ready_and_never_overwritten():
     assert unit == future and app == {"rollingops-version": "9", "rollingops-token": "9"}
 
 
+# --- quiet: an idle unit reads nothing --------------------------------------------------------
+
+
+def test_a_quiet_unit_skips_update_status_and_a_relation_changed_wakes_it():
+    """update-status is no poll: another unit's request arrives as a relation-changed."""
+    context = ctx(0)
+    rel = peer()
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
+    with context(context.on.update_status(), out) as mgr:
+        assert mgr.charm.rolling.quiet
+        assert mgr.charm.rolling.state.status is RollingOpsStatus.IDLE
+        out = mgr.run()
+    request = {"rollingops-version": "1", "rollingops-queue": json.dumps([op(1)])}
+    settled = out.get_relation(rel.id)
+    assert isinstance(settled, testing.PeerRelation)
+    rel = dataclasses.replace(settled, peers_data={1: request})
+    state = dataclasses.replace(out, relations={rel})
+    quiet = context.run(context.on.update_status(), state)  # not polled: nothing granted
+    assert "rollingops-grant" not in bags(quiet, rel)[0]
+    out = context.run(context.on.relation_changed(rel, remote_unit=1), state)
+    assert json.loads(bags(out, rel)[0]["rollingops-grant"])["unit"] == "app/1"
+    with context(context.on.update_status(), out) as mgr:
+        assert not mgr.charm.rolling.quiet  # a grant is out: update-status reconciles again
+
+
+def test_a_quiet_unit_whose_data_becomes_unreadable_is_no_longer_quiet():
+    context = ctx(1)
+    rel = peer(peers={0: {}})
+    out = context.run(
+        context.on.relation_changed(rel, remote_unit=0),
+        testing.State(planned_units=PLANNED, relations={rel}),
+    )
+    rel = dataclasses.replace(out.get_relation(rel.id), local_app_data={"rollingops-version": "9"})
+    out = context.run(
+        context.on.relation_changed(rel, remote_unit=0), dataclasses.replace(out, relations={rel})
+    )
+    with context(context.on.update_status(), out) as mgr:
+        assert not mgr.charm.rolling.quiet
+        assert mgr.charm.rolling.state.status is RollingOpsStatus.NOT_READY
+
+
 # --- queue and dedup ------------------------------------------------------------------------
 
 

@@ -1098,3 +1098,34 @@ def test_dispatch_wakeup_without_juju_exec_logs_once(
                 mgr.charm.manager._dispatch_wakeup()
                 mgr.run()
     assert caplog.text.count("juju-exec not found") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Quiet: an idle unit reads nothing in update-status (ours)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_quiet_leader_skips_update_status_and_a_relation_changed_wakes_it():
+    """update-status is no poll: another unit's request arrives as a relation-changed."""
+    c = ctx()
+    out = c.run(c.on.update_status(), state(peer(peers={1: {}}), leader=True))
+    with c(c.on.update_status(), out) as mgr:
+        assert mgr.charm.manager.quiet
+        out = mgr.run()
+    out = edit(out, peers_data={1: {"state": "acquire"}})
+    assert granted(c.run(c.on.update_status(), out)) == []  # not polled
+    rel = rel_of(out)
+    out = c.run(c.on.relation_changed(rel, remote_unit=1), out)
+    assert granted(out) == [1]
+    with c(c.on.update_status(), out) as mgr:
+        assert not mgr.charm.manager.quiet  # a grant is out: update-status reconciles again
+
+
+def test_a_leader_granting_itself_is_not_quiet_so_update_status_runs_its_turn():
+    """The fallback for a lost juju-exec wake-up: the leader's own grant keeps it not quiet."""
+    c = ctx()
+    out = c.run(c.on.update_status(), state(peer(), leader=True))
+    out = c.run(c.on.action("restart"), out)
+    assert granted(out) == [0] and Record.calls == [] and Record.wakeups == ["restart"]
+    c.run(c.on.update_status(), out)  # the wake-up was lost: update-status runs the turn
+    assert [name for name, _ in Record.calls] == ["_restart"]

@@ -801,3 +801,32 @@ def test_a_unit_that_saw_its_own_departure_never_upgrades_again():
     )
     ctx.run(ctx.on.update_status(), out)
     assert Behaviour.granted == []
+
+
+# --- quiet: an idle unit reads nothing in update-status and config-changed ---------------------
+
+
+def test_quiet_is_remembered_from_the_last_reconcile_and_a_rollout_clears_it():
+    ctx = _ctx(unit_id=1)
+    rel = _peer(unit={"state": "idle"}, peers={0: {"state": "idle"}})
+    out = ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}))
+    with ctx(ctx.on.update_status(), out) as mgr:
+        assert mgr.charm.upgrade.quiet  # update-status then reads no relation
+        out = mgr.run()
+    rel = dataclasses.replace(out.get_relation(rel.id), local_app_data={"upgrade-stack": "[1, 0]"})
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=0), dataclasses.replace(out, relations={rel})
+    )
+    with ctx(ctx.on.update_status(), out) as mgr:
+        assert not mgr.charm.upgrade.quiet  # a rollout: periodic hooks reconcile again
+
+
+def test_a_leaders_own_write_makes_it_not_quiet():
+    ctx = _ctx(unit_id=0)
+    rel = _peer(unit={"state": "idle"}, peers={1: {"state": "idle"}})
+    out = ctx.run(
+        ctx.on.relation_changed(rel, remote_unit=1), _state(leader=True, relations={rel})
+    )
+    out = ctx.run(ctx.on.action("pre-upgrade-check"), out)
+    with ctx(ctx.on.update_status(), out) as mgr:
+        assert not mgr.charm.upgrade.quiet

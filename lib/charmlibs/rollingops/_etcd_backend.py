@@ -256,19 +256,24 @@ class EtcdBackend:
     def note_queue(self, me: UnitView) -> None:
         """Nothing now: the work hint is written once, at the end of the dispatch."""
 
-    def end_of_dispatch(self) -> None:
-        """pre_commit: publish the etcd request (leader); hand work to the worker (etcd units)."""
+    def end_of_dispatch(self) -> bool:
+        """pre_commit: publish the etcd request (leader); hand work to the worker (etcd units).
+
+        Returns False when the request could not be published (the next hook tries again).
+        """
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None:
-            return
+            return True
+        published = True
         if self.manager.model.unit.is_leader() and self.configured():
             try:
                 self._publish_request(relation)
             except (RollingOpsError, ValueError, ops.ModelError) as error:
                 logger.error("could not publish the etcd request: %s", error)
+                published = False
         me = self.manager._unit_view(relation)
         if me.backend is not ProcessingBackend.ETCD:
-            return
+            return published
         try:
             with _files.queue_lock(self.base_dir):
                 head = me.queue[0].id if me.queue else None
@@ -283,6 +288,7 @@ class EtcdBackend:
             logger.error("could not hand work to the etcd worker: %s", error)
             self._to_peer(me, str(error))
             self.manager._write_me(relation)
+        return published
 
     def _start_worker(self) -> None:
         path = [entry for entry in sys.path if entry]
@@ -419,13 +425,16 @@ class EtcdBackend:
     # --- relation (the etcd_client contract, v1: see _contract.py) -----------------------------
 
     def problem(self) -> str | None:
-        """Why this unit refused the provider's answer (None: accepted, not come, no relation)."""
-        if not self.configured():
-            return None
+        """Why this unit refused the provider's answer (None: accepted, not come, no relation).
+
+        The local file first: the relation is looked up (a hook tool call) only if it says
+        something.
+        """
         try:
-            return _files.read_problem(self.base_dir)
+            problem = _files.read_problem(self.base_dir)
         except (OSError, RollingOpsError) as error:
-            return f"local etcd state unreadable: {error}"
+            problem = f"local etcd state unreadable: {error}"
+        return problem if problem is not None and self.configured() else None
 
     def on_relation_changed(self) -> None:
         """Check the provider's answer to our request; write the local config, or refuse it.

@@ -5,7 +5,13 @@ Every dispatch that can change the lock's state ends in `_reconcile`:
 1. follow the application's backend mode (peer or etcd) chosen by the leader (`_follow_mode`);
 2. if this unit holds an unacknowledged peer grant, run its queue head (never in the dispatch
    that issued the grant);
-3. on the leader: choose the mode, release finished or stale grants, grant the next unit.
+3. on the leader: choose the mode, release finished or stale grants, grant the next unit;
+4. remember in stored state whether anything was in flight (`quiet`).
+
+A quiet unit reads no relation data in update-status or for its status: work of other units
+reaches it as a peer relation-changed (which reconciles), and its own work (a queue, a grant, a
+leader's grant to itself whose wake-up was lost) keeps it from being quiet, so update-status
+still reconciles then.
 
 The constructor only registers observers: no I/O, no subprocess, no key generation.
 """
@@ -241,8 +247,32 @@ class RollingOpsManager(ops.Object):
                 ) from error
 
     @property
+    def quiet(self) -> bool:
+        """True when the last reconcile saw nothing in flight; reads no relation data.
+
+        Nothing in flight: this unit has no queued op and no etcd clean-up pending, the
+        application bag holds no grant and no order, no data was malformed, no provider answer
+        was refused and, on the leader, no unit published a queue or unreadable data. It is
+        what this unit remembered (stored state) at the end of its last reconcile; another
+        unit's request reaches it as a relation-changed, which reconciles and remembers again.
+        A `cluster_id` other than the one of that reconcile is not quiet either (the leader has
+        a request to publish). False means "maybe".
+        """
+        return (
+            bool(getattr(self._stored, "quiet", False))
+            and self._me is None
+            and getattr(self._stored, "quiet_cluster_id", None) == self.cluster_id
+        )
+
+    @property
     def state(self) -> RollingOpsState:
-        """This unit's lock status, backend, ignored peer data and etcd problem (no writes)."""
+        """This unit's lock status, backend, ignored peer data and etcd problem (no writes).
+
+        A quiet unit (see `quiet`) answers from memory: idle, no malformed data.
+        """
+        if self.quiet and self._lock_grant is None:  # no etcd problem either (see `_remember`)
+            backend = ProcessingBackend(getattr(self._stored, "quiet_backend", "peer"))
+            return RollingOpsState(RollingOpsStatus.IDLE, backend)
         state = dataclasses.replace(self._lock_state(), malformed=self._malformed())
         etcd = self._etcd()
         problem = etcd.problem() if etcd is not None else None
@@ -391,6 +421,8 @@ class RollingOpsManager(ops.Object):
         self._reconcile(departing=departing)
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
+        if self.quiet:
+            return  # nothing queued here (so no worker to check) and nothing to poll for
         etcd = self._etcd()
         if etcd is not None:
             etcd.check_worker_health()
@@ -433,9 +465,16 @@ class RollingOpsManager(ops.Object):
         self._reconcile()  # a refused answer moves this unit to peer in this very hook
 
     def _on_pre_commit(self, _: ops.PreCommitEvent) -> None:
+        # Only a dispatch that read this unit's view (or a new cluster_id) can have changed what
+        # the leader publishes to etcd or what the worker must do: a quiet one reads nothing
+        # (and does not even import the etcd backend).
+        if self._me is None and self.quiet:
+            return
         etcd = self._etcd()
-        if etcd is not None and self._peer_relation() is not None:
-            etcd.end_of_dispatch()
+        if etcd is None:
+            return
+        if self._peer_relation() is not None and not etcd.end_of_dispatch():
+            self._stored.quiet = False  # the request was not published: the next hook retries
 
     def _on_commit(self, _: ops.CommitEvent) -> None:
         etcd = self._etcd_backend
@@ -451,6 +490,8 @@ class RollingOpsManager(ops.Object):
         app = AppView.read(relation.data[self.model.app])
         me = self._unit_view(relation)
         if not app.readable or not me.readable:
+            if getattr(self._stored, "quiet", False):
+                self._stored.quiet = False  # not ready is not quiet: the status must say so
             return
         self._follow_mode(app, me)
         if is_granted(app, me) and app.grant is not None:
@@ -469,12 +510,36 @@ class RollingOpsManager(ops.Object):
             else:
                 not_granted(me, grant)
         self._write_me(relation)
+        units = {me.name: me}
         if self.model.unit.is_leader():
-            self._schedule(relation, app, me, departing)
+            units = self._schedule(relation, app, me, departing)
+        self._remember(app, units)
+
+    def _remember(self, app: AppView, units: dict[str, UnitView]) -> None:
+        """Store whether nothing is in flight in `app` and `units` (see `quiet`)."""
+        quiet = (
+            app.grant is None
+            and not app.order
+            and not app.errors
+            and all(
+                unit.readable and not unit.queue and not unit.etcd_cleanup and not unit.errors
+                for unit in units.values()
+            )
+        )
+        etcd = self._etcd()
+        if quiet and etcd is not None and etcd.problem() is not None:
+            quiet = False  # a refused provider answer: the status shows it in every hook
+        me = units[self.model.unit.name]
+        if getattr(self._stored, "quiet", None) != quiet:
+            self._stored.quiet = quiet
+        if getattr(self._stored, "quiet_backend", None) != me.backend.value:
+            self._stored.quiet_backend = me.backend.value
+        if getattr(self._stored, "quiet_cluster_id", None) != self.cluster_id:
+            self._stored.quiet_cluster_id = self.cluster_id
 
     def _schedule(
         self, relation: ops.Relation, app: AppView, me: UnitView, departing: str | None
-    ) -> None:
+    ) -> dict[str, UnitView]:
         units = {
             unit.name: UnitView.read(unit.name, relation.data[unit])
             for unit in relation.units
@@ -497,6 +562,7 @@ class RollingOpsManager(ops.Object):
             _dispatch.spawn_wakeup(
                 me.name, LOCK_GRANTED_EVENT, str(self.framework.charm_dir), self.base_dir
             )
+        return units
 
     def _follow_mode(self, app: AppView, me: UnitView) -> None:
         etcd = self._etcd()
@@ -577,6 +643,8 @@ class RollingOpsManager(ops.Object):
         me = self._me
         if me is None or not me.readable:
             return
+        if getattr(self._stored, "quiet", False) and (me.queue or me.etcd_cleanup):
+            self._stored.quiet = False  # work outside a reconcile (a sync-lock fallback)
         me.write(relation.data[self.model.unit])
         if me.backend is ProcessingBackend.ETCD:
             local = me.to_local()

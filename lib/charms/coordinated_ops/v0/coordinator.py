@@ -66,6 +66,12 @@ and another relation-changed, which requests again. ``require`` packages the gua
     )
     # self._restart() runs _do_restart when granted, or requests the lock if needed.
 
+An idle unit reads nothing: at the end of every dispatch that loaded, the coordinator remembers
+(stored state) whether any request or grant was in flight, and while nothing was (``quiet``) a
+dispatch that did not load skips loading at its end. Another unit's request reaches it as a
+relation-changed, which loads. A charm's status handler can check ``quiet`` before calling a
+method that loads.
+
 ``acquire()`` never blocks. Even on a leader with a free lock it returns ``False`` in the dispatch
 that requests it: the leader records the grant, and acts on it in its next dispatch, once the grant
 is committed (a failed hook would discard the grant while the work had already run). The
@@ -286,7 +292,8 @@ class BaseCoordinator(ops.Object):
         self.requests: dict[str, dict[str, str]] | None = None
         self.grants: dict[str, dict[str, str]] | None = None
         self.bad_data: list[str] = []
-        self._stored.set_default(requests="", grants="", departing=False)
+        # quiet: the last dispatch that loaded saw no request, grant or bad data (see `quiet`).
+        self._stored.set_default(requests="", grants="", departing=False, quiet=False)
         self._reset()
 
         # The event juju-exec dispatches on the leader after a self-grant; it must be an event of
@@ -495,6 +502,17 @@ class BaseCoordinator(ops.Object):
 
     # ---- public API ---------------------------------------------------------------------------
 
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing is in flight, from stored state (no relation read).
+
+        True when the last dispatch that read the relation saw no request, no grant and no
+        malformed data, and no request waits in stored state. Every change of another unit
+        reaches this unit as a relation-changed, which loads (and remembers) again, so an idle
+        unit answers from memory. False means "maybe": call `initialize()` to know.
+        """
+        return bool(self._stored.quiet) and not self._stored.requests
+
     def acquire(self, lock: str) -> bool:
         """Request `lock` if not requested yet; return True only if it is held now.
 
@@ -659,6 +677,12 @@ class BaseCoordinator(ops.Object):
             self._handle_requests()
 
     def _on_pre_commit(self, _: ops.EventBase) -> None:
+        # Every dispatch loads while work is in flight (a grant must be used or released, a
+        # leader whose wake-up was lost must act on its own grant, requests kept in stored
+        # state before the peer relation existed must be published). A unit that saw nothing
+        # in flight reads nothing: another unit's request reaches it as a relation-changed.
+        if not self._loaded and self.quiet and not self._stored.grants:
+            return
         self.initialize()
         own = self._own_requests()
         released = False
@@ -695,6 +719,9 @@ class BaseCoordinator(ops.Object):
         self._write(self._relation.data[self.model.unit], own)
         if self._leader:
             self._write(self._relation.data[self.model.app], grants)
+        quiet = not (any(self.requests.values()) or grants or self.bad_data)
+        if self._stored.quiet != quiet:
+            self._stored.quiet = quiet
 
     def _write(self, databag: ops.RelationDataContent, data: dict[str, Any]) -> None:
         new = _dump(data)

@@ -121,7 +121,9 @@ Different on purpose:
 - the leader calls `log_rollback_instructions()` once per new set of failed units;
 - `set_unit_failed` also accepts a cause; failures the library detects show their cause in the
   Blocked status when the charm's `set_unit_failed()` left it empty;
-- additive: `prepare_upgrade()`, `set_unit_ready()`, `in_progress()`, a model factory.
+- additive: `prepare_upgrade()`, `set_unit_ready()`, `in_progress()`, `quiet`, a model factory;
+- config-changed and update-status read the relation only while the last reconcile saw a
+  rollout (`quiet` is False): an idle unit reads nothing there.
 
 Testing your charm with this library
 ------------------------------------
@@ -211,7 +213,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 8
+LIBPATCH = 9
 
 PYDEPS = ["pydantic>=2,<3", "poetry-core"]
 
@@ -452,7 +454,10 @@ class DataUpgrade(Object, ABC):
         self._dependency_model = dependency_model
         self.relation_name = relation_name
         self.substrate = substrate
-        self._stored.set_default(refresh_pending=False, rollback_reported=[], departing=False)
+        # quiet: the last reconcile saw no rollout at all (see `quiet`); False = maybe one.
+        self._stored.set_default(
+            refresh_pending=False, rollback_reported=[], departing=False, quiet=False
+        )
         self._upgrade_stack: list[int] | None = None
         self._departing: Unit | None = None
         self._reconciling = False
@@ -567,6 +572,7 @@ class DataUpgrade(Object, ABC):
         if relation.data[self.charm.app].get("upgrade-stack") != value:
             relation.data[self.charm.app]["upgrade-stack"] = value
             self._writes += 1
+            self._stored.quiet = False
         self._upgrade_stack = list(stack)
 
     @property
@@ -591,6 +597,29 @@ class DataUpgrade(Object, ABC):
                     self._data_error(f"invalid unit state {_short(value)} in peer data")
                 return None
         return min(states, key=self.STATES.index)
+
+    @property
+    def quiet(self) -> bool:
+        """Whether no rollout is in flight, from stored state (no relation read).
+
+        True when the last reconcile saw no stack, every unit idle and no malformed data, and
+        no refresh is pending. Every write of another unit reaches this unit as a
+        relation-changed, which reconciles and remembers again; this unit's own writes make it
+        False. False means "maybe".
+        """
+        return bool(self._stored.quiet) and not self._stored.refresh_pending
+
+    def _remember(self) -> None:
+        """Store whether the relation, as read now, shows no rollout (see `quiet`)."""
+        states = self.unit_states
+        quiet = (
+            not self.upgrade_stack
+            and bool(states)
+            and all(s in ("idle", "") for s in states)
+            and not self.data_errors
+        )
+        if self._stored.quiet != quiet:
+            self._stored.quiet = quiet
 
     @property
     def idle(self) -> bool:
@@ -639,6 +668,7 @@ class DataUpgrade(Object, ABC):
         if relation.data[self.charm.unit].get("state") != value:
             relation.data[self.charm.unit]["state"] = value
             self._writes += 1
+            self._stored.quiet = False
 
     def _store_dependencies(self) -> None:
         relation = self.peer_relation
@@ -789,10 +819,14 @@ class DataUpgrade(Object, ABC):
         self.on_upgrade_changed(event)
 
     def _on_periodic(self, event: EventBase) -> None:
+        if self.quiet:
+            return  # no rollout as of the last reconcile: a new one arrives as relation-changed
         if self.peer_relation is None:
             return
         if self.upgrade_stack or self.state not in ("idle", None) or self._stored.refresh_pending:
             self.on_upgrade_changed(event)
+        else:
+            self._remember()
 
     def _on_upgrade_charm(self, event: EventBase) -> None:
         self._upgrade_stack = None
@@ -953,6 +987,7 @@ class DataUpgrade(Object, ABC):
                 self._pass()
                 if self._writes == before and not self._again:
                     break
+            self._remember()
         finally:
             self._reconciling = False
 

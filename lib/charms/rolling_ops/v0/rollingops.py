@@ -70,6 +70,9 @@ relation data::
 ``any(lock.is_pending() or lock.is_held() for lock in Locks(self.restart_manager))`` tells whether
 some unit of the application is waiting for or holding the lock; ``lock.in_flight()`` also counts
 a finished holder the leader has not cleared yet and requests queued behind the current one.
+``self.restart_manager.quiet`` answers without reading the relation (every ``Lock`` read is a
+hook tool call): True when the last hook that read it saw nothing in flight and no malformed
+data, so a collect-status handler can return at once (``if manager.quiet: return``).
 
 The leader's own turn
 =====================
@@ -121,7 +124,9 @@ Different on purpose (each fixes a defect of that library):
 - after the callback the unit shows Waiting ("Awaiting ...") rather than Active while it has
   another request queued (the original had one request slot, so never one queued);
 - the unit (app) status goes back to Active only over the library's own "Executing"
-  ("Beginning rolling") status, never over a status the charm set meanwhile.
+  ("Beginning rolling") status, never over a status the charm set meanwhile;
+- update-status reads the relation only while the last reconcile saw something in flight
+  (``quiet``, ours): an idle unit makes no hook tool call there.
 
 Bad relation data, one rule: a value another unit wrote that does not parse, is out of range or
 is too big is logged, listed by ``RollingOpsManager.malformed_data()`` (for the charm's status; the
@@ -188,7 +193,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 15
+LIBPATCH = 16
 
 logger = logging.getLogger(__name__)
 
@@ -495,6 +500,7 @@ class Lock:
         self.unit = unit or manager.model.unit
         self.app = manager.model.app
         self._model = manager.model
+        self._manager = manager
 
     def _data(self) -> _PeerData:
         return _PeerData(self.relation, self._model)
@@ -505,6 +511,7 @@ class Lock:
 
     @_state.setter
     def _state(self, state: LockState) -> None:
+        self._manager._stored.quiet = False  # a write: the relation must be read again
         if state in (LockState.ACQUIRE, LockState.RELEASE):
             if self.unit != self._model.unit:
                 raise RuntimeError(f"only {self.unit.name} can {state.value} its own lock")
@@ -631,9 +638,12 @@ class RollingOpsManager(ops.Object):
     """
 
     _juju_exec_missing_logged = False
+    _stored = ops.StoredState()
 
     def __init__(self, charm: ops.CharmBase, relation: str, callback: Callable[..., Any]):
         super().__init__(charm, relation)
+        # quiet: the last reconcile saw nothing in flight (see `quiet`); False = maybe work.
+        self._stored.set_default(quiet=False)
         self.name = relation
         self.charm = charm
         self._callback = callback
@@ -666,6 +676,18 @@ class RollingOpsManager(ops.Object):
             raise LockNoRelationError(f"peer relation {self.name!r} does not exist yet")
         return relation
 
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing is in flight, from stored state (no relation read).
+
+        True when, as this unit last read the relation, no unit was waiting for, holding or
+        releasing the lock, none had requests queued, and no data was malformed. It is what
+        this unit remembered at the end of the last hook that read the relation. Every change
+        another unit makes reaches this unit as a relation-changed, which reads and remembers
+        again, so an idle unit answers from memory. False means "maybe": read to know.
+        """
+        return bool(self._stored.quiet)
+
     def malformed_data(self) -> list[str]:
         """Descriptions of malformed values in the relation data (ignored by the library)."""
         relation = self.model.get_relation(self.name)
@@ -696,6 +718,7 @@ class RollingOpsManager(ops.Object):
             self.model.unit.status = ops.WaitingStatus(f"Awaiting {self.name} operation")
         if self.model.unit.is_leader():
             self._lead(data)
+        self._remember(data)
 
     def _on_run_with_lock(self, event: RunWithLock) -> None:
         """Run the callback while holding the lock, then release it (unless it deferred)."""
@@ -734,6 +757,7 @@ class RollingOpsManager(ops.Object):
             )
         if held:
             self._release(data)
+        self._remember(data)
 
     def _on_relation_changed(self, event: ops.RelationChangedEvent) -> None:
         # As the library this replaces: a unit that sees its own request pending says so.
@@ -749,6 +773,11 @@ class RollingOpsManager(ops.Object):
         self._reconcile()
 
     def _on_update_status(self, event: ops.UpdateStatusEvent) -> None:
+        # Work of other units announces itself with a relation-changed; update-status is only
+        # the fallback for this unit's own work (a lost wake-up after the leader granted
+        # itself), so a unit that saw nothing in flight reads nothing here.
+        if self._stored.quiet:
+            return
         self._reconcile()
 
     def _on_process_locks(self, event: ProcessLocks) -> None:
@@ -787,6 +816,20 @@ class RollingOpsManager(ops.Object):
         if self.model.unit.is_leader():
             self._lead(data)
         self._run_if_granted(data)
+        self._remember(data)
+
+    def _remember(self, data: _PeerData) -> None:
+        """Store whether nothing is in flight, as ``data`` shows it now (see ``quiet``)."""
+        members = data.member_names(self._departing)
+        busy = data.order() or any(
+            data.state(name) is not LockState.IDLE or data.queue(name) for name in members
+        )
+        departed = [name for name in data.app_key_units() if name not in members]
+        # A departed unit's grant the leader has not cleared yet is work too.
+        stale = any(data.app_value(name) == _GRANTED for name in departed)
+        quiet = not (busy or stale or data.all_problems())
+        if self._stored.quiet != quiet:
+            self._stored.quiet = quiet
 
     # -- unit side --
 

@@ -109,7 +109,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 2
+LIBPATCH = 3
 
 PYDEPS: list[str] = []
 
@@ -657,9 +657,10 @@ class NFSRequires(_BaseInterface):
 
     def __init__(self, charm: CharmBase, integration_name: str):
         super().__init__(charm, integration_name)
-        # By relation id (as text): the endpoint mounted and not yet unmounted, and whether
-        # an umount_share was already sent since the last mount_share.
-        self._stored.set_default(mounted={}, umount_sent={})
+        # By relation id (as text): the endpoint mounted and not yet unmounted, whether an
+        # umount_share was already sent since the last mount_share, and the provider app whose
+        # endpoint was malformed when last read (collect-status shows it without reading).
+        self._stored.set_default(mounted={}, umount_sent={}, malformed={})
         events = charm.on[integration_name]
         self.framework.observe(events.relation_joined, self._on_relation_joined)
         self.framework.observe(events.relation_changed, self._on_relation_event)
@@ -725,16 +726,9 @@ class NFSRequires(_BaseInterface):
                 self.on.server_connected.emit(relation, app=relation.app)
 
     def _on_collect_status(self, event: CollectStatusEvent) -> None:
-        for relation in self.integrations:
-            try:
-                endpoint = (relation.data[relation.app].get("endpoint") or "").strip()  # type: ignore[index]
-                if endpoint:
-                    parse_endpoint(endpoint)
-            except ModelError:
-                continue
-            except ValueError:
-                app = relation.app.name if relation.app else "?"
-                event.add_status(BlockedStatus(f"invalid NFS endpoint from {app}; see debug-log"))
+        # What the relation events saw (`_reconcile`): a status reads no relation.
+        for _key, app in sorted(self._stored.malformed.items()):
+            event.add_status(BlockedStatus(f"invalid NFS endpoint from {app}; see debug-log"))
 
     # -- the decision -------------------------------------------------------------------------
 
@@ -803,7 +797,9 @@ class NFSRequires(_BaseInterface):
             self._migrate_anchor_cache(relation, key)
         desired, no_provider, malformed = self._desired(relation, departing, broken)
         if malformed:
+            self._stored.malformed[key] = relation.app.name if relation.app else "?"
             return  # keep whatever is mounted; status says so
+        self._stored.malformed.pop(key, None)
         mounted = self._stored.mounted.get(key)
         if mounted == desired:
             if mounted is None and no_provider and not self._stored.umount_sent.get(key, False):
@@ -836,8 +832,9 @@ class NFSProvides(_BaseInterface):
 
     def __init__(self, charm: CharmBase, integration_name: str):
         super().__init__(charm, integration_name)
-        # By relation id (as text): last request [name, allowlist, size] and last client list.
-        self._stored.set_default(requests={}, clients={})
+        # By relation id (as text): last request [name, allowlist, size], last client list,
+        # and the problems last seen in it (collect-status shows them without reading).
+        self._stored.set_default(requests={}, clients={}, problems={})
         events = charm.on[integration_name]
         for bound in (
             events.relation_joined,
@@ -883,9 +880,9 @@ class NFSProvides(_BaseInterface):
         if not self.unit.is_leader():
             return
         departing = event.departing_unit if isinstance(event, RelationDepartedEvent) else None
-        self._evaluate(
-            event.relation, event.unit, departing, isinstance(event, RelationBrokenEvent)
-        )
+        broken = isinstance(event, RelationBrokenEvent)
+        self._evaluate(event.relation, event.unit, departing, broken)
+        self._remember_problems(event.relation, broken)
 
     def _on_leader_elected(self, _event: EventBase) -> None:
         if not self.unit.is_leader():  # leadership may already have moved on
@@ -895,24 +892,36 @@ class NFSProvides(_BaseInterface):
             self._stored.requests.pop(str(relation.id), None)
             self._stored.clients.pop(str(relation.id), None)
             self._evaluate(relation, None, None, False)
+            self._remember_problems(relation, False)
 
     def _on_collect_status(self, event: CollectStatusEvent) -> None:
+        # What the relation events saw (`_remember_problems`): a status reads no relation.
         if not self.unit.is_leader():
             return
-        for relation in self.integrations:
+        for _key, problems in sorted(self._stored.problems.items()):
+            for problem in problems:
+                event.add_status(BlockedStatus(problem))
+
+    def _remember_problems(self, relation: Relation, broken: bool) -> None:
+        """Store the problems of `relation` as read now, for the leader's status."""
+        key = str(relation.id)
+        problems: list[str] = []
+        if not broken and relation.app is not None:
             try:
-                bag = dict(relation.data[relation.app])  # type: ignore[index]
+                bag = dict(relation.data[relation.app])
             except ModelError:
-                continue
-            app = relation.app.name if relation.app else "?"
+                bag = {}
+            app = relation.app.name
             problem = "name" in bag and _request_problem(bag)
             if problem:
-                event.add_status(BlockedStatus(f"invalid share request from {app}: {problem}"))
+                problems.append(f"invalid share request from {app}: {problem}")
             bad = _invalid_addresses(relation)
             if bad:
-                event.add_status(
-                    BlockedStatus(f"ignoring {bad[0]} of {app}: its address is not a single IP")
-                )
+                problems.append(f"ignoring {bad[0]} of {app}: its address is not a single IP")
+        if problems:
+            self._stored.problems[key] = problems
+        else:
+            self._stored.problems.pop(key, None)
 
     def _evaluate(
         self, relation: Relation, remote_unit: Unit | None, departing: Unit | None, broken: bool
