@@ -291,7 +291,7 @@ def test_juju4_removed_unit_stays_in_the_peer_relation_without_departed():
     drain(sim)
     for unit in ("toy/0", "toy/1"):
         assert seen("peers_relation_departed", unit) == []
-        (_, info), = seen("update_status", unit)
+        ((_, info),) = seen("update_status", unit)
         assert info["members"] == sorted({"toy/0", "toy/1", "toy/2"} - {unit})
         assert info["goal"] == {"toy/0": "active", "toy/1": "active"}
         assert info["planned"] == 2
@@ -304,7 +304,7 @@ def test_juju36_removed_unit_leaves_the_peer_relation_and_goal_state():
     drain(sim)
     for unit in ("toy/0", "toy/1"):
         assert len(seen("peers_relation_departed", unit)) == 1
-        (_, info), = seen("update_status", unit)
+        ((_, info),) = seen("update_status", unit)
         assert "toy/2" not in info["members"] and "toy/2" not in info["goal"]
 
 
@@ -316,7 +316,7 @@ def test_goal_state_shows_a_departing_unit_as_dying_until_it_is_removed():
     sim.update_status("toy")
     sim.start("toy/0")
     sim.advance()
-    (_, info), = seen("update_status", "toy/0")
+    ((_, info),) = seen("update_status", "toy/0")
     assert info["goal"]["toy/2"] == "dying"
     assert info["planned"] == 2
 

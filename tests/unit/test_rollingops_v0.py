@@ -666,6 +666,16 @@ def test_juju4_removed_holder_still_listed_is_freed_when_goal_state_drops_it(goa
     assert holder(out) == {"unit": f"{APP}/2", "token": 3}
 
 
+def test_juju4_removed_requester_still_listed_is_never_granted(goal_state):
+    goal_state.set({f"{APP}/0": "active", f"{APP}/2": "active"})
+    c = ctx()
+    rel = peer(
+        peers={1: {"state": "acquire", "rolling-ops-requested-at": T1}, 2: {"state": "acquire"}}
+    )
+    out = c.run(c.on.update_status(), state(rel, leader=True))
+    assert granted(out) == [2]
+
+
 def test_juju4_dying_holder_keeps_its_grant(goal_state):
     # It may still be inside its callback: only a unit goal-state no longer lists is gone.
     goal_state.set({f"{APP}/0": "active", f"{APP}/1": "dying", f"{APP}/2": "active"})

@@ -86,11 +86,12 @@ Juju 3.6 and 4
 
 On Juju 3.6 a removed unit leaves the peer relation: the others run relation-departed and stop
 listing it, and the leader forgets its grant and request. On Juju 4 (juju/juju#23326) a removed
-unit stays listed and nobody runs relation-departed. So while a grant to another unit is out, and
-only then (an idle hook reads nothing more), the leader reads the ``goal-state`` hook tool and
-treats a listed unit that goal-state no longer shows as departed. A holder that is ``dying`` is
-still waited for: it may be inside its callback. Once it is gone, the leader's next hook frees its
-grant (at the latest the next update-status, or the leader-elected of a new leader).
+unit stays listed and nobody runs relation-departed. So while another unit holds or asks for the
+lock, and only then (an idle hook reads nothing more), the leader reads the ``goal-state`` hook
+tool and treats a listed unit that goal-state no longer shows as departed: its grant is freed and
+its request never granted. A holder that is ``dying`` is still waited for: it may be inside its
+callback. Once it is gone, the leader's next hook frees its grant (at the latest the next
+update-status, or the leader-elected of a new leader).
 
 Relation data (identical to the library this replaces, plus hint keys it ignores)
 ==================================================================================
@@ -258,6 +259,9 @@ class LockState(Enum):
     RELEASE = "release"
     GRANTED = "granted"
     IDLE = "idle"
+
+
+_IN_FLIGHT = (LockState.ACQUIRE, LockState.GRANTED)
 
 
 def _app_key(unit_name: str) -> str:
@@ -867,9 +871,11 @@ class RollingOpsManager(ops.Object):
         """Leader processing: forget departed units, clear finished holders, grant the next."""
         members = data.member_names(self._departing)
         me = self.model.unit.name
-        if any(name != me and data.state(name) is LockState.GRANTED for name in members):
-            # A grant is out: on Juju 4 a removed holder stays listed (see "Juju 3.6 and 4").
-            gone = _gone_from_goal_state([name for name in members if name != me])
+        others = [name for name in members if name != me]
+        if any(data.state(name) in _IN_FLIGHT for name in others):
+            # Another unit holds or asks for a grant: on Juju 4 a removed unit stays listed
+            # (see "Juju 3.6 and 4"). An idle leader reads nothing more.
+            gone = _gone_from_goal_state(others)
             members = [name for name in members if name not in gone]
         self._forget_departed(data, members)
         self._clear_released(data, members)
