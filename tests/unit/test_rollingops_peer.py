@@ -135,8 +135,11 @@ def _fresh(monkeypatch, tmp_path):
 def spawns(monkeypatch):
     """Record juju-exec wake-ups instead of starting processes (no Juju machine here)."""
     calls: list[list[str]] = []
+    real_popen = subprocess.Popen
 
     def fake_popen(argv, **kwargs):
+        if argv[0] != "/usr/bin/juju-exec":  # e.g. goal-state: the real thing
+            return real_popen(argv, **kwargs)
         calls.append(list(argv))
         assert kwargs.get("start_new_session") is True
         assert "JUJU_CONTEXT_ID" not in kwargs.get("env", {})
@@ -572,6 +575,22 @@ def test_no_grant_while_a_unit_runs_the_etcd_backend():
     )
     app, _ = bags(out, rel)
     assert "rollingops-grant" not in app
+
+
+def test_juju4_a_removed_unit_whose_last_word_was_etcd_no_longer_blocks_grants(goal_state, spawns):
+    goal_state.set({"app/0": "active", "app/1": "active"})
+    context = ctx(0)
+    rel = peer(
+        local_unit=unit_bag(op(1)),
+        app=app_bag(1),
+        peers={1: unit_bag(), 2: unit_bag(backend="etcd")},
+    )
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=2, leader=True, relations={rel}),
+    )
+    app, _ = bags(out, rel)
+    assert json.loads(app["rollingops-grant"])["unit"] == "app/0"
 
 
 # --- retries ---------------------------------------------------------------------------------

@@ -479,11 +479,12 @@ class RollingOpsManager(ops.Object):
             for unit in relation.units
             if unit.name != departing and unit.name != me.name
         }
-        if (app.grant is not None and app.grant.unit != me.name) or any(
-            unit.queue for unit in units.values()
-        ):
-            # Another unit holds or asks for a grant: on Juju 4 a removed unit stays listed
-            # ("Juju 3.6 and 4"). An idle leader reads nothing more.
+        peer_work = any(
+            unit.queue and unit.backend is ProcessingBackend.PEER for unit in [me, *units.values()]
+        )
+        if (app.grant is not None and app.grant.unit != me.name) or peer_work:
+            # Peer work is in flight: on Juju 4 a removed unit stays listed, and may hold a grant
+            # or say `etcd` for good ("Juju 3.6 and 4"). An idle leader reads nothing more.
             for name in removed_units(units):
                 del units[name]
         units[me.name] = me
