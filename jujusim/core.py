@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 JUJU_KEYS = ("egress-subnets", "ingress-address", "private-address")  # rule: Juju's own keys
 RETRY_POLICIES = ("none", "backoff", "immediate")
+# "4": juju/juju#23326, a removed unit stays in its peers' relation (rule: peer removal on Juju 4)
+JUJU_VERSIONS = ("3.6", "4")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,9 +65,12 @@ class SimulatorCore:
         duration: Callable[[str, Item], int] | None = None,
         election: str = "lowest",
         substrate: str = "machine",
+        juju: str = "3.6",
     ):
         if retry not in RETRY_POLICIES:
             raise ValueError(f"retry must be one of {RETRY_POLICIES}")
+        if juju not in JUJU_VERSIONS:
+            raise ValueError(f"juju must be one of {JUJU_VERSIONS}")
         self.seed = seed
         self.rng = random.Random(seed)  # noqa: S311 - schedules, not secrets
         self.leader_sees_own_app_writes = leader_sees_own_app_writes
@@ -73,6 +78,7 @@ class SimulatorCore:
         self.duration = duration or (lambda unit, item: 1)
         self.election = election
         self.substrate = substrate
+        self.juju = juju  # which Juju's removal behaviour (rule: peer removal on Juju 4)
         self.now: int = 0
         self.apps: dict[str, AppTruth] = {}
         self.units: dict[str, UnitTruth] = {}
@@ -219,8 +225,11 @@ class SimulatorCore:
     def _leave_scope(self, unit: str, rel: RelationTruth) -> None:
         """`unit` leaves `rel`'s scope: every remaining member that knew it gets departed.
 
-        Rule: unit removal.
+        Rules: unit removal; peer removal on Juju 4 (there a peer relation is never left: the
+        others keep listing the unit and get no departed).
         """
+        if self.juju == "4" and rel.is_peer:
+            return
         for other in list(rel.known):
             if other == unit or unit not in rel.known[other]:
                 continue

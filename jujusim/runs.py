@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from . import jujuexec, runner
+from . import goalstate, jujuexec, runner
 from .commit import Commits
 from .core import operator
 from .queues import Item
@@ -46,7 +46,7 @@ class Runs(Commits):
             if run.fault is not None and run.fault.point == "entry":
                 run.result = RunResult(state=None, error=f"InjectedFault: at entry on {unit}")
             else:
-                with intercept_juju_exec(run):
+                with intercept_juju_exec(run), goalstate.intercept(self._goal_state(unit)):
                     run.result = runner.run(
                         truth.ctx, event, state, item.env or None, departing=item.departing
                     )
@@ -66,6 +66,23 @@ class Runs(Commits):
         self.hooks_run += 1
         self.log(f"start {unit} {item.label()} (ends t={run.end})")
         return run
+
+    def _goal_state(self, unit: str) -> dict[str, str]:
+        """What `goal-state` shows `unit` of its application's units (rule: goal-state)."""
+        app = self.units[unit].app
+        units = {}
+        for name, truth in sorted(self.units.items(), key=lambda kv: unit_id(kv[0])):
+            if truth.app != app or truth.removed:
+                continue
+            status = truth.unit_status.name
+            if truth.departing:
+                status = "dying"
+            elif truth.error:
+                status = "error"
+            elif status not in goalstate.GOAL_STATUSES:
+                status = "active"
+            units[name] = status
+        return units
 
     def _match_fault(self, unit: str, item: Item) -> FailSpec | None:
         for spec in self.faults.get(unit, []):

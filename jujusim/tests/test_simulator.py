@@ -277,6 +277,68 @@ def test_remove_unit_sequence_departed_data_readable_writes_not_routed():
     assert seen("peers_relation_changed", "toy/0") == []
 
 
+def test_juju4_removed_unit_stays_in_the_peer_relation_without_departed():
+    """juju/juju#23326: on Juju 4 the survivors keep listing a removed peer and get no departed.
+
+    Goal-state (and so planned units) no longer shows it; the departing unit's own hooks run.
+    """
+    sim = toy(n=3, juju="4")
+    sim.remove_unit("toy/2")
+    drain(sim)
+    assert sim.units["toy/2"].removed
+    assert kinds("toy/2")[-2:] == ["stop", "remove"]
+    sim.update_status("toy")
+    drain(sim)
+    for unit in ("toy/0", "toy/1"):
+        assert seen("peers_relation_departed", unit) == []
+        ((_, info),) = seen("update_status", unit)
+        assert info["members"] == sorted({"toy/0", "toy/1", "toy/2"} - {unit})
+        assert info["goal"] == {"toy/0": "active", "toy/1": "active"}
+        assert info["planned"] == 2
+
+
+def test_juju36_removed_unit_leaves_the_peer_relation_and_goal_state():
+    sim = toy(n=3)
+    sim.remove_unit("toy/2", graceful=False)
+    sim.update_status("toy")
+    drain(sim)
+    for unit in ("toy/0", "toy/1"):
+        assert len(seen("peers_relation_departed", unit)) == 1
+        ((_, info),) = seen("update_status", unit)
+        assert "toy/2" not in info["members"] and "toy/2" not in info["goal"]
+
+
+def test_goal_state_shows_a_departing_unit_as_dying_until_it_is_removed():
+    sim = toy(n=3, juju="4")
+    sim.run_action("toy/2", "write", key="slow", value="x")
+    sim.start("toy/2")  # in flight: the removal waits for it
+    sim.remove_unit("toy/2")
+    sim.update_status("toy")
+    sim.start("toy/0")
+    sim.advance()
+    ((_, info),) = seen("update_status", "toy/0")
+    assert info["goal"]["toy/2"] == "dying"
+    assert info["planned"] == 2
+
+
+def test_juju4_other_relations_still_get_departed():
+    sim = Simulator(juju="4")
+    sim.deploy("left", TOY, units=1)
+    sim.deploy("right", TOY, units=2)
+    sim.integrate("left", "db", "right", "served")
+    drain(sim)
+    SEEN.clear()
+    sim.remove_unit("right/1")
+    drain(sim)
+    assert [i["remote"] for _, i in seen("db_relation_departed", "left/0")] == ["right/1"]
+    assert seen("peers_relation_departed", "right/0") == []
+
+
+def test_unknown_juju_version_is_refused():
+    with pytest.raises(ValueError, match="juju must be one of"):
+        Simulator(juju="3.5")
+
+
 def test_removing_the_leader_elects_another():
     sim = toy(n=3)
     sim.remove_unit("toy/0")

@@ -10,6 +10,7 @@ it); `ToyCharmV2` is the "new code" for refresh tests.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -92,7 +93,15 @@ class ToyCharm(ops.CharmBase):
             SEEN.append((self.unit.name, "update_status_deferred", {"memo": self._stored.memo}))
             event.defer()
             return
-        SEEN.append((self.unit.name, "update_status", {"memo": self._stored.memo}))
+        peers = self.model.get_relation("peers")
+        goal = subprocess.run(["goal-state", "--format=json"], capture_output=True, text=True)
+        info = {
+            "memo": self._stored.memo,
+            "members": sorted(u.name for u in peers.units) if peers else [],
+            "goal": {u: g["status"] for u, g in json.loads(goal.stdout)["units"].items()},
+            "planned": self.app.planned_units(),
+        }
+        SEEN.append((self.unit.name, "update_status", info))
 
     def _on_wake(self, event: WakeEvent) -> None:
         SEEN.append((self.unit.name, "toy_wake", {"token": os.environ.get("TOY_TOKEN")}))

@@ -7,7 +7,9 @@ on every unit, optionally arms a random mix of faults (failed hooks at entry / i
 section / before return, leadership moves, unit removal graceful or abrupt, a unit added, extra
 update-status ticks, orphaned or delayed juju-exec wake-ups), runs a seeded random schedule to
 quiescence and checks I1-I5 (invariants.py). Schedules cycle through the combinations of
-`leader_sees_own_app_writes` (on/off) and hook retry (none/backoff) chosen on the command line;
+`leader_sees_own_app_writes` (on/off), hook retry (none/backoff) and the Juju version's unit
+removal (3.6, or 4 with juju/juju#23326: a removed unit stays in its peers' relation and they get
+no relation-departed; docs/juju-rules.md) chosen on the command line;
 with retry none, a unit left in error is a legitimate stuck state: exclusion is checked as it is,
 then every errored unit is resolved (retry) and the schedule must finish.
 
@@ -137,6 +139,7 @@ def run_schedule(
         "seed": seed,
         "retry": retry,
         "leader_sees_own_app_writes": sim.leader_sees_own_app_writes,
+        "juju": sim.juju,
         "faults": armed,
         "stuck_resolved": stuck_seen,
         "update_status_ticks": ticks,
@@ -174,19 +177,23 @@ def _failed(result: dict[str, Any]) -> bool:
     return bool(result["violations"] or result["liveness"] or result["uncaught"])
 
 
-def _combos(args: argparse.Namespace) -> list[tuple[bool, str]]:
+def _combos(args: argparse.Namespace) -> list[tuple[tuple[bool, str], str]]:
+    """((leader_sees_own_app_writes, juju version), retry) per schedule, in turn."""
     switch_values = {"on": [True], "off": [False], "both": [True, False]}[args.leader_sees_own]
     retry_values = {"none": ["none"], "backoff": ["backoff"], "both": ["none", "backoff"]}[
         args.retry
     ]
-    return list(itertools.product(switch_values, retry_values))
+    juju_values = {"3.6": ["3.6"], "4": ["4"], "both": ["3.6", "4"]}[args.juju]
+    settled = list(itertools.product(switch_values, juju_values))
+    return [(base, retry) for retry in retry_values for base in settled]
 
 
 def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[str, Any]], int]:
     """Run the schedules `indices` (positions in --seeds); return their results and hooks run.
 
-    Schedule i uses seed start_seed + i and the i-th combination in turn, whichever process
-    runs it, so a schedule replays alone with --start-seed and --seeds 1 --leader-sees-own/--retry.
+        Schedule i uses seed start_seed + i and the i-th combination in turn, whichever process
+        runs it, so a schedule replays alone with --start-seed and --seeds 1 and the combination's
+    --leader-sees-own/--retry/--juju.
     """
     engine = ENGINES[args.engine]
     combos = _combos(args)
@@ -199,7 +206,8 @@ def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[s
             mine = [i for i in indices if combos[i % len(combos)][0] == switch]
             if not mine:
                 continue
-            base = settle(engine, args.units, fakes, leader_sees_own_app_writes=switch)
+            own, juju = switch
+            base = settle(engine, args.units, fakes, leader_sees_own_app_writes=own, juju=juju)
             hooks += base.hooks_run
             for index in mine:
                 retry = combos[index % len(combos)][1]
@@ -258,7 +266,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     for result in sorted(results, key=lambda r: r["seed"]):
         key = (
             f"leader_sees_own={'on' if result['leader_sees_own_app_writes'] else 'off'},"
-            f"retry={result['retry']}"
+            f"retry={result['retry']},juju={result['juju']}"
         )
         counts = per_combo.setdefault(key, {"schedules": 0, "bad": 0})
         counts["schedules"] += 1
@@ -292,7 +300,8 @@ def report_failure(result: dict[str, Any]) -> None:
     sim: Simulator = result["sim"]
     lines = [
         f"--- seed {result['seed']} retry={result['retry']} "
-        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']}",
+        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']} "
+        f"juju={result['juju']}",
         f"faults: {result['faults']}",
         *result["violations"],
         *result["liveness"],
@@ -314,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--faults", choices=["none", "all"], default="all")
     parser.add_argument("--leader-sees-own", choices=["on", "off", "both"], default="both")
     parser.add_argument("--retry", choices=["none", "backoff", "both"], default="both")
+    parser.add_argument(
+        "--juju",
+        choices=["3.6", "4", "both"],
+        default="both",
+        help="unit removal as Juju 3.6 does it, as Juju 4 does it (juju/juju#23326), or both",
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes to spread the schedules over (one per core)"
     )

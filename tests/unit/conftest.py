@@ -6,6 +6,8 @@ swaps the functions of src/workload.py for an in-memory service that records wha
 """
 
 import dataclasses
+import json
+import os
 import pathlib
 
 import pytest
@@ -87,3 +89,40 @@ def charm_context(**kwargs) -> testing.Context:
         config=yaml.safe_load((ROOT / "config.yaml").read_text()),
         **kwargs,
     )
+
+
+@dataclasses.dataclass
+class GoalState:
+    """A real `goal-state` executable on PATH that prints the units it is given.
+
+    `units` maps unit name to goal status ("active", "dying", ...); a unit not in it is one Juju
+    has removed. `calls` counts how often a hook ran the tool (a line per call in `log`).
+    """
+
+    script: pathlib.Path
+    log: pathlib.Path
+
+    def set(self, units: dict[str, str]) -> None:
+        body = {
+            "units": {u: {"status": s, "since": "2026-01-01T00:00:00Z"} for u, s in units.items()},
+            "relations": {},
+        }
+        self.script.write_text(
+            f"#!/bin/sh\necho call >> '{self.log}'\ncat <<'JSON'\n{json.dumps(body)}\nJSON\n"
+        )
+        self.script.chmod(0o755)
+
+    @property
+    def calls(self) -> int:
+        return len(self.log.read_text().splitlines()) if self.log.exists() else 0
+
+
+@pytest.fixture
+def goal_state(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> GoalState:
+    """The goal-state hook tool as Juju runs it; call `.set(units)` before the hook runs."""
+    bin_dir = tmp_path / "goal-state-bin"
+    bin_dir.mkdir()
+    tool = GoalState(bin_dir / "goal-state", tmp_path / "goal-state.log")
+    tool.set({})
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return tool

@@ -29,8 +29,15 @@ APP = "coordinated-ops"
 @pytest.fixture
 def spawns(monkeypatch):
     calls: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(argv, **kwargs):
+        if argv[0] != "/usr/bin/juju-exec":  # e.g. goal-state: the real thing
+            return real_popen(argv, **kwargs)
+        calls.append(list(argv))
+
     monkeypatch.setattr(_dispatch, "juju_exec_path", lambda: "/usr/bin/juju-exec")
-    monkeypatch.setattr(subprocess, "Popen", lambda argv, **_: calls.append(list(argv)))
+    monkeypatch.setattr(subprocess, "Popen", popen)
     return calls
 
 

@@ -399,7 +399,14 @@ def test_leader_marks_the_rollout_done_when_everyone_is_idle(service):
 def test_refresh_single_unit_installs_the_bundled_version(service, monkeypatch):
     spawns: list[list[str]] = []
     monkeypatch.setattr(_dispatch, "juju_exec_path", lambda: "/usr/bin/juju-exec")
-    monkeypatch.setattr(subprocess, "Popen", lambda argv, **_: spawns.append(list(argv)))
+    real_popen = subprocess.Popen
+
+    def popen(argv: list[str], **kwargs: object):
+        if argv[0] != "/usr/bin/juju-exec":  # goal-state and the like: no such tool here
+            return real_popen(argv, **kwargs)  # type: ignore[call-overload]
+        spawns.append(list(argv))
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
     service.installed = "0.9.0"
     ctx = _ctx(0)
     rel = _upgrade_rel(app={"upgrade-stack": "[0]"}, peers={})

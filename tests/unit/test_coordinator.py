@@ -368,6 +368,54 @@ def test_holder_waits_while_a_unit_is_leaving_and_acts_once_it_departed():
     assert own_requests(state) == {}
 
 
+# ---- Juju 4 (juju/juju#23326): a removed unit stays listed, no relation-departed -----------
+
+
+def test_juju4_removed_holder_still_listed_is_revoked_when_goal_state_drops_it(goal_state):
+    goal_state.set({"app/0": "active", "app/2": "active"})
+    relation = peer(
+        peers={1: {"restart": ts(1)}, 2: {"restart": ts(2)}},
+        grants={"app/1": {"restart": ts(1)}},
+    )
+    ctx = context()
+    state = ctx.run(
+        ctx.on.update_status(), make_state(leader=True, relations=[relation], planned_units=2)
+    )
+    assert [(unit, lock) for unit, lock, _ in RELEASED] == [("app/1", "restart")]
+    assert app_grants(state) == {"app/2": {"restart": ts(2)}}
+
+
+def test_juju4_dying_holder_keeps_its_grant(goal_state):
+    goal_state.set({"app/0": "active", "app/1": "dying", "app/2": "active"})
+    relation = peer(
+        peers={1: {"restart": ts(1)}, 2: {"restart": ts(2)}},
+        grants={"app/1": {"restart": ts(1)}},
+    )
+    ctx = context()
+    state = ctx.run(
+        ctx.on.update_status(), make_state(leader=True, relations=[relation], planned_units=2)
+    )
+    assert app_grants(state) == {"app/1": {"restart": ts(1)}}
+
+
+def test_juju4_a_removed_unit_still_listed_does_not_pause_the_holder(goal_state):
+    goal_state.set({"app/0": "active", "app/1": "active"})
+    relation = peer(
+        own={"restart": ts(1)}, peers={0: {}, 2: {}}, grants={"app/1": {"restart": ts(1)}}
+    )
+    state = make_state(relations=[relation], planned_units=2, stored_states=needs_restart())
+    ctx = context(unit_id=1)
+    ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
+    assert RESTARTS == ["app/1"]
+
+
+def test_juju4_an_idle_leader_does_not_read_goal_state(goal_state):
+    relation = peer(peers={1: {}, 2: {}})
+    ctx = context()
+    ctx.run(ctx.on.update_status(), make_state(leader=True, relations=[relation]))
+    assert goal_state.calls == 0
+
+
 class ActsOnDeparted(CoordCharm):
     def _observe_before_coordinator(self, framework: ops.Framework) -> None:
         framework.observe(self.on.cluster_relation_departed, self._maybe_restart)

@@ -135,8 +135,11 @@ def _fresh(monkeypatch, tmp_path):
 def spawns(monkeypatch):
     """Record juju-exec wake-ups instead of starting processes (no Juju machine here)."""
     calls: list[list[str]] = []
+    real_popen = subprocess.Popen
 
     def fake_popen(argv, **kwargs):
+        if argv[0] != "/usr/bin/juju-exec":  # e.g. goal-state: the real thing
+            return real_popen(argv, **kwargs)
         calls.append(list(argv))
         assert kwargs.get("start_new_session") is True
         assert "JUJU_CONTEXT_ID" not in kwargs.get("env", {})
@@ -532,6 +535,65 @@ def test_departed_holder_is_released_in_the_departed_run():
     assert json.loads(app["rollingops-grant"]) == {"unit": "app/2", "token": 4, "op": 1}
 
 
+# Juju 4 (juju/juju#23326): a removed unit stays in relation.units and no departed comes.
+
+
+def test_juju4_removed_holder_still_listed_is_released_when_goal_state_drops_it(goal_state):
+    goal_state.set({"app/0": "active", "app/2": "active"})
+    context = ctx(0)
+    rel = peer(
+        app=app_bag(3, {"unit": "app/1", "token": 3, "op": 1}),
+        peers={1: unit_bag(op(1)), 2: unit_bag(op(1))},
+    )
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=2, leader=True, relations={rel}),
+    )
+    app, _ = bags(out, rel)
+    assert json.loads(app["rollingops-grant"]) == {"unit": "app/2", "token": 4, "op": 1}
+
+
+def test_juju4_dying_holder_keeps_its_grant(goal_state):
+    goal_state.set({"app/0": "active", "app/1": "dying", "app/2": "active"})
+    context = ctx(0)
+    rel = peer(
+        app=app_bag(3, {"unit": "app/1", "token": 3, "op": 1}),
+        peers={1: unit_bag(op(1)), 2: unit_bag(op(1))},
+    )
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=2, leader=True, relations={rel}),
+    )
+    app, _ = bags(out, rel)
+    assert json.loads(app["rollingops-grant"])["unit"] == "app/1"
+
+
+def test_juju4_a_removed_unit_still_listed_does_not_pause_the_holder(goal_state):
+    # planned units (2) stay below the units listed (3) for good on Juju 4.
+    goal_state.set({"app/0": "active", "app/1": "active"})
+    context = ctx(1)
+    rel = peer(
+        local_unit=unit_bag(op(1)),
+        app=app_bag(5, {"unit": "app/1", "token": 5, "op": 1}),
+        peers={0: {}, 2: unit_bag()},
+    )
+    context.run(
+        context.on.relation_changed(rel, remote_unit=0),
+        testing.State(planned_units=2, relations={rel}),
+    )
+    assert len(BEHAVIOUR.calls) == 1
+
+
+def test_juju4_an_idle_leader_does_not_read_goal_state(goal_state):
+    context = ctx(0)
+    rel = peer(app=app_bag(3), peers={1: unit_bag(), 2: unit_bag()})
+    context.run(
+        context.on.update_status(),
+        testing.State(planned_units=PLANNED, leader=True, relations={rel}),
+    )
+    assert goal_state.calls == 0
+
+
 def test_stale_grant_is_released_on_leader_elected():
     """The old leader granted app/5, which has since left; the new leader cleans up."""
     context = ctx(0)
@@ -557,6 +619,22 @@ def test_no_grant_while_a_unit_runs_the_etcd_backend():
     )
     app, _ = bags(out, rel)
     assert "rollingops-grant" not in app
+
+
+def test_juju4_a_removed_unit_whose_last_word_was_etcd_no_longer_blocks_grants(goal_state, spawns):
+    goal_state.set({"app/0": "active", "app/1": "active"})
+    context = ctx(0)
+    rel = peer(
+        local_unit=unit_bag(op(1)),
+        app=app_bag(1),
+        peers={1: unit_bag(), 2: unit_bag(backend="etcd")},
+    )
+    out = context.run(
+        context.on.update_status(),
+        testing.State(planned_units=2, leader=True, relations={rel}),
+    )
+    app, _ = bags(out, rel)
+    assert json.loads(app["rollingops-grant"])["unit"] == "app/0"
 
 
 # --- retries ---------------------------------------------------------------------------------

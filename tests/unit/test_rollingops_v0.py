@@ -652,6 +652,56 @@ def test_defect4_departed_holder_deleted_and_next_granted():
     assert holder(out) == {"unit": f"{APP}/2", "token": 3}
 
 
+# Juju 4 (juju/juju#23326): a removed unit stays in the peer relation and no departed comes.
+GRANT_TO_1 = {key(1): "granted", "rolling-ops-holder": f'{{"unit": "{APP}/1", "token": 2}}'}
+
+
+def test_juju4_removed_holder_still_listed_is_freed_when_goal_state_drops_it(goal_state):
+    goal_state.set({f"{APP}/0": "active", f"{APP}/2": "active"})
+    c = ctx()
+    rel = peer(app=GRANT_TO_1, peers={1: {"state": "acquire"}, 2: {"state": "acquire"}})
+    out = c.run(c.on.update_status(), state(rel, leader=True))
+    assert key(1) not in app(out)
+    assert app(out)[key(2)] == "granted"
+    assert holder(out) == {"unit": f"{APP}/2", "token": 3}
+
+
+def test_juju4_removed_requester_still_listed_is_never_granted(goal_state):
+    goal_state.set({f"{APP}/0": "active", f"{APP}/2": "active"})
+    c = ctx()
+    rel = peer(
+        peers={1: {"state": "acquire", "rolling-ops-requested-at": T1}, 2: {"state": "acquire"}}
+    )
+    out = c.run(c.on.update_status(), state(rel, leader=True))
+    assert granted(out) == [2]
+
+
+def test_juju4_dying_holder_keeps_its_grant(goal_state):
+    # It may still be inside its callback: only a unit goal-state no longer lists is gone.
+    goal_state.set({f"{APP}/0": "active", f"{APP}/1": "dying", f"{APP}/2": "active"})
+    c = ctx()
+    rel = peer(app=GRANT_TO_1, peers={1: {"state": "acquire"}, 2: {"state": "acquire"}})
+    out = c.run(c.on.update_status(), state(rel, leader=True))
+    assert granted(out) == [1]
+
+
+def test_juju4_goal_state_is_not_read_while_no_grant_is_out(goal_state):
+    goal_state.set({f"{APP}/0": "active"})
+    c = ctx()
+    rel = peer(app={key(1): "idle"}, peers={1: {}, 2: {}})
+    c.run(c.on.update_status(), state(rel, leader=True))
+    c.run(c.on.update_status(), state(rel))
+    assert goal_state.calls == 0
+
+
+def test_juju4_unreadable_goal_state_frees_nothing():
+    # No goal-state tool (as in plain ops.testing): the grant stays where it is.
+    c = ctx()
+    rel = peer(app=GRANT_TO_1, peers={1: {"state": "acquire"}, 2: {"state": "acquire"}})
+    out = c.run(c.on.update_status(), state(rel, leader=True))
+    assert granted(out) == [1]
+
+
 def test_defect4_stale_keys_deleted_on_leader_elected():
     c = ctx()
     rel = peer(

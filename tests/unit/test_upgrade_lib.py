@@ -791,6 +791,53 @@ def test_no_grant_while_a_unit_is_being_removed():
     assert Behaviour.granted == []
 
 
+# Juju 4 (juju/juju#23326): a removed unit stays in relation.units and no departed comes.
+
+
+def test_juju4_removed_upgrading_top_still_listed_is_dropped(goal_state):
+    goal_state.set({f"{APP}/0": "active", f"{APP}/1": "active"})
+    ctx = _ctx(unit_id=0)
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1, 2]"},
+        unit={"state": "ready"},
+        peers={1: {"state": "ready"}, 2: {"state": "upgrading"}},
+    )
+    out = ctx.run(ctx.on.update_status(), _state(leader=True, relations={rel}, planned_units=2))
+    assert out.get_relation(rel.id).local_app_data["upgrade-stack"] == "[0, 1]"
+
+
+def test_juju4_a_removed_unit_still_listed_does_not_block_the_top(goal_state):
+    # planned units (2) stay below the units listed (3) for good on Juju 4.
+    goal_state.set({f"{APP}/0": "active", f"{APP}/1": "active"})
+    ctx = _ctx(unit_id=1)
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1]"},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 2: {"state": "upgrading"}},
+    )
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}, planned_units=2))
+    assert Behaviour.granted == [f"{APP}/1"]
+
+
+def test_juju4_a_dying_unit_still_blocks(goal_state):
+    goal_state.set({f"{APP}/0": "active", f"{APP}/1": "active", f"{APP}/2": "dying"})
+    ctx = _ctx(unit_id=1)
+    rel = _peer(
+        app={"upgrade-stack": "[0, 1]"},
+        unit={"state": "ready"},
+        peers={0: {"state": "ready"}, 2: {"state": "ready"}},
+    )
+    ctx.run(ctx.on.relation_changed(rel, remote_unit=0), _state(relations={rel}, planned_units=2))
+    assert Behaviour.granted == []
+
+
+def test_juju4_idle_units_do_not_read_goal_state(goal_state):
+    ctx = _ctx(unit_id=0)
+    rel = _peer(unit={"state": "idle"}, peers={1: {"state": "idle"}, 2: {"state": "idle"}})
+    ctx.run(ctx.on.update_status(), _state(leader=True, relations={rel}))
+    assert goal_state.calls == 0
+
+
 def test_a_unit_that_saw_its_own_departure_never_upgrades_again():
     ctx = _ctx(unit_id=1)
     rel = _peer(

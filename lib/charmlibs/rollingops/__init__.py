@@ -113,6 +113,17 @@ Why it holds:
   to peer and publishes its queue in that hook. The leader then serves the published queues in
   FIFO order, and returns the application to etcd once they are empty.
 
+Juju 3.6 and 4: on 3.6 a removed unit leaves the peer relation (the others run relation-departed
+and the leader releases its grant: "it left the relation"). On Juju 4 (juju/juju#23326) a removed
+unit stays in `relation.units` and nobody runs relation-departed. So the leader, while another
+unit holds a peer grant or a unit (itself included) has work queued on the peer backend (never
+when idle, nor for work on etcd), reads the `goal-state` hook tool and treats a listed unit
+goal-state no longer shows as gone: its grant is released, its queue never granted, and its last
+`rollingops-backend: etcd` no longer blocks peer grants. A holder pauses while a unit is being
+removed (planned units below the units it sees) but counts only the units goal-state still shows
+(`dying` ones), so a removed unit that stays listed does not pause it for good. On etcd a removed
+holder's lease expires and frees the lock, on either version.
+
 Wire format (ours; every writer stamps its version, a reader that meets a version it does not
 know logs it, reports not-ready and never overwrites the data; a change bumps the version of the
 databag it touches; a newer reader reads the older versions it lists):

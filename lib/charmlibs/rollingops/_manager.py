@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import ops
 
 from . import _dispatch
+from ._goal_state import removed_units
 from ._models import (
     BusyUnits,
     LockGrant,
@@ -545,6 +546,14 @@ class RollingOpsManager(ops.Object):
             for unit in relation.units
             if unit.name != departing and unit.name != me.name
         }
+        peer_work = any(
+            unit.queue and unit.backend is ProcessingBackend.PEER for unit in [me, *units.values()]
+        )
+        if (app.grant is not None and app.grant.unit != me.name) or peer_work:
+            # Peer work is in flight: on Juju 4 a removed unit stays listed, and may hold a grant
+            # or say `etcd` for good ("Juju 3.6 and 4"). An idle leader reads nothing more.
+            for name in removed_units(units):
+                del units[name]
         units[me.name] = me
         etcd = self._etcd()
         if etcd is not None:
@@ -609,8 +618,13 @@ class RollingOpsManager(ops.Object):
             logger.debug("planned units unknown: %s", error)
             return False
         # In relation-departed, ops still lists the departing unit: it no longer counts.
-        staying = [unit for unit in relation.units if unit.name != departing]
-        return planned < 1 + len(staying)
+        staying = [unit.name for unit in relation.units if unit.name != departing]
+        if planned < 1 + len(staying):
+            # On Juju 4 a removed unit stays listed for good: only one still in goal-state
+            # (dying) is leaving (see "Juju 3.6 and 4").
+            gone = removed_units(staying)
+            return planned < 1 + len(staying) - len(gone)
+        return False
 
     def _peer_relation(self) -> ops.Relation | None:
         return self.model.get_relation(self.peer_relation_name)

@@ -120,6 +120,18 @@ next run.
 - Several units, interleavings and faults: ``jujusim.check_charm`` with
   ``jujusim.grants.coordinator(lock, relation)`` (the repository's README has a 20-line test).
 
+Juju 3.6 and 4
+--------------
+
+On Juju 3.6 a removed unit leaves the peer relation: the others run relation-departed, and the
+leader drops its requests and revokes its grants. On Juju 4 (juju/juju#23326) a removed unit stays
+in ``relation.units`` and nobody runs relation-departed. So the leader, while another unit has a
+request or a grant (never when idle), reads the ``goal-state`` hook tool and drops the requests of
+a listed unit goal-state no longer shows; its grants are then revoked like any stale grant. The
+pause above counts only units goal-state still shows (a ``dying`` one is leaving; a removed one
+that stays listed is not), so grants resume once the removal is done; the leader frees a removed
+holder in its next hook (at the latest the next update-status, or a new leader's leader-elected).
+
 Storage
 -------
 
@@ -252,6 +264,24 @@ def _load_json(raw: str) -> Any:
             elif token in ("]", "}"):
                 depth -= 1
     return json.loads(raw, parse_constant=_refuse_constant)
+
+
+def _removed_units(names: list[str]) -> set[str]:
+    """Those of ``names`` that goal-state no longer lists: removed units (empty if unreadable)."""
+    try:
+        out = subprocess.run(
+            ["goal-state", "--format=json"], capture_output=True, text=True, check=True
+        ).stdout
+        units = json.loads(out)["units"]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as e:
+        logger.debug("goal-state unreadable (%s): no removed unit detected", e)
+        return set()
+    if not isinstance(units, dict):
+        return set()
+    gone = {name for name in names if name not in units}
+    if gone:
+        logger.info("removed units still listed on the peer relation: %s", sorted(gone))
+    return gone
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -404,8 +434,13 @@ class BaseCoordinator(ops.Object):
         except (ops.ModelError, RuntimeError) as e:  # goal-state unavailable: do not block
             logger.debug("planned units unknown: %s", e)
             return False
-        others = [u for u in self._relation.units if u.name not in (self._departing, self._me)]
-        return planned < 1 + len(others)
+        others = [
+            u.name for u in self._relation.units if u.name not in (self._departing, self._me)
+        ]
+        if planned < 1 + len(others):
+            # On Juju 4 a removed unit stays listed for good: only a dying one is leaving.
+            return planned < 1 + len(others) - len(_removed_units(others))
+        return False
 
     def _load(self) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
         raw_units: dict[str, str | None] = {}
@@ -434,6 +469,11 @@ class BaseCoordinator(ops.Object):
             unit: self._parse_requests(raw, f"unit {unit}") for unit, raw in raw_units.items()
         }
         grants = self._parse_grants(raw_app, "application databag")
+        others = [unit for unit in requests if unit != self._me]
+        if self._leader and (any(requests[u] for u in others) or set(grants) - {self._me}):
+            # Juju 4: a removed unit stays listed (see "Juju 3.6 and 4"); never read when idle.
+            for unit in _removed_units(others):
+                del requests[unit]
         local = self._parse_requests(self._stored.requests, "local state")
         for lock, ts in local.items():  # publish requests made before the relation existed
             requests[self._me].setdefault(lock, ts)

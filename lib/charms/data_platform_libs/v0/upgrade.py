@@ -116,6 +116,7 @@ Different on purpose:
 - a rollback starts only when every unit is ready (a unit still `completed` is not popped);
 - a departed unit is dropped from the stack (the original raised KeyError); on VMs a unit added
   mid-rollout joins the bottom of the stack;
+- a removed unit is dropped on Juju 4 too, where no relation-departed comes (goal-state, below);
 - absent or invalid `dependencies` skip the version check with a WARNING (was AttributeError);
 - malformed peer data is logged and ignored, never raised;
 - the leader calls `log_rollback_instructions()` once per new set of failed units;
@@ -139,6 +140,19 @@ In Scenario (`ops.testing`) one `ctx.run` is one dispatch; feed each output Stat
   `_on_upgrade_granted` in its peer `relation_changed`.
 - Several units, interleavings and faults: `jujusim.check_charm` with
   `jujusim.grants.upgrade(relation)` (the repository's README has a 20-line test).
+
+Juju 3.6 and 4
+--------------
+
+On Juju 3.6 a removed unit leaves the peer relation: the others run relation-departed and stop
+listing it, so the leader drops it from the stack and nobody waits for its state. On Juju 4
+(juju/juju#23326) a removed unit stays listed and nobody runs relation-departed. So while an
+upgrade is in flight (a stack, or a peer not idle; never when idle) each unit reads the
+`goal-state` hook tool once per dispatch and leaves out of `app_units` a listed peer that
+goal-state no longer shows: the leader drops it from the stack, and its frozen state neither
+blocks nor counts. A `dying` unit is still counted, and the pause while a unit is being removed
+(fewer planned units than listed) holds until it is gone; the next hook (at the latest the next
+update-status) carries on.
 
 pydantic on demand
 ------------------
@@ -181,6 +195,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -275,6 +290,24 @@ def _load_json(raw: str) -> Any:
 
 
 # --- versions ------------------------------------------------------------------------------------
+
+
+def _removed_units(names: list[str]) -> set[str]:
+    """Those of `names` that goal-state no longer lists: removed units (empty if unreadable)."""
+    try:
+        out = subprocess.run(
+            ["goal-state", "--format=json"], capture_output=True, text=True, check=True
+        ).stdout
+        units = json.loads(out)["units"]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as e:
+        logger.debug("goal-state unreadable (%s): no removed unit detected", e)
+        return set()
+    if not isinstance(units, dict):
+        return set()
+    gone = {name for name in names if name not in units}
+    if gone:
+        logger.info("removed units still listed on the peer relation: %s", sorted(gone))
+    return gone
 
 
 def verify_requirements(version: str, requirement: str) -> bool:
@@ -460,6 +493,7 @@ class DataUpgrade(Object, ABC):
         )
         self._upgrade_stack: list[int] | None = None
         self._departing: Unit | None = None
+        self._removed: set[str] | None = None  # goal-state's answer, read once per dispatch
         self._reconciling = False
         self._again = False
         self._granted = False
@@ -506,13 +540,27 @@ class DataUpgrade(Object, ABC):
 
     @property
     def app_units(self) -> set[Unit]:
-        """Return this unit and its peers (minus a peer departing in this hook)."""
+        """Return this unit and its peers (minus a peer departing in this hook or removed)."""
         if not self.peer_relation:
             return set()
         units = {self.charm.unit, *self.peer_relation.units}
         if self._departing is not None:
             units.discard(self._departing)
-        return units
+        return {unit for unit in units if unit.name not in self._removed_peers(units)}
+
+    def _removed_peers(self, units: set[Unit]) -> set[str]:
+        """Peers Juju has removed but still lists (Juju 4, see "Juju 3.6 and 4").
+
+        goal-state is read once per dispatch, and only while an upgrade is in flight (a stack,
+        or a peer not idle): an idle hook reads nothing more.
+        """
+        if self._removed is not None:
+            return self._removed
+        others = [unit for unit in units if unit != self.charm.unit]
+        if not (self.upgrade_stack or any(self._state_of(u) not in ("", "idle") for u in others)):
+            return set()
+        self._removed = _removed_units([unit.name for unit in others])
+        return self._removed
 
     def _state_of(self, unit: Unit) -> str:
         relation = self.peer_relation

@@ -86,6 +86,18 @@ a detached ``juju-exec`` that dispatches ``<relation>_process_locks`` as soon as
 has released the machine lock; or the next update-status. Among simultaneous requests the leader
 lets the others go first, but yields at most once, so it cannot starve.
 
+Juju 3.6 and 4
+==============
+
+On Juju 3.6 a removed unit leaves the peer relation: the others run relation-departed and stop
+listing it, and the leader forgets its grant and request. On Juju 4 (juju/juju#23326) a removed
+unit stays listed and nobody runs relation-departed. So while another unit holds or asks for the
+lock, and only then (an idle hook reads nothing more), the leader reads the ``goal-state`` hook
+tool and treats a listed unit that goal-state no longer shows as departed: its grant is freed and
+its request never granted. A holder that is ``dying`` is still waited for: it may be inside its
+callback. Once it is gone, the leader's next hook frees its grant (at the latest the next
+update-status, or the leader-elected of a new leader).
+
 Relation data (identical to the library this replaces, plus hint keys it ignores)
 ==================================================================================
 
@@ -116,6 +128,7 @@ Different on purpose (each fixes a defect of that library):
 - a deferring callback keeps the lock (it was released early);
 - internal steps are direct calls, not nested ``emit()``s (ops dropped them as duplicates);
 - departed units' keys are cleared and a new leader re-processes everything;
+- a removed holder is freed on Juju 4 too, where no relation-departed comes (goal-state, above);
 - grants are first-come-first-served, the leader yields at most once (was set order);
 - requests from one unit queue (``rolling-ops-queue``) instead of overwriting the last one;
 - the leader's own grant is committed before its callback runs (a failed hook lost it);
@@ -274,6 +287,9 @@ class LockState(Enum):
     RELEASE = "release"
     GRANTED = "granted"
     IDLE = "idle"
+
+
+_IN_FLIGHT = (LockState.ACQUIRE, LockState.GRANTED)
 
 
 def _app_key(unit_name: str) -> str:
@@ -621,6 +637,24 @@ def _define_event(charm: ops.CharmBase, kind: str, event_type: type[ops.EventBas
     charm.on.define_event(kind, event_type)
 
 
+def _gone_from_goal_state(names: list[str]) -> set[str]:
+    """Those of ``names`` that goal-state no longer lists: removed units (empty if unreadable)."""
+    try:
+        out = subprocess.run(
+            ["goal-state", "--format=json"], capture_output=True, text=True, check=True
+        ).stdout
+        units = json.loads(out)["units"]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as e:
+        logger.debug("goal-state unreadable (%s); no removed unit detected", e)
+        return set()
+    if not isinstance(units, dict):
+        return set()
+    gone = {name for name in names if name not in units}
+    if gone:
+        logger.info("removed units still listed on the peer relation: %s", sorted(gone))
+    return gone
+
+
 def _juju_exec() -> str | None:
     """Path of ``juju-exec`` on this machine, if any."""
     found = shutil.which("juju-exec")
@@ -902,6 +936,13 @@ class RollingOpsManager(ops.Object):
     def _lead(self, data: _PeerData) -> None:
         """Leader processing: forget departed units, clear finished holders, grant the next."""
         members = data.member_names(self._departing)
+        me = self.model.unit.name
+        others = [name for name in members if name != me]
+        if any(data.state(name) in _IN_FLIGHT for name in others):
+            # Another unit holds or asks for a grant: on Juju 4 a removed unit stays listed
+            # (see "Juju 3.6 and 4"). An idle leader reads nothing more.
+            gone = _gone_from_goal_state(others)
+            members = [name for name in members if name not in gone]
         self._forget_departed(data, members)
         self._clear_released(data, members)
         order = self._update_order(data, members)
@@ -914,7 +955,6 @@ class RollingOpsManager(ops.Object):
         if not order:  # nothing pending or held: take back our app status (also a stale one)
             self._restore_app_status()
             return
-        me = self.model.unit.name
         if order[0] == me and len(order) > 1 and data.yielded() != me:
             order = [*order[1:], me]
             data.write(data.relation.data[self.model.app], _YIELDED, me)
