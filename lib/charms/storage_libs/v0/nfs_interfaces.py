@@ -906,12 +906,13 @@ class NFSProvides(_BaseInterface):
         """Store the problems of `relation` as read now, for the leader's status."""
         key = str(relation.id)
         problems: list[str] = []
-        if not broken and relation.app is not None:
+        remote = _remote_app(relation)
+        if not broken and remote is not None:
             try:
-                bag = dict(relation.data[relation.app])
+                bag = dict(relation.data[remote])
             except ModelError:
                 bag = {}
-            app = relation.app.name
+            app = remote.name
             problem = "name" in bag and _request_problem(bag)
             if problem:
                 problems.append(f"invalid share request from {app}: {problem}")
