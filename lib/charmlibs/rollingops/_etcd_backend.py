@@ -26,10 +26,11 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ops
 
@@ -50,7 +51,6 @@ from ._peer import AppView, Grant, UnitView, execute_grant
 
 if TYPE_CHECKING:
     from ._etcd_lock import EtcdLock
-    from ._manager import RollingOpsManager
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,45 @@ CLIENT_SECRET_LABEL = "rollingops-etcd-client"  # noqa: S105 - a label, not a se
 MTLS_SECRET_LABEL = "rollingops-etcd-mtls"  # noqa: S105
 
 
+class Host(Protocol):
+    """What the etcd backend uses of the manager that owns it (and nothing else).
+
+    The manager hands an adapter of this shape to `EtcdBackend`; the backend never imports the
+    manager, so the dependency goes one way: `_manager` -> `_etcd_backend`.
+    """
+
+    model: ops.Model
+    base_dir: pathlib.Path
+    charm_dir: pathlib.Path
+    peer_relation_name: str
+    etcd_relation_name: str | None
+    cluster_id: str | None
+    callback_targets: dict[str, Callable[..., Any]]
+
+    def unit_view(self, relation: ops.Relation) -> UnitView:
+        """This unit's view for this dispatch (read once, then shared)."""
+        ...
+
+    def write_me(self, relation: ops.Relation) -> None:
+        """Publish this unit's view (its databag; its stored copy while on etcd)."""
+        ...
+
+    def run_callback(
+        self, grant: LockGrant, callback: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> OperationResult:
+        """Run one callback under `grant`; an exception counts as RETRY_RELEASE."""
+        ...
+
+    def executing(self, op_id: int | None) -> contextlib.AbstractContextManager[None]:
+        """Mark op `op_id` as running for the body of the block (requests made then queue)."""
+        ...
+
+
 class EtcdBackend:
     """The etcd backend of one manager (one per dispatch)."""
 
-    def __init__(self, manager: RollingOpsManager):
-        self.manager = manager
+    def __init__(self, host: Host):
+        self.manager = host
         self._pending_result: tuple[int, int | None, str] | None = None
         self._lock: EtcdLock | None = None
 
@@ -202,7 +236,7 @@ class EtcdBackend:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None:
             return
-        me = self.manager._unit_view(relation)
+        me = self.manager.unit_view(relation)
         if me.backend is ProcessingBackend.ETCD:
             self._to_peer(me, why)
         elif me.queue:
@@ -249,7 +283,7 @@ class EtcdBackend:
 
     def _pending_work(self) -> bool:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
-        return relation is not None and bool(self.manager._unit_view(relation).queue)
+        return relation is not None and bool(self.manager.unit_view(relation).queue)
 
     def note_queue(self, me: UnitView) -> None:
         """Nothing now: the work hint is written once, at the end of the dispatch."""
@@ -264,7 +298,7 @@ class EtcdBackend:
                 self._publish_request(relation)
             except (RollingOpsError, ValueError, ops.ModelError) as error:
                 logger.error("could not publish the etcd request: %s", error)
-        me = self.manager._unit_view(relation)
+        me = self.manager.unit_view(relation)
         if me.backend is not ProcessingBackend.ETCD:
             return
         try:
@@ -276,11 +310,11 @@ class EtcdBackend:
         except RollingOpsLibMissingError as error:
             logger.error("%s", error)
             self._to_peer(me, "the worker cannot be launched")
-            self.manager._write_me(relation)
+            self.manager.write_me(relation)
         except (OSError, RollingOpsError) as error:
             logger.error("could not hand work to the etcd worker: %s", error)
             self._to_peer(me, str(error))
-            self.manager._write_me(relation)
+            self.manager.write_me(relation)
 
     def _start_worker(self) -> None:
         path = [entry for entry in sys.path if entry]
@@ -294,7 +328,7 @@ class EtcdBackend:
         if log_path.exists() and log_path.stat().st_size > WORKER_LOG_LIMIT:
             log_path.write_text("")
         argv = worker_argv(
-            str(self.base_dir), self.manager.model.unit.name, str(self.manager.framework.charm_dir)
+            str(self.base_dir), self.manager.model.unit.name, str(self.manager.charm_dir)
         )
         with open(log_path, "a") as log:
             subprocess.Popen(
@@ -314,7 +348,7 @@ class EtcdBackend:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None:
             return
-        me = self.manager._unit_view(relation)
+        me = self.manager.unit_view(relation)
         app = AppView.read(relation.data[self.manager.model.app])
         try:
             token = int(raw_token)
@@ -343,20 +377,17 @@ class EtcdBackend:
             return
         manager = self.manager
         head = me.queue[0].id if me.queue else None
-        manager._executing_op = head
-        try:
+        with manager.executing(head):
             done = execute_grant(
                 me, Grant(me.name, fencing, head), manager.callback_targets, self._run_etcd
             )
-        finally:
-            manager._executing_op = None
         self._pending_result = (token, done.op, done.result)  # the worker speaks etcd revisions
 
     def _run_etcd(self, grant: LockGrant, callback: Any, kwargs: dict[str, Any]):
         etcd_grant = LockGrant(
             ProcessingBackend.ETCD, grant.token, grant.op_id, grant.callback_id, grant.attempt
         )
-        return self.manager._run_callback(etcd_grant, callback, kwargs)
+        return self.manager.run_callback(etcd_grant, callback, kwargs)
 
     def write_pending_result(self) -> None:
         """Framework commit: report the granted hook's result to the worker (never on failure)."""
@@ -385,7 +416,7 @@ class EtcdBackend:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None or not self.usable() or self._etcd_epoch() is None:
             return False
-        return self.manager._unit_view(relation).backend is ProcessingBackend.ETCD
+        return self.manager.unit_view(relation).backend is ProcessingBackend.ETCD
 
     @contextlib.contextmanager
     def sync_lock(self, timeout: int | None) -> Iterator[LockGrant | None]:

@@ -602,5 +602,38 @@ class RollingOpsManager(ops.Object):
         if self._etcd_backend is None:
             from ._etcd_backend import EtcdBackend
 
-            self._etcd_backend = EtcdBackend(self)
+            self._etcd_backend = EtcdBackend(_EtcdHost(self))
         return self._etcd_backend
+
+
+class _EtcdHost:
+    """The manager as the etcd backend sees it (`_etcd_backend.Host`): a few names, no more."""
+
+    def __init__(self, manager: RollingOpsManager):
+        self._manager = manager
+        self.model = manager.model
+        self.base_dir = manager.base_dir
+        self.charm_dir = pathlib.Path(manager.framework.charm_dir)
+        self.peer_relation_name = manager.peer_relation_name
+        self.etcd_relation_name = manager.etcd_relation_name
+        self.cluster_id = manager.cluster_id
+        self.callback_targets = manager.callback_targets
+
+    def unit_view(self, relation: ops.Relation) -> UnitView:
+        return self._manager._unit_view(relation)
+
+    def write_me(self, relation: ops.Relation) -> None:
+        self._manager._write_me(relation)
+
+    def run_callback(
+        self, grant: LockGrant, callback: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> OperationResult:
+        return self._manager._run_callback(grant, callback, kwargs)
+
+    @contextlib.contextmanager
+    def executing(self, op_id: int | None) -> Iterator[None]:
+        self._manager._executing_op = op_id
+        try:
+            yield
+        finally:
+            self._manager._executing_op = None
