@@ -36,6 +36,7 @@ from jujusim.simulator import ActionRejected
 from jujusim.truth import Bags, app_of
 
 from . import rollingops_engines
+from .engines import with_max_parallel
 from .fakes import RESTART_TICKS
 from .harness import APP, UPGRADE_TARGET, Crash, DemoHarness, demo_engines, lock_holder
 from .svg import Interval, Lane, Mark, Picture, render, token_label
@@ -77,6 +78,7 @@ class Options:
     fault: str = "none"
     seed: int | None = None
     svg: pathlib.Path = DEFAULT_SVG
+    max_parallel: int = 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -93,6 +95,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="interleave the units' hooks at random with this seed (default: round-robin)",
     )  # fmt: skip
     parser.add_argument(
+        "--max-parallel", type=int, default=1, metavar="K",
+        help="rollingops: up to K units restart at once (config max-parallel; default 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--svg",
         type=pathlib.Path,
         default=DEFAULT_SVG,
@@ -103,7 +109,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--units must be between 1 and 26")
     if args.fault in ("leader-removed", "holder-removed", "hook-failure") and args.units < 2:
         parser.error(f"--fault {args.fault} needs at least 2 units")
-    return Options(args.units, args.engine, args.operation, args.fault, args.seed, args.svg)
+    if not 1 <= args.max_parallel <= args.units:
+        parser.error("--max-parallel must be between 1 and --units")
+    if args.max_parallel > 1 and (args.operation, args.engine[:10]) != ("restart", "rollingops"):
+        parser.error("--max-parallel needs a rollingops engine and --operation restart")
+    return Options(
+        args.units, args.engine, args.operation, args.fault, args.seed, args.svg, args.max_parallel
+    )
 
 
 class Glyphs:
@@ -156,6 +168,8 @@ class Demo:
         started = time.monotonic()
         self.header()
         engine = demo_engines()["upgrade" if o.operation == "upgrade" else o.engine]
+        if o.max_parallel > 1:
+            engine = with_max_parallel(engine, o.max_parallel)
         with DemoHarness(engine, seed=o.seed or 0) as harness:
             self.h = harness
             self.sim = harness.sim

@@ -5,7 +5,7 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
 - `request(sim, unit)`: ask for the operation on one unit, the way an operator would (an action);
 - `holds_grant(bags, unit)`: does this view of relation data show `unit` holding the grant? Used
   for I2 (on the entering unit's own view) and I3 (on the truth, for removed units);
-- `k`: how many units may be inside at once (1 for every engine today);
+- `k`: how many units may be inside at once (2 for the `-up-to-2` and `-k2` engines, else 1);
 - `actors(sim)`: optional background workers (e.g. a worker process talking to a fake etcd),
   objects with `next_time() -> int | None` and `step(sim)`, appended to `sim.actors`;
 - `custom_delay`: ticks a library waits before its juju-exec dispatch runs (rule: custom
@@ -114,3 +114,23 @@ ENGINES: dict[str, Engine] = {
         faults=upgrade_engine.faults,
     ),
 }
+
+
+def with_max_parallel(engine: Engine, k: int, faults: Callable | None = None) -> Engine:
+    """`engine` with `juju config max-parallel=k` before the deployment settles (rollingops)."""
+
+    def setup(sim: Simulator) -> None:
+        engine.setup(sim)
+        sim.config(engine.app, **{"max-parallel": k})
+
+    return dataclasses.replace(
+        engine, name=f"{engine.name}-k{k}", k=k, setup=setup, faults=faults or engine.faults
+    )
+
+
+ENGINES["rollingops-peer-k2"] = with_max_parallel(
+    ENGINES["rollingops-peer"], 2, rollingops_engines.control_faults
+)
+ENGINES["rollingops-etcd-k2"] = with_max_parallel(
+    ENGINES["rollingops-etcd"], 2, rollingops_engines.etcd_control_faults
+)

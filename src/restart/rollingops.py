@@ -26,6 +26,7 @@ from charmlibs.rollingops import (
 
 import paths
 import restart
+from restart.controls import Controls
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class RollingOpsEngine(ops.Object):
         super().__init__(charm, "restart-engine-rollingops")
         self.charm = charm
         self._journal_dirs = journal_dirs
+        self.controls = Controls(charm)
         self.manager = RollingOpsManager(
             charm,
             callback_targets={"restart": self._restart},
@@ -83,6 +85,7 @@ class RollingOpsEngine(ops.Object):
             etcd_relation_name=ETCD_RELATION,
             cluster_id=charm.app.name,
             sync_lock_targets={"peer": LeaderPeerSyncLock(self)},
+            max_parallel=self.controls.settings.max_parallel,
             base_dir=base_dir(),
         )
 
@@ -151,7 +154,10 @@ class RollingOpsEngine(ops.Object):
         return None
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Blocked: etcd refused or peer data ignored; maintenance: restarting; waiting: queued."""
+        """Blocked: bad config, etcd refused or peer data ignored; maintenance: restarting..."""
+        problem = self.controls.unit_status()
+        if problem is not None:
+            return problem
         if self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state

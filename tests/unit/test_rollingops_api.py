@@ -33,6 +33,8 @@ ON_PURPOSE = {
     "added name split_token": "(epoch, sequence) of a fencing token, which packs both in one int",
     "added RollingOpsManager.lock_grant": "the grant (backend, token, op) a callback runs under",
     "added RollingOpsManager.peer_lock_free": "is the peer lock free (the demo's status)",
+    "added RollingOpsManager.__init__(max_parallel)": "up to k units inside at once (default 1, "
+    "as 1.1.5 behaves)",
     "added RollingOpsState.__init__(etcd_problem)": "why etcd was refused; has a default",
     "added RollingOpsState.__init__(malformed)": "peer data that was ignored; has a default",
     # Wider annotations: every argument 1.1.5 accepts is still accepted.

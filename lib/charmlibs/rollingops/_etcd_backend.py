@@ -74,6 +74,7 @@ class Host(Protocol):
     etcd_relation_name: str | None
     cluster_id: str | None
     callback_targets: dict[str, Callable[..., Any]]
+    max_parallel: int
 
     def unit_view(self, relation: ops.Relation) -> UnitView:
         """This unit's view for this dispatch (read once, then shared)."""
@@ -304,7 +305,7 @@ class EtcdBackend:
         try:
             with _files.queue_lock(self.base_dir):
                 head = me.queue[0].id if me.queue else None
-                _files.write_work(self.base_dir, len(me.queue), head)
+                _files.write_work(self.base_dir, len(me.queue), head, self.manager.max_parallel)
                 if me.queue and not _files.worker_alive(self.base_dir):
                     self._start_worker()
         except RollingOpsLibMissingError as error:

@@ -87,6 +87,10 @@ class RollingOpsManager(ops.Object):
             known. Pass the current value at every construction.
         sync_lock_targets: backend id -> SyncLockBackend used by `acquire_sync_lock` without etcd.
         base_dir: local state directory (default /var/lib/rollingops), created on first need.
+        max_parallel: how many units may hold the lock at once (default 1). Pass the current
+            value (say, from config) at every construction: a change applies from the next grant.
+            On etcd it is the number of lock slots this unit's worker may take (see the package
+            docstring). ValueError when below 1.
     """
 
     _stored = ops.StoredState()
@@ -100,8 +104,11 @@ class RollingOpsManager(ops.Object):
         etcd_relation_name: str | None = None,
         cluster_id: str | None = None,
         sync_lock_targets: dict[str, SyncLockBackend] | None = None,
+        max_parallel: int = 1,
         base_dir: str | os.PathLike[str] | None = None,
     ):
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise ValueError(f"max_parallel must be an integer >= 1, not {max_parallel!r}")
         if cluster_id is not None and etcd_relation_name is None:
             raise ValueError("cluster_id needs etcd_relation_name (the etcd_client endpoint)")
         super().__init__(charm, "rolling-ops-manager")
@@ -112,6 +119,7 @@ class RollingOpsManager(ops.Object):
         self.cluster_id = cluster_id
         self.sync_lock_targets = dict(sync_lock_targets or {})
         self.base_dir = pathlib.Path(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        self.max_parallel = max_parallel
         # Per-dispatch state (a dispatch is one process; nothing here outlives it).
         self._me: UnitView | None = None
         self._lock_grant: LockGrant | None = None
@@ -451,8 +459,8 @@ class RollingOpsManager(ops.Object):
         if not app.readable or not me.readable:
             return
         self._follow_mode(app, me)
-        if is_granted(app, me) and app.grant is not None:
-            grant = app.grant
+        grant = app.grant_of(me.name)
+        if grant is not None and is_granted(app, me):
             if grant.token in self._granted_here:
                 pass  # the leader never runs its own grant in the dispatch that issued it
             elif me.backend is ProcessingBackend.PEER and self._unit_leaving(relation, departing):
@@ -487,14 +495,14 @@ class RollingOpsManager(ops.Object):
         may_grant = app.mode is ProcessingBackend.PEER and all(
             unit.readable and unit.backend is ProcessingBackend.PEER for unit in units.values()
         )
-        outcome = schedule(app, units, may_grant=may_grant)
+        outcome = schedule(app, units, may_grant=may_grant, max_parallel=self.max_parallel)
         app.write(relation.data[self.model.app])
-        granted = outcome.granted
-        if granted is not None and granted.unit == me.name:
-            self._granted_here.add(granted.token)
-            _dispatch.spawn_wakeup(
-                me.name, LOCK_GRANTED_EVENT, str(self.framework.charm_dir), self.base_dir
-            )
+        for granted in outcome.granted:
+            if granted.unit == me.name:
+                self._granted_here.add(granted.token)
+                _dispatch.spawn_wakeup(
+                    me.name, LOCK_GRANTED_EVENT, str(self.framework.charm_dir), self.base_dir
+                )
 
     def _follow_mode(self, app: AppView, me: UnitView) -> None:
         etcd = self._etcd()
@@ -618,6 +626,7 @@ class _EtcdHost:
         self.etcd_relation_name = manager.etcd_relation_name
         self.cluster_id = manager.cluster_id
         self.callback_targets = manager.callback_targets
+        self.max_parallel = manager.max_parallel
 
     def unit_view(self, relation: ops.Relation) -> UnitView:
         return self._manager._unit_view(relation)
