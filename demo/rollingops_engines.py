@@ -254,9 +254,32 @@ class RollingOpsEtcdFakes(DemoFakes):
             yield self
 
 
+def paused(sim: Simulator) -> str | None:
+    """Why the rolling operation is paused, from the committed app databag (None: it is not)."""
+    return Bags.from_truth(sim.relations, APP).app(PEER).get("rollingops-paused")
+
+
+def resume_if_halted(sim: Simulator) -> None:
+    """engines.Engine.unstall: the operator resumes a paused (or halted) roll on the leader."""
+    if paused(sim):
+        sim.run_action(f"{APP}/leader", "resume")
+
+
 def control_faults(sim: Simulator, units: list[str]) -> list[str]:
-    """The operator's controls among the faults (none yet beyond the generic ones)."""
-    return []
+    """The operator's controls among the faults: a pause on the leader, a resume later.
+
+    Leader changes and failing operations (which halt the roll) are among the generic faults;
+    a roll still paused at the end is resumed by `resume_if_halted`.
+    """
+    rng = sim.rng
+    horizon = 6 * len(units) + 4
+    if rng.random() >= 0.5:
+        return []
+    t1 = sim.now + rng.randint(0, horizon)
+    t2 = t1 + rng.randint(1, horizon)
+    sim.add_timer(t1, "pause", lambda: sim.run_action(f"{APP}/leader", "pause"))
+    sim.add_timer(t2, "resume", lambda: sim.run_action(f"{APP}/leader", "resume"))
+    return [f"pause at {t1}, resume at {t2}"]
 
 
 def etcd_control_faults(sim: Simulator, units: list[str]) -> list[str]:

@@ -84,7 +84,9 @@ class Restarts(ops.Object):
         """The leader's app status while a rolling restart is in flight."""
         busy = self.busy_engines()
         if busy:
-            return ops.MaintenanceStatus(f"rolling restart in progress ({busy[0]})")
+            progress = getattr(self.engines[busy[0]], "progress", None)  # rollingops: k/N
+            line = progress() if progress is not None else None
+            return ops.MaintenanceStatus(line or f"rolling restart in progress ({busy[0]})")
         return None
 
     def _on_restart_action(self, event: ops.ActionEvent) -> None:

@@ -77,7 +77,7 @@ class RollingOpsEngine(ops.Object):
         super().__init__(charm, "restart-engine-rollingops")
         self.charm = charm
         self._journal_dirs = journal_dirs
-        self.controls = Controls(charm)
+        self.controls = Controls(charm, lambda: self.manager)
         self.manager = RollingOpsManager(
             charm,
             callback_targets={"restart": self._restart},
@@ -86,6 +86,7 @@ class RollingOpsEngine(ops.Object):
             cluster_id=charm.app.name,
             sync_lock_targets={"peer": LeaderPeerSyncLock(self)},
             max_parallel=self.controls.settings.max_parallel,
+            halt_after_failures=self.controls.settings.halt_after_failures,
             base_dir=base_dir(),
         )
 
@@ -137,6 +138,10 @@ class RollingOpsEngine(ops.Object):
             return False
         units = [None, *(unit.name for unit in relation.units)]
         return any(self.manager.is_waiting(unit) for unit in units)
+
+    def progress(self) -> str | None:
+        """The leader's app status line while a roll is on ("restart 3/10: app/4"), or None."""
+        return self.manager.progress("restart")
 
     def busy_for_action(self) -> str | None:
         """Actions only (may ask etcd): why a restart may be in flight, or None when none is."""

@@ -5,6 +5,7 @@ Real library, mocked controller (ops.testing) and demo service (conftest.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -60,3 +61,96 @@ def test_a_bad_max_parallel_blocks_naming_the_fix_and_changes_nothing(fake_workl
     out = ctx().run(ctx().on.update_status(), state)
     assert out.unit_status == testing.BlockedStatus(f"{fix} (config unchanged in effect)")
     assert grants(out, rel) == [f"{APP}/1"]  # the default, 1, stays in force
+
+
+# --- pause, resume, rolling-status, halt --------------------------------------------------------
+
+
+def test_pause_on_a_non_leader_fails_clearly_and_changes_nothing(fake_workload):
+    rel = testing.PeerRelation(PEER, peers_data=queued_bag(1))
+    state = testing.State(planned_units=4, relations={rel})
+    with pytest.raises(testing.ActionFailed, match="only the leader can pause or resume"):
+        ctx(2).run(ctx(2).on.action("pause"), state)
+
+
+def test_resume_when_not_paused_fails_clearly(fake_workload):
+    rel = testing.PeerRelation(PEER, peers_data=queued_bag(1))
+    state = testing.State(leader=True, planned_units=4, relations={rel})
+    with pytest.raises(testing.ActionFailed, match="not paused: nothing to resume"):
+        ctx().run(ctx().on.action("resume"), state)
+
+
+def test_pause_stops_new_grants_and_resume_grants_again(fake_workload):
+    rel = testing.PeerRelation(PEER, peers_data=queued_bag(1, 2))
+    state = testing.State(leader=True, planned_units=3, relations={rel})
+    out = ctx().run(ctx().on.action("pause"), state)
+    app = out.get_relation(rel.id).local_app_data
+    assert app["rollingops-paused"] == "paused by the operator"
+    rel = dataclasses.replace(rel, local_app_data=dict(app))
+    out = ctx().run(ctx().on.update_status(), dataclasses.replace(out, relations={rel}))
+    assert grants(out, rel) == []  # queues kept, nothing granted
+    # the next leader reads the pause from the app databag: it still grants nothing
+    out2 = ctx(3).run(ctx(3).on.update_status(), dataclasses.replace(out, relations={rel}))
+    assert grants(out2, rel) == []
+    out = ctx().run(ctx().on.action("resume"), dataclasses.replace(out, relations={rel}))
+    assert "rollingops-paused" not in out.get_relation(rel.id).local_app_data
+    assert grants(out, rel) == [f"{APP}/1"]
+
+
+def test_rolling_status_reports_and_writes_nothing(fake_workload):
+    app = {"rollingops-version": "2", "rollingops-token": "3", "rollingops-mode": "peer",
+           "rollingops-grant": json.dumps({"unit": f"{APP}/1", "token": 3, "op": 1}),
+           "rollingops-order": json.dumps([f"{APP}/3", f"{APP}/2"]),
+           "rollingops-roll": json.dumps({"done": 2, "failed": [f"{APP}/4"], "strikes": 0,
+                                          "active": True})}  # fmt: skip
+    rel = testing.PeerRelation(PEER, local_app_data=app, peers_data=queued_bag(1, 2, 3))
+    state = testing.State(planned_units=5, relations={rel})
+    context = ctx(4)
+    out = context.run(context.on.action("rolling-status"), state)
+    results = context.action_results or {}
+    assert results["backend"] == "peer" and results["holders"] == f"{APP}/1"
+    assert results["queue"] == f"{APP}/3,{APP}/2"  # grant order: the leader's FIFO
+    assert (results["done"], results["failed"], results["remaining"]) == ("2", "1", "3")
+    assert results["failed-units"] == f"{APP}/4" and results["paused"] == "false"
+    assert "inside coordinated-ops/1 (max 1)" in results["summary"]
+    after = out.get_relation(rel.id)
+    assert dict(after.local_app_data) == app
+    assert not [key for key in after.local_unit_data if key.startswith("rollingops-")]
+
+
+def test_a_failed_restart_halts_the_roll_naming_the_unit_and_resume_continues(fake_workload):
+    peers = queued_bag(1, 2)
+    peers[1]["rollingops-done"] = json.dumps({"token": 1, "op": 1, "result": "retry-release"})
+    peers[1]["rollingops-intent"] = "retry-release"
+    app = {"rollingops-version": "2", "rollingops-token": "1", "rollingops-mode": "peer",
+           "rollingops-grant": json.dumps({"unit": f"{APP}/1", "token": 1, "op": 1}),
+           "rollingops-roll": json.dumps({"done": 0, "failed": [], "strikes": 0,
+                                          "active": True})}  # fmt: skip
+    rel = testing.PeerRelation(PEER, local_app_data=app, peers_data=peers)
+    state = testing.State(leader=True, planned_units=3, relations={rel})
+    out = ctx().run(ctx().on.update_status(), state)
+    bag = out.get_relation(rel.id).local_app_data
+    assert bag["rollingops-paused"] == f"halted after 1 failed operation(s): {APP}/1"
+    assert grants(out, rel) == []
+    assert f"paused: halted after 1 failed operation(s): {APP}/1" in out.app_status.message
+    rel = dataclasses.replace(rel, local_app_data=dict(bag))
+    out = ctx().run(ctx().on.action("resume"), dataclasses.replace(out, relations={rel}))
+    assert len(grants(out, rel)) == 1  # the roll goes on
+
+
+def test_halt_after_failures_0_never_halts(fake_workload):
+    peers = queued_bag(1, 2)
+    peers[1]["rollingops-done"] = json.dumps({"token": 1, "op": 1, "result": "retry-release"})
+    app = {
+        "rollingops-version": "2",
+        "rollingops-token": "1",
+        "rollingops-mode": "peer",
+        "rollingops-grant": json.dumps({"unit": f"{APP}/1", "token": 1, "op": 1}),
+    }
+    rel = testing.PeerRelation(PEER, local_app_data=app, peers_data=peers)
+    state = testing.State(
+        leader=True, planned_units=3, relations={rel}, config={"halt-after-failures": 0}
+    )
+    out = ctx().run(ctx().on.update_status(), state)
+    assert "rollingops-paused" not in out.get_relation(rel.id).local_app_data
+    assert len(grants(out, rel)) == 1

@@ -255,12 +255,14 @@ Worker (one background process per etcd-managed unit with pending work):
 checks `worker_alive()`, so a request racing with an exiting worker always gets a worker.
 """
 
+from ._controls import RollingStatus
 from ._manager import RollingOpsEtcdFailedEvent, RollingOpsLockGrantedEvent, RollingOpsManager
 from ._models import (
     BusyUnits,
     LockGrant,
     OperationResult,
     ProcessingBackend,
+    RollingOpsControlError,
     RollingOpsDecodingError,
     RollingOpsError,
     RollingOpsEtcdctlError,
@@ -287,6 +289,7 @@ __all__ = [
     "LockGrant",
     "OperationResult",
     "ProcessingBackend",
+    "RollingOpsControlError",
     "RollingOpsDecodingError",
     "RollingOpsError",
     "RollingOpsEtcdFailedEvent",
@@ -302,6 +305,7 @@ __all__ = [
     "RollingOpsState",
     "RollingOpsStatus",
     "RollingOpsSyncLockError",
+    "RollingStatus",
     "SyncLockBackend",
     "__version__",
     "split_token",

@@ -199,8 +199,14 @@ class EtcdBackend:
         me.backend = ProcessingBackend.ETCD
         logger.info("this unit now runs on the etcd backend")
 
-    def choose_mode(self, app: AppView, units: Mapping[str, UnitView]) -> None:
-        """Leader: pick the application's backend (peer <-> etcd) without breaking exclusion."""
+    def choose_mode(
+        self, app: AppView, units: Mapping[str, UnitView], *, hold: bool = False
+    ) -> None:
+        """Leader: pick the application's backend (peer <-> etcd) without breaking exclusion.
+
+        `hold`: do not return to etcd (the lock is paused, or etcd may still hold a pause key of
+        ours that the manager could not delete yet).
+        """
         readable = [unit for unit in units.values() if unit.readable]
         if app.mode is ProcessingBackend.ETCD:
             stuck = [
@@ -221,8 +227,37 @@ class EtcdBackend:
             and all(unit.backend is ProcessingBackend.PEER for unit in readable)
         ):
             # Every unit acknowledged peer mode: no etcd grant of an older epoch can still run.
+            if hold:
+                return
             logger.info("peer queues drained: switching the application to the etcd backend")
             app.switch_mode(ProcessingBackend.ETCD)
+
+    def set_paused(self, paused: bool) -> None:
+        """Put (or delete) this application's pause key in etcd. Raises RollingOpsError."""
+        self._etcd_lock().set_paused(paused)
+
+    def line(self, timeout: float) -> tuple[list[str], list[str]]:
+        """Units of this application in a slot, and waiting in grant order (one etcd read).
+
+        Through a client of its own (one attempt within `timeout` s). Raises RollingOpsError.
+        """
+        from ._etcd_lock import EtcdLock
+        from ._models import RollingOpsEtcdNotConfiguredError
+
+        config = self._config()
+        if config is None:
+            raise RollingOpsEtcdNotConfiguredError("this unit has no usable etcd config")
+        try:
+            lock = EtcdLock.from_config(
+                config, self.manager.model.unit.name, timeout=timeout, attempts=1
+            )
+        except (ValueError, OSError) as error:
+            raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
+        try:
+            model = self.manager.model
+            return lock.line(f"{model.uuid}.{model.app.name}")
+        finally:
+            lock.close()
 
     def _to_peer(self, me: UnitView, why: str) -> None:
         logger.warning("falling back to the peer backend: %s", why)

@@ -11,6 +11,8 @@ owner ``O = <model-uuid>.<unit name with / replaced by ->`` (see :func:`owner_na
   in line.
 - ``P waiting-sync/<O>``: sync ticket; while one exists, async waiters do not try to acquire.
 - ``P units/<O>``: ``{"unit", "pending", "holding"}`` for people looking at etcd (on the lease).
+- ``P paused/<model-uuid>.<app>``: present while that application's lock is paused (no lease);
+  an async acquire requires it absent (the sync lock ignores it: an operator runs it by hand).
 
 Acquire is one transaction "lock absent, and no ticket older than mine, and no sync ticket: put the
 lock on my lease" (with k slots: "slot i absent, ...: put slot i and delete my ticket", i a slot
@@ -219,6 +221,7 @@ class EtcdLock:
         self.waiting = prefix + "waiting/"
         self.waiting_sync = prefix + "waiting-sync/"
         self.status_key = f"{prefix}units/{owner}"
+        self.pause_key = f"{prefix}paused/{owner.rsplit('-', 1)[0]}"  # this unit's application
         self._cancelled = threading.Event()
         self._watch_guard = threading.Lock()
         self._watch = None
@@ -294,6 +297,33 @@ class EtcdLock:
                 owners.add(kv.key.rsplit("/", 1)[1])
         owners.discard("")
         return owners
+
+    def line(self, app_owner: str) -> tuple[list[str], list[str]]:
+        """Units of ``app_owner`` (``<model-uuid>.<app>``) in a slot, and those waiting.
+
+        One range read. The waiting units come in grant order (oldest async ticket first).
+        """
+        holders: list[str] = []
+        waiting: list[tuple[int, str]] = []
+        for kv in self.client.range(self.lock_key, prefix_end(self.waiting)).kvs:
+            if self.is_slot(kv.key):
+                holder = Holder.from_kv(kv)
+                if holder.owner.startswith(app_owner + "-"):
+                    holders.append(holder.unit)
+            elif kv.key.startswith(self.waiting):
+                owner = kv.key[len(self.waiting) :]
+                if owner.startswith(app_owner + "-"):
+                    waiting.append((kv.create_revision, owner))
+        app = app_owner.split(".", 1)[-1]
+        queue = [f"{app}/{owner.rsplit('-', 1)[1]}" for _, owner in sorted(waiting)]
+        return sorted(holders), [unit for unit in queue if unit not in holders]
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause (put ``P paused/<app>``) or resume (delete it) this unit's application."""
+        if paused:
+            self.client.put(self.pause_key, "paused")
+        else:
+            self.client.delete(self.pause_key)
 
     # -- tickets --
 
@@ -389,6 +419,7 @@ class EtcdLock:
             compares.append(compare_create(self.waiting_sync, "LESS", 1, sync_end))
             waiting_end = prefix_end(self.waiting)
             compares.append(compare_create(self.waiting, "GREATER", position - 1, waiting_end))
+            compares.append(compare_create(self.pause_key, "EQUAL", 0))
         kind = SYNC if sync else ASYNC
         success = [op_put(key, self._value(kind), lease.id)]
         if slots > 1:
@@ -418,7 +449,10 @@ class EtcdLock:
 
     def _relevant(self, key: str) -> bool:
         return (
-            self.is_slot(key) or key.startswith(self.waiting) or key.startswith(self.waiting_sync)
+            self.is_slot(key)
+            or key == self.pause_key
+            or key.startswith(self.waiting)
+            or key.startswith(self.waiting_sync)
         )
 
     def _wait_for_deletion(self, start: int, deadline: float | None, lease: Lease) -> None:

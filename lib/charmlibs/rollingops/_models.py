@@ -225,6 +225,10 @@ class RollingOpsSyncLockError(RollingOpsError):
     """No sync lock backend could take the lock."""
 
 
+class RollingOpsControlError(RollingOpsError):
+    """An operator control (pause, resume) cannot be applied here or now; the message says why."""
+
+
 class RollingOpsEtcdctlError(RollingOpsError):
     """Any failure talking to etcd, whatever the client."""
 

@@ -429,6 +429,7 @@ def schedule(
     *,
     may_grant: bool,
     max_parallel: int = 1,
+    halt: Callable[[list[Grant]], bool] | None = None,
 ) -> ScheduleOutcome:
     """Leader only: release finished or stale grants, then grant next units while allowed.
 
@@ -436,7 +437,8 @@ def schedule(
     the cross-backend barrier is closed (some unit may still run under the etcd lock) or the
     operator paused the lock. At most `max_parallel` grants are outstanding after the pass; a
     lower value than the grants outstanding (changed mid-roll) revokes none: it applies as they
-    are released.
+    are released. `halt(released)`, called once the ended grants are released, returns True
+    to grant nothing in this pass (the leader's failure count paused the lock).
     """
     outcome = ScheduleOutcome()
     hold_again: list[UnitView] = []
@@ -457,6 +459,8 @@ def schedule(
         outcome.released.append(grant)
 
     order = _update_order(app, units)
+    if halt is not None and halt(outcome.released):
+        return outcome
     while may_grant and len(app.grants) < max_parallel:
         holding = {grant.unit for grant in app.grants}
         if hold_again:

@@ -1,0 +1,183 @@
+"""Operator controls: pause and resume, the current roll's progress, halting after failures.
+
+State (peer relation, application databag, written by the leader only; optional keys, so no
+version bump: a reader without them ignores them):
+
+    rollingops-paused   why the lock is paused (free text, at most PAUSE_REASON_LIMIT characters),
+                        absent when it is not. No peer grant is issued while it is set.
+    rollingops-roll     {"done": 3, "failed": ["app/4"], "strikes": 1, "active": true}: the
+                        current (or last) roll, as the leader saw the peer grants end. `done`
+                        counts operations released, `failed` names each failed attempt's unit
+                        (retry-release, dropped, missing callback), `strikes` counts the
+                        failures since the roll began or was last resumed. A roll begins with
+                        the first grant after one ended; it ends (`active` false, counts kept
+                        for `rolling_status`) when nothing is granted or queued and the lock is
+                        not paused.
+
+    rollingops-etcd-paused  "true" while etcd may hold our pause key (below).
+
+On the etcd backend the pause is also the key `P paused/<model uuid>.<app>` (see `_etcd_lock`):
+every async acquire transaction requires it absent, so a paused application takes no new slot,
+and deleting it (resume) wakes the waiters like any release. The leader writes it in the pause
+action (and sets `rollingops-etcd-paused`); a resume deletes it (on the peer backend, when etcd
+answers). The application never returns to etcd while paused or while the flag is set (the
+leader retries the delete first), so the two places agree. Halting after failures and the
+done/failed counts follow the peer grants only: on etcd the results stay on each unit (no peer
+write per grant, by design).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, MutableMapping
+
+from ._models import (
+    DONE_DROPPED,
+    DONE_MISSING_CALLBACK,
+    RollingOpsDecodingError,
+    canonical_json,
+    load_json,
+    short,
+)
+
+logger = logging.getLogger(__name__)
+
+KEY_PAUSED = "rollingops-paused"
+KEY_ROLL = "rollingops-roll"
+KEY_ETCD_PAUSED = "rollingops-etcd-paused"
+PAUSE_REASON_LIMIT = 200
+FAILED_RESULTS = frozenset({"retry-release", DONE_DROPPED, DONE_MISSING_CALLBACK})
+DONE_RESULT = "release"
+
+
+def paused(bag: Mapping[str, str]) -> str | None:
+    """Why the lock is paused, or None."""
+    return bag.get(KEY_PAUSED) or None
+
+
+def set_paused(bag: MutableMapping[str, str], reason: str | None) -> None:
+    """Pause with `reason` (None: resume)."""
+    if reason is None:
+        bag.pop(KEY_PAUSED, None)
+    elif bag.get(KEY_PAUSED) != reason[:PAUSE_REASON_LIMIT]:
+        bag[KEY_PAUSED] = reason[:PAUSE_REASON_LIMIT]
+
+
+@dataclasses.dataclass
+class Roll:
+    """The current roll's counts (`rollingops-roll`); malformed data reads as a new roll."""
+
+    done: int = 0
+    failed: list[str] = dataclasses.field(default_factory=list)
+    strikes: int = 0
+    active: bool = False
+
+    @classmethod
+    def read(cls, bag: Mapping[str, str], errors: list[str]) -> Roll:
+        raw = bag.get(KEY_ROLL)
+        if not raw:
+            return cls()
+        try:
+            data = load_json(raw)
+            if not isinstance(data, dict):
+                raise RollingOpsDecodingError("not a JSON object")
+            done, strikes, failed = data.get("done"), data.get("strikes"), data.get("failed")
+            active = data.get("active", False)
+            if not isinstance(active, bool):
+                raise RollingOpsDecodingError("active must be true or false")
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                       for n in (done, strikes)):  # fmt: skip
+                raise RollingOpsDecodingError("done and strikes must be integers >= 0")
+            if not isinstance(failed, list) or not all(isinstance(u, str) for u in failed):
+                raise RollingOpsDecodingError("failed must be a list of unit names")
+        except (ValueError, RollingOpsDecodingError) as error:
+            message = f"app databag: bad {KEY_ROLL} {short(raw)} (counts restart): {error}"
+            logger.error("%s", message)
+            errors.append(message)
+            return cls()
+        assert isinstance(done, int) and isinstance(strikes, int)
+        return cls(done, list(failed), strikes, active)
+
+    def write(self, bag: MutableMapping[str, str]) -> None:
+        value = canonical_json(dataclasses.asdict(self))
+        if bag.get(KEY_ROLL) != value:
+            bag[KEY_ROLL] = value
+
+    def record(self, unit: str, result: str) -> None:
+        """Count one ended peer grant of `unit` with `result` (other results count nothing)."""
+        if result == DONE_RESULT:
+            self.done += 1
+        elif result in FAILED_RESULTS:
+            self.failed.append(unit)
+            self.strikes += 1
+
+
+def halt_reason(roll: Roll, halt_after: int | None) -> str | None:
+    """The pause reason once `halt_after` failures happened since the roll began or resumed."""
+    if halt_after is None or roll.strikes < halt_after:
+        return None
+    units = ", ".join(dict.fromkeys(roll.failed[-roll.strikes :]))
+    return f"halted after {roll.strikes} failed operation(s): {units}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RollingStatus:
+    """What `RollingOpsManager.rolling_status()` reports (read-only; any unit).
+
+    `holders`: units inside now; `queue`: the units waiting, in the order they will be granted;
+    `done` / `failed`: the current roll's counts and failed units (None on the etcd backend,
+    where results are not gathered); `remaining`: operations queued or running that this unit can
+    see; `paused`: why the lock is paused, or None; `unknown`: why the answer may be incomplete.
+    """
+
+    backend: str
+    holders: tuple[str, ...] = ()
+    queue: tuple[str, ...] = ()
+    done: int | None = None
+    failed: tuple[str, ...] | None = None
+    remaining: int = 0
+    paused: str | None = None
+    max_parallel: int = 1
+    unknown: str | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line for humans."""
+        parts = [f"{self.backend} backend"]
+        if self.paused:
+            parts.append(f"PAUSED ({self.paused})")
+        inside = ", ".join(self.holders) or "none"
+        parts.append(f"inside {inside} (max {self.max_parallel})")
+        parts.append(
+            f"{len(self.queue)} waiting" + (f": {', '.join(self.queue)}" if self.queue else "")
+        )
+        if self.done is not None:
+            failed = f", {len(self.failed or ())} failed" if self.failed else ""
+            parts.append(f"{self.done} done{failed}, {self.remaining} remaining")
+        else:
+            parts.append(f"{self.remaining} remaining (done/failed not counted on etcd)")
+        if self.unknown:
+            parts.append(f"incomplete: {self.unknown}")
+        return "; ".join(parts)
+
+    def results(self) -> dict[str, str]:
+        """Flat action results (Juju action keys: lowercase, dashes)."""
+        out = {
+            "backend": self.backend,
+            "holders": ",".join(self.holders),
+            "queue": ",".join(self.queue),
+            "remaining": str(self.remaining),
+            "paused": "true" if self.paused else "false",
+            "max-parallel": str(self.max_parallel),
+            "summary": self.summary,
+        }
+        if self.paused:
+            out["paused-reason"] = self.paused
+        if self.done is not None:
+            out["done"] = str(self.done)
+            out["failed"] = str(len(self.failed or ()))
+            out["failed-units"] = ",".join(dict.fromkeys(self.failed or ()))
+        if self.unknown:
+            out["unknown"] = self.unknown
+        return out
