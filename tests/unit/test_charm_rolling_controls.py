@@ -154,3 +154,28 @@ def test_halt_after_failures_0_never_halts(fake_workload):
     out = ctx().run(ctx().on.update_status(), state)
     assert "rollingops-paused" not in out.get_relation(rel.id).local_app_data
     assert len(grants(out, rel)) == 1
+
+
+def test_rolling_status_on_50_units_is_one_hook_with_no_relation_writes(fake_workload):
+    """50 units, 2 inside, 47 queued: one dispatch that reads the peer data and writes none."""
+    n = 50
+    peers = queued_bag(*range(1, n))
+    order = [f"{APP}/{i}" for i in range(3, n)]
+    app = {"rollingops-version": "2", "rollingops-token": "9", "rollingops-mode": "peer",
+           "rollingops-grant": json.dumps({"unit": f"{APP}/1", "token": 8, "op": 1}),
+           "rollingops-more-grants": json.dumps([{"unit": f"{APP}/2", "token": 9, "op": 1}]),
+           "rollingops-order": json.dumps(order),
+           "rollingops-roll": json.dumps({"done": 0, "failed": [], "strikes": 0,
+                                          "active": True})}  # fmt: skip
+    rel = testing.PeerRelation(PEER, local_app_data=app, peers_data=peers)
+    state = testing.State(planned_units=n, relations={rel}, config={"max-parallel": 2})
+    context = ctx(0)
+    out = context.run(context.on.action("rolling-status"), state)
+    results = context.action_results or {}
+    assert results["holders"] == f"{APP}/1,{APP}/2" and results["queue"] == ",".join(order)
+    assert results["remaining"] == str(n - 1) and results["max-parallel"] == "2"
+    assert len(context.emitted_events) == 1  # one hook: the action itself
+    after = out.get_relation(rel.id)
+    assert dict(after.local_app_data) == app
+    assert {unit: dict(bag) for unit, bag in after.peers_data.items()} == peers
+    assert not [key for key in after.local_unit_data if key.startswith("rollingops-")]

@@ -161,6 +161,35 @@ def test_clean_up_releases_a_slot_other_than_0():
     assert "/p/lock-1" not in fake.keys and "/p/lock" in fake.keys
 
 
+def test_a_paused_application_takes_no_slot_and_resume_lets_it_in():
+    from demo.fake_etcd import FakeEtcd
+
+    fake = FakeEtcd(lambda: 0, ttl_ticks=60)
+    (a, la), (b, lb) = (etcd_lock(fake, str(i)) for i in range(2))
+    a.set_paused(True)
+    assert "/p/paused/model.app" in fake.keys
+    assert acquire(a, la, 2) == 0 and acquire(b, lb, 1) == 0  # both slot counts wait
+    assert a._relevant("/p/paused/model.app")  # its deletion wakes the waiters
+    b.set_paused(False)
+    assert a._try_acquire(la, a.create_ticket(la), False, 2)[0]
+    other = etcd_lock(fake, "x")[0]
+    other.pause_key = "/p/paused/model.other"  # another application sharing the cluster_id
+    other.set_paused(True)
+    assert b._try_acquire(lb, b.create_ticket(lb), False, 2)[0]  # its pause is not ours
+
+
+def test_the_line_lists_our_holders_and_waiters_in_grant_order():
+    from demo.fake_etcd import FakeEtcd
+
+    fake = FakeEtcd(lambda: 0, ttl_ticks=60)
+    locks = [etcd_lock(fake, str(i)) for i in (3, 1, 2)]
+    acquire(*locks[0], 1)
+    for lock, lease in locks[1:]:
+        assert acquire(lock, lease, 1) == 0
+    assert locks[0][0].line("model.app") == (["app/3"], ["app/1", "app/2"])
+    assert locks[0][0].line("model.other") == ([], [])
+
+
 def _done(token: int):
     from charmlibs.rollingops._models import Done
 
