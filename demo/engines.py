@@ -16,7 +16,7 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
   the deployment settles;
 - `faults(sim, units)`: arm the engine's own faults (e.g. an etcd outage) with the simulator's
   RNG; returns their descriptions;
-- `unstall(sim)`: what the operator does when a request stays unserved (rollingops: resume a
+- `unstick(sim)`: what the operator does when a request stays unserved (rollingops: resume a
   roll the charm halted after failures), or None.
 """
 
@@ -77,7 +77,7 @@ class Engine:
     fakes: Callable[[Simulator], DemoFakes] = DemoFakes
     setup: Callable[[Simulator], None] = _no_setup  # more apps/relations, before settling
     faults: Callable[[Simulator, list[str]], list[str]] = _no_faults  # engine-specific faults
-    unstall: Callable[[Simulator], Any] | None = None
+    unstick: Callable[[Simulator], Any] | None = None
 
 
 ENGINES: dict[str, Engine] = {
@@ -86,7 +86,7 @@ ENGINES: dict[str, Engine] = {
         name="rollingops-peer",
         request=_restart_with("rollingops"),
         holds_grant=rollingops_engines.peer_holds_grant,
-        unstall=rollingops_engines.resume_if_halted,
+        unstick=rollingops_engines.resume_if_halted,
     ),
     "rollingops-etcd": Engine(
         name="rollingops-etcd",
@@ -96,7 +96,7 @@ ENGINES: dict[str, Engine] = {
         fakes=rollingops_engines.RollingOpsEtcdFakes,
         setup=rollingops_engines.etcd_setup,
         faults=rollingops_engines.etcd_faults,
-        unstall=rollingops_engines.resume_if_halted,
+        unstick=rollingops_engines.resume_if_halted,
     ),
     "coordinator": Engine(
         name="coordinator",

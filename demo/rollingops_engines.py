@@ -260,7 +260,7 @@ def paused(sim: Simulator) -> str | None:
 
 
 def resume_if_halted(sim: Simulator) -> None:
-    """engines.Engine.unstall: the operator resumes a paused (or halted) roll on the leader."""
+    """engines.Engine.unstick: the operator resumes a paused (or halted) roll on the leader."""
     if paused(sim):
         sim.run_action(f"{APP}/leader", "resume")
 

@@ -94,7 +94,7 @@ def finish(
     scheduler: Any,
     recorder: Recorder,
     app: str,
-    unstall: Callable[[Simulator], Any] | None = None,
+    unstick: Callable[[Simulator], Any] | None = None,
 ) -> tuple[bool, int]:
     """Run `sim` to quiescence the way an operator and Juju would; return (resolved?, ticks).
 
@@ -103,7 +103,7 @@ def finish(
     then keeps firing update-status (every 5 min by default): a request whose only wake-up was
     lost (a failed juju-exec dispatch is never retried) is picked up by the next tick. Up to
     MAX_UPDATE_STATUS_TICKS ticks are fired while a request is unserved; the count is reported.
-    `unstall(sim)` is what the operator does too while a request is unserved (the engine's:
+    `unstick(sim)` is what the operator does too while a request is unserved (the engine's:
     rollingops resumes a roll halted after failures).
     """
     stuck_seen = False
@@ -121,8 +121,8 @@ def finish(
         if ticks == MAX_UPDATE_STATUS_TICKS or not recorder.liveness_failures():
             return stuck_seen, ticks
         ticks += 1
-        if unstall is not None:
-            unstall(sim)
+        if unstick is not None:
+            unstick(sim)
         sim.update_status(app)
 
 
@@ -139,7 +139,7 @@ def run_schedule(
     armed = arm_faults(sim, engine, units) if faults else []
     for unit in units:
         engine.request(sim, unit)
-    stuck_seen, ticks = finish(sim, SeededRandom(), recorder, engine.app, engine.unstall)
+    stuck_seen, ticks = finish(sim, SeededRandom(), recorder, engine.app, engine.unstick)
     violations = recorder.violations + recorder.ghost_holders()
     liveness = recorder.liveness_failures()
     uncaught = recorder.uncaught()

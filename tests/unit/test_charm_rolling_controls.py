@@ -176,6 +176,7 @@ def test_rolling_status_on_50_units_is_one_hook_with_no_relation_writes(fake_wor
     assert results["remaining"] == str(n - 1) and results["max-parallel"] == "2"
     assert len(context.emitted_events) == 1  # one hook: the action itself
     after = out.get_relation(rel.id)
+    assert isinstance(after, testing.PeerRelation)
     assert dict(after.local_app_data) == app
     assert {unit: dict(bag) for unit, bag in after.peers_data.items()} == peers
     assert not [key for key in after.local_unit_data if key.startswith("rollingops-")]
