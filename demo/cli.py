@@ -525,6 +525,17 @@ class Demo:
         self.say(f"Picture of the timeline: {self.o.svg}")
         return 1 if problems else 0
 
+    def _exclusion_text(self) -> str:
+        k = self.h.engine.k
+        if k == 1:
+            return "never two units inside the critical section at once"
+        return f"never more than {k} units inside the critical section at once"
+
+    def _fencing_text(self) -> str:
+        if self.h.engine.k == 1:
+            return "each fencing token above those of every earlier holder"
+        return "no fencing token shared by two units, none going down on a unit"
+
     def timeline(self, t0: int, t1: int, intervals: list) -> None:
         g = self.glyphs
         width = 72
@@ -599,8 +610,8 @@ class Demo:
         bad = "FAIL" if self.glyphs.busy == "#" else "✗ "
         served = sum(1 for i in intervals if i.committed)
         results = [
-            (not exclusion, "never two units inside the critical section at once", exclusion),
-            (not fencing, "each fencing token above those of every earlier holder", fencing),
+            (not exclusion, self._exclusion_text(), exclusion),
+            (not fencing, self._fencing_text(), fencing),
             (not liveness, f"every request served ({served} operations completed)", liveness),
             (not stuck and not uncaught, "no unit left in error, no unexpected exception",
              stuck + uncaught),
