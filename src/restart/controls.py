@@ -1,7 +1,8 @@
 """Operator controls of the rollingops engine: config checked in one place, thin actions.
 
 Config: `max-parallel` (default 1) is how many units may restart at once; `halt-after-failures`
-(default 1, 0 = never) pauses the roll after that many failed restarts. A value that cannot be
+(default 1, 0 = never) pauses the roll after that many failed restarts; `maintenance-window`
+(empty = always; "02:00-04:00", daily UTC) is when grants may start. A value that cannot be
 used blocks the unit with a message naming the fix, and changes nothing: the last good value
 stays in force (kept in this unit's stored state; the default before any).
 
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 import ops
-from charmlibs.rollingops import RollingOpsError, RollingOpsManager
+from charmlibs.rollingops import RollingOpsError, RollingOpsManager, parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Settings:
 
     max_parallel: int = 1
     halt_after_failures: int | None = 1  # None: never halt
+    maintenance_window: str | None = None  # None: always
 
     @property
     def halt(self) -> int:
@@ -43,7 +45,7 @@ class Controls(ops.Object):
         super().__init__(charm, "rollingops-controls")
         self.charm = charm
         self._manager = manager
-        self._stored.set_default(max_parallel=1, halt=1)
+        self._stored.set_default(max_parallel=1, halt=1, window="")
         self.problems: list[str] = []
         self.settings = self._read()
         observe = self.framework.observe
@@ -52,28 +54,53 @@ class Controls(ops.Object):
         observe(charm.on.resume_action, self._on_resume)
 
     def _read(self) -> Settings:
+        """Check each option; keep each good value in stored state; note each problem."""
         config = self.charm.config
-        max_parallel = config.get("max-parallel", 1)
+        checks = (
+            ("max_parallel", self._max_parallel_problem(config.get("max-parallel", 1))),
+            ("halt", self._halt_problem(config.get("halt-after-failures", 1))),
+            ("window", self._window_problem(config.get("maintenance-window", ""))),
+        )
+        for _, problem in checks:
+            if problem is not None:
+                self.problems.append(problem)
+                logger.warning("%s; the last good value stays in force", problem)
+        return Settings(
+            int(self._stored.max_parallel),
+            int(self._stored.halt) or None,
+            str(self._stored.window) or None,
+        )
+
+    def _max_parallel_problem(self, value: object) -> str | None:
         units = _unit_count(self.charm)
-        problem = None
-        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int):
-            problem = f"max-parallel must be an integer, not {max_parallel!r}"
-        elif max_parallel < 1:
-            problem = f"max-parallel={max_parallel}: set it to 1 or more"
-        elif units is not None and max_parallel > units:
-            problem = f"max-parallel={max_parallel} is above the {units} units: lower it"
-        elif self._stored.max_parallel != max_parallel:
-            self._stored.max_parallel = max_parallel
-        if problem:
-            self.problems.append(problem)
-        halt = config.get("halt-after-failures", 1)
-        if isinstance(halt, bool) or not isinstance(halt, int) or halt < 0:
-            self.problems.append(f"halt-after-failures={halt!r}: set it to 0 (never) or more")
-        elif self._stored.halt != halt:
-            self._stored.halt = halt
-        for problem in self.problems:
-            logger.warning("%s; the last good value stays in force", problem)
-        return Settings(int(self._stored.max_parallel), int(self._stored.halt) or None)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"max-parallel must be an integer, not {value!r}"
+        if value < 1:
+            return f"max-parallel={value}: set it to 1 or more"
+        if units is not None and value > units:
+            return f"max-parallel={value} is above the {units} units: lower it"
+        if self._stored.max_parallel != value:
+            self._stored.max_parallel = value
+        return None
+
+    def _halt_problem(self, value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"halt-after-failures={value!r}: set it to 0 (never) or more"
+        if self._stored.halt != value:
+            self._stored.halt = value
+        return None
+
+    def _window_problem(self, value: object) -> str | None:
+        if not isinstance(value, str):
+            return f"maintenance-window: {value!r} is not text"
+        try:
+            if value.strip():
+                parse_window(value)
+        except ValueError as error:
+            return f"maintenance-window: {error}"
+        if self._stored.window != value.strip():
+            self._stored.window = value.strip()
+        return None
 
     # --- actions ---------------------------------------------------------------------------
 

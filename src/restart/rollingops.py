@@ -87,6 +87,7 @@ class RollingOpsEngine(ops.Object):
             sync_lock_targets={"peer": LeaderPeerSyncLock(self)},
             max_parallel=self.controls.settings.max_parallel,
             halt_after_failures=self.controls.settings.halt_after_failures,
+            maintenance_window=self.controls.settings.maintenance_window,
             base_dir=base_dir(),
         )
 

@@ -6,9 +6,11 @@ Real library, mocked controller (ops.testing) and demo service (conftest.py).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 
 import pytest
+from charmlibs.rollingops import _controls
 from ops import testing
 
 from tests.unit.conftest import charm_context
@@ -180,3 +182,66 @@ def test_rolling_status_on_50_units_is_one_hook_with_no_relation_writes(fake_wor
     assert dict(after.local_app_data) == app
     assert {unit: dict(bag) for unit, bag in after.peers_data.items()} == peers
     assert not [key for key in after.local_unit_data if key.startswith("rollingops-")]
+
+
+# --- maintenance window -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("window", "hour", "open_"),
+    [("02:00-04:00", 3, True), ("02:00-04:00", 4, False), ("22:00-02:00", 23, True),
+     ("22:00-02:00", 1, True), ("22:00-02:00", 12, False), (None, 12, True)],
+)  # fmt: skip
+def test_window_open_reads_only_the_given_clock(window, hour, open_):
+    now = datetime.datetime(2026, 12, 3, hour, 30, tzinfo=datetime.timezone.utc)
+    assert _controls.window_open(window, now) is open_
+
+
+@pytest.mark.parametrize("text", ["2-4", "02:00-24:00", "02:60-03:00", "03:00-03:00", "x"])
+def test_a_window_that_does_not_parse_is_refused_with_the_fix(text):
+    with pytest.raises(ValueError, match=r"window|hours|like 02:00-04:00"):
+        _controls.parse_window(text)
+
+
+def at(hour: int) -> datetime.datetime:
+    return datetime.datetime(2026, 1, 1, hour, tzinfo=datetime.timezone.utc)
+
+
+def test_outside_the_window_the_leader_grants_nothing_and_status_says_closed(
+    fake_workload, monkeypatch
+):
+    monkeypatch.setattr(
+        _controls,
+        "utcnow",
+        lambda: datetime.datetime(2026, 1, 1, 12, tzinfo=datetime.timezone.utc),
+    )
+    rel = testing.PeerRelation(PEER, peers_data=queued_bag(1, 2))
+    config = {"maintenance-window": "02:00-04:00"}
+    state = testing.State(leader=True, planned_units=3, relations={rel}, config=config)
+    out = ctx().run(ctx().on.update_status(), state)
+    assert grants(out, rel) == []
+    app = dict(out.get_relation(rel.id).local_app_data)
+    assert app["rollingops-window"] == "closed"
+    rel = dataclasses.replace(rel, local_app_data=app)
+    context = ctx(3)
+    context.run(context.on.action("rolling-status"), testing.State(
+        planned_units=4, relations={rel}, config=config))  # fmt: skip
+    results = context.action_results or {}
+    assert (results["window"], results["window-open"]) == ("02:00-04:00", "false")
+    monkeypatch.setattr(_controls, "utcnow", lambda: at(3))
+    out = ctx().run(ctx().on.update_status(), dataclasses.replace(state, relations={rel}))
+    assert grants(out, rel) == [f"{APP}/1"]
+    assert "rollingops-window" not in out.get_relation(rel.id).local_app_data
+
+
+def test_an_unparsable_window_blocks_and_changes_nothing(fake_workload):
+    rel = testing.PeerRelation(PEER, peers_data=queued_bag(1))
+    state = testing.State(
+        leader=True, planned_units=2, relations={rel}, config={"maintenance-window": "2am-4am"}
+    )
+    out = ctx().run(ctx().on.update_status(), state)
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "maintenance-window: '2am-4am' is not a daily UTC window like 02:00-04:00" in (
+        out.unit_status.message
+    )
+    assert grants(out, rel) == [f"{APP}/1"]  # the last good value (always) stays in force

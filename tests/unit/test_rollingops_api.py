@@ -42,6 +42,9 @@ ON_PURPOSE = {
     "added RollingOpsManager.rolling_status": "holders, queue, counts, paused (read-only)",
     "added RollingOpsManager.progress": "a short progress line for the app status",
     "added name RollingStatus": "the answer of rolling_status()",
+    "added name parse_window": "checks a maintenance window (for a charm's config check)",
+    "added RollingOpsManager.__init__(maintenance_window)": "grants only inside a daily UTC "
+    "window (default None: always)",
     "added name RollingOpsControlError": "pause/resume refused (non-leader, not paused...)",
     "added RollingOpsState.__init__(etcd_problem)": "why etcd was refused; has a default",
     "added RollingOpsState.__init__(malformed)": "peer data that was ignored; has a default",

@@ -42,7 +42,10 @@ roll (counted from the peer grants; see `_controls`). `pause()` / `resume()` (le
 paused, running operations finish, every queue stays; kept in the peer app databag (and in etcd,
 where every acquire checks it), so it survives a leader change. `rolling_status()` (any unit,
 read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant order,
-done / failed / remaining, paused; `progress()` a short line for the leader's app status.
+done / failed / remaining, paused, the maintenance window; `progress()` a short line for the
+leader's app status. `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks one):
+grants only inside it, as the leader's own clock says (on etcd the leader closes the lock with
+the pause key); no unit ever compares its clock with another's.
 
 Is any unit busy? `busy_units(timeout=5.0)` returns a `BusyUnits`: `units`, the units of this
 application with work queued or running on either backend, and `unknown`, why that answer may be
@@ -288,7 +291,7 @@ Worker (one background process per etcd-managed unit with pending work):
 checks `worker_alive()`, so a request racing with an exiting worker always gets a worker.
 """
 
-from ._controls import RollingStatus
+from ._controls import RollingStatus, parse_window
 from ._manager import RollingOpsEtcdFailedEvent, RollingOpsLockGrantedEvent, RollingOpsManager
 from ._models import (
     BusyUnits,
@@ -341,5 +344,6 @@ __all__ = [
     "RollingStatus",
     "SyncLockBackend",
     "__version__",
+    "parse_window",
     "split_token",
 ]

@@ -15,6 +15,15 @@ version bump: a reader without them ignores them):
                         not paused.
 
     rollingops-etcd-paused  "true" while etcd may hold our pause key (below).
+    rollingops-window   "closed" while the leader last found the maintenance window closed.
+
+Maintenance window (`maintenance_window="02:00-04:00"`, daily, UTC; it may span midnight): only
+the granting side looks at a clock, and only at its own: the leader, in its scheduling pass. No
+time is ever written for another unit to compare. On the peer backend the leader grants nothing
+outside the window; on etcd the leader puts the pause key while the window is closed (so the
+etcd transaction refuses every slot) and deletes it when it opens. The edges take effect at the
+leader's next hook (update-status comes every few minutes): a grant issued just before the end
+runs to completion.
 
 On the etcd backend the pause is also the key `P paused/<model uuid>.<app>` (see `_etcd_lock`):
 every async acquire transaction requires it absent, so a paused application takes no new slot,
@@ -29,7 +38,9 @@ write per grant, by design).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
+import re
 from collections.abc import Mapping, MutableMapping
 
 from ._models import (
@@ -46,6 +57,8 @@ logger = logging.getLogger(__name__)
 KEY_PAUSED = "rollingops-paused"
 KEY_ROLL = "rollingops-roll"
 KEY_ETCD_PAUSED = "rollingops-etcd-paused"
+KEY_WINDOW = "rollingops-window"
+WINDOW_CLOSED = "outside the maintenance window"
 PAUSE_REASON_LIMIT = 200
 FAILED_RESULTS = frozenset({"retry-release", DONE_DROPPED, DONE_MISSING_CALLBACK})
 DONE_RESULT = "release"
@@ -62,6 +75,35 @@ def set_paused(bag: MutableMapping[str, str], reason: str | None) -> None:
         bag.pop(KEY_PAUSED, None)
     elif bag.get(KEY_PAUSED) != reason[:PAUSE_REASON_LIMIT]:
         bag[KEY_PAUSED] = reason[:PAUSE_REASON_LIMIT]
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """The window "HH:MM-HH:MM" (UTC) in minutes since midnight; ValueError says what is wrong."""
+    match = re.fullmatch(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})", text.strip())
+    if match is None:
+        raise ValueError(f"{short(text)} is not a daily UTC window like 02:00-04:00")
+    h1, m1, h2, m2 = (int(part) for part in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f"{short(text)}: hours are 00-23 and minutes 00-59")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError(f"{short(text)}: the window is empty (leave it empty for always)")
+    return start, end
+
+
+def utcnow() -> datetime.datetime:
+    """The current time in UTC (one place, so tests can set it)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def window_open(window: str | None, now: datetime.datetime | None = None) -> bool:
+    """Whether `now` (default: this machine's clock, UTC) is inside `window` (None: always)."""
+    if not window:
+        return True
+    start, end = parse_window(window)
+    now = now or utcnow()
+    minute = now.hour * 60 + now.minute
+    return start <= minute < end if start < end else (minute >= start or minute < end)
 
 
 @dataclasses.dataclass
@@ -140,6 +182,8 @@ class RollingStatus:
     paused: str | None = None
     max_parallel: int = 1
     unknown: str | None = None
+    window: str | None = None
+    window_open: bool = True
 
     @property
     def summary(self) -> str:
@@ -147,6 +191,9 @@ class RollingStatus:
         parts = [f"{self.backend} backend"]
         if self.paused:
             parts.append(f"PAUSED ({self.paused})")
+        if self.window:
+            state = "open" if self.window_open else "closed"
+            parts.append(f"window {self.window} UTC {state}")
         inside = ", ".join(self.holders) or "none"
         parts.append(f"inside {inside} (max {self.max_parallel})")
         parts.append(
@@ -170,6 +217,8 @@ class RollingStatus:
             "remaining": str(self.remaining),
             "paused": "true" if self.paused else "false",
             "max-parallel": str(self.max_parallel),
+            "window": self.window or "always",
+            "window-open": "true" if self.window_open else "false",
             "summary": self.summary,
         }
         if self.paused:

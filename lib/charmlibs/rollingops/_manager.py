@@ -103,6 +103,8 @@ class RollingOpsManager(ops.Object):
             docstring). ValueError when below 1.
         halt_after_failures: pause the lock once that many operations failed in one roll (None:
             never). Counted from the peer grants (see `rolling_status`); `resume` continues.
+        maintenance_window: "HH:MM-HH:MM", daily in UTC: grants only inside it, as the leader's
+            clock says (None or "": always). ValueError when it does not parse.
     """
 
     _stored = ops.StoredState()
@@ -118,6 +120,7 @@ class RollingOpsManager(ops.Object):
         sync_lock_targets: dict[str, SyncLockBackend] | None = None,
         max_parallel: int = 1,
         halt_after_failures: int | None = None,
+        maintenance_window: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
     ):
         if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
@@ -130,6 +133,8 @@ class RollingOpsManager(ops.Object):
             raise ValueError(
                 f"halt_after_failures must be None or >= 1, not {halt_after_failures!r}"
             )
+        if maintenance_window:
+            _controls.parse_window(maintenance_window)  # ValueError saying what is wrong
         if cluster_id is not None and etcd_relation_name is None:
             raise ValueError("cluster_id needs etcd_relation_name (the etcd_client endpoint)")
         super().__init__(charm, "rolling-ops-manager")
@@ -142,6 +147,7 @@ class RollingOpsManager(ops.Object):
         self.base_dir = pathlib.Path(os.fspath(base_dir or DEFAULT_BASE_DIR))
         self.max_parallel = max_parallel
         self.halt_after_failures = halt_after_failures
+        self.maintenance_window = maintenance_window or None
         # Per-dispatch state (a dispatch is one process; nothing here outlives it).
         self._me: UnitView | None = None
         self._lock_grant: LockGrant | None = None
@@ -416,7 +422,8 @@ class RollingOpsManager(ops.Object):
             raise RollingOpsControlError("the rolling operation is not paused: nothing to resume")
         on_etcd = AppView.read(bag).mode is ProcessingBackend.ETCD
         try:
-            self._clear_etcd_pause(bag)
+            if _controls.window_open(self.maintenance_window):  # else the window keeps it
+                self._clear_etcd_pause(bag)
         except RollingOpsError as error:
             if on_etcd:  # the workers would stay paused: change nothing
                 raise RollingOpsControlError(f"could not resume the etcd lock: {error}") from error
@@ -450,7 +457,12 @@ class RollingOpsManager(ops.Object):
         views = [self._me or self._read_me(relation)]
         views += [UnitView.read(unit.name, relation.data[unit]) for unit in relation.units]
         if app.mode is ProcessingBackend.ETCD:
-            return self._etcd_status(views, paused, timeout)
+            status = self._etcd_status(views, paused, timeout)
+            return dataclasses.replace(
+                status,
+                window=self.maintenance_window,
+                window_open=bag.get(_controls.KEY_WINDOW) != "closed",
+            )
         roll = _controls.Roll.read(bag, [])
         holders = [grant.unit for grant in app.grants]
         by_name = {view.name: view for view in views}
@@ -468,6 +480,8 @@ class RollingOpsManager(ops.Object):
             remaining=sum(len(view.queue) for view in views),
             paused=paused,
             max_parallel=self.max_parallel,
+            window=self.maintenance_window,
+            window_open=bag.get(_controls.KEY_WINDOW) != "closed",
         )
 
     def _etcd_status(
@@ -520,6 +534,38 @@ class RollingOpsManager(ops.Object):
         line = f"{name} {position}/{position + max(queued, 0)}: {where}"
         paused = _controls.paused(bag)
         return f"{line} (paused: {paused})" if paused else line
+
+    def _window_closed(self, bag: ops.RelationDataContent) -> bool:
+        """Leader: is the maintenance window closed now (this clock)? Recorded for the status."""
+        closed = not _controls.window_open(self.maintenance_window)
+        if closed and bag.get(_controls.KEY_WINDOW) != "closed":
+            bag[_controls.KEY_WINDOW] = "closed"
+        elif not closed and _controls.KEY_WINDOW in bag:
+            del bag[_controls.KEY_WINDOW]
+        return closed
+
+    def _sync_etcd_stop(self, bag: ops.RelationDataContent, app: AppView, stop: bool) -> None:
+        """Leader: etcd's pause key present exactly while paused or outside the window.
+
+        Put only while the application runs on etcd (it never returns to etcd while stopped);
+        deleted whenever it may be there and nothing stops the lock. Errors are logged and
+        retried at the next leader hook. No etcd call when the flag already agrees.
+        """
+        etcd = self._etcd()
+        flagged = _controls.KEY_ETCD_PAUSED in bag
+        if etcd is None or stop == flagged or not etcd.usable():
+            return
+        if stop and app.mode is not ProcessingBackend.ETCD:
+            return
+        try:
+            etcd.set_paused(stop)
+        except RollingOpsError as error:
+            logger.warning("cannot update the etcd pause key yet: %s", error)
+            return
+        if stop:
+            bag[_controls.KEY_ETCD_PAUSED] = "true"
+        else:
+            del bag[_controls.KEY_ETCD_PAUSED]
 
     def _clear_etcd_pause(self, bag: ops.RelationDataContent) -> None:
         """Delete our pause key in etcd if we may have left one. Raises RollingOpsError."""
@@ -669,19 +715,17 @@ class RollingOpsManager(ops.Object):
         units[me.name] = me
         bag = relation.data[self.model.app]
         paused = _controls.paused(bag)
+        closed = self._window_closed(bag)
+        stop = paused is not None or closed
         etcd = self._etcd()
         if etcd is not None:
-            if paused is None and app.mode is ProcessingBackend.PEER and etcd.usable():
-                try:
-                    self._clear_etcd_pause(bag)
-                except RollingOpsError as error:
-                    logger.warning("cannot delete the etcd pause key yet: %s", error)
-            hold = paused is not None or _controls.KEY_ETCD_PAUSED in bag
+            self._sync_etcd_stop(bag, app, stop)
+            hold = stop or _controls.KEY_ETCD_PAUSED in bag
             etcd.choose_mode(app, units, hold=hold)
         # A unit whose data we cannot read (another wire version, garbage) may be on etcd and
         # hold its lock: it blocks peer grants like a unit that says etcd.
         may_grant = (
-            paused is None
+            not stop
             and app.mode is ProcessingBackend.PEER
             and all(
                 unit.readable and unit.backend is ProcessingBackend.PEER for unit in units.values()
