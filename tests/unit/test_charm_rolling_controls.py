@@ -245,3 +245,16 @@ def test_an_unparsable_window_blocks_and_changes_nothing(fake_workload):
         out.unit_status.message
     )
     assert grants(out, rel) == [f"{APP}/1"]  # the last good value (always) stays in force
+
+
+def test_a_malformed_roll_record_is_shown_and_ignored(fake_workload):
+    fake_workload.installed, fake_workload.running = "1.0.0", True
+    app = {"rollingops-version": "2", "rollingops-token": "0", "rollingops-mode": "peer",
+           "rollingops-roll": "{not json"}  # fmt: skip
+    rel = testing.PeerRelation(PEER, local_app_data=app, peers_data=queued_bag(1))
+    out = ctx(2).run(ctx(2).on.update_status(), testing.State(planned_units=3, relations={rel}))
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "rollingops-roll" in out.unit_status.message
+    state = testing.State(leader=True, planned_units=3, relations={rel})
+    out = ctx().run(ctx().on.update_status(), state)
+    assert grants(out, rel) == [f"{APP}/1"]  # counting starts again; granting goes on

@@ -288,6 +288,7 @@ class RollingOpsManager(ops.Object):
         if relation is None:
             return ()
         errors = AppView.read(relation.data[self.model.app]).errors
+        _controls.Roll.read(relation.data[self.model.app], errors)  # appends its own errors
         errors += UnitView.read(self.model.unit.name, relation.data[self.model.unit]).errors
         if self.model.unit.is_leader():
             for unit in relation.units:
