@@ -39,6 +39,7 @@ from jujusim.simulator import ActionRejected
 from jujusim.truth import Bags, app_of
 
 from . import rollingops_engines
+from .engines import with_max_parallel
 from .fakes import RESTART_TICKS
 from .harness import APP, UPGRADE_TARGET, Crash, DemoHarness, demo_engines, lock_holder
 from .svg import Interval, Lane, Mark, Picture, render, token_label
@@ -93,6 +94,7 @@ class Options:
     seed: int | None = None
     svg: pathlib.Path = DEFAULT_SVG
     compare: bool = False
+    max_parallel: int = 1
 
 
 def faults_for(engine: str, operation: str = "restart") -> tuple[str, ...]:
@@ -147,6 +149,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="interleave the units' hooks at random with this seed (default: round-robin)",
     )  # fmt: skip
     parser.add_argument(
+        "--max-parallel", type=int, default=1, metavar="K",
+        help="rollingops: up to K units restart at once (config max-parallel; default 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--svg",
         type=pathlib.Path,
         default=DEFAULT_SVG,
@@ -161,8 +167,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--compare needs at least 2 units")
     if args.compare and args.operation != "restart":
         parser.error("--compare compares the restart engines: use it with --operation restart")
+    if not 1 <= args.max_parallel <= args.units:
+        parser.error("--max-parallel must be between 1 and --units")
+    if args.max_parallel > 1 and (args.operation, args.engine[:10]) != ("restart", "rollingops"):
+        parser.error("--max-parallel needs a rollingops engine and --operation restart")
+    if args.max_parallel > 1 and args.compare:
+        parser.error("--compare runs every engine at --max-parallel 1")
     return Options(
-        args.units, args.engine, args.operation, args.fault, args.seed, args.svg, args.compare
+        args.units,
+        args.engine,
+        args.operation,
+        args.fault,
+        args.seed,
+        args.svg,
+        args.compare,
+        args.max_parallel,
     )
 
 
@@ -220,6 +239,8 @@ class Demo:
         started = time.monotonic()
         self.header()
         engine = demo_engines()["upgrade" if o.operation == "upgrade" else o.engine]
+        if o.max_parallel > 1:
+            engine = with_max_parallel(engine, o.max_parallel)
         with DemoHarness(engine, seed=o.seed or 0) as harness:
             self.h = harness
             self.sim = harness.sim
@@ -587,6 +608,17 @@ class Demo:
         self.say(f"Picture of the timeline: {self.o.svg}")
         return 1 if problems else 0
 
+    def _exclusion_text(self) -> str:
+        k = self.h.engine.k
+        if k == 1:
+            return "never two units inside the critical section at once"
+        return f"never more than {k} units inside the critical section at once"
+
+    def _fencing_text(self) -> str:
+        if self.h.engine.k == 1:
+            return "each fencing token above those of every earlier holder"
+        return "no fencing token shared by two units, none going down on a unit"
+
     def timeline(self, t0: int, t1: int, intervals: list) -> None:
         g = self.glyphs
         width = 72
@@ -661,8 +693,8 @@ class Demo:
         bad = "FAIL" if self.glyphs.busy == "#" else "✗ "
         served = sum(1 for i in intervals if i.committed)
         results = [
-            (not exclusion, "never two units inside the critical section at once", exclusion),
-            (not fencing, "each fencing token above those of every earlier holder", fencing),
+            (not exclusion, self._exclusion_text(), exclusion),
+            (not fencing, self._fencing_text(), fencing),
             (not liveness, f"every request served ({served} operations completed)", liveness),
             (not stuck and not uncaught, "no unit left in error, no unexpected exception",
              stuck + uncaught),

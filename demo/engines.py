@@ -5,7 +5,7 @@ One entry per engine. Adding an engine is adding one `Engine(...)` to ENGINES:
 - `request(sim, unit)`: ask for the operation on one unit, the way an operator would (an action);
 - `holds_grant(bags, unit)`: does this view of relation data show `unit` holding the grant? Used
   for I2 (on the entering unit's own view) and I3 (on the truth, for removed units);
-- `k`: how many units may be inside at once (1 for every engine today);
+- `k`: how many units may be inside at once (2 for the `-up-to-2` and `-k2` engines, else 1);
 - `actors(sim)`: optional background workers (e.g. a worker process talking to a fake etcd),
   objects with `next_time() -> int | None` and `step(sim)`, appended to `sim.actors`;
 - `custom_delay`: ticks a library waits before its juju-exec dispatch runs (rule: custom
@@ -24,6 +24,8 @@ The `one-lock` engine mixes operations: every unit asks for a rollingops restart
 (the upgrade engine's operator, rollback fault included), and the NFS provider moves the share
 (nfs_engine.py), all at once, so restarts, upgrade steps and remounts queue behind each other on
 the one lock.
+- `unstick(sim)`: what the operator does when a request stays unserved (rollingops: resume a
+  roll the charm halted after failures), or None.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Engine:
     setup: Callable[[Simulator], None] = _no_setup  # more apps/relations, before settling
     faults: Callable[[Simulator, list[str]], list[str]] = _no_faults  # engine-specific faults
     domains: dict[str, str] = dataclasses.field(default_factory=dict)  # operation -> lock
+    unstick: Callable[[Simulator], Any] | None = None
 
 
 ENGINES: dict[str, Engine] = {
@@ -110,6 +113,7 @@ ENGINES: dict[str, Engine] = {
         request=_restart_with("rollingops"),
         holds_grant=rollingops_engines.peer_holds_grant,
         domains=ONE_LOCK,
+        unstick=rollingops_engines.resume_if_halted,
     ),
     "rollingops-etcd": Engine(
         name="rollingops-etcd",
@@ -120,6 +124,7 @@ ENGINES: dict[str, Engine] = {
         setup=rollingops_engines.etcd_setup,
         faults=rollingops_engines.etcd_faults,
         domains=ONE_LOCK,
+        unstick=rollingops_engines.resume_if_halted,
     ),
     "coordinator": Engine(
         name="coordinator",
@@ -150,5 +155,26 @@ ENGINES: dict[str, Engine] = {
         setup=nfs_engine.setup,
         faults=upgrade_engine.faults,
         domains=ONE_LOCK,
+        unstick=rollingops_engines.resume_if_halted,
     ),
 }
+
+
+def with_max_parallel(engine: Engine, k: int, faults: Callable | None = None) -> Engine:
+    """`engine` with `juju config max-parallel=k` before the deployment settles (rollingops)."""
+
+    def setup(sim: Simulator) -> None:
+        engine.setup(sim)
+        sim.config(engine.app, **{"max-parallel": k})
+
+    return dataclasses.replace(
+        engine, name=f"{engine.name}-k{k}", k=k, setup=setup, faults=faults or engine.faults
+    )
+
+
+ENGINES["rollingops-peer-k2"] = with_max_parallel(
+    ENGINES["rollingops-peer"], 2, rollingops_engines.control_faults
+)
+ENGINES["rollingops-etcd-k2"] = with_max_parallel(
+    ENGINES["rollingops-etcd"], 2, rollingops_engines.etcd_control_faults
+)

@@ -87,6 +87,7 @@ class WorkerActor:
         self.lease: _LeaseHandle | None = None
         self.holding: int | None = None
         self.position = 0
+        self.slots = 1  # max_parallel from work.json (slots of the etcd semaphore)
         self.waited_from = 0
         self.failures = 0
         self.result: str | None = None
@@ -162,6 +163,7 @@ class WorkerActor:
             self.alive = False
             return
         self.position = self.lock.create_ticket(self.lease)  # type: ignore[arg-type]
+        self.slots = work.slots
         self.phase = "acquiring"
 
     def _acquire(self) -> None:
@@ -172,6 +174,7 @@ class WorkerActor:
             self.lease,  # type: ignore[arg-type]
             self.position,
             False,
+            self.slots,
         )
         if not token:
             self.waited_from = revision + 1
@@ -402,12 +405,22 @@ class EtcdWorld:
         return False
 
     def holder(self) -> str | None:
-        """The unit named by the etcd lock key now (whoever's prefix), or None."""
+        """The unit named by the etcd lock key (slot 0) now (whoever's prefix), or None."""
         for key, kv in self.fake.keys.items():
             if key.endswith("/lock"):
                 holder = _etcd_lock.Holder.from_kv(kv)
                 return holder.unit or None
         return None
+
+    def holders(self) -> set[str]:
+        """The units named by any slot of the etcd semaphore now (`P lock`, `P lock-<i>`)."""
+        found = set()
+        for key, kv in self.fake.keys.items():
+            last = key.rsplit("/", 1)[-1]
+            if last == "lock" or (last.startswith("lock-") and last[5:].isdigit()):
+                found.add(_etcd_lock.Holder.from_kv(kv).unit)
+        found.discard("")
+        return found
 
     # --- the process side: start, liveness, SIGTERM --------------------------------------------
 

@@ -55,18 +55,21 @@ def _json(raw: str | None) -> Any:
 
 
 def peer_holds_grant(bags: Bags, unit: str) -> bool:
-    """The peer app databag grants the lock to `unit` (wire format v1, rollingops-grant)."""
-    grant = _json(bags.app(PEER).get("rollingops-grant"))
-    return isinstance(grant, dict) and grant.get("unit") == unit
+    """The peer app databag grants the lock to `unit` (rollingops-grant or -more-grants)."""
+    app = bags.app(PEER)
+    grants = [_json(app.get("rollingops-grant"))]
+    more = _json(app.get("rollingops-more-grants"))
+    grants += more if isinstance(more, list) else []
+    return any(isinstance(grant, dict) and grant.get("unit") == unit for grant in grants)
 
 
 def etcd_holds_grant(bags: Bags, unit: str) -> bool:
-    """Peer grant, or: `unit` runs on the etcd backend and the etcd lock key names it now."""
+    """Peer grant, or: `unit` runs on the etcd backend and a slot of the etcd lock names it now."""
     if peer_holds_grant(bags, unit):
         return True
     if bags.unit(PEER, unit).get("rollingops-backend") != "etcd" or not _ACTIVE:
         return False
-    return _ACTIVE[-1].holder() == unit
+    return unit in _ACTIVE[-1].holders()
 
 
 def world_of(sim: Simulator) -> EtcdWorld:
@@ -249,3 +252,36 @@ class RollingOpsEtcdFakes(DemoFakes):
         """DemoFakes' patches plus the routing of etcd calls to the served simulator's world."""
         with super().installed(), routing(lambda: world_of(self.sim)):
             yield self
+
+
+def paused(sim: Simulator) -> str | None:
+    """Why the rolling operation is paused, from the committed app databag (None: it is not)."""
+    return Bags.from_truth(sim.relations, APP).app(PEER).get("rollingops-paused")
+
+
+def resume_if_halted(sim: Simulator) -> None:
+    """engines.Engine.unstick: the operator resumes a paused (or halted) roll on the leader."""
+    if paused(sim):
+        sim.run_action(f"{APP}/leader", "resume")
+
+
+def control_faults(sim: Simulator, units: list[str]) -> list[str]:
+    """The operator's controls among the faults: a pause on the leader, a resume later.
+
+    Leader changes and failing operations (which halt the roll) are among the generic faults;
+    a roll still paused at the end is resumed by `resume_if_halted`.
+    """
+    rng = sim.rng
+    horizon = 6 * len(units) + 4
+    if rng.random() >= 0.5:
+        return []
+    t1 = sim.now + rng.randint(0, horizon)
+    t2 = t1 + rng.randint(1, horizon)
+    sim.add_timer(t1, "pause", lambda: sim.run_action(f"{APP}/leader", "pause"))
+    sim.add_timer(t2, "resume", lambda: sim.run_action(f"{APP}/leader", "resume"))
+    return [f"pause at {t1}, resume at {t2}"]
+
+
+def etcd_control_faults(sim: Simulator, units: list[str]) -> list[str]:
+    """Etcd's faults plus the operator's controls."""
+    return etcd_faults(sim, units) + control_faults(sim, units)

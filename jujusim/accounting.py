@@ -5,9 +5,11 @@
   previous holder's exit (the commit of the hook that ran it) to the next holder's entry hook,
   counted in hooks (the entry hook included; a peer-relation lock needs at least 2: the leader
   sees the release, the next holder sees the grant) and in ticks;
-- makespan from the first request to the last exit, against the lower bound N*op (op = the
-  mean critical-section length): the sections of a one-holder lock cannot overlap, and a handoff
-  may cost no hook at all (an etcd worker dispatches the next holder's hook directly).
+- makespan from the first request to the last exit, against the lower bound ceil(N/k)*op (op =
+  the mean critical-section length, k the holders allowed at once): at most k sections overlap,
+  and a handoff may cost no hook at all (an etcd worker dispatches the next holder's hook
+  directly). A "handoff" pairs consecutive sections in start order; with k > 1 its ticks may be
+  negative (the next section began before the previous one ended).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def account(sim: Simulator, recorder: Recorder, since: int = 0) -> dict[str, Any
     last_exit = max((i.end for i in served if i.end is not None), default=first_request)
     n = len(served)
     op = statistics.mean((i.end or 0) - i.start for i in served) if served else 0
-    lower = n * op
+    lower = -(-n // recorder.k) * op
     makespan = last_exit - first_request
     hook_counts = dict(sorted(collections.Counter(r.unit for r in runs).items()))
     chain = [h["hooks"] for h in handoffs if h["hooks"] is not None]

@@ -18,7 +18,10 @@ time and commit: the widest interval). Checks:
   engines whose journal carries integer tokens (rollingops on etcd or peer, v0). The one
   exception is the same unit re-running under the same grant (a retried hook, an etcd
   retry-hold), whose token is then equal: a storage system fencing with "reject a token lower
-  than the highest seen" accepts exactly these histories.
+  than the highest seen" accepts exactly these histories. With k > 1 holders, tokens follow the
+  order of the grants, not of the sections: a unit granted first may enter after a unit granted
+  later has finished. The journal does not see grants, so I6 then checks what it can: no token
+  is used by two units, and each unit's tokens never go down.
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ class Recorder:
 
     def _check_token_order(self, new: Interval) -> None:
         """I6: `new`'s token exceeds the tokens of every critical section ended before it began."""
-        violation = token_order_violation(self.intervals, new, self.domain)
+        violation = token_order_violation(self.intervals, new, self.domain, self.k)
         if violation is not None:
             self.violations.append(violation)
 
@@ -215,14 +218,17 @@ def _integer(token: object) -> bool:
 
 
 def token_order_violation(
-    intervals: list[Interval], new: Interval, domain: Callable[[str], str] = str
+    intervals: list[Interval], new: Interval, domain: Callable[[str], str] = str, k: int = 1
 ) -> str | None:
     """I6 for `new` against `intervals` (see the module docstring); the message or None.
 
-    `domain` maps an operation to its lock domain (default: each operation is its own).
+    `domain` maps an operation to its lock domain (default: each operation is its own); `k` is
+    how many holders the lock admits at once.
     """
     if not _integer(new.token):
         return None
+    if k > 1:
+        return _k_token_violation(intervals, new, domain)
     for other in intervals:
         if other is new or other.end is None or other.end > new.start:
             continue  # still open, or not over when `new` began
@@ -236,5 +242,29 @@ def token_order_violation(
                 f"I6 t={new.start} {new.unit} entered {new.operation} with token {new.token}, "
                 f"not above token {other.token} of {other.unit}'s {other.operation} "
                 f"(ended t={other.end})"
+            )
+    return None
+
+
+def _k_token_violation(
+    intervals: list[Interval], new: Interval, domain: Callable[[str], str]
+) -> str | None:
+    """I6 with k > 1 holders: tokens unique across units, and never going down on one unit."""
+    for other in intervals:
+        if other is new or domain(other.operation) != domain(new.operation):
+            continue
+        if not _integer(other.token):
+            continue
+        if other.unit != new.unit and other.token == new.token:
+            return (
+                f"I6 t={new.start} {new.unit} entered {new.operation} with token {new.token}, "
+                f"also the token of {other.unit}"
+            )
+        ended = other.end is not None and other.end <= new.start
+        assert isinstance(other.token, int) and isinstance(new.token, int)
+        if other.unit == new.unit and ended and new.token < other.token:
+            return (
+                f"I6 t={new.start} {new.unit} entered {new.operation} with token {new.token}, "
+                f"below its own earlier token {other.token} (ended t={other.end})"
             )
     return None

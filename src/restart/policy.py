@@ -112,7 +112,9 @@ class Restarts(ops.Object):
             if not engine.quiet() and engine.in_flight()
         ]
         if busy:
-            return ops.MaintenanceStatus(f"rolling restart in progress ({busy[0]})")
+            progress = getattr(self.engines[busy[0]], "progress", None)  # rollingops: k/N
+            line = progress() if progress is not None else None
+            return ops.MaintenanceStatus(line or f"rolling restart in progress ({busy[0]})")
         return None
 
     def _on_restart_action(self, event: ops.ActionEvent) -> None:

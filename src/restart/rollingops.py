@@ -37,6 +37,7 @@ from charmlibs.rollingops import (
 
 import paths
 import restart
+from restart.controls import Controls
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class RollingOpsEngine(ops.Object):
         self.charm = charm
         self._journal_dirs = journal_dirs
         self._operations: dict[str, Operation] = {"restart": self._restart}
+        self.controls = Controls(charm, lambda: self.manager)
         self.manager = RollingOpsManager(
             charm,
             # Every id is known from the start (a queued op names one); the callables are
@@ -102,6 +104,9 @@ class RollingOpsEngine(ops.Object):
             etcd_relation_name=ETCD_RELATION,
             cluster_id=charm.app.name,
             sync_lock_targets={"peer": LeaderPeerSyncLock(self)},
+            max_parallel=self.controls.settings.max_parallel,
+            halt_after_failures=self.controls.settings.halt_after_failures,
+            maintenance_window=self.controls.settings.maintenance_window,
             base_dir=base_dir(),
         )
 
@@ -192,6 +197,10 @@ class RollingOpsEngine(ops.Object):
         """The library's last reconcile saw nothing in flight (read from stored state)."""
         return self.manager.quiet
 
+    def progress(self) -> str | None:
+        """The leader's app status line while a roll is on ("restart 3/10: app/4"), or None."""
+        return self.manager.progress("restart")
+
     def busy_for_action(self) -> str | None:
         """Actions only (may ask etcd): why work on the lock may be in flight, or None if none."""
         found = self.manager.busy_units()
@@ -209,11 +218,14 @@ class RollingOpsEngine(ops.Object):
         return None
 
     def unit_status(self) -> ops.StatusBase | None:
-        """Blocked: etcd refused or peer data ignored; maintenance: running; waiting: queued.
+        """Blocked: bad config, etcd refused, bad peer data; maintenance: running; waiting: queued.
 
         The operations named are those of this unit's queue (`restart` when it shows none). A
         quiet unit reads no relation here (the library answers from stored state).
         """
+        problem = self.controls.unit_status()
+        if problem is not None:
+            return problem
         if not self.manager.quiet and self.model.get_relation(PEER_RELATION) is None:
             return None
         state = self.manager.state

@@ -440,3 +440,66 @@ def test_no_environment_variable_replaces_our_ca_or_routes_our_traffic(
     # Controls: the same variables do act on a channel built without our settings.
     assert out["control_default_roots"] == "connected"
     assert out["control_proxied"] and "CONNECT" in out["control_proxied"][0]
+
+
+def test_two_slots_let_at_most_two_contenders_in_with_unique_fenced_tokens(
+    etcd_server: EtcdServer, etcd_prefix: str
+):
+    """max_parallel 2 on the real etcd (mTLS, RBAC): never 3 inside, tokens fenced, unique."""
+    guard = threading.Lock()
+    inside: set[str] = set()
+    peak: list[int] = [0]
+    tokens: list[int] = []
+    errors: list[BaseException] = []
+    fences: list[bool] = []
+    both_in = threading.Barrier(2, timeout=30)
+    started = threading.Event()
+
+    def contender(n: int) -> None:
+        lock = make_lock(etcd_server, etcd_prefix, n)
+        try:
+            with Lease(lock.client, ttl=10) as lease:
+                for round_ in range(3):
+                    token = lock.acquire(lease, timeout=60, slots=2)
+                    with guard:
+                        inside.add(lock.owner)
+                        peak[0] = max(peak[0], len(inside))
+                        tokens.append(token)
+                    fences.append(lock.holds(token))
+                    if round_ == 0 and n < 2:
+                        both_in.wait()  # the first two are inside together
+                        started.set()
+                    with guard:
+                        inside.discard(lock.owner)
+                    assert lock.release(token)
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            lock.close()
+
+    first = [threading.Thread(target=contender, args=(n,)) for n in range(2)]
+    for t in first:
+        t.start()
+    assert started.wait(30), errors
+    rest = [threading.Thread(target=contender, args=(n,)) for n in range(2, 4)]
+    for t in rest:
+        t.start()
+    for t in first + rest:
+        t.join(120)
+    assert not errors, errors
+    assert peak[0] == 2 and len(tokens) == 12 and len(set(tokens)) == 12
+    assert all(fences)
+
+
+def test_a_paused_application_waits_until_resumed(etcd_server: EtcdServer, etcd_prefix: str):
+    lock = make_lock(etcd_server, etcd_prefix, 0)
+    try:
+        lock.set_paused(True)
+        with Lease(lock.client, ttl=10) as lease:
+            with pytest.raises(TimeoutError):
+                lock.acquire(lease, timeout=1)
+            lock.set_paused(False)
+            token = lock.acquire(lease, timeout=10)
+            assert lock.holds(token) and lock.release(token)
+    finally:
+        lock.close()

@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from demo.engines import ENGINES, Engine
@@ -90,7 +91,13 @@ def arm_faults(sim: Simulator, engine: Engine, units: list[str]) -> list[str]:
     return armed
 
 
-def finish(sim: Simulator, scheduler: Any, recorder: Recorder, app: str) -> tuple[bool, int]:
+def finish(
+    sim: Simulator,
+    scheduler: Any,
+    recorder: Recorder,
+    app: str,
+    unstick: Callable[[Simulator], Any] | None = None,
+) -> tuple[bool, int]:
     """Run `sim` to quiescence the way an operator and Juju would; return (resolved?, ticks).
 
     With retry none a unit in error is a legitimate stuck state: exclusion so far is checked by
@@ -98,6 +105,8 @@ def finish(sim: Simulator, scheduler: Any, recorder: Recorder, app: str) -> tupl
     then keeps firing update-status (every 5 min by default): a request whose only wake-up was
     lost (a failed juju-exec dispatch is never retried) is picked up by the next tick. Up to
     MAX_UPDATE_STATUS_TICKS ticks are fired while a request is unserved; the count is reported.
+    `unstick(sim)` is what the operator does too while a request is unserved (the engine's:
+    rollingops resumes a roll halted after failures).
     """
     stuck_seen = False
     ticks = 0
@@ -114,6 +123,8 @@ def finish(sim: Simulator, scheduler: Any, recorder: Recorder, app: str) -> tupl
         if ticks == MAX_UPDATE_STATUS_TICKS or not recorder.liveness_failures():
             return stuck_seen, ticks
         ticks += 1
+        if unstick is not None:
+            unstick(sim)
         sim.update_status(app)
 
 
@@ -130,7 +141,7 @@ def run_schedule(
     armed = arm_faults(sim, engine, units) if faults else []
     for unit in units:
         engine.request(sim, unit)
-    stuck_seen, ticks = finish(sim, SeededRandom(), recorder, engine.app)
+    stuck_seen, ticks = finish(sim, SeededRandom(), recorder, engine.app, engine.unstick)
     violations = recorder.violations + recorder.ghost_holders()
     liveness = recorder.liveness_failures()
     uncaught = recorder.uncaught()

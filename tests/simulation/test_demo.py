@@ -330,3 +330,21 @@ def test_svg_labels_never_overlap_even_when_everything_happens_at_once(tmp_path)
     svg.write_text(render(picture))
 
     assert overlapping_labels(svg) == []
+
+
+@pytest.mark.parametrize("engine", ["rollingops", "rollingops-peer"])
+def test_max_parallel_2_lets_two_units_in_at_once_never_three(tmp_path, engine):
+    code, out, _ = run_demo(tmp_path, "--engine", engine, "--max-parallel", "2")
+    assert code == 0, out
+    rows = timeline_rows(out)
+    width = max(len(row) for row in rows.values())
+    inside = [sum(col < len(row) and row[col] == BUSY for row in rows.values())
+              for col in range(width)]  # fmt: skip
+    assert max(inside) == 2, rows
+    assert "never more than 2 units inside the critical section at once" in out
+    assert "every request served (3 operations completed)" in out
+
+
+def test_max_parallel_above_the_units_is_refused_clearly(tmp_path):
+    code, out, _ = run_demo(tmp_path, "--max-parallel", "4")
+    assert code == 2 and "--max-parallel must be between 1 and --units" in out

@@ -184,7 +184,7 @@ class LockMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            finish(self.sim, SeededRandom(), self.recorder, self.engine.app)
+            finish(self.sim, SeededRandom(), self.recorder, self.engine.app, self.engine.unstick)
             problems = (
                 self.recorder.violations
                 + self.recorder.ghost_holders()

@@ -120,7 +120,7 @@ def test_leader_alone_restarts_in_the_wakeup_and_journals_the_token(running, spa
     state = testing.State(planned_units=PLANNED, leader=True, relations={rel})
     out = restart_action(context, state)
     assert len(spawns) == 1 and ("restart",) not in running.calls
-    assert out.app_status == testing.MaintenanceStatus("rolling restart in progress (rollingops)")
+    assert out.app_status == testing.MaintenanceStatus("restart 1/1: coordinated-ops/0")
 
     r = out.get_relation(rel.id)
     rel = dataclasses.replace(

@@ -35,6 +35,19 @@ ON_PURPOSE = {
     "state, no relation read): statuses of idle units read nothing",
     "added RollingOpsManager.lock_grant": "the grant (backend, token, op) a callback runs under",
     "added RollingOpsManager.peer_lock_free": "is the peer lock free (the demo's status)",
+    "added RollingOpsManager.__init__(max_parallel)": "up to k units inside at once (default 1, "
+    "as 1.1.5 behaves)",
+    "added RollingOpsManager.__init__(halt_after_failures)": "pause the roll after that many "
+    "failed operations (default None: never, as 1.1.5)",
+    "added RollingOpsManager.pause": "operator control: no new grant until resume",
+    "added RollingOpsManager.resume": "operator control: grant again after pause or a halt",
+    "added RollingOpsManager.rolling_status": "holders, queue, counts, paused (read-only)",
+    "added RollingOpsManager.progress": "a short progress line for the app status",
+    "added name RollingStatus": "the answer of rolling_status()",
+    "added name parse_window": "checks a maintenance window (for a charm's config check)",
+    "added RollingOpsManager.__init__(maintenance_window)": "grants only inside a daily UTC "
+    "window (default None: always)",
+    "added name RollingOpsControlError": "pause/resume refused (non-leader, not paused...)",
     "added RollingOpsState.__init__(etcd_problem)": "why etcd was refused; has a default",
     "added RollingOpsState.__init__(malformed)": "peer data that was ignored; has a default",
     # Wider annotations: every argument 1.1.5 accepts is still accepted.

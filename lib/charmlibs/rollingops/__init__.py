@@ -1,4 +1,4 @@
-"""charmlibs.rollingops: disruptive operations one unit at a time, on etcd or the peer relation.
+"""charmlibs.rollingops: disruptive operations k units at a time, on etcd or the peer relation.
 
 Usage (one manager per charm; build it in `__init__` with the current `cluster_id` every time)::
 
@@ -32,6 +32,20 @@ already reports the grant over at its end unless the callback keeps it: no later
 to refresh a status), the backend, and
 `etcd_problem` (why the provider's answer was refused, if it was); derive your status from it
 (the library sets none).
+
+Operator controls (`_controls.py`): `max_parallel=k` (constructor, default 1) lets up to k units
+hold the lock at once (k peer grants; on etcd a semaphore of k slots). Pass the current value at
+every construction: a change applies from the next grant, and lowering it revokes nothing.
+`halt_after_failures=n` (default None: never) pauses the lock once n operations failed in one
+roll (counted from the peer grants; see `_controls`). `pause()` / `resume()` (leader only;
+`RollingOpsControlError` elsewhere, or when resuming what is not paused): no new grant while
+paused, running operations finish, every queue stays; kept in the peer app databag (and in etcd,
+where every acquire checks it), so it survives a leader change. `rolling_status()` (any unit,
+read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant order,
+done / failed / remaining, paused, the maintenance window; `progress()` a short line for the
+leader's app status. `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks one):
+grants only inside it, as the leader's own clock says (on etcd the leader closes the lock with
+the pause key); no unit ever compares its clock with another's.
 
 Is any unit busy? `busy_units(timeout=5.0)` returns a `BusyUnits`: `units`, the units of this
 application with work queued or running on either backend, and `unknown`, why that answer may be
@@ -87,10 +101,13 @@ The backend switch (one lock domain across both backends):
 
 Why it holds:
 
-- At most one holder across both backends. On each backend there is one holder: the leader
-  issues one peer grant at a time and releases it only on the holder's `done`, and the etcd
-  lock is one key, checked again by the granted hook (the fence check). Across the two
-  backends, a peer grant needs every databag to say `peer`. A unit writes `peer` only in a
+- At most k holders across both backends (k = max_parallel; 1 by default). On the peer
+  backend the leader keeps at most k grants outstanding (its own current k) and releases each
+  only on its holder's `done`. On etcd the lock is k slot keys (`P lock`, `P lock-1`, ...); a
+  worker takes one only in a transaction that requires it absent, and the granted hook checks it
+  again (the fence check); a worker competes for slots 0..k-1 of its own unit's k, so while units
+  disagree on k (a config change reaching them one by one) the bound is the largest k. Across
+  the two backends, a peer grant needs every databag to say `peer`. A unit writes `peer` only in a
   hook that first stops its worker. Even if a worker outlived that hook, every later
   lock-granted hook on that unit sees `peer` and runs nothing (a unit runs one hook at a time,
   and an etcd critical section only ever runs in such a hook). The unit goes back to etcd only
@@ -158,6 +175,15 @@ version 1 bag is read as epoch 0, its tokens unchanged, and rewritten as version
     rollingops-grant    {"unit": "app/3", "token": T, "op": 7}, absent when free
     rollingops-order    JSON array of unit names: FIFO of the leader's first sighting
     rollingops-mode     peer | etcd   (the application-wide backend chosen by the leader)
+    rollingops-more-grants  JSON array of grants like rollingops-grant: the grants beyond the
+                        first while max_parallel > 1, in the order issued (absent when none)
+    rollingops-paused, rollingops-roll, rollingops-etcd-paused   the operator controls' state
+                        (see `_controls.py`)
+  The keys added for the controls are optional (a reader without them ignores them): no version
+  bump. Mixed versions with max_parallel > 1: an older unit sees only `rollingops-grant`, so an
+  extra grant given to it waits for its refresh (safe, slower); an older leader keeps one grant
+  at a time and leaves the extra grants it does not know to finish. Keep max_parallel at 1 and
+  the lock unpaused during `juju refresh` from an older release.
     rollingops-client-secret-id   ID of the app secret holding the etcd client certificate
     rollingops-etcd-request   our etcd_client request object (below), kept so that its salt, and
                         so its request id, stay the same across hooks and leaders (added in
@@ -186,6 +212,10 @@ etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uu
                         lease; its create_revision is the sequence of the etcd grant's token
     P waiting/O         async ticket (its create_revision is its queue position)
     P waiting-sync/O    sync ticket (async waiters stand back while one exists)
+    P lock-<i>          slot i (1 <= i < k) of the semaphore when max_parallel is k > 1; value
+                        and token as `P lock` (slot 0; the sync lock only ever takes slot 0)
+    P paused/<model uuid>.<app>   present while that application is paused (no lease); every
+                        async acquire transaction requires it absent
 Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
 
 Bad relation data (one rule): a value another unit (or an earlier leader) wrote that does not
@@ -211,9 +241,14 @@ mode switch, in the same write as `rollingops-mode`, so each epoch has exactly o
   (only ever written by hand; no token of it can exist) is malformed: logged, shown in status and
   replaced by the epoch of the last token issued. The leader never leaves the last epoch.
 
-Claim: if critical section A ended before critical section B started (a section spans the hook that
-runs it), then token(A) < token(B). The epoch only grows (only the leader writes it, each new
-leader reads it). Lemma: every section of epoch e ends before any section of a higher epoch starts.
+Claim: if critical section A ended before B's grant was issued (a section spans the hook that runs
+it; a grant is issued by the leader's hook, or by the etcd transaction that creates B's slot key),
+then token(A) < token(B). With k = 1 a grant is issued only once the previous holder has ended, so
+this is "A ended before B started". With k > 1, B may have been granted first and still enter
+after A (its hook ran later): tokens follow grant order, and a resource fenced with "reject a token
+below the highest seen" must then accept up to k writers' tokens out of order.
+The epoch only grows (only the leader writes it, each new leader reads it). Lemma: every section
+of epoch e ends before any section of a higher epoch starts.
 Peer epoch e: the leader leaves peer mode only while no peer grant is outstanding, and it releases
 a grant only once the holder's `done` is committed (by the hook that ran the section) or the holder
 can no longer run it (left, or off the peer backend). Etcd epoch e: the section runs in a hook that
@@ -224,9 +259,10 @@ unit writes its acknowledgement in that hook after the section or in a later hoo
 sees it only once committed. So no section of a lower epoch starts once a section of a higher epoch
 has started; were e(A) > e(B), B would end before A starts, yet A ended before B started: so e(A)
 <= e(B). If e(A) < e(B) the packing orders them. If e(A) = e(B), both ran on one backend: peer
-grants are issued one at a time by a counter that only grows (B's grant came after A's was
-released); etcd grants come from one cluster (below), where B's worker created `P lock` after A's
-worker deleted it, so its create_revision is higher.
+grants are issued by a counter that only grows (B's grant came after A's, which was issued before
+A ran); etcd grants come from one cluster (below), where B's worker created its slot key after A
+ended, and A's slot key was created before A ran: B's create_revision is higher. (So this holds for
+any k; the epoch lemma never counted holders.)
 
 A new etcd cluster (its revisions restart from 1) arrives as a new `etcd_client` relation: the old
 relation's relation-broken makes etcd unusable on the leader (mode peer, new epoch) and deletes
@@ -293,12 +329,14 @@ In Scenario (`ops.testing`) one `ctx.run` is one dispatch; feed each output Stat
   test).
 """
 
+from ._controls import RollingStatus, parse_window
 from ._manager import RollingOpsEtcdFailedEvent, RollingOpsLockGrantedEvent, RollingOpsManager
 from ._models import (
     BusyUnits,
     LockGrant,
     OperationResult,
     ProcessingBackend,
+    RollingOpsControlError,
     RollingOpsDecodingError,
     RollingOpsError,
     RollingOpsEtcdctlError,
@@ -325,6 +363,7 @@ __all__ = [
     "LockGrant",
     "OperationResult",
     "ProcessingBackend",
+    "RollingOpsControlError",
     "RollingOpsDecodingError",
     "RollingOpsError",
     "RollingOpsEtcdFailedEvent",
@@ -340,7 +379,9 @@ __all__ = [
     "RollingOpsState",
     "RollingOpsStatus",
     "RollingOpsSyncLockError",
+    "RollingStatus",
     "SyncLockBackend",
     "__version__",
+    "parse_window",
     "split_token",
 ]

@@ -28,10 +28,11 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ops
 
@@ -52,7 +53,6 @@ from ._peer import AppView, Grant, UnitView, execute_grant
 
 if TYPE_CHECKING:
     from ._etcd_lock import EtcdLock
-    from ._manager import RollingOpsManager
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,46 @@ CLIENT_SECRET_LABEL = "rollingops-etcd-client"  # noqa: S105 - a label, not a se
 MTLS_SECRET_LABEL = "rollingops-etcd-mtls"  # noqa: S105
 
 
+class Host(Protocol):
+    """What the etcd backend uses of the manager that owns it (and nothing else).
+
+    The manager hands an adapter of this shape to `EtcdBackend`; the backend never imports the
+    manager, so the dependency goes one way: `_manager` -> `_etcd_backend`.
+    """
+
+    model: ops.Model
+    base_dir: pathlib.Path
+    charm_dir: pathlib.Path
+    peer_relation_name: str
+    etcd_relation_name: str | None
+    cluster_id: str | None
+    callback_targets: dict[str, Callable[..., Any]]
+    max_parallel: int
+
+    def unit_view(self, relation: ops.Relation) -> UnitView:
+        """This unit's view for this dispatch (read once, then shared)."""
+        ...
+
+    def write_me(self, relation: ops.Relation) -> None:
+        """Publish this unit's view (its databag; its stored copy while on etcd)."""
+        ...
+
+    def run_callback(
+        self, grant: LockGrant, callback: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> OperationResult:
+        """Run one callback under `grant`; an exception counts as RETRY_RELEASE."""
+        ...
+
+    def executing(self, op_id: int | None) -> contextlib.AbstractContextManager[None]:
+        """Mark op `op_id` as running for the body of the block (requests made then queue)."""
+        ...
+
+
 class EtcdBackend:
     """The etcd backend of one manager (one per dispatch)."""
 
-    def __init__(self, manager: RollingOpsManager):
-        self.manager = manager
+    def __init__(self, host: Host):
+        self.manager = host
         self._pending_result: tuple[int, int | None, str] | None = None
         self._lock: EtcdLock | None = None
 
@@ -166,8 +201,14 @@ class EtcdBackend:
         me.backend = ProcessingBackend.ETCD
         logger.info("this unit now runs on the etcd backend")
 
-    def choose_mode(self, app: AppView, units: Mapping[str, UnitView]) -> None:
-        """Leader: pick the application's backend (peer <-> etcd) without breaking exclusion."""
+    def choose_mode(
+        self, app: AppView, units: Mapping[str, UnitView], *, hold: bool = False
+    ) -> None:
+        """Leader: pick the application's backend (peer <-> etcd) without breaking exclusion.
+
+        `hold`: do not return to etcd (the lock is paused, or etcd may still hold a pause key of
+        ours that the manager could not delete yet).
+        """
         readable = [unit for unit in units.values() if unit.readable]
         if app.mode is ProcessingBackend.ETCD:
             stuck = [
@@ -188,8 +229,37 @@ class EtcdBackend:
             and all(unit.backend is ProcessingBackend.PEER for unit in readable)
         ):
             # Every unit acknowledged peer mode: no etcd grant of an older epoch can still run.
+            if hold:
+                return
             logger.info("peer queues drained: switching the application to the etcd backend")
             app.switch_mode(ProcessingBackend.ETCD)
+
+    def set_paused(self, paused: bool) -> None:
+        """Put (or delete) this application's pause key in etcd. Raises RollingOpsError."""
+        self._etcd_lock().set_paused(paused)
+
+    def line(self, timeout: float) -> tuple[list[str], list[str]]:
+        """Units of this application in a slot, and waiting in grant order (one etcd read).
+
+        Through a client of its own (one attempt within `timeout` s). Raises RollingOpsError.
+        """
+        from ._etcd_lock import EtcdLock
+        from ._models import RollingOpsEtcdNotConfiguredError
+
+        config = self._config()
+        if config is None:
+            raise RollingOpsEtcdNotConfiguredError("this unit has no usable etcd config")
+        try:
+            lock = EtcdLock.from_config(
+                config, self.manager.model.unit.name, timeout=timeout, attempts=1
+            )
+        except (ValueError, OSError) as error:
+            raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
+        try:
+            model = self.manager.model
+            return lock.line(f"{model.uuid}.{model.app.name}")
+        finally:
+            lock.close()
 
     def _to_peer(self, me: UnitView, why: str) -> None:
         logger.warning("falling back to the peer backend: %s", why)
@@ -204,7 +274,7 @@ class EtcdBackend:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None:
             return
-        me = self.manager._unit_view(relation)
+        me = self.manager.unit_view(relation)
         if me.backend is ProcessingBackend.ETCD:
             self._to_peer(me, why)
         elif me.queue:
@@ -251,7 +321,7 @@ class EtcdBackend:
 
     def _pending_work(self) -> bool:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
-        return relation is not None and bool(self.manager._unit_view(relation).queue)
+        return relation is not None and bool(self.manager.unit_view(relation).queue)
 
     def note_queue(self, me: UnitView) -> None:
         """Nothing now: the work hint is written once, at the end of the dispatch."""
@@ -271,23 +341,23 @@ class EtcdBackend:
             except (RollingOpsError, ValueError, ops.ModelError) as error:
                 logger.error("could not publish the etcd request: %s", error)
                 published = False
-        me = self.manager._unit_view(relation)
+        me = self.manager.unit_view(relation)
         if me.backend is not ProcessingBackend.ETCD:
             return published
         try:
             with _files.queue_lock(self.base_dir):
                 head = me.queue[0].id if me.queue else None
-                _files.write_work(self.base_dir, len(me.queue), head)
+                _files.write_work(self.base_dir, len(me.queue), head, self.manager.max_parallel)
                 if me.queue and not _files.worker_alive(self.base_dir):
                     self._start_worker()
         except RollingOpsLibMissingError as error:
             logger.error("%s", error)
             self._to_peer(me, "the worker cannot be launched")
-            self.manager._write_me(relation)
+            self.manager.write_me(relation)
         except (OSError, RollingOpsError) as error:
             logger.error("could not hand work to the etcd worker: %s", error)
             self._to_peer(me, str(error))
-            self.manager._write_me(relation)
+            self.manager.write_me(relation)
         return published
 
     def _start_worker(self) -> None:
@@ -302,7 +372,7 @@ class EtcdBackend:
         if log_path.exists() and log_path.stat().st_size > WORKER_LOG_LIMIT:
             log_path.write_text("")
         argv = worker_argv(
-            str(self.base_dir), self.manager.model.unit.name, str(self.manager.framework.charm_dir)
+            str(self.base_dir), self.manager.model.unit.name, str(self.manager.charm_dir)
         )
         with open(log_path, "a") as log:
             subprocess.Popen(
@@ -322,7 +392,7 @@ class EtcdBackend:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None:
             return
-        me = self.manager._unit_view(relation)
+        me = self.manager.unit_view(relation)
         app = AppView.read(relation.data[self.manager.model.app])
         try:
             token = int(raw_token)
@@ -351,20 +421,17 @@ class EtcdBackend:
             return
         manager = self.manager
         head = me.queue[0].id if me.queue else None
-        manager._executing_op = head
-        try:
+        with manager.executing(head):
             done = execute_grant(
                 me, Grant(me.name, fencing, head), manager.callback_targets, self._run_etcd
             )
-        finally:
-            manager._executing_op = None
         self._pending_result = (token, done.op, done.result)  # the worker speaks etcd revisions
 
     def _run_etcd(self, grant: LockGrant, callback: Any, kwargs: dict[str, Any]):
         etcd_grant = LockGrant(
             ProcessingBackend.ETCD, grant.token, grant.op_id, grant.callback_id, grant.attempt
         )
-        return self.manager._run_callback(etcd_grant, callback, kwargs)
+        return self.manager.run_callback(etcd_grant, callback, kwargs)
 
     def write_pending_result(self) -> None:
         """Framework commit: report the granted hook's result to the worker (never on failure)."""
@@ -393,7 +460,7 @@ class EtcdBackend:
         relation = self.manager.model.get_relation(self.manager.peer_relation_name)
         if relation is None or not self.usable() or self._etcd_epoch() is None:
             return False
-        return self.manager._unit_view(relation).backend is ProcessingBackend.ETCD
+        return self.manager.unit_view(relation).backend is ProcessingBackend.ETCD
 
     @contextlib.contextmanager
     def sync_lock(self, timeout: int | None) -> Iterator[LockGrant | None]:

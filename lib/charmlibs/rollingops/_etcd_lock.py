@@ -5,14 +5,20 @@ owner ``O = <model-uuid>.<unit name with / replaced by ->`` (see :func:`owner_na
 
 - ``P lock``: ``{"owner": O, "unit": "app/0", "kind": "async" | "sync"}`` on the holder's lease.
   The **fencing token** of a grant is this key's ``create_revision``.
+- ``P lock-<i>`` (i = 1 .. k-1): the other slots of a semaphore of k slots, same value, taken by
+  a worker whose ``max_parallel`` is k > 1 (see :meth:`EtcdLock.acquire`); ``P lock`` is slot 0.
 - ``P waiting/<O>``: async ticket on the worker's lease; its ``create_revision`` is its place
   in line.
 - ``P waiting-sync/<O>``: sync ticket; while one exists, async waiters do not try to acquire.
 - ``P units/<O>``: ``{"unit", "pending", "holding"}`` for people looking at etcd (on the lease).
+- ``P paused/<model-uuid>.<app>``: present while that application's lock is paused (no lease);
+  an async acquire requires it absent (the sync lock ignores it: an operator runs it by hand).
 
 Acquire is one transaction "lock absent, and no ticket older than mine, and no sync ticket: put the
-lock on my lease". When it fails, the waiter watches ``P`` from that transaction's revision + 1 and
-tries again when a key is deleted, so a handoff costs one release, one watch event and one
+lock on my lease" (with k slots: "slot i absent, ...: put slot i and delete my ticket", i a slot
+the last read saw free; deleting the ticket makes the next waiter the oldest, so it may take
+another free slot). When it fails, the waiter watches ``P`` from that transaction's revision + 1
+and tries again when a key is deleted, so a handoff costs one release, one watch event and one
 transaction. Every call is idempotent, so a retried call after a lost response is harmless.
 
 Worker side (one lease for the worker's life)::
@@ -211,9 +217,11 @@ class EtcdLock:
         self.owner = owner
         self.unit = unit
         self.lock_key = prefix + "lock"
+        self._slot_of: dict[int, str] = {}  # token -> slot key, for the grants taken here
         self.waiting = prefix + "waiting/"
         self.waiting_sync = prefix + "waiting-sync/"
         self.status_key = f"{prefix}units/{owner}"
+        self.pause_key = f"{prefix}paused/{owner.rsplit('-', 1)[0]}"  # this unit's application
         self._cancelled = threading.Event()
         self._watch_guard = threading.Lock()
         self._watch = None
@@ -246,15 +254,32 @@ class EtcdLock:
 
     # -- reading --
 
+    def slot_key(self, slot: int) -> str:
+        """Return the key of semaphore slot ``slot``: ``P lock`` for 0, ``P lock-<i>`` else."""
+        return self.lock_key if slot == 0 else f"{self.lock_key}-{slot}"
+
+    def is_slot(self, key: str) -> bool:
+        """Whether ``key`` is a slot of the lock (``P lock`` or ``P lock-<i>``)."""
+        if key == self.lock_key:
+            return True
+        rest = key[len(self.lock_key) + 1 :]
+        return key.startswith(self.lock_key + "-") and rest.isdigit() and rest[0] != "0"
+
     def holder(self) -> Holder | None:
-        """Return the current holder of ``P lock``, or ``None`` when it is free."""
+        """Return the current holder of ``P lock`` (slot 0), or ``None`` when it is free."""
         kv = self.client.get(self.lock_key)
         return Holder.from_kv(kv) if kv else None
 
+    def holders(self) -> list[Holder]:
+        """Every slot held now (one range read), in slot-key order."""
+        kvs = self.client.range(self.lock_key, prefix_end(self.lock_key)).kvs
+        return [Holder.from_kv(kv) for kv in kvs if self.is_slot(kv.key)]
+
     def holds(self, token: int) -> bool:
-        """Fence check (one read): True if ``P lock`` is ours and was created at ``token``."""
-        holder = self.holder()
-        return holder is not None and holder.owner == self.owner and holder.token == token
+        """Fence check (one read): True if a slot is ours and was created at ``token``."""
+        return any(
+            holder.owner == self.owner and holder.token == token for holder in self.holders()
+        )
 
     def busy_owners(self) -> set[str]:
         """Owners that hold ``P lock`` or a ticket, of every application under ``P``: one read.
@@ -266,12 +291,39 @@ class EtcdLock:
         """
         owners: set[str] = set()
         for kv in self.client.range(self.lock_key, prefix_end(self.waiting)).kvs:
-            if kv.key == self.lock_key:
+            if self.is_slot(kv.key):
                 owners.add(Holder.from_kv(kv).owner)
             elif kv.key.startswith((self.waiting, self.waiting_sync)):
                 owners.add(kv.key.rsplit("/", 1)[1])
         owners.discard("")
         return owners
+
+    def line(self, app_owner: str) -> tuple[list[str], list[str]]:
+        """Units of ``app_owner`` (``<model-uuid>.<app>``) in a slot, and those waiting.
+
+        One range read. The waiting units come in grant order (oldest async ticket first).
+        """
+        holders: list[str] = []
+        waiting: list[tuple[int, str]] = []
+        for kv in self.client.range(self.lock_key, prefix_end(self.waiting)).kvs:
+            if self.is_slot(kv.key):
+                holder = Holder.from_kv(kv)
+                if holder.owner.startswith(app_owner + "-"):
+                    holders.append(holder.unit)
+            elif kv.key.startswith(self.waiting):
+                owner = kv.key[len(self.waiting) :]
+                if owner.startswith(app_owner + "-"):
+                    waiting.append((kv.create_revision, owner))
+        app = app_owner.split(".", 1)[-1]
+        queue = [f"{app}/{owner.rsplit('-', 1)[1]}" for _, owner in sorted(waiting)]
+        return sorted(holders), [unit for unit in queue if unit not in holders]
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause (put ``P paused/<app>``) or resume (delete it) this unit's application."""
+        if paused:
+            self.client.put(self.pause_key, "paused")
+        else:
+            self.client.delete(self.pause_key)
 
     # -- tickets --
 
@@ -299,8 +351,15 @@ class EtcdLock:
 
     # -- acquire / release --
 
-    def acquire(self, lease: Lease, *, timeout: float | None = None, sync: bool = False) -> int:
-        """Wait for our turn and take the lock; return the fencing token.
+    def acquire(
+        self,
+        lease: Lease,
+        *,
+        timeout: float | None = None,
+        sync: bool = False,
+        slots: int = 1,
+    ) -> int:
+        """Wait for our turn and take the lock (one of ``slots`` slots); return the fencing token.
 
         Creates our ticket if needed (:meth:`create_ticket`). Async: our ticket must be the oldest
         in ``waiting/`` and ``waiting-sync/`` must be empty. Sync: our ticket must be the oldest
@@ -315,7 +374,7 @@ class EtcdLock:
             while True:
                 if self._cancelled.is_set() or lease.lost.is_set():
                     raise LockCancelledError("lock wait cancelled or lease lost")
-                token, revision, position = self._try_acquire(lease, position, sync)
+                token, revision, position = self._try_acquire(lease, position, sync, slots)
                 if token:
                     return token
                 self._wait_for_deletion(revision + 1, deadline, lease)
@@ -325,9 +384,34 @@ class EtcdLock:
                 raise LockCancelledError(f"lease lost while waiting: {e}") from e
             raise
 
-    def _try_acquire(self, lease: Lease, position: int, sync: bool) -> tuple[int, int, int]:
-        """One transaction; returns (token or 0, revision of the attempt, ticket position)."""
-        compares = [compare_create(self.lock_key, "EQUAL", 0)]
+    def _try_acquire(
+        self, lease: Lease, position: int, sync: bool, slots: int = 1
+    ) -> tuple[int, int, int]:
+        """Try to take a slot; returns (token or 0, revision of the attempt, ticket position).
+
+        One transaction for slot 0 (the only slot when ``slots`` is 1, and of a sync lock). With
+        more slots, a failed attempt's read of every slot names a free one to try next, so an
+        attempt is at most ``slots`` transactions (each slot is tried once).
+        """
+        slots = 1 if sync else max(1, slots)
+        tried: set[str] = set()
+        key = self.lock_key
+        while True:
+            tried.add(key)
+            token, revision, position, held = self._try_slot(lease, position, sync, key, slots)
+            untried = {self.slot_key(i) for i in range(slots)} - held - tried
+            if token or key not in held or not untried:
+                return token, revision, position  # taken, or not our turn, or every slot full
+            key = min(untried, key=lambda k: (len(k), k))
+
+    def _try_slot(
+        self, lease: Lease, position: int, sync: bool, key: str, slots: int
+    ) -> tuple[int, int, int, set[str]]:
+        """One transaction for slot ``key``: `_try_acquire`'s answer plus the slots seen held.
+
+        With ``slots`` > 1 it deletes our ticket when it takes the slot, and reads every slot.
+        """
+        compares = [compare_create(key, "EQUAL", 0)]
         sync_end = prefix_end(self.waiting_sync)
         if sync:
             compares.append(compare_create(self.waiting_sync, "GREATER", position - 1, sync_end))
@@ -335,28 +419,38 @@ class EtcdLock:
             compares.append(compare_create(self.waiting_sync, "LESS", 1, sync_end))
             waiting_end = prefix_end(self.waiting)
             compares.append(compare_create(self.waiting, "GREATER", position - 1, waiting_end))
+            compares.append(compare_create(self.pause_key, "EQUAL", 0))
         kind = SYNC if sync else ASYNC
+        success = [op_put(key, self._value(kind), lease.id)]
+        if slots > 1:
+            success.append(op_delete(self.ticket_key()))
+            lock_read = op_range(self.lock_key, prefix_end(self.lock_key))
+        else:
+            lock_read = op_range(self.lock_key)
         result = self.client.txn(
-            compares,
-            [op_put(self.lock_key, self._value(kind), lease.id)],
-            [op_range(self.lock_key), op_range(self.ticket_key(sync=sync))],
+            compares, success, [lock_read, op_range(self.ticket_key(sync=sync))]
         )
         if result.succeeded:
-            return result.revision, result.revision, position
-        lock = result.kvs(0)
-        if lock and lock[0].lease == lease.id and Holder.from_kv(lock[0]).owner == self.owner:
-            # Our own earlier attempt succeeded but its response was lost: the lock is ours.
-            return lock[0].create_revision, result.revision, position
+            self._slot_of[result.revision] = key
+            return result.revision, result.revision, position, set()
+        locks = [kv for kv in result.kvs(0) if self.is_slot(kv.key)]
+        for lock in locks:
+            if lock.lease == lease.id and Holder.from_kv(lock).owner == self.owner:
+                # Our own earlier attempt succeeded but its response was lost: the slot is ours.
+                self._slot_of[lock.create_revision] = lock.key
+                held = {kv.key for kv in locks}
+                return lock.create_revision, result.revision, position, held
         if not result.kvs(1):
             if lease.lost.is_set():
                 raise LockCancelledError("lease lost while waiting")
             logger.warning("our etcd ticket vanished; taking a new one")
             position = self.create_ticket(lease, sync=sync)
-        return 0, result.revision, position
+        return 0, result.revision, position, {kv.key for kv in locks}
 
     def _relevant(self, key: str) -> bool:
         return (
-            key == self.lock_key
+            self.is_slot(key)
+            or key == self.pause_key
             or key.startswith(self.waiting)
             or key.startswith(self.waiting_sync)
         )
@@ -426,15 +520,17 @@ class EtcdLock:
         if watch is not None:
             watch.cancel()
 
-    def release(self, token: int, *, sync: bool = False) -> bool:
-        """Owner-guarded release: delete ``P lock`` if its token is ``token``, and our ticket.
+    def release(self, token: int, *, sync: bool = False, key: str | None = None) -> bool:
+        """Owner-guarded release: delete the slot if its token is ``token``, and our ticket.
 
-        One transaction. Returns True if the lock was ours and is now deleted.
+        One transaction. The slot is ``key``, else the one this object took at ``token``, else
+        ``P lock``. Returns True if the slot was ours and is now deleted.
         """
+        slot = key or self._slot_of.pop(token, self.lock_key)
         ticket = self.ticket_key(sync=sync)
         result = self.client.txn(
-            [compare_create(self.lock_key, "EQUAL", token)],
-            [op_delete(self.lock_key), op_delete(ticket)],
+            [compare_create(slot, "EQUAL", token)],
+            [op_delete(slot), op_delete(ticket)],
             [op_delete(ticket)],
         )
         return result.succeeded
@@ -457,15 +553,14 @@ class EtcdLock:
         nothing is left.
         """
         keys = [self.ticket_key(), self.ticket_key(sync=True), self.status_key]
-        result = self.client.txn(
-            [], [op_range(self.lock_key)] + [op_range(key) for key in keys], []
-        )
+        slots = op_range(self.lock_key, prefix_end(self.lock_key))
+        result = self.client.txn([], [slots] + [op_range(key) for key in keys], [])
         leases = {kv.lease for i in range(1, 4) for kv in result.kvs(i) if kv.lease}
-        lock = result.kvs(0)
-        if lock and Holder.from_kv(lock[0]).owner == self.owner:
-            leases.add(lock[0].lease)
-            self.release(lock[0].create_revision)
-            self.release(lock[0].create_revision, sync=True)
+        for lock in result.kvs(0):
+            if self.is_slot(lock.key) and Holder.from_kv(lock).owner == self.owner:
+                leases.add(lock.lease)
+                self.release(lock.create_revision, key=lock.key)
+                self.release(lock.create_revision, sync=True, key=lock.key)
         self.client.txn([], [op_delete(key) for key in keys], [])
         for lease in leases - {0}:
             self.client.lease_revoke(lease)
@@ -477,16 +572,18 @@ class EtcdLock:
         """Hold the lock for the ``with`` block and yield the fencing token.
 
         Own lease (TTL 60 s, kept alive inside the block) and ``waiting-sync/<O>`` ticket; sync
-        waiters go before async tickets. If ``P lock`` is held by this unit's own async owner (the
-        hook runs its callback under the worker's grant) it is re-entrant: yields that token and
-        leaves the lock in place. Raises ``TimeoutError`` when not acquired within ``timeout`` s
-        (``None``: wait forever). Exceptions of the block propagate after release.
+        waiters go before async tickets; the sync lock is slot 0 (``P lock``). If a slot is held
+        by this unit's own async owner (the hook runs its callback under the worker's grant) it is
+        re-entrant: yields that token and leaves the lock in place. Raises ``TimeoutError`` when
+        not acquired within ``timeout`` s (``None``: wait forever). Exceptions of the block
+        propagate after release.
         """
-        holder = self.holder()
-        if holder is not None and holder.owner == self.owner:
+        ours = [holder for holder in self.holders() if holder.owner == self.owner]
+        for holder in ours:
             if holder.kind == ASYNC:
                 yield holder.token
                 return
+        for holder in ours:
             # Hooks of one unit never overlap, so a sync lock of ours is a leftover of a dead
             # hook: drop it rather than wait up to a lease TTL for it to expire.
             logger.warning("dropping a stale sync lock of this unit (token %s)", holder.token)

@@ -258,6 +258,7 @@ class WorkHint:
 
     pending: int
     head: int | None
+    slots: int = 1  # max_parallel: how many slots of the etcd semaphore the worker may take
 
 
 @contextlib.contextmanager
@@ -272,9 +273,12 @@ def queue_lock(base_dir: str | os.PathLike[str]) -> Generator[None, None, None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_work(base_dir: str | os.PathLike[str], pending: int, head: int | None) -> None:
+def write_work(
+    base_dir: str | os.PathLike[str], pending: int, head: int | None, slots: int = 1
+) -> None:
     """Write ``work.json``; call it while holding :func:`queue_lock`."""
-    write_json(etcd_dir(base_dir) / WORK_FILE, {"pending": pending, "head": head})
+    data = {"pending": pending, "head": head, "slots": slots}
+    write_json(etcd_dir(base_dir) / WORK_FILE, data)
 
 
 def read_work(base_dir: str | os.PathLike[str]) -> WorkHint | None:
@@ -287,7 +291,10 @@ def read_work(base_dir: str | os.PathLike[str]) -> WorkHint | None:
     head = data.get("head")
     if head is not None and (not isinstance(head, int) or isinstance(head, bool)):
         raise RollingOpsDecodingError(f"{path}: field 'head' is malformed")
-    return WorkHint(pending=pending, head=head)
+    slots = data.get("slots", 1)  # absent in a file of an older version: one slot
+    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+        raise RollingOpsDecodingError(f"{path}: field 'slots' is malformed")
+    return WorkHint(pending=pending, head=head, slots=slots)
 
 
 # --- result.json ------------------------------------------------------------------------------

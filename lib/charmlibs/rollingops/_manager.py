@@ -28,13 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import ops
 
-from . import _dispatch
+from . import _controls, _dispatch  # pyright: ignore[reportPrivateUsage] (our own modules)
+from ._controls import RollingStatus
 from ._goal_state import removed_units
 from ._models import (
     BusyUnits,
+    Grant,
     LockGrant,
     OperationResult,
     ProcessingBackend,
+    RollingOpsControlError,
     RollingOpsError,
     RollingOpsInvalidLockRequestError,
     RollingOpsNoRelationError,
@@ -45,7 +48,14 @@ from ._models import (
     now_iso,
     validate_request,
 )
-from ._peer import AppView, UnitView, execute_grant, is_granted, not_granted, schedule
+from ._peer import (
+    AppView,
+    UnitView,
+    execute_grant,
+    is_granted,
+    not_granted,
+    schedule,
+)
 
 if TYPE_CHECKING:
     from ._etcd_backend import EtcdBackend
@@ -94,6 +104,14 @@ class RollingOpsManager(ops.Object):
             known. Pass the current value at every construction.
         sync_lock_targets: backend id -> SyncLockBackend used by `acquire_sync_lock` without etcd.
         base_dir: local state directory (default /var/lib/rollingops), created on first need.
+        max_parallel: how many units may hold the lock at once (default 1). Pass the current
+            value (say, from config) at every construction: a change applies from the next grant.
+            On etcd it is the number of lock slots this unit's worker may take (see the package
+            docstring). ValueError when below 1.
+        halt_after_failures: pause the lock once that many operations failed in one roll (None:
+            never). Counted from the peer grants (see `rolling_status`); `resume` continues.
+        maintenance_window: "HH:MM-HH:MM", daily in UTC: grants only inside it, as the leader's
+            clock says (None or "": always). ValueError when it does not parse.
     """
 
     _stored = ops.StoredState()
@@ -107,8 +125,24 @@ class RollingOpsManager(ops.Object):
         etcd_relation_name: str | None = None,
         cluster_id: str | None = None,
         sync_lock_targets: dict[str, SyncLockBackend] | None = None,
+        max_parallel: int = 1,
+        halt_after_failures: int | None = None,
+        maintenance_window: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
     ):
+        # Checked at run time too: a charm's config may hand over anything.
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"max_parallel must be an integer >= 1, not {max_parallel!r}")
+        if halt_after_failures is not None and (
+            isinstance(halt_after_failures, bool)
+            or not isinstance(halt_after_failures, int)  # pyright: ignore[reportUnnecessaryIsInstance]
+            or halt_after_failures < 1
+        ):
+            raise ValueError(
+                f"halt_after_failures must be None or >= 1, not {halt_after_failures!r}"
+            )
+        if maintenance_window:
+            _controls.parse_window(maintenance_window)  # ValueError saying what is wrong
         if cluster_id is not None and etcd_relation_name is None:
             raise ValueError("cluster_id needs etcd_relation_name (the etcd_client endpoint)")
         super().__init__(charm, "rolling-ops-manager")
@@ -119,6 +153,9 @@ class RollingOpsManager(ops.Object):
         self.cluster_id = cluster_id
         self.sync_lock_targets = dict(sync_lock_targets or {})
         self.base_dir = pathlib.Path(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        self.max_parallel = max_parallel
+        self.halt_after_failures = halt_after_failures
+        self.maintenance_window = maintenance_window or None
         # Per-dispatch state (a dispatch is one process; nothing here outlives it).
         self._me: UnitView | None = None
         self._lock_grant: LockGrant | None = None
@@ -285,6 +322,7 @@ class RollingOpsManager(ops.Object):
         if relation is None:
             return ()
         errors = AppView.read(relation.data[self.model.app]).errors
+        _controls.Roll.read(relation.data[self.model.app], errors)  # appends its own errors
         errors += UnitView.read(self.model.unit.name, relation.data[self.model.unit]).errors
         if self.model.unit.is_leader():
             for unit in relation.units:
@@ -384,6 +422,204 @@ class RollingOpsManager(ops.Object):
         if problems:
             logger.warning("busy units unknown: %s", "; ".join(problems))
         return BusyUnits(tuple(_by_number(busy)), "; ".join(problems) or None)
+
+    # --- operator controls (see _controls) -------------------------------------------------
+
+    def pause(self, reason: str = "paused by the operator") -> None:
+        """Leader: grant nothing more until `resume`; the operations running finish, queues stay.
+
+        The pause is kept in the peer application databag (and, on the etcd backend, in etcd,
+        where every acquire transaction checks it), so it survives a change of leader.
+        Pausing a paused lock keeps its first reason. Raises RollingOpsControlError on a
+        non-leader, without the peer relation, or when etcd cannot record it (nothing changed).
+        """
+        bag = self._control_bag()
+        if _controls.paused(bag) is not None:
+            return
+        etcd = self._etcd()
+        if AppView.read(bag).mode is ProcessingBackend.ETCD and etcd is not None:
+            try:
+                etcd.set_paused(True)
+            except RollingOpsError as error:
+                raise RollingOpsControlError(f"could not pause the etcd lock: {error}") from error
+            bag[_controls.KEY_ETCD_PAUSED] = "true"
+        _controls.set_paused(bag, reason)
+        logger.info("rolling operations paused: %s", reason)
+
+    def resume(self) -> None:
+        """Leader: grant again after `pause` (or a halt after failures); counts strikes anew.
+
+        Raises RollingOpsControlError when not paused, on a non-leader, or when etcd cannot be
+        told (nothing changed then).
+        """
+        bag = self._control_bag()
+        if _controls.paused(bag) is None:
+            raise RollingOpsControlError("the rolling operation is not paused: nothing to resume")
+        on_etcd = AppView.read(bag).mode is ProcessingBackend.ETCD
+        try:
+            if _controls.window_open(self.maintenance_window):  # else the window keeps it
+                self._clear_etcd_pause(bag)
+        except RollingOpsError as error:
+            if on_etcd:  # the workers would stay paused: change nothing
+                raise RollingOpsControlError(f"could not resume the etcd lock: {error}") from error
+            logger.warning(
+                "etcd pause key not deleted yet (retried before etcd is used): %s", error
+            )
+        _controls.set_paused(bag, None)
+        roll = _controls.Roll.read(bag, [])
+        if roll.strikes:
+            roll.strikes = 0
+            roll.write(bag)
+        logger.info("rolling operations resumed")
+        self._reconcile()
+
+    def rolling_status(self, timeout: float = BUSY_TIMEOUT) -> RollingStatus:
+        """Where the rolling operation stands (any unit; read-only: it writes nothing).
+
+        On the peer backend: the grants, the leader's order and the roll counts from the peer
+        relation. On the etcd backend: the slots and tickets of this application in etcd (one
+        range read within `timeout` seconds, like `busy_units`); done and failed are not counted
+        there. Never raises: what cannot be read is named in `unknown`.
+        """
+        relation = self._peer_relation()
+        if relation is None:
+            return RollingStatus(
+                "peer", max_parallel=self.max_parallel, unknown="no peer relation"
+            )
+        bag = relation.data[self.model.app]
+        app = AppView.read(bag)
+        paused = _controls.paused(bag)
+        views = [self._me or self._read_me(relation)]
+        views += [UnitView.read(unit.name, relation.data[unit]) for unit in relation.units]
+        if app.mode is ProcessingBackend.ETCD:
+            status = self._etcd_status(views, paused, timeout)
+            return dataclasses.replace(
+                status,
+                window=self.maintenance_window,
+                window_open=bag.get(_controls.KEY_WINDOW) != "closed",
+            )
+        roll = _controls.Roll.read(bag, [])
+        holders = [grant.unit for grant in app.grants]
+        by_name = {view.name: view for view in views}
+        queue = [name for name in app.order or [] if name in by_name and name not in holders]
+        queue += sorted(
+            (v.name for v in views if v.queue and v.name not in holders and v.name not in queue),
+            key=lambda name: (len(name), name),
+        )
+        return RollingStatus(
+            "peer",
+            holders=tuple(holders),
+            queue=tuple(queue),
+            done=roll.done,
+            failed=tuple(roll.failed),
+            remaining=sum(len(view.queue) for view in views),
+            paused=paused,
+            max_parallel=self.max_parallel,
+            window=self.maintenance_window,
+            window_open=bag.get(_controls.KEY_WINDOW) != "closed",
+        )
+
+    def _etcd_status(
+        self, views: list[UnitView], paused: str | None, timeout: float
+    ) -> RollingStatus:
+        etcd = self._etcd()
+        holders: list[str] = []
+        queue: list[str] = []
+        unknown = None
+        try:
+            if etcd is None:
+                raise RollingOpsControlError("etcd is not configured in this charm")
+            holders, queue = etcd.line(timeout)
+        except RollingOpsError as error:
+            unknown = f"cannot read the etcd lock: {error}"
+        local = [view.name for view in views if view.queue]  # units still on peer, or this one
+        return RollingStatus(
+            "etcd",
+            holders=tuple(holders),
+            queue=tuple(queue),
+            remaining=len(set(holders) | set(queue) | set(local)),
+            paused=paused,
+            max_parallel=self.max_parallel,
+            unknown=unknown,
+        )
+
+    def progress(self, operation: str | None = None) -> str | None:
+        """A short progress line while a roll is on ("restart 3/10: app/4"), else None.
+
+        Cheap (peer relation only), for the leader's application status. The position counts
+        the operations done and running; the total adds the ones queued. On the etcd backend
+        the peer relation shows no roll, so this is None there.
+        """
+        relation = self._peer_relation()
+        if relation is None:
+            return None
+        bag = relation.data[self.model.app]
+        app = AppView.read(bag)
+        roll = _controls.Roll.read(bag, [])
+        if app.mode is not ProcessingBackend.PEER or not roll.active:
+            return None
+        views = [self._me or self._read_me(relation)]
+        views += [UnitView.read(unit.name, relation.data[unit]) for unit in relation.units]
+        holding = [grant.unit for grant in app.grants]
+        queued = sum(len(view.queue) for view in views) - len(holding)
+        heads = {view.name: view.queue[0].callback_id for view in views if view.queue}
+        name = operation or next((heads[u] for u in holding if u in heads), "operation")
+        where = ", ".join(holding) or "waiting"
+        position = roll.done + len(holding)
+        line = f"{name} {position}/{position + max(queued, 0)}: {where}"
+        paused = _controls.paused(bag)
+        return f"{line} (paused: {paused})" if paused else line
+
+    def _window_closed(self, bag: ops.RelationDataContent) -> bool:
+        """Leader: is the maintenance window closed now (this clock)? Recorded for the status."""
+        closed = not _controls.window_open(self.maintenance_window)
+        if closed and bag.get(_controls.KEY_WINDOW) != "closed":
+            bag[_controls.KEY_WINDOW] = "closed"
+        elif not closed and _controls.KEY_WINDOW in bag:
+            del bag[_controls.KEY_WINDOW]
+        return closed
+
+    def _sync_etcd_stop(self, bag: ops.RelationDataContent, app: AppView, stop: bool) -> None:
+        """Leader: etcd's pause key present exactly while paused or outside the window.
+
+        Put only while the application runs on etcd (it never returns to etcd while stopped);
+        deleted whenever it may be there and nothing stops the lock. Errors are logged and
+        retried at the next leader hook. No etcd call when the flag already agrees.
+        """
+        etcd = self._etcd()
+        flagged = _controls.KEY_ETCD_PAUSED in bag
+        if etcd is None or stop == flagged or not etcd.usable():
+            return
+        if stop and app.mode is not ProcessingBackend.ETCD:
+            return
+        try:
+            etcd.set_paused(stop)
+        except RollingOpsError as error:
+            logger.warning("cannot update the etcd pause key yet: %s", error)
+            return
+        if stop:
+            bag[_controls.KEY_ETCD_PAUSED] = "true"
+        else:
+            del bag[_controls.KEY_ETCD_PAUSED]
+
+    def _clear_etcd_pause(self, bag: ops.RelationDataContent) -> None:
+        """Delete our pause key in etcd if we may have left one. Raises RollingOpsError."""
+        etcd = self._etcd()
+        if bag.get(_controls.KEY_ETCD_PAUSED) and etcd is not None:
+            etcd.set_paused(False)
+            del bag[_controls.KEY_ETCD_PAUSED]
+
+    def _control_bag(self) -> ops.RelationDataContent:
+        if not self.model.unit.is_leader():
+            raise RollingOpsControlError(
+                "only the leader can pause or resume: run the action on the leader unit"
+            )
+        relation = self._peer_relation()
+        if relation is None:
+            raise RollingOpsControlError(
+                f"the peer relation {self.peer_relation_name!r} does not exist yet"
+            )
+        return relation.data[self.model.app]
 
     def is_waiting(self, unit_name: str | None = None) -> bool:
         """Whether `unit_name` (default: this unit) has queued operations.
@@ -495,8 +731,8 @@ class RollingOpsManager(ops.Object):
                 self._stored.quiet = False  # not ready is not quiet: the status must say so
             return
         self._follow_mode(app, me)
-        if is_granted(app, me) and app.grant is not None:
-            grant = app.grant
+        grant = app.grant_of(me.name)
+        if grant is not None and is_granted(app, me):
             if grant.token in self._granted_here:
                 pass  # the leader never runs its own grant in the dispatch that issued it
             elif me.backend is ProcessingBackend.PEER and self._unit_leaving(relation, departing):
@@ -519,7 +755,7 @@ class RollingOpsManager(ops.Object):
     def _remember(self, app: AppView, units: dict[str, UnitView]) -> None:
         """Store whether nothing is in flight in `app` and `units` (see `quiet`)."""
         quiet = (
-            app.grant is None
+            not app.grants
             and not app.order
             and not app.errors
             and all(
@@ -549,29 +785,73 @@ class RollingOpsManager(ops.Object):
         peer_work = any(
             unit.queue and unit.backend is ProcessingBackend.PEER for unit in [me, *units.values()]
         )
-        if (app.grant is not None and app.grant.unit != me.name) or peer_work:
+        if any(grant.unit != me.name for grant in app.grants) or peer_work:
             # Peer work is in flight: on Juju 4 a removed unit stays listed, and may hold a grant
             # or say `etcd` for good ("Juju 3.6 and 4"). An idle leader reads nothing more.
             for name in removed_units(units):
                 del units[name]
         units[me.name] = me
+        bag = relation.data[self.model.app]
+        paused = _controls.paused(bag)
+        closed = self._window_closed(bag)
+        stop = paused is not None or closed
         etcd = self._etcd()
         if etcd is not None:
-            etcd.choose_mode(app, units)
+            self._sync_etcd_stop(bag, app, stop)
+            hold = stop or _controls.KEY_ETCD_PAUSED in bag
+            etcd.choose_mode(app, units, hold=hold)
         # A unit whose data we cannot read (another wire version, garbage) may be on etcd and
         # hold its lock: it blocks peer grants like a unit that says etcd.
-        may_grant = app.mode is ProcessingBackend.PEER and all(
-            unit.readable and unit.backend is ProcessingBackend.PEER for unit in units.values()
-        )
-        outcome = schedule(app, units, may_grant=may_grant)
-        app.write(relation.data[self.model.app])
-        granted = outcome.granted
-        if granted is not None and granted.unit == me.name:
-            self._granted_here.add(granted.token)
-            _dispatch.spawn_wakeup(
-                me.name, LOCK_GRANTED_EVENT, str(self.framework.charm_dir), self.base_dir
+        may_grant = (
+            not stop
+            and app.mode is ProcessingBackend.PEER
+            and all(
+                unit.readable and unit.backend is ProcessingBackend.PEER for unit in units.values()
             )
+        )
+        roll = _controls.Roll.read(bag, [])
+        outcome = schedule(
+            app,
+            units,
+            may_grant=may_grant,
+            max_parallel=self.max_parallel,
+            halt=self._counter(bag, roll, units),
+        )
+        if outcome.granted and not roll.active:
+            roll = _controls.Roll(active=True)  # a roll begins with its first grant
+        queued = any(u.queue for u in units.values() if u.backend is ProcessingBackend.PEER)
+        if not app.grants and not queued and _controls.paused(bag) is None:
+            roll.active = False  # over: its counts stay for rolling_status
+        if roll.active or _controls.KEY_ROLL in bag:
+            roll.write(bag)
+        app.write(bag)
+        for granted in outcome.granted:
+            if granted.unit == me.name:
+                self._granted_here.add(granted.token)
+                _dispatch.spawn_wakeup(
+                    me.name, LOCK_GRANTED_EVENT, str(self.framework.charm_dir), self.base_dir
+                )
         return units
+
+    def _counter(
+        self, bag: ops.RelationDataContent, roll: _controls.Roll, units: dict[str, UnitView]
+    ) -> Callable[[list[Grant]], bool]:
+        """Leader: `schedule`'s halt check: count the ended grants, pause after too many fail."""
+
+        def halted(released: list[Grant]) -> bool:
+            for grant in released:
+                holder = units.get(grant.unit)
+                done = holder.done if holder is not None else None
+                if done is not None and done.token >= grant.token:
+                    roll.record(grant.unit, done.result)
+            halt = _controls.halt_reason(roll, self.halt_after_failures)
+            if halt is None or _controls.paused(bag) is not None:
+                return False
+            logger.warning("pausing the rolling operation: %s", halt)
+            _controls.set_paused(bag, halt)
+            return True
+
+        return halted
 
     def _follow_mode(self, app: AppView, me: UnitView) -> None:
         etcd = self._etcd()
@@ -686,5 +966,39 @@ class RollingOpsManager(ops.Object):
         if self._etcd_backend is None:
             from ._etcd_backend import EtcdBackend
 
-            self._etcd_backend = EtcdBackend(self)
+            self._etcd_backend = EtcdBackend(_EtcdHost(self))
         return self._etcd_backend
+
+
+class _EtcdHost:
+    """The manager as the etcd backend sees it (`_etcd_backend.Host`): a few names, no more."""
+
+    def __init__(self, manager: RollingOpsManager):
+        self._manager = manager
+        self.model = manager.model
+        self.base_dir = manager.base_dir
+        self.charm_dir = pathlib.Path(manager.framework.charm_dir)
+        self.peer_relation_name = manager.peer_relation_name
+        self.etcd_relation_name = manager.etcd_relation_name
+        self.cluster_id = manager.cluster_id
+        self.callback_targets = manager.callback_targets
+        self.max_parallel = manager.max_parallel
+
+    def unit_view(self, relation: ops.Relation) -> UnitView:
+        return self._manager._unit_view(relation)  # pyright: ignore[reportPrivateUsage]
+
+    def write_me(self, relation: ops.Relation) -> None:
+        self._manager._write_me(relation)  # pyright: ignore[reportPrivateUsage]
+
+    def run_callback(
+        self, grant: LockGrant, callback: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> OperationResult:
+        return self._manager._run_callback(grant, callback, kwargs)  # pyright: ignore[reportPrivateUsage]
+
+    @contextlib.contextmanager
+    def executing(self, op_id: int | None) -> Generator[None, None, None]:
+        self._manager._executing_op = op_id  # pyright: ignore[reportPrivateUsage]
+        try:
+            yield
+        finally:
+            self._manager._executing_op = None  # pyright: ignore[reportPrivateUsage]

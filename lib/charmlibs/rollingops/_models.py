@@ -44,6 +44,7 @@ KEY_MODE = "rollingops-mode"
 KEY_CLIENT_SECRET_ID = "rollingops-client-secret-id"  # noqa: S105
 KEY_ETCD_REQUEST = "rollingops-etcd-request"  # our etcd_client request object (salt kept here)
 KEY_EPOCH = "rollingops-epoch"
+KEY_MORE_GRANTS = "rollingops-more-grants"  # grants beyond the first while max_parallel > 1
 
 # Bounds on what another unit wrote (see the module docstring).
 MAX_VALUE_CHARS = 256 * 1024  # a queue of over a thousand ops; reads stay well under 0.1 s
@@ -224,6 +225,10 @@ class RollingOpsLibMissingError(RollingOpsError):
 
 class RollingOpsSyncLockError(RollingOpsError):
     """No sync lock backend could take the lock."""
+
+
+class RollingOpsControlError(RollingOpsError):
+    """An operator control (pause, resume) cannot be applied here or now; the message says why."""
 
 
 class RollingOpsEtcdctlError(RollingOpsError):

@@ -5,7 +5,8 @@ Data lives in the peer relation (wire format v1, see the package docstring). Thr
 - `UnitView` / `AppView`: one unit's and the application's databag, decoded leniently (a bad queue
   entry is logged, listed in the view's `errors` and skipped; the rest of the bag still counts).
 - `execute_grant`: the holder runs its queue head under the grant and records `done`.
-- `schedule`: the leader releases finished or stale grants and grants the next unit.
+- `schedule`: the leader releases finished or stale grants and grants the next units, up to
+  `max_parallel` grants at once.
 
 Release detection never looks at a clock: unit U has finished grant T exactly when U's
 `rollingops-done.token == T` (or U left, or U no longer runs the peer backend).
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
+from typing import Any, cast
 
 from ._models import (
     APP_WIRE_VERSION,
@@ -32,6 +33,7 @@ from ._models import (
     KEY_GRANT,
     KEY_INTENT,
     KEY_MODE,
+    KEY_MORE_GRANTS,
     KEY_ORDER,
     KEY_QUEUE,
     KEY_SEQ,
@@ -50,6 +52,7 @@ from ._models import (
     canonical_json,
     encode_queue,
     is_wire_version,
+    load_json,
     make_token,
     parse_int,
     parse_order,
@@ -223,12 +226,14 @@ class AppView:
     """The application's peer databag, decoded. `readable` is False for an unknown version.
 
     `epoch` is the fencing epoch of the current mode (0 in a version 1 databag); `token` the last
-    peer grant token (packed with its epoch, see `_models.make_token`).
+    peer grant token (packed with its epoch, see `_models.make_token`). `grants` are the
+    outstanding peer grants in the order they were issued: the first is `rollingops-grant`, the
+    others (max_parallel > 1) `rollingops-more-grants`.
     """
 
     readable: bool = True
     token: int = 0
-    grant: Grant | None = None
+    grants: list[Grant] = dataclasses.field(default_factory=list[Grant])
     order: list[str] | None = None
     mode: ProcessingBackend = ProcessingBackend.PEER
     epoch: int = 0
@@ -266,11 +271,11 @@ class AppView:
             view.epoch = 0  # the epoch of the last token issued, below
         if bag.get(KEY_GRANT):
             try:
-                view.grant = Grant.decode(bag[KEY_GRANT])
+                view.grants.append(Grant.decode(bag[KEY_GRANT]))
             except RollingOpsDecodingError as error:
                 view._bad(f"bad {KEY_GRANT} (treated as released): {error}")
-        if view.grant is not None and view.grant.token > view.token:
-            view.token = view.grant.token
+        view.grants += view._more_grants(bag.get(KEY_MORE_GRANTS))
+        view.token = max([view.token, *(grant.token for grant in view.grants)])
         view.epoch = max(view.epoch, split_token(view.token)[0])  # never below a token issued
         try:
             view.order = parse_order(bag.get(KEY_ORDER))
@@ -285,6 +290,36 @@ class AppView:
         if mode not in (None, ProcessingBackend.PEER.value, ProcessingBackend.ETCD.value):
             view._bad(f"unknown {KEY_MODE} {short(mode)}; reading it as peer")
         return view
+
+    def _more_grants(self, raw: str | None) -> list[Grant]:
+        """Decode `rollingops-more-grants` (a JSON array of grants); a bad entry is skipped."""
+        if not raw:
+            return []
+        try:
+            data = load_json(raw)
+        except ValueError as error:
+            self._bad(f"bad {KEY_MORE_GRANTS} (treated as released): {error}")
+            return []
+        if not isinstance(data, list):
+            self._bad(f"bad {KEY_MORE_GRANTS} (treated as released): not a JSON array")
+            return []
+        grants: list[Grant] = []
+        entries = cast("list[object]", data)  # JSON values, each checked by Grant.decode
+        for entry in entries:
+            try:
+                grants.append(Grant.decode(canonical_json(entry)))
+            except (RollingOpsDecodingError, TypeError, ValueError) as error:
+                self._bad(f"bad entry in {KEY_MORE_GRANTS} (treated as released): {error}")
+        return grants
+
+    @property
+    def grant(self) -> Grant | None:
+        """The oldest outstanding grant (None when no unit holds the peer lock)."""
+        return self.grants[0] if self.grants else None
+
+    def grant_of(self, unit: str) -> Grant | None:
+        """The outstanding grant of `unit`, if any (a unit holds at most one)."""
+        return next((grant for grant in self.grants if grant.unit == unit), None)
 
     def switch_mode(self, mode: ProcessingBackend) -> None:
         """Leader: run the application on `mode` from now on, in a new fencing epoch.
@@ -316,13 +351,19 @@ class AppView:
             bag.pop(KEY_GRANT, None)
         elif bag.get(KEY_GRANT) != self.grant.encode():
             bag[KEY_GRANT] = self.grant.encode()
+        more = [dataclasses.asdict(grant) for grant in self.grants[1:]]
+        if not more:
+            bag.pop(KEY_MORE_GRANTS, None)
+        elif bag.get(KEY_MORE_GRANTS) != canonical_json(more):
+            bag[KEY_MORE_GRANTS] = canonical_json(more)
 
 
 def is_granted(app: AppView, unit: UnitView) -> bool:
     """Whether `unit` holds a peer grant it has not acknowledged yet."""
-    if app.grant is None or app.grant.unit != unit.name:
+    grant = app.grant_of(unit.name)
+    if grant is None:
         return False
-    return unit.done is None or unit.done.token < app.grant.token
+    return unit.done is None or unit.done.token < grant.token
 
 
 Callback = Callable[..., Any]
@@ -389,8 +430,8 @@ def not_granted(unit: UnitView, grant: Grant) -> Done:
 class ScheduleOutcome:
     """What the leader's scheduling pass did (for logs, tests and the wake-up decision)."""
 
-    released: Grant | None = None
-    granted: Grant | None = None
+    released: list[Grant] = dataclasses.field(default_factory=list[Grant])
+    granted: list[Grant] = dataclasses.field(default_factory=list[Grant])
 
 
 def schedule(
@@ -398,45 +439,55 @@ def schedule(
     units: Mapping[str, UnitView],
     *,
     may_grant: bool,
+    max_parallel: int = 1,
+    halt: Callable[[list[Grant]], bool] | None = None,
 ) -> ScheduleOutcome:
-    """Leader only: release a finished or stale grant, then grant the next unit if allowed.
+    """Leader only: release finished or stale grants, then grant next units while allowed.
 
     `units` holds every current member (the departing unit excluded). `may_grant` is False while
-    the cross-backend barrier is closed (some unit may still run under the etcd lock).
+    the cross-backend barrier is closed (some unit may still run under the etcd lock) or the
+    operator paused the lock. At most `max_parallel` grants are outstanding after the pass; a
+    lower value than the grants outstanding (changed mid-roll) revokes none: it applies as they
+    are released. `halt(released)`, called once the ended grants are released, returns True
+    to grant nothing in this pass (the leader's failure count paused the lock).
     """
     outcome = ScheduleOutcome()
-    hold_again: UnitView | None = None
-    grant = app.grant
-    if grant is not None:
+    hold_again: list[UnitView] = []
+    for grant in list(app.grants):
         holder = units.get(grant.unit)
         if holder is None:
             logger.info("releasing grant %s of %s: it left the relation", grant.token, grant.unit)
-            outcome.released, app.grant = grant, None
         elif holder.backend is not ProcessingBackend.PEER or not holder.readable:
             logger.info(
                 "releasing grant %s of %s: not on the peer backend", grant.token, grant.unit
             )
-            outcome.released, app.grant = grant, None
         elif holder.done is not None and holder.done.token >= grant.token:
-            outcome.released, app.grant = grant, None
             if holder.done.result == OperationResult.RETRY_HOLD.value and holder.queue:
-                hold_again = holder
+                hold_again.append(holder)
+        else:
+            continue
+        app.grants.remove(grant)
+        outcome.released.append(grant)
 
     order = _update_order(app, units)
-    if app.grant is not None or not may_grant:
+    if halt is not None and halt(outcome.released):
         return outcome
-    if hold_again is not None:
-        chosen: UnitView | None = hold_again
-    else:
-        chosen = _next_unit(order, units)
-    if chosen is None:
-        return outcome
-    app.token = app.next_token()
-    head = chosen.queue[0].id if chosen.queue else None
-    app.grant = outcome.granted = Grant(chosen.name, app.token, head)
-    if chosen.name in order:
-        order.remove(chosen.name)
-    logger.info("granted the lock to %s (token %s, op %s)", chosen.name, app.token, head)
+    while may_grant and len(app.grants) < max_parallel:
+        holding = {grant.unit for grant in app.grants}
+        if hold_again:
+            chosen: UnitView | None = hold_again.pop(0)
+        else:
+            chosen = _next_unit(order, units, holding)
+        if chosen is None:
+            break
+        app.token = app.next_token()
+        head = chosen.queue[0].id if chosen.queue else None
+        granted = Grant(chosen.name, app.token, head)
+        app.grants.append(granted)
+        outcome.granted.append(granted)
+        if chosen.name in order:
+            order.remove(chosen.name)
+        logger.info("granted the lock to %s (token %s, op %s)", chosen.name, app.token, head)
     return outcome
 
 
@@ -446,7 +497,7 @@ def _update_order(app: AppView, units: Mapping[str, UnitView]) -> list[str]:
     Only units on the peer backend count: the queue of a unit on etcd is local (the leader's own
     included), so ordering it would rewrite the app databag, and wake every unit, per request.
     """
-    holder = app.grant.unit if app.grant else None
+    holders = {grant.unit for grant in app.grants}
 
     def requesting(unit: UnitView) -> bool:
         return (
@@ -460,7 +511,7 @@ def _update_order(app: AppView, units: Mapping[str, UnitView]) -> list[str]:
         (
             name
             for name, unit in units.items()
-            if requesting(unit) and name not in order and name != holder
+            if requesting(unit) and name not in order and name not in holders
         ),
         key=unit_sort_key,
     )
@@ -469,16 +520,22 @@ def _update_order(app: AppView, units: Mapping[str, UnitView]) -> list[str]:
     return order
 
 
-def _next_unit(order: Iterable[str], units: Mapping[str, UnitView]) -> UnitView | None:
-    """Fresh requests first (FIFO), then retries (lowest token of the last attempt first)."""
+def _next_unit(
+    order: Iterable[str], units: Mapping[str, UnitView], holding: Collection[str] = ()
+) -> UnitView | None:
+    """Fresh requests first (FIFO), then retries (lowest token of the last attempt first).
+
+    Units in `holding` (they hold a grant already) are skipped.
+    """
     for name in order:
         unit = units[name]
-        if unit.backend is ProcessingBackend.PEER:
+        if unit.backend is ProcessingBackend.PEER and name not in holding:
             return unit
     retries = [
         unit
         for unit in units.values()
         if unit.readable
+        and unit.name not in holding
         and unit.backend is ProcessingBackend.PEER
         and unit.intent in (Intent.RETRY_RELEASE, Intent.RETRY_HOLD)
     ]

@@ -183,9 +183,10 @@ class Worker:
         if self.lease is None or self.lease.lost.is_set():
             self.lease = Lease(self.lock.client, self.lease_ttl)
             self.lease.grant()
-        if self._exit_if_idle():
+        slots = self._exit_if_idle()
+        if not slots:
             return False
-        token = self.lock.acquire(self.lease)
+        token = self.lock.acquire(self.lease, slots=slots)
         self.holding = token
         self._trace("acquired", token)
         self._write_status()
@@ -203,8 +204,12 @@ class Worker:
             self.failures = 0
         return True
 
-    def _exit_if_idle(self) -> bool:
-        """Under ``queue.lock``: if no work is pending, clean up and drop ``worker.lock``."""
+    def _exit_if_idle(self) -> int:
+        """Under ``queue.lock``: if no work is pending, clean up and drop ``worker.lock``.
+
+        Returns 0 when it exited, else the number of lock slots to compete for (max_parallel,
+        as the unit's last hook wrote it: a change applies from the next acquisition).
+        """
         with _files.queue_lock(self.base_dir):
             try:
                 work = _files.read_work(self.base_dir)
@@ -212,12 +217,12 @@ class Worker:
                 logger.error("cannot read the work hint (treated as no work): %s", e)
                 work = None
             if work is not None and work.pending > 0:
-                return False
+                return work.slots
             logger.info("no pending work; exiting")
             self._revoke_lease()
             self._write_status()
             self._close_lock_file()  # before queue.lock: a racing request sees "no worker"
-            return True
+            return 0
 
     def _dispatch(self, token: int) -> str | None:
         """Run the lock-granted hook for ``token``; return its result, ``None`` if it failed."""
