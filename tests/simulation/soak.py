@@ -104,7 +104,9 @@ def finish(
     the recorder already; the operator resolves it (retrying the hook) until it recovers. Juju
     then keeps firing update-status (every 5 min by default): a request whose only wake-up was
     lost (a failed juju-exec dispatch is never retried) is picked up by the next tick. Up to
-    MAX_UPDATE_STATUS_TICKS ticks are fired while a request is unserved; the count is reported.
+    MAX_UPDATE_STATUS_TICKS ticks are fired while a request is unserved, or while a removed unit
+    still holds a grant (on Juju 4 no relation-departed comes: the leader's next hook frees it, and
+    update-status is the hook that surely comes); the count is reported.
     `unstick(sim)` is what the operator does too while a request is unserved (the engine's:
     rollingops resumes a roll halted after failures).
     """
@@ -120,7 +122,8 @@ def finish(
             for unit in stuck:
                 sim.resolve(unit, retry=True)
             drain(sim, scheduler, MAX_STEPS)
-        if ticks == MAX_UPDATE_STATUS_TICKS or not recorder.liveness_failures():
+        waiting = recorder.liveness_failures() or recorder.ghost_holders()
+        if ticks == MAX_UPDATE_STATUS_TICKS or not waiting:
             return stuck_seen, ticks
         ticks += 1
         if unstick is not None:
