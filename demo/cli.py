@@ -211,6 +211,7 @@ class Demo:
         self.outages: list[tuple[int, int]] = []
         self.backends: dict[str, str | None] = {}
         self.errors_seen: set[str] = set()
+        self.halted: str | None = None  # why the rollingops roll paused itself, once seen
         self.crashes_seen: list[Crash] = []
         self.crashes_told: list[Crash] = []
         self._intervals_seen = 0
@@ -390,6 +391,7 @@ class Demo:
                 at = sim.now + RESOLVE_AFTER
                 sim.add_timer(at, f"juju resolved {unit}", lambda u=unit: self.resolve(u))
         news += self.backend_changes()
+        news += self.halt_news()
         intervals = h.recorder.intervals
         entered = intervals[self._intervals_seen :]
         self._intervals_seen = len(intervals)
@@ -498,6 +500,27 @@ class Demo:
         )
         self.h.request(unit)
         self.marks.append(Mark(sim.now, unit, "request", "restart requested again"))
+
+    def halt_news(self) -> list[str]:
+        """A rollingops roll that paused itself (halt-after-failures): the operator resumes it."""
+        why = (
+            rollingops_engines.paused(self.sim) if self.o.engine.startswith("rollingops") else None
+        )
+        if why is None or why == self.halted:
+            self.halted = why  # None again once the resume has committed
+            return []
+        self.halted = why
+        at = self.sim.now + RESOLVE_AFTER
+        self.sim.add_timer(at, "juju run resume", self.resume)
+        return [f"{self.glyphs.fault} the roll paused itself: {why} (config halt-after-failures)"]
+
+    def resume(self) -> None:
+        self.say(
+            f"t={self.sim.now}  $ juju run {APP}/leader resume   (the operator resumes the roll)"
+        )
+        leader = self.sim.leader(APP) or APP + "/0"
+        self.marks.append(Mark(self.sim.now, leader, "resolved", "resume: the roll goes on"))
+        self.sim.run_action(f"{APP}/leader", "resume")
 
     def update_status(self) -> None:
         self.say(f"t={self.sim.now}  (Juju's periodic update-status hook on every unit)")

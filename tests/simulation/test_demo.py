@@ -348,3 +348,14 @@ def test_max_parallel_2_lets_two_units_in_at_once_never_three(tmp_path, engine):
 def test_max_parallel_above_the_units_is_refused_clearly(tmp_path):
     code, out, _ = run_demo(tmp_path, "--max-parallel", "4")
     assert code == 2 and "--max-parallel must be between 1 and --units" in out
+
+
+def test_a_failed_restart_halts_the_roll_and_the_operator_resumes_it(tmp_path):
+    # halt-after-failures=1 (the charm's default): the crash inside the critical section pauses
+    # the roll; the demo's operator runs `resume` on the leader and every restart completes.
+    code, out, _ = run_demo(tmp_path, "--engine", "rollingops-peer", "--fault", "hook-failure")
+
+    assert code == 0, out
+    assert "the roll paused itself: halted after 1 failed operation(s)" in out
+    assert re.search(r"\$ juju run coordinated-ops/leader resume", out), out
+    assert "every action accepted" in out
