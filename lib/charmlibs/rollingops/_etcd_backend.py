@@ -1,5 +1,3 @@
-# pyright: basic
-# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 """Hook side of the etcd backend: mode switches with a barrier, the worker, fence checks, fallback.
 
 Imported only by charms that name an etcd relation, and only when a hook needs it; the etcd client,
@@ -31,7 +29,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ops
@@ -463,7 +461,7 @@ class EtcdBackend:
         return self.manager.unit_view(relation).backend is ProcessingBackend.ETCD
 
     @contextlib.contextmanager
-    def sync_lock(self, timeout: int | None) -> Iterator[LockGrant | None]:
+    def sync_lock(self, timeout: int | None) -> Generator[LockGrant | None, None, None]:
         """Yield an etcd LockGrant, or None when etcd failed (the caller uses its fallback).
 
         The token carries the epoch read before acquiring, and only if it is still the current
@@ -537,7 +535,9 @@ class EtcdBackend:
         name = manager.etcd_relation_name
         relation = manager.model.get_relation(name) if name else None
         peer = manager.model.get_relation(manager.peer_relation_name)
-        if relation is None or relation.app is None or peer is None or not manager.cluster_id:
+        # ops types Relation.app as always set, but it is None when Juju names no remote app.
+        no_app = relation is not None and relation.app is None  # pyright: ignore[reportUnnecessaryComparison]
+        if relation is None or no_app or peer is None or not manager.cluster_id:
             return None
         ours = peer.data[manager.model.app]
         request = _contract.parse_request(ours.get(KEY_ETCD_REQUEST))

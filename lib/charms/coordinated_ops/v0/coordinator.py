@@ -1,5 +1,3 @@
-# pyright: basic
-# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 """Leadership-based lock coordinator for ops charms: one unit at a time, first come first served.
 
 Any unit may **request** a named lock; only the **leader grants**. A unit holds a lock when the
@@ -162,7 +160,7 @@ import subprocess
 import typing
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 import ops
 
@@ -180,7 +178,8 @@ logger = logging.getLogger(__name__)
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%fZ"
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # Logged once per process (one process is one dispatch) when juju-exec cannot be found.
 _missing_juju_exec_logged = False
@@ -208,13 +207,13 @@ class _CallableHandle(ops.Handle):
     `handle()` method. This handle is both: ops uses its path, callers call it.
     """
 
-    def __init__(self, handle: ops.Handle, coordinator: BaseCoordinator):
+    def __init__(self, handle: ops.Handle, handle_requests: Callable[[], None]):
         super().__init__(handle.parent, handle.kind, handle.key)
-        self._coordinator = coordinator
+        self._handle_requests = handle_requests
 
     def __call__(self) -> None:
         """Let the leader revoke stale grants and grant waiting requests (`handle()`)."""
-        self._coordinator._handle_requests()
+        self._handle_requests()
 
 
 def _identifier(name: str) -> str:
@@ -244,6 +243,11 @@ def _short(value: object, limit: int = 60) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _is_json_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a decoded JSON value is an object (a dict: JSON object keys are strings)."""
+    return isinstance(value, dict)
 
 
 def _load_json(raw: str) -> Any:
@@ -346,14 +350,20 @@ class BaseCoordinator(ops.Object):
         """``on.wake_up`` (fired by tests) runs what the juju-exec wake-up runs."""
         self.wake_up_event.emit()
 
+    # ops.Object declares `handle` a plain Handle attribute and assigns it in its __init__: this
+    # property takes that assignment and wraps the Handle so that `handle()` works too.
     @property
-    def handle(self) -> _CallableHandle:  # type: ignore[override]
+    def handle(self) -> _CallableHandle:
         """This object's ops handle; calling it runs `handle()` (see `_handle_requests`)."""
-        return self._callable_handle  # type: ignore[return-value]  # None only inside __init__
+        return self._callable_handle  # pyright: ignore[reportReturnType]  # None only in __init__
 
     @handle.setter
-    def handle(self, value: ops.Handle | None) -> None:  # ops.Object assigns its handle here
-        self._callable_handle = _CallableHandle(value, self) if value is not None else None
+    def handle(  # pyright: ignore[reportIncompatibleVariableOverride]
+        self, value: ops.Handle | None
+    ) -> None:
+        self._callable_handle = (
+            _CallableHandle(value, self._handle_requests) if value is not None else None
+        )
 
     # ---- per-dispatch state -------------------------------------------------------------------
 
@@ -510,14 +520,14 @@ class BaseCoordinator(ops.Object):
         except ValueError as e:
             self._bad(source, f"not usable JSON ({_short(str(e))})")
             return {}
-        if not isinstance(data, dict):
+        if not _is_json_object(data):
             self._bad(source, f"not a JSON object: {_short(raw)}")
             return {}
         return data
 
     def _parse_locks(self, data: Any, source: str) -> dict[str, str]:
         """Validate one `{lock: timestamp}` map; drop entries that are not valid."""
-        if not isinstance(data, dict):
+        if not _is_json_object(data):
             self._bad(source, "not a JSON object")
             return {}
         locks: dict[str, str] = {}
@@ -668,16 +678,18 @@ class BaseCoordinator(ops.Object):
         held = datetime.now(timezone.utc).replace(tzinfo=None) - timestamp
         self.msg(f"Leader released {lock} from {unit}, held {held}")
 
-    def require(self, lock: str, guard_func: Callable[..., Any], *guard_args, **guard_kw):
+    def require(
+        self, lock: str, guard_func: Callable[..., Any], *guard_args: Any, **guard_kw: Any
+    ) -> Callable[[Callable[_P, _R]], Callable[_P, _R | None]]:
         """Decorate a function to run when `lock` is granted, requesting it when the guard says so.
 
         The wrapped function runs if `lock` is granted, or if `guard_func(*guard_args,
         **guard_kw)` is true and `acquire(lock)` returns True; otherwise it returns None.
         """
 
-        def decorator(f: _F) -> _F:
+        def decorator(f: Callable[_P, _R]) -> Callable[_P, _R | None]:
             @functools.wraps(f)
-            def wrapper(*args, **kw):
+            def wrapper(*args: _P.args, **kw: _P.kwargs) -> _R | None:
                 if self.granted(lock):
                     self.msg(f"Granted {lock}")
                     return f(*args, **kw)
@@ -685,7 +697,7 @@ class BaseCoordinator(ops.Object):
                     return f(*args, **kw)
                 return None
 
-            return wrapper  # type: ignore[return-value]
+            return wrapper
 
         return decorator
 
@@ -700,9 +712,11 @@ class BaseCoordinator(ops.Object):
 
     def _on_relation_departed(self, event: ops.RelationDepartedEvent) -> None:
         departing = event.departing_unit or event.unit
-        if departing is not None and departing.name == self._me:
+        # ops types the departed unit as always set; the checks stay for a dispatch without one.
+        unknown = departing is None  # pyright: ignore[reportUnnecessaryComparison]
+        if not unknown and departing.name == self._me:
             self._stored.departing = True  # this unit is being removed: never act on a grant
-        if departing is None or departing.name == self._me:
+        if unknown or departing.name == self._me:
             self.initialize()
             self._update_visibility()
             return

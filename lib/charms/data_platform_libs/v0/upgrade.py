@@ -1,5 +1,3 @@
-# pyright: basic
-# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 # Copyright 2025 coordinated-ops contributors
 # See LICENSE file for licensing details.
 
@@ -198,7 +196,7 @@ import re
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
 
 from ops import (
     ActionEvent,
@@ -267,6 +265,18 @@ def _short(value: object, limit: int = 60) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _is_dict(value: object) -> TypeGuard[dict[Any, Any]]:
+    """Whether `value` is a dict (of any keys and values)."""
+    return isinstance(value, dict)
+
+
+def _is_unit_number_list(value: object) -> TypeGuard[list[int]]:
+    """Whether a decoded JSON value is a list of unit numbers (ints, not bools, in range)."""
+    return isinstance(value, list) and all(
+        type(n) is int and 0 <= n <= _MAX_UNIT_NUMBER for n in cast("list[object]", value)
+    )
 
 
 def _load_json(raw: str) -> Any:
@@ -362,7 +372,7 @@ def _define_models() -> None:
             """Every constraint must parse as a Poetry constraint."""
             from poetry.core.constraints.version import parse_constraint  # see verify_requirements
 
-            constraints = value.values() if isinstance(value, dict) else [value]
+            constraints = value.values() if _is_dict(value) else [value]
             for constraint in constraints:
                 try:
                     parse_constraint(constraint)
@@ -601,9 +611,7 @@ class DataUpgrade(Object, ABC):
             if raw:
                 try:
                     parsed = _load_json(raw)
-                    if not isinstance(parsed, list) or not all(
-                        type(n) is int and 0 <= n <= _MAX_UNIT_NUMBER for n in parsed
-                    ):
+                    if not _is_unit_number_list(parsed):
                         raise ValueError("not a list of unit numbers")
                     stack = parsed
                 except ValueError as e:

@@ -1,5 +1,3 @@
-# pyright: basic
-# Not yet pyright-strict like the rest of lib/: see [tool.pyright] in pyproject.toml.
 """Rolling operations over a peer relation: one unit at a time runs a disruptive callback.
 
 This is the coordinated-ops implementation of ``charms.rolling_ops.v0.rollingops``. It keeps the
@@ -193,7 +191,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import ops
 from ops.framework import EventSource
@@ -247,6 +245,18 @@ def _short(value: object, limit: int = 60) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+def _is_json_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a decoded JSON value is an object (a dict: JSON object keys are strings)."""
+    return isinstance(value, dict)
+
+
+def _is_str_list(value: object) -> TypeGuard[list[str]]:
+    """Whether a decoded JSON value is a list of strings."""
+    return isinstance(value, list) and all(
+        isinstance(item, str) for item in cast("list[object]", value)
+    )
 
 
 def _load_json(raw: str) -> Any:
@@ -427,7 +437,7 @@ class _PeerData:
         value = self._json(unit_name, _QUEUE, raw, "a JSON list of strings")
         if value is None:
             return []
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if _is_str_list(value):
             return value
         self._bad(unit_name, _QUEUE, raw or "", "a JSON list of strings")
         return []
@@ -450,7 +460,7 @@ class _PeerData:
         value = self._json("app", _ORDER, raw, "a JSON list of unit names")
         if value is None:
             return []
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        if _is_str_list(value):
             return list(dict.fromkeys(value))
         self._bad("app", _ORDER, raw or "", "a JSON list of unit names")
         return []
@@ -461,7 +471,7 @@ class _PeerData:
         if value is None:
             return None
         if (
-            isinstance(value, dict)
+            _is_json_object(value)
             and isinstance(value.get("unit"), str)
             and type(value.get("token")) is int
             and 0 <= value["token"] < 10**_MAX_TOKEN_DIGITS
@@ -504,6 +514,14 @@ class _PeerData:
         return list(self.problems)
 
 
+def _peer_relation(manager: RollingOpsManager) -> ops.Relation:
+    """The manager's peer relation; LockNoRelationError while it does not exist."""
+    relation = manager.model.get_relation(manager.name)
+    if relation is None:
+        raise LockNoRelationError(f"peer relation {manager.name!r} does not exist yet")
+    return relation
+
+
 class Lock:
     """One unit's view of the lock: its ``state`` and the leader's app key for it.
 
@@ -512,7 +530,7 @@ class Lock:
     """
 
     def __init__(self, manager: RollingOpsManager, unit: ops.Unit | None = None):
-        self.relation = manager._relation_or_raise()
+        self.relation = _peer_relation(manager)
         self.unit = unit or manager.model.unit
         self.app = manager.model.app
         self._model = manager.model
@@ -527,7 +545,9 @@ class Lock:
 
     @_state.setter
     def _state(self, state: LockState) -> None:
-        self._manager._stored.quiet = False  # a write: the relation must be read again
+        # A write: the relation must be read again. The flag is the manager's stored state,
+        # which Lock, its companion in this module, clears (no public setter on purpose).
+        self._manager._stored.quiet = False  # pyright: ignore[reportPrivateUsage]
         if state in (LockState.ACQUIRE, LockState.RELEASE):
             if self.unit != self._model.unit:
                 raise RuntimeError(f"only {self.unit.name} can {state.value} its own lock")
@@ -576,7 +596,7 @@ class Locks:
 
     def __init__(self, manager: RollingOpsManager):
         self.manager = manager
-        self.relation = manager._relation_or_raise()
+        self.relation = _peer_relation(manager)
 
     def __iter__(self) -> Iterator[Lock]:
         units = {unit.name: unit for unit in self.relation.units}
@@ -703,12 +723,6 @@ class RollingOpsManager(ops.Object):
         observe(self.framework.on.commit, self._on_commit)
 
     # -- public helpers --
-
-    def _relation_or_raise(self) -> ops.Relation:
-        relation = self.model.get_relation(self.name)
-        if relation is None:
-            raise LockNoRelationError(f"peer relation {self.name!r} does not exist yet")
-        return relation
 
     @property
     def quiet(self) -> bool:
