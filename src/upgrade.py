@@ -153,7 +153,10 @@ class Rollout:
     @classmethod
     def from_json(cls, raw: str) -> Rollout:
         """Parse the key's value (other keys are ignored); ValueError says what is wrong."""
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+        except RecursionError:  # the leader wrote it, but no hook raises on another unit's data
+            raise ValueError("nested too deep") from None
         if not isinstance(data, dict):
             raise ValueError(f"not a JSON object: {raw[:40]!r}")
         data = cast("dict[str, Any]", data)  # a JSON object's keys are strings

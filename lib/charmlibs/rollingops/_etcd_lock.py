@@ -109,7 +109,7 @@ class Holder:
         try:
             data = json.loads(kv.value)
             owner, unit, kind = str(data["owner"]), str(data["unit"]), str(data["kind"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # any client may write it
             logger.warning("unreadable value of %s, treated as a foreign holder", kv.key)
             owner, unit, kind = "", "", "unknown"
         return cls(owner=owner, unit=unit, kind=kind, token=kv.create_revision, lease=kv.lease)

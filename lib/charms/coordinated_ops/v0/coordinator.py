@@ -172,7 +172,7 @@ LIBAPI = 0
 
 # Increment this PATCH version before using `charmcraft publish-lib` or reset
 # to 0 if you are raising the major API version
-LIBPATCH = 3
+LIBPATCH = 4
 
 logger = logging.getLogger(__name__)
 
@@ -270,17 +270,36 @@ def _load_json(raw: str) -> Any:
     return json.loads(raw, parse_constant=_refuse_constant)
 
 
+# Seconds goal-state may take: a hung tool must not hang the hook (it counts as unreadable).
+_GOAL_STATE_TIMEOUT = 30.0
+
+
 def _removed_units(names: list[str]) -> set[str]:
     """Those of ``names`` that goal-state no longer lists: removed units (empty if unreadable)."""
     try:
         out = subprocess.run(
-            ["goal-state", "--format=json"], capture_output=True, text=True, check=True
+            ["goal-state", "--format=json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=_GOAL_STATE_TIMEOUT,
         ).stdout
         units = json.loads(out)["units"]
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as e:
+    except (
+        OSError,
+        subprocess.SubprocessError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RecursionError,
+    ) as e:
         logger.debug("goal-state unreadable (%s): no removed unit detected", e)
         return set()
-    if not isinstance(units, dict):
+    # Juju lists the calling unit for as long as it runs hooks: an answer without it (or with
+    # no unit at all) is not goal-state, and would make every peer look removed.
+    me = os.environ.get("JUJU_UNIT_NAME")
+    if not isinstance(units, dict) or not units or (me and me not in units):
+        logger.warning("goal-state does not list this unit (%s): answer ignored", me)
         return set()
     gone = {name for name in names if name not in units}
     if gone:
