@@ -526,14 +526,21 @@ class NfsShare(ops.Object):
     # -- the remount, under the one lock ------------------------------------------------------
 
     def _remount_due(self, target: tuple[str, str, list[str]] | None) -> bool:
-        """Whether reaching `target` replaces a share this unit has mounted by another source."""
+        """Whether reaching `target` replaces a share this unit has mounted by another source.
+
+        Also when the machine already shows `target`'s source while the stored state still
+        names the old one: a remount ran in a hook that then failed, so Juju discarded its
+        writes (this state, the lock's grant) but not the mount. The remount is still owed on
+        the lock's books: its callback runs again and must finish and journal it under the
+        grant, not adopt the new mount silently.
+        """
         mountpoint, ours = self._stored.mounted_at, self._stored.source
         return (
             target is not None
             and ours is not None
             and target[0] != ours
             and target[1] == mountpoint
-            and mounted_source(mountpoint) == ours
+            and mounted_source(mountpoint) in (ours, target[0])
         )
 
     def _queue_remount(self) -> None:

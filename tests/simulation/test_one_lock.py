@@ -56,3 +56,22 @@ def test_restart_upgrade_and_remount_queue_behind_each_other():
         assert before.end is not None and before.end <= after.start, (before, after)
         assert isinstance(before.token, int) and isinstance(after.token, int)
         assert before.token < after.token
+
+
+@pytest.mark.parametrize(
+    ("seed", "juju", "own", "fault"),
+    [
+        # The grant's hook remounts, then fails as leadership moves (writes discarded).
+        (264, "3.6", True, "set_leader coordinated-ops/2 at 45"),
+        # The grant's hook remounts, then fails before returning; `juju resolved` retries it.
+        (163, "4", False, "fail_hook coordinated-ops/1 relation_changed nth=2 before_return"),
+    ],
+)
+def test_a_remount_in_a_hook_that_failed_is_served_on_the_retry(seed, juju, own, fault):
+    engine = ENGINES["one-lock"]
+    fakes = engine.fakes(Simulator())
+    with fakes.installed():
+        base = soak.settle(engine, 3, fakes, leader_sees_own_app_writes=own, juju=juju)
+        result = soak.run_schedule(base, fakes, engine, seed=seed, retry="none", faults=True)
+    assert fault in result["faults"], "the soak's faults changed: this seed no longer replays"
+    assert (result["violations"], result["liveness"], result["uncaught"]) == ([], [], [])

@@ -392,6 +392,29 @@ def test_remount_runs_under_the_lock_and_the_journal_names_it(ctx, machine, moun
     assert done["result"] == "release"
 
 
+def test_a_remount_whose_hook_failed_is_journalled_when_the_hook_is_retried(
+    ctx, machine, mountpoint
+):
+    """The grant's hook remounted, then failed: Juju discards its writes, not the mount.
+
+    The retry (`juju resolved`, same input state) runs the callback again; it must finish the
+    remount under the grant and journal it (no second umount/mount), not adopt it silently.
+    """
+    out, _ = _mounted_then_changed(ctx, machine, mountpoint)
+    granted, lock = _lock_granted(out)
+    ctx.run(ctx.on.relation_changed(lock, remote_unit=1), granted)  # its output is discarded
+    assert machine.mounts_of(mountpoint) == ["10.0.0.9:/demo"]
+    machine.commands.clear()
+    retried = ctx.run(ctx.on.relation_changed(lock, remote_unit=1), granted)
+    assert machine.commands == []  # the share is already the new one
+    lines = journal.read(journal.local_path())
+    assert [line["operation"] for line in lines] == ["remount", "remount"]
+    assert (lines[-1]["token"], lines[-1]["source"], lines[-1]["result"]) == (
+        7, "10.0.0.9:/demo", "ok",
+    )  # fmt: skip
+    assert retried.unit_status == testing.ActiveStatus(f"mounted 10.0.0.9:/demo at {mountpoint}")
+
+
 def test_a_restart_asked_while_a_remount_waits_queues_behind_it(ctx, machine, mountpoint):
     out, lock = _mounted_then_changed(ctx, machine, mountpoint)
     params = {"delay": 0, "engine": "rollingops", "sync": False}
