@@ -146,6 +146,8 @@ ENGINES: dict[str, Engine] = {
         fakes=upgrade_engine.UpgradeFakes,
         faults=upgrade_engine.faults,
         domains=ONE_LOCK,
+        # The step runs under the one lock: a step that raises halts it (halt-after-failures).
+        unstick=rollingops_engines.resume_if_halted,
     ),
     "one-lock": Engine(
         name="one-lock",
