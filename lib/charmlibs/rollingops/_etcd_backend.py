@@ -151,22 +151,8 @@ class EtcdBackend:
         grpc is imported here). Other applications sharing the cluster_id, and units of another
         model, are left out: an owner is `<model uuid>.<app>-<number>`. Raises RollingOpsError.
         """
-        from ._etcd_lock import EtcdLock
-        from ._models import RollingOpsEtcdNotConfiguredError
-
-        config = self._config()
-        if config is None:
-            raise RollingOpsEtcdNotConfiguredError("this unit has no usable etcd config")
-        try:
-            lock = EtcdLock.from_config(
-                config, self.manager.model.unit.name, timeout=timeout, attempts=1
-            )
-        except (ValueError, OSError) as error:
-            raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
-        try:
+        with self._one_shot_lock(timeout) as lock:
             owners = lock.busy_owners()
-        finally:
-            lock.close()
         model = self.manager.model
         ours = f"{model.uuid}.{model.app.name}-"
         numbers = (owner[len(ours) :] for owner in owners if owner.startswith(ours))
@@ -241,6 +227,16 @@ class EtcdBackend:
 
         Through a client of its own (one attempt within `timeout` s). Raises RollingOpsError.
         """
+        with self._one_shot_lock(timeout) as lock:
+            model = self.manager.model
+            return lock.line(f"{model.uuid}.{model.app.name}")
+
+    @contextlib.contextmanager
+    def _one_shot_lock(self, timeout: float) -> Generator[EtcdLock, None, None]:
+        """A client of its own for one read (one attempt within `timeout` s), closed after.
+
+        Raises RollingOpsEtcdNotConfiguredError when this unit has no usable etcd config.
+        """
         from ._etcd_lock import EtcdLock
         from ._models import RollingOpsEtcdNotConfiguredError
 
@@ -254,8 +250,7 @@ class EtcdBackend:
         except (ValueError, OSError) as error:
             raise RollingOpsEtcdNotConfiguredError(f"etcd client: {error}") from error
         try:
-            model = self.manager.model
-            return lock.line(f"{model.uuid}.{model.app.name}")
+            yield lock
         finally:
             lock.close()
 
