@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from .jujuexec import _FakeProcess
+
 _FAKE_DIR = pathlib.Path(tempfile.mkdtemp(prefix="sim-goal-state-"))
 atexit.register(shutil.rmtree, _FAKE_DIR, ignore_errors=True)
 _FAKE = _FAKE_DIR / "goal-state"
@@ -45,37 +47,17 @@ def answer(units: dict[str, str]) -> str:
     return json.dumps(body)
 
 
-class _Answered:
+class _Answered(_FakeProcess):
     """A finished `goal-state` process: its output is the answer given when it was started."""
 
-    pid = 0
     returncode = 0
-    stdin = stderr = None
 
     def __init__(self, argv: list[str], stdout: str, text: bool):
-        self.args = argv
+        super().__init__(argv)
         self._out: str | bytes = stdout if text else stdout.encode()
-        self.stdout = None
-
-    def poll(self) -> int:
-        return 0
-
-    def wait(self, timeout: float | None = None) -> int:
-        return 0
 
     def communicate(self, input=None, timeout=None):
         return (self._out, "" if isinstance(self._out, str) else b"")
-
-    def kill(self) -> None:
-        pass
-
-    terminate = kill
-
-    def __enter__(self) -> _Answered:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 @contextlib.contextmanager
