@@ -503,3 +503,33 @@ def test_a_paused_application_waits_until_resumed(etcd_server: EtcdServer, etcd_
             assert lock.holds(token) and lock.release(token)
     finally:
         lock.close()
+
+
+def test_another_clients_delete_of_the_pause_key_wakes_a_waiter_and_a_second_writes_nothing(
+    etcd_server: EtcdServer, etcd_prefix: str
+):
+    """What the leader's clean-up of a pause key left by a failed hook relies on (_controls).
+
+    The waiter failed its transaction on the pause and watches from the next revision; the
+    leader, another client, deletes the key: that wakes the waiter, which then takes a slot. A
+    delete of the absent key (every marked reconcile may make one) writes no revision.
+    """
+    leader, waiter = make_lock(etcd_server, etcd_prefix, 0), make_lock(etcd_server, etcd_prefix, 1)
+    try:
+        leader.set_paused(True)
+        with Lease(waiter.client, ttl=10) as lease:
+            position = waiter.create_ticket(lease)
+            token, revision, position = waiter._try_acquire(lease, position, False, 2)
+            assert token == 0  # paused
+            leader.set_paused(False)
+            deadline = time.monotonic() + 10
+            waiter._wait_for_deletion(revision + 1, deadline, lease)  # TimeoutError if not woken
+            token = waiter._try_acquire(lease, position, False, 2)[0]
+            assert token and waiter.holds(token)
+            before = leader.client.range(leader.pause_key).revision
+            leader.set_paused(False)
+            assert leader.client.range(leader.pause_key).revision == before
+            assert waiter.release(token)
+    finally:
+        leader.close()
+        waiter.close()

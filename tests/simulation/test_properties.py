@@ -36,16 +36,19 @@ from .soak import Progress, finish, main, run_schedule, settle
 UNITS = 3
 SEEDS_PER_COMBO = 2
 ENGINE_PARAMS = sorted(ENGINES)
-_BASES: dict[tuple[str, bool], tuple[Simulator, DemoFakes]] = {}
+_BASES: dict[tuple[str, bool, int, str], tuple[Simulator, DemoFakes]] = {}
 
 
-def settled(engine: Engine, switch: bool) -> tuple[Simulator, DemoFakes]:
-    """A settled UNITS-unit deployment per (engine, switch), built once per session."""
-    key = (engine.name, switch)
+def settled(
+    engine: Engine, switch: bool, units: int = UNITS, juju: str = "3.6"
+) -> tuple[Simulator, DemoFakes]:
+    """A settled deployment per (engine, switch, units, Juju version), built once per session."""
+    key = (engine.name, switch, units, juju)
     if key not in _BASES:
         fakes = engine.fakes(Simulator())
         with fakes.installed():
-            _BASES[key] = settle(engine, UNITS, fakes, leader_sees_own_app_writes=switch), fakes
+            sim = settle(engine, units, fakes, leader_sees_own_app_writes=switch, juju=juju)
+            _BASES[key] = sim, fakes
     return _BASES[key]
 
 
@@ -82,6 +85,13 @@ SOAK_REGRESSIONS = [
     # ran, then failed to build the next hook's view (KeyError): Juju joins nobody there.
     ("rollingops-etcd", 998, "none", False),
 ]
+# The same with (units, Juju version) other than (UNITS, 3.6): soak --units N --juju V.
+SOAK_REGRESSIONS_AT = [
+    # The leader's pause action failed after putting etcd's pause key: the action's databag
+    # writes were discarded, the key stayed, and the waiter on etcd waited for good (the
+    # rollingops pause mark, LIBPATCH 7). soak --engine rollingops-etcd-k2 --units 5 --juju 4.
+    ("rollingops-etcd-k2", 37, "backoff", True, 5, "4"),
+]
 
 
 @pytest.mark.parametrize(("engine_name", "seed", "retry", "switch"), SOAK_REGRESSIONS)
@@ -90,6 +100,21 @@ def test_schedules_the_soak_once_failed_now_hold_every_invariant(engine_name, se
     base, fakes = settled(engine, switch)
     with fakes.installed():
         result = run_schedule(base, fakes, engine, seed, retry, faults=True)
+    problems = result["violations"] + result["liveness"] + result["uncaught"]
+    assert not problems, f"seed {seed}: {problems}\n{format_script(result['sim'].steps)}"
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "seed", "retry", "switch", "units", "juju"), SOAK_REGRESSIONS_AT
+)
+def test_schedules_the_soak_once_failed_at_other_sizes_now_hold_every_invariant(
+    engine_name, seed, retry, switch, units, juju
+):
+    engine = ENGINES[engine_name]
+    base, fakes = settled(engine, switch, units, juju)
+    with fakes.installed():
+        result = run_schedule(base, fakes, engine, seed, retry, faults=True)
+    assert result["faults"], "the schedule must replay with the faults it failed with"
     problems = result["violations"] + result["liveness"] + result["uncaught"]
     assert not problems, f"seed {seed}: {problems}\n{format_script(result['sim'].steps)}"
 

@@ -577,3 +577,112 @@ def test_the_granted_hook_ends_reporting_the_grant_over(monkeypatch, tmp_path, r
         mgr.charm.on.rollingops_lock_granted.emit()
         assert mgr.charm.rolling.state.status.value == after
         mgr.run()
+
+
+# --- a pause key left by a hook that failed after putting it ---------------------------------
+
+
+class PausingCharm(EtcdCharm):
+    """Its pause action raises after the library paused: Juju discards the databag writes."""
+
+    def __init__(self, framework):
+        super().__init__(framework)
+        framework.observe(self.on["pause"].action, self._on_pause)
+
+    def _on_pause(self, event):
+        self.rolling.pause()
+        raise RuntimeError("the hook fails after the pause (leadership moved, a later bug...)")
+
+
+PAUSE_KEY = "/p/paused/o"  # P paused/<owner without its unit number>: see the env fixture
+
+
+@pytest.fixture
+def fake_etcd(monkeypatch):
+    """The simulator's in-memory etcd behind the hook side's client (hooks do not wait on it)."""
+    from demo.fake_etcd import FakeEtcd, FakeEtcdClient
+
+    fake = FakeEtcd(lambda: 0, ttl_ticks=60)
+    monkeypatch.setattr(_etcd_lock, "EtcdClient", lambda *a, **kw: FakeEtcdClient(fake, *a, **kw))
+    return fake
+
+
+def quiet_leader_state(app_bag_, *, leader=True) -> tuple[testing.State, testing.PeerRelation]:
+    """A unit whose last reconcile saw nothing in flight (the application idle on etcd)."""
+    quiet = testing.StoredState(
+        "_stored",
+        owner_path=MANAGER_PATH,
+        content={"quiet": True, "quiet_backend": "etcd", "quiet_cluster_id": "c1"},
+    )
+    rel = testing.PeerRelation(
+        "restart", local_unit_data={**unit_bag(), "rollingops-backend": "etcd"},
+        local_app_data=app_bag_,
+    )  # fmt: skip
+    state = testing.State(
+        planned_units=PLANNED,
+        leader=leader,
+        relations={rel, testing.Relation("etcd")},
+        stored_states={quiet},
+    )
+    return state, rel
+
+
+def test_a_pause_key_whose_hook_failed_is_deleted_by_the_leaders_next_update_status(fake_etcd):
+    """The failed hook's databag writes (pause, flag) are gone; its etcd put is not.
+
+    Before the fix nothing ever deleted the key: the leader stayed quiet, `resume` said "not
+    paused", and every etcd waiter waited for good.
+    """
+    state, rel = quiet_leader_state(app_bag_v2("etcd", 3))
+    ctx = testing.Context(PausingCharm, meta=META, actions={"pause": {}}, app_name=APP, unit_id=1)
+    with pytest.raises(testing.errors.UncaughtCharmError, match="fails after the pause"):
+        ctx.run(ctx.on.action("pause"), state)
+    assert PAUSE_KEY in fake_etcd.keys  # etcd is no databag: the put stays
+    out = ctx.run(ctx.on.update_status(), state)  # Juju kept the pre-hook state
+    assert PAUSE_KEY not in fake_etcd.keys
+    assert "rollingops-etcd-paused" not in out.get_relation(rel.id).local_app_data
+    assert not _files.pause_marked(BASE[0])
+    calls = fake_etcd.calls
+    ctx.run(ctx.on.update_status(), out)  # quiet again: no etcd call
+    assert fake_etcd.calls == calls
+
+
+def test_a_successful_pause_keeps_its_key_until_resume(fake_etcd):
+    state, rel = quiet_leader_state(app_bag_v2("etcd", 3))
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    with ctx(ctx.on.update_status(), state) as mgr:
+        mgr.charm.rolling.pause()
+        out = mgr.run()
+    app = out.get_relation(rel.id).local_app_data
+    assert app["rollingops-etcd-paused"] == "true" and PAUSE_KEY in fake_etcd.keys
+    out = ctx.run(ctx.on.update_status(), out)  # marked, so not quiet: the key stays
+    assert PAUSE_KEY in fake_etcd.keys
+    with ctx(ctx.on.update_status(), out) as mgr:
+        mgr.charm.rolling.resume()
+        out = mgr.run()
+    assert PAUSE_KEY not in fake_etcd.keys and not _files.pause_marked(BASE[0])
+    assert "rollingops-etcd-paused" not in out.get_relation(rel.id).local_app_data
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_new_leader_deletes_a_pause_key_its_databag_does_not_record(fake_etcd, paused):
+    """The predecessor's pause hook failed as leadership moved: only etcd kept the pause."""
+    from demo.fake_etcd import FakeEtcdClient
+
+    FakeEtcdClient(fake_etcd).put(PAUSE_KEY, "paused")
+    bag = app_bag_v2("etcd", 3)
+    if paused:  # a pause the databag records stays
+        bag.update({"rollingops-paused": "by the operator", "rollingops-etcd-paused": "true"})
+    state, _ = quiet_leader_state(bag)
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    ctx.run(ctx.on.leader_elected(), state)
+    assert (PAUSE_KEY in fake_etcd.keys) is paused
+
+
+def test_a_unit_no_longer_leader_drops_its_pause_mark(fake_etcd):
+    _files.mark_pause(BASE[0])
+    state, _ = quiet_leader_state(app_bag_v2("etcd", 3), leader=False)
+    ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
+    ctx.run(ctx.on.update_status(), state)  # marked, so not quiet: it reconciles
+    assert not _files.pause_marked(BASE[0])
+    assert fake_etcd.calls == 0  # the new leader's own mark deals with the key

@@ -40,12 +40,13 @@ every construction: a change applies from the next grant, and lowering it revoke
 roll (counted from the peer grants; see `_controls`). `pause()` / `resume()` (leader only;
 `RollingOpsControlError` elsewhere, or when resuming what is not paused): no new grant while
 paused, running operations finish, every queue stays; kept in the peer app databag (and in etcd,
-where every acquire checks it), so it survives a leader change. `rolling_status()` (any unit,
-read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant order,
-done / failed / remaining, paused, the maintenance window; `progress()` a short line for the
-leader's app status. `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks one):
-grants only inside it, as the leader's own clock says (on etcd the leader closes the lock with
-the pause key); no unit ever compares its clock with another's.
+where every acquire checks it), so it survives a leader change; a pause hook that fails after
+its etcd put leaves no pause behind (a local mark: see `_controls`). `rolling_status()` (any
+unit, read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant
+order, done / failed / remaining, paused, the maintenance window; `progress()` a short line for
+the leader's app status. `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks
+one): grants only inside it, as the leader's own clock says (on etcd the leader closes the lock
+with the pause key); no unit ever compares its clock with another's.
 
 Is any unit busy? `busy_units(timeout=5.0)` returns a `BusyUnits`: `units`, the units of this
 application with work queued or running on either backend, and `unknown`, why that answer may be
@@ -353,10 +354,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.6"
+__version__ = "1.1.5+coordinated.7"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 6
+LIBPATCH = 7
 
 __all__ = [
     "BusyUnits",

@@ -30,7 +30,17 @@ every async acquire transaction requires it absent, so a paused application take
 and deleting it (resume) wakes the waiters like any release. The leader writes it in the pause
 action (and sets `rollingops-etcd-paused`); a resume deletes it (on the peer backend, when etcd
 answers). The application never returns to etcd while paused or while the flag is set (the
-leader retries the delete first), so the two places agree. Halting after failures and the
+leader retries the delete first), so the two places agree.
+
+A hook that put the key can still fail afterwards (the action raises later, leadership moves
+mid-hook): Juju discards its databag writes, flag and pause included, but etcd keeps the key,
+and every waiter would wait for a resume nobody can run ("not paused"). So the unit marks the
+put in a local file first (`_files.mark_pause`: files outside the databags survive a failed
+hook), and a new leader marks too (it cannot know what its predecessor left). A marked unit is
+not quiet; the leader's next reconcile deletes the key when nothing stops the lock (deleting
+an absent key writes nothing in etcd) and then drops the mark; the mark also holds the return
+to etcd like the flag. A marked unit that is no longer leader drops its mark: the new
+leader's own mark covers the key. Halting after failures and the
 done/failed counts follow the peer grants only: on etcd the results stay on each unit (no peer
 write per grant, by design).
 """

@@ -219,8 +219,28 @@ class EtcdBackend:
             app.switch_mode(ProcessingBackend.ETCD)
 
     def set_paused(self, paused: bool) -> None:
-        """Put (or delete) this application's pause key in etcd. Raises RollingOpsError."""
-        self._etcd_lock().set_paused(paused)
+        """Put (or delete) this application's pause key in etcd. Raises RollingOpsError.
+
+        A put is marked in a local file first, a delete unmarks after it (see `_controls`).
+        """
+        if paused:
+            _files.mark_pause(self.base_dir)
+            self._etcd_lock().set_paused(True)
+        else:
+            self._etcd_lock().set_paused(False)
+            _files.clear_pause_mark(self.base_dir)
+
+    def pause_marked(self) -> bool:
+        """Whether etcd may hold a pause key of ours that the databag may not record."""
+        return _files.pause_marked(self.base_dir)
+
+    def mark_pause(self) -> None:
+        """A new leader: a predecessor may have left a pause key (see `_controls`)."""
+        _files.mark_pause(self.base_dir)
+
+    def forget_pause_mark(self) -> None:
+        """No longer leader: the new leader's own mark covers whatever key we left."""
+        _files.clear_pause_mark(self.base_dir)
 
     def line(self, timeout: float) -> tuple[list[str], list[str]]:
         """Units of this application in a slot, and waiting in grant order (one etcd read).

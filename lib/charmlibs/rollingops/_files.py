@@ -15,6 +15,9 @@ Everything lives under ``<base_dir>/etcd/``; every JSON file carries ``"version"
   what the ``rollingops_lock_granted`` hook did with grant ``t``.
 - ``worker-status.json``: ``{"version": 1, "holding": t | null, "failed": false,
   "consecutive_failures": 0}``, kept by the worker, read by ``state``.
+- ``pause-mark.json``: ``{"version": 1}``, present while etcd may hold the application's pause
+  key although the peer app databag may not say so (a put whose hook then failed, or a new
+  leader's doubt about what its predecessor left); see ``_controls``.
 - ``worker.lock``: held with ``flock`` by the live worker for its whole life; holds its PID.
 - ``queue.lock``: serialises "hook writes work.json" against "worker decides to exit".
 
@@ -62,6 +65,7 @@ WORK_FILE = "work.json"
 RESULT_FILE = "result.json"
 STATUS_FILE = "worker-status.json"
 PROBLEM_FILE = "provider-problem.json"
+PAUSE_MARK_FILE = "pause-mark.json"
 WORKER_LOCK_FILE = "worker.lock"
 QUEUE_LOCK_FILE = "queue.lock"
 SERVER_CA_FILE = "server-ca.pem"
@@ -247,6 +251,21 @@ def read_problem(base_dir: str | os.PathLike[str]) -> str | None:
     path = etcd_dir(base_dir) / PROBLEM_FILE
     data = read_json(path)
     return None if data is None else _require(data, path, "problem", str)
+
+
+def mark_pause(base_dir: str | os.PathLike[str]) -> None:
+    """Record that etcd may hold our pause key (written before the key is put)."""
+    write_json(_ensure_dir(base_dir) / PAUSE_MARK_FILE, {})
+
+
+def pause_marked(base_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``pause-mark.json`` exists (one stat; its content is not read)."""
+    return (etcd_dir(base_dir) / PAUSE_MARK_FILE).exists()
+
+
+def clear_pause_mark(base_dir: str | os.PathLike[str]) -> None:
+    """Forget the pause mark (the key was deleted, or another unit is in charge of it)."""
+    remove(etcd_dir(base_dir) / PAUSE_MARK_FILE)
 
 
 # --- work.json --------------------------------------------------------------------------------

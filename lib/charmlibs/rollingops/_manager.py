@@ -169,7 +169,7 @@ class RollingOpsManager(ops.Object):
         observe = self.framework.observe
         observe(on[peer_relation_name].relation_changed, self._on_peer_changed)
         observe(on[peer_relation_name].relation_departed, self._on_peer_departed)
-        observe(on.leader_elected, self._on_reconcile)
+        observe(on.leader_elected, self._on_leader_elected)
         observe(on.update_status, self._on_update_status)
         observe(on.stop, self._on_stop)
         observe(getattr(on, LOCK_GRANTED_EVENT), self._on_lock_granted)
@@ -294,13 +294,23 @@ class RollingOpsManager(ops.Object):
         what this unit remembered (stored state) at the end of its last reconcile; another
         unit's request reaches it as a relation-changed, which reconciles and remembers again.
         A `cluster_id` other than the one of that reconcile is not quiet either (the leader has
-        a request to publish). False means "maybe".
+        a request to publish), nor is a unit with a pause mark (one stat; see `_controls`).
+        False means "maybe".
         """
         return (
             bool(getattr(self._stored, "quiet", False))
             and self._me is None
             and getattr(self._stored, "quiet_cluster_id", None) == self.cluster_id
+            and not self._pause_marked()
         )
+
+    def _pause_marked(self) -> bool:
+        """The local pause mark of the etcd backend, without building the backend."""
+        if self.etcd_relation_name is None:
+            return False
+        from . import _files
+
+        return _files.pause_marked(self.base_dir)
 
     @property
     def state(self) -> RollingOpsState:
@@ -583,14 +593,17 @@ class RollingOpsManager(ops.Object):
         """Leader: etcd's pause key present exactly while paused or outside the window.
 
         Put only while the application runs on etcd (it never returns to etcd while stopped);
-        deleted whenever it may be there and nothing stops the lock. Errors are logged and
-        retried at the next leader hook. No etcd call when the flag already agrees.
+        deleted whenever it may be there (the flag, or the local pause mark: see `_controls`)
+        and nothing stops the lock. Errors are logged and retried at the next leader hook. No
+        etcd call when the flag already agrees and no mark is left.
         """
         etcd = self._etcd()
-        flagged = _controls.KEY_ETCD_PAUSED in bag
-        if etcd is None or stop == flagged or not etcd.usable():
+        if etcd is None:
             return
-        if stop and app.mode is not ProcessingBackend.ETCD:
+        flagged = _controls.KEY_ETCD_PAUSED in bag
+        if stop == flagged and (stop or not etcd.pause_marked()):
+            return
+        if not etcd.usable() or (stop and app.mode is not ProcessingBackend.ETCD):
             return
         try:
             etcd.set_paused(stop)
@@ -599,15 +612,15 @@ class RollingOpsManager(ops.Object):
             return
         if stop:
             bag[_controls.KEY_ETCD_PAUSED] = "true"
-        else:
+        elif flagged:
             del bag[_controls.KEY_ETCD_PAUSED]
 
     def _clear_etcd_pause(self, bag: ops.RelationDataContent) -> None:
         """Delete our pause key in etcd if we may have left one. Raises RollingOpsError."""
         etcd = self._etcd()
-        if bag.get(_controls.KEY_ETCD_PAUSED) and etcd is not None:
+        if etcd is not None and (bag.get(_controls.KEY_ETCD_PAUSED) or etcd.pause_marked()):
             etcd.set_paused(False)
-            del bag[_controls.KEY_ETCD_PAUSED]
+            bag.pop(_controls.KEY_ETCD_PAUSED, None)
 
     def _control_bag(self) -> ops.RelationDataContent:
         if not self.model.unit.is_leader():
@@ -642,6 +655,12 @@ class RollingOpsManager(ops.Object):
     # --- observers -------------------------------------------------------------------------
 
     def _on_reconcile(self, _: ops.EventBase) -> None:
+        self._reconcile()
+
+    def _on_leader_elected(self, _: ops.LeaderElectedEvent) -> None:
+        etcd = self._etcd()
+        if etcd is not None and etcd.usable():
+            etcd.mark_pause()  # the predecessor may have left a pause key (see _controls)
         self._reconcile()
 
     def _on_peer_changed(self, _: ops.RelationChangedEvent) -> None:
@@ -750,6 +769,8 @@ class RollingOpsManager(ops.Object):
         units = {me.name: me}
         if self.model.unit.is_leader():
             units = self._schedule(relation, app, me, departing)
+        elif self._pause_marked() and (etcd := self._etcd()) is not None:
+            etcd.forget_pause_mark()  # the leader's own mark covers what we may have left
         self._remember(app, units)
 
     def _remember(self, app: AppView, units: dict[str, UnitView]) -> None:
@@ -798,7 +819,7 @@ class RollingOpsManager(ops.Object):
         etcd = self._etcd()
         if etcd is not None:
             self._sync_etcd_stop(bag, app, stop)
-            hold = stop or _controls.KEY_ETCD_PAUSED in bag
+            hold = stop or _controls.KEY_ETCD_PAUSED in bag or etcd.pause_marked()
             etcd.choose_mode(app, units, hold=hold)
         # A unit whose data we cannot read (another wire version, garbage) may be on etcd and
         # hold its lock: it blocks peer grants like a unit that says etcd.
