@@ -40,6 +40,7 @@ from charmlibs.rollingops._etcd_client import (
     TxnResult,
     WatchEvent,
     WatchResponse,
+    op_range,
 )
 
 NOT_FOUND = 5  # gRPC code of an unknown lease
@@ -130,12 +131,23 @@ class FakeEtcd:
 
     # --- store internals ---------------------------------------------------------------------
 
-    def _range(self, key: str, range_end: str | None) -> list[KeyValue]:
+    def _range(
+        self, key: str, range_end: str | None, sort_target: str | None = None
+    ) -> list[KeyValue]:
+        """The keys in `[key, range_end)`, in the order etcd answers them.
+
+        Key byte order, unless a range read asks `sort_target` "CREATE" (ascending create
+        revision; `op_range` asks it).
+        """
         if range_end is None:
             kv = self.keys.get(key)
             return [kv] if kv else []
         found = [kv for k, kv in self.keys.items() if key <= k < range_end]
-        return sorted(found, key=lambda kv: kv.create_revision)
+        if sort_target == "CREATE":
+            return sorted(found, key=lambda kv: kv.create_revision)
+        if sort_target not in (None, "KEY"):
+            raise EtcdError(f"fake etcd models KEY and CREATE sorts only, got {sort_target}")
+        return sorted(found, key=lambda kv: kv.key.encode())
 
     def _put(self, key: str, value: bytes, lease: int, revision: int) -> None:
         old = self.keys.get(key)
@@ -154,9 +166,8 @@ class FakeEtcd:
         doomed = self._range(key, range_end)
         for kv in doomed:
             del self.keys[kv.key]
-            self.history.append(
-                WatchEvent("DELETE", dataclasses.replace(kv, mod_revision=revision))
-            )
+            tombstone = KeyValue(kv.key, b"", 0, revision, 0, 0)  # etcd sends key + revision
+            self.history.append(WatchEvent("DELETE", tombstone))
         return len(doomed)
 
     def _deleted(self) -> None:
@@ -208,10 +219,11 @@ class FakeEtcd:
                 body = op["request_range"]
                 key = _unb64(body["key"]).decode()
                 end = _unb64(body["range_end"]).decode() if body.get("range_end") else None
-                kvs = self._range(key, end)
+                kvs = self._range(key, end, body.get("sort_target"))
+                count = len(kvs)  # etcd counts the whole range, whatever the limit
                 if body.get("limit"):
                     kvs = kvs[: int(body["limit"])]
-                payload = {"kvs": [_kv_json(kv) for kv in kvs], "count": str(len(kvs))}
+                payload = {"kvs": [_kv_json(kv) for kv in kvs], "count": str(count)}
                 responses.append({"response_range": payload})
             elif "request_put" in op:
                 body = op["request_put"]
@@ -303,10 +315,12 @@ class FakeEtcdClient:
         self, key: str, range_end: str | None = None, *, limit: int = 0, count_only: bool = False
     ) -> RangeResult:
         self.fake.call("range")
-        kvs = self.fake._range(key, range_end)
+        sort = op_range(key, range_end)["request_range"].get("sort_target")  # as the client asks
+        kvs = self.fake._range(key, range_end, sort)
+        count = len(kvs)  # etcd counts the whole range, whatever the limit
         if limit:
             kvs = kvs[:limit]
-        return RangeResult(self.fake.revision, [] if count_only else kvs, len(kvs))
+        return RangeResult(self.fake.revision, [] if count_only else kvs, count)
 
     def get(self, key: str) -> KeyValue | None:
         kvs = self.range(key).kvs
