@@ -43,7 +43,8 @@ paused, running operations finish, every queue stays; kept in the peer app datab
 where every acquire checks it), so it survives a leader change. `rolling_status()` (any unit,
 read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant order,
 done / failed / remaining, paused, the maintenance window; `progress()` a short line for the
-leader's app status. `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks one):
+leader's app status; `paused_reason` why the lock is paused (one read of the peer app databag, for
+statuses). `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks one):
 grants only inside it, as the leader's own clock says (on etcd the leader closes the lock with
 the pause key); no unit ever compares its clock with another's.
 
@@ -353,10 +354,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.6"
+__version__ = "1.1.5+coordinated.7"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 6
+LIBPATCH = 7
 
 __all__ = [
     "BusyUnits",
