@@ -209,18 +209,27 @@ class RollingOpsEngine(ops.Object):
         """The leader's app status while the lock is paused: why, what waits, how to go on.
 
         Blocked: only the operator's `resume` (on the leader) lets the lock grant again, after a
-        `pause` or a halt after failures. Ask it only when the lock is not `quiet`: it reads the
-        peer relation, which a reconcile of this hook has already read. What waits is named on
-        the peer backend (the queue in grant order); units on etcd publish no queue there.
+        `pause` or a halt after failures. A hook that read the peer relation already (the lock
+        is not `quiet`) reads the pause there and remembers it; a quiet one (an idle
+        update-status) reads no relation and answers from that memory: on the peer backend
+        nothing waits then (a published queue would have made the lock busy). What waits is
+        named on the peer backend (in grant order); units on etcd publish no queue there.
         """
-        reason = self.manager.paused_reason
+        peer = self.manager.state.processing_backend is ProcessingBackend.PEER
+        if self.manager.quiet:
+            reason = self.controls.remembered_pause
+            waits = "nothing waits" if peer else None
+        else:
+            reason = self.manager.paused_reason
+            self.controls.remember_pause(reason)
+            waits = None
+            if reason is not None and peer:
+                queue = self.manager.rolling_status().queue  # peer: this hook's reads, no etcd
+                waits = _waits([(unit, self._queued_on(unit)) for unit in queue])
         if reason is None:
             return None
-        head = f"rollingops lock paused ({_short(reason)})"
-        if self.manager.state.processing_backend is not ProcessingBackend.PEER:
-            return ops.BlockedStatus(f"{head}: `rolling-status` shows what waits; run resume")
-        waiting = [(unit, self._queued_on(unit)) for unit in self.manager.rolling_status().queue]
-        return ops.BlockedStatus(f"{head}: {_waits(waiting)}; run resume")
+        waits = waits or "`rolling-status` shows what waits"
+        return ops.BlockedStatus(f"rollingops lock paused ({_short(reason)}): {waits}; run resume")
 
     def _queued_on(self, unit: str) -> list[str]:
         """The operations `unit` has queued, as its peer databag shows them."""

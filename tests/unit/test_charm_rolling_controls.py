@@ -286,6 +286,26 @@ def test_a_lock_halted_by_a_failed_remount_names_the_failure_and_what_waits(fake
     )
 
 
+def test_an_idle_leader_remembers_its_pause_for_the_status_and_resume_clears_it(fake_workload):
+    """Nothing waits (the lock is quiet): the status still says it is paused, until resume."""
+    fake_workload.installed, fake_workload.running = "1.0.0", True
+    rel = testing.PeerRelation(PEER)
+    out = ctx().run(ctx().on.update_status(), testing.State(
+        leader=True, planned_units=1, relations={rel}))  # fmt: skip
+    assert out.app_status == testing.ActiveStatus()
+    paused = testing.BlockedStatus(
+        "rollingops lock paused (paused by the operator): nothing waits; run resume"
+    )
+    out = ctx().run(ctx().on.action("pause"), out)
+    assert out.app_status == paused
+    out = ctx().run(ctx().on.update_status(), out)  # quiet: from what the leader remembers
+    assert out.app_status == paused
+    out = ctx().run(ctx().on.action("resume"), out)
+    assert out.app_status == testing.ActiveStatus()
+    out = ctx().run(ctx().on.update_status(), out)
+    assert out.app_status == testing.ActiveStatus()
+
+
 def test_a_long_pause_reason_is_cut_in_the_statuses(fake_workload):
     app = {**PAUSED_APP, "rollingops-paused": "x" * 200}
     lock = testing.PeerRelation(PEER, local_app_data=app, peers_data=queued_bag(*range(1, 6)))
