@@ -23,9 +23,9 @@ action that queues on it. The whole demo charm has five peer relations: at 50 un
 alone are 24,500 hooks (minutes of CPU here), four fifths of them on relations `rolling-status`
 never reads; tests/simulation/test_rolling_status.py runs the same check on the whole demo charm
 at a few units. Measured here (CPU, one process, a shared 2-core machine): 50 units on the peer
-backend settle in 5,101 hooks (21 s) and the roll takes 688 more (3.5 s); on etcd (`--backend
+backend settle in 5,101 hooks (20-21 s) and the roll takes 688 more (3 s); on etcd (`--backend
 etcd`: the stand-in provider, fake etcd, one simulated worker per unit) 7,956 hooks (45 s) and 8.
-Each `rolling-status` hook costs 5-8 ms. The last line is JSON; the exit status is 1 when a check
+Each `rolling-status` hook costs 4-8 ms. The last line is JSON; the exit status is 1 when a check
 fails.
 """
 
