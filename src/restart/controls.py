@@ -8,6 +8,8 @@ stays in force (kept in this unit's stored state; the default before any).
 
 Actions (the library does the work, see charmlibs.rollingops `pause`, `resume`,
 `rolling_status`): `rolling-status` on any unit, read-only; `pause` and `resume` on the leader.
+The leader remembers why the lock is paused (`remembered_pause`) for the app status of hooks
+that read no relation (docs/one-lock.md, "What the statuses say").
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Controls(ops.Object):
         super().__init__(charm, "rollingops-controls")
         self.charm = charm
         self._manager = manager
-        self._stored.set_default(max_parallel=1, halt=1, window="")
+        self._stored.set_default(max_parallel=1, halt=1, window="", paused="")
         self.problems: list[str] = []
         self.settings = self._read()
         observe = self.framework.observe
@@ -113,11 +115,13 @@ class Controls(ops.Object):
         event.log(status.summary)
 
     def _on_pause(self, event: ops.ActionEvent) -> None:
+        manager = self._manager()
         try:
-            self._manager().pause()
+            manager.pause()
         except RollingOpsError as error:
             event.fail(str(error))
             return
+        self.remember_pause(manager.paused_reason)
         event.set_results({"message": "paused: no new grant; running operations finish"})
 
     def _on_resume(self, event: ops.ActionEvent) -> None:
@@ -126,7 +130,24 @@ class Controls(ops.Object):
         except RollingOpsError as error:
             event.fail(str(error))
             return
+        self.remember_pause(None)
         event.set_results({"message": "resumed"})
+
+    @property
+    def remembered_pause(self) -> str | None:
+        """Why the lock was paused when this unit last read it (stored state), or None.
+
+        For the leader's status in a hook that reads no relation (an idle update-status): the
+        lock changes pause only in the leader's own hooks (pause, resume, a halt in its
+        reconcile, which reads the relation) or, after a leader change, before the new leader's
+        leader-elected reconcile, which reads it again.
+        """
+        return str(self._stored.paused) or None
+
+    def remember_pause(self, reason: str | None) -> None:
+        """Keep `reason` (None: not paused) for `remembered_pause`."""
+        if self._stored.paused != (reason or ""):
+            self._stored.paused = reason or ""
 
     def unit_status(self) -> ops.StatusBase | None:
         """Blocked while the config cannot be used (the message says what to change)."""

@@ -102,10 +102,15 @@ class Restarts(ops.Object):
         return [status for status in statuses if status is not None]
 
     def app_status(self) -> ops.StatusBase | None:
-        """The leader's app status while a rolling restart is in flight.
+        """The leader's app status: the one lock paused with work waiting, or a restart's progress.
 
-        Quiet engines are not asked: an idle leader reads no relation for its status.
+        Quiet engines are not asked: an idle leader reads no relation for its status (the one
+        lock's pause it remembers). A paused lock comes first: a remount or an upgrade step may
+        wait on it with no restart in flight.
         """
+        paused = self.lock.paused_status()
+        if paused is not None:
+            return paused
         busy = [
             name
             for name, engine in self.engines.items()

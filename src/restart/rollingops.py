@@ -29,6 +29,7 @@ from collections.abc import Callable
 import ops
 from charmlibs.rollingops import (
     OperationResult,
+    ProcessingBackend,
     RollingOpsError,
     RollingOpsManager,
     RollingOpsStatus,
@@ -48,6 +49,9 @@ SYNC_TIMEOUT = 60
 STATUS_LIMIT = 160  # characters of the etcd problem shown in the unit status
 OPERATIONS = ("restart", "remount", "upgrade")  # the callbacks of the one lock, in status order
 VERBS = {"restart": "restarting", "remount": "remounting", "upgrade": "upgrading"}
+NOUNS = {"restart": "restart", "remount": "remount", "upgrade": "upgrade step"}
+REASON_LIMIT = 100  # characters of the pause reason shown in a status
+SHOWN_UNITS = 3  # waiting units named in the leader's paused line; the rest are counted
 
 Operation = Callable[..., "OperationResult | None"]
 """A callback of the one lock: runs while this unit holds it; None (or RELEASE) releases it."""
@@ -201,6 +205,39 @@ class RollingOpsEngine(ops.Object):
         """The leader's app status line while a roll is on ("restart 3/10: app/4"), or None."""
         return self.manager.progress("restart")
 
+    def paused_status(self) -> ops.StatusBase | None:
+        """The leader's app status while the lock is paused: why, what waits, how to go on.
+
+        Blocked: only the operator's `resume` (on the leader) lets the lock grant again, after a
+        `pause` or a halt after failures. A hook that read the peer relation already (the lock
+        is not `quiet`) reads the pause there and remembers it; a quiet one (an idle
+        update-status) reads no relation and answers from that memory: on the peer backend
+        nothing waits then (a published queue would have made the lock busy). What waits is
+        named on the peer backend (in grant order); units on etcd publish no queue there.
+        """
+        peer = self.manager.state.processing_backend is ProcessingBackend.PEER
+        if self.manager.quiet:
+            reason = self.controls.remembered_pause
+            waits = "nothing waits" if peer else None
+        else:
+            reason = self.manager.paused_reason
+            self.controls.remember_pause(reason)
+            waits = None
+            if reason is not None and peer:
+                queue = self.manager.rolling_status().queue  # peer: this hook's reads, no etcd
+                waits = _waits([(unit, self._queued_on(unit)) for unit in queue])
+        if reason is None:
+            return None
+        waits = waits or "`rolling-status` shows what waits"
+        return ops.BlockedStatus(f"rollingops lock paused ({_short(reason)}): {waits}; run resume")
+
+    def _queued_on(self, unit: str) -> list[str]:
+        """The operations `unit` has queued, as its peer databag shows them."""
+        try:
+            return [op for op in OPERATIONS if self.manager.is_waiting_callback(op, unit)]
+        except ValueError:  # it left the relation in between
+            return []
+
     def busy_for_action(self) -> str | None:
         """Actions only (may ask etcd): why work on the lock may be in flight, or None if none."""
         found = self.manager.busy_units()
@@ -241,6 +278,12 @@ class RollingOpsEngine(ops.Object):
             what = " + ".join(queued) or "restart"
             where = f"(rollingops, {state.processing_backend})"
             if state.status is RollingOpsStatus.WAITING:
+                paused = self.manager.paused_reason
+                if paused is not None:
+                    return ops.WaitingStatus(
+                        f"{what} queued {where} on a paused lock ({_short(paused)}): "
+                        "`resume` on the leader continues"
+                    )
                 return ops.WaitingStatus(f"{what} queued {where}")
             doing = f"running {what}" if len(queued) > 1 else VERBS[what]
             return ops.MaintenanceStatus(f"{doing} {where}")
@@ -262,3 +305,21 @@ class RollingOpsEngine(ops.Object):
             token=token,
             backend=backend,
         )
+
+
+def _short(text: str) -> str:
+    """`text` cut to REASON_LIMIT characters for a status line."""
+    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 3] + "..."
+
+
+def _waits(waiting: list[tuple[str, list[str]]]) -> str:
+    """What waits on the paused lock, in grant order: "upgrade step of app/2 waits"."""
+    named = [(unit, " + ".join(NOUNS[op] for op in ops_) or "work") for unit, ops_ in waiting]
+    if not named:
+        return "nothing waits"
+    if len(named) == 1:
+        unit, what = named[0]
+        return f"{what} of {unit} waits"
+    shown = ", ".join(f"{unit} ({what})" for unit, what in named[:SHOWN_UNITS])
+    more = len(named) - SHOWN_UNITS
+    return f"{shown}{f' and {more} more' if more > 0 else ''} wait"

@@ -23,8 +23,9 @@ def ctx(unit_id=0):
     return charm_context(app_name=APP, unit_id=unit_id)
 
 
-def queued_bag(*units: int) -> dict[int, dict[str, str]]:
-    op = {"id": 1, "callback_id": "restart", "kwargs": {}, "max_retry": 2, "attempt": 0,
+def queued_bag(*units: int, callback: str = "restart") -> dict[int, dict[str, str]]:
+    """Each of `units` with one `callback` op queued on the one lock (its peer databag)."""
+    op = {"id": 1, "callback_id": callback, "kwargs": {}, "max_retry": 2, "attempt": 0,
           "requested_at": "2026-01-01T00:00:00.000000Z"}  # fmt: skip
     bag = {"rollingops-version": "1", "rollingops-queue": json.dumps([op]), "rollingops-seq": "1",
            "rollingops-intent": "request", "rollingops-backend": "peer"}  # fmt: skip
@@ -134,7 +135,8 @@ def test_a_failed_restart_halts_the_roll_naming_the_unit_and_resume_continues(fa
     bag = out.get_relation(rel.id).local_app_data
     assert bag["rollingops-paused"] == f"halted after 1 failed operation(s): {APP}/1"
     assert grants(out, rel) == []
-    assert f"paused: halted after 1 failed operation(s): {APP}/1" in out.app_status.message
+    assert isinstance(out.app_status, testing.BlockedStatus)
+    assert f"paused (halted after 1 failed operation(s): {APP}/1)" in out.app_status.message
     rel = dataclasses.replace(rel, local_app_data=dict(bag))
     out = ctx().run(ctx().on.action("resume"), dataclasses.replace(out, relations={rel}))
     assert len(grants(out, rel)) == 1  # the roll goes on
@@ -182,6 +184,137 @@ def test_rolling_status_on_50_units_is_one_hook_with_no_relation_writes(fake_wor
     assert dict(after.local_app_data) == app
     assert {unit: dict(bag) for unit, bag in after.peers_data.items()} == peers
     assert not [key for key in after.local_unit_data if key.startswith("rollingops-")]
+
+
+# --- a paused lock in the statuses: what waits on it, and that `resume` continues ---------------
+
+PAUSED_APP = {"rollingops-version": "2", "rollingops-token": "4", "rollingops-mode": "peer",
+              "rollingops-paused": "paused by the operator",
+              "rollingops-roll": json.dumps({"done": 1, "failed": [], "strikes": 0,
+                                             "active": True})}  # fmt: skip
+RESUME = "`resume` on the leader continues"
+
+
+def rollout_rel(states: dict[int, str], me: str = "ready") -> testing.PeerRelation:
+    """The upgrade library's peer relation with a workload rollout in flight (unit 2's turn)."""
+    rollout = {"round": 1, "target": "1.1.0", "previous": "1.0.0", "done": False}
+    return testing.PeerRelation(
+        "upgrade",
+        local_app_data={"upgrade-stack": "[0, 1, 2]", "workload-rollout": json.dumps(rollout)},
+        local_unit_data={"state": me},
+        peers_data={unit: {"state": state} for unit, state in states.items()},
+    )
+
+
+def test_a_paused_lock_with_only_an_upgrade_step_waiting_says_so(fake_workload):
+    """No restart in flight: the upgrade's own progress line must not hide the pause."""
+    fake_workload.installed, fake_workload.running = "1.0.0", True
+    lock = testing.PeerRelation(
+        PEER, local_app_data=PAUSED_APP, peers_data=queued_bag(2, callback="upgrade")
+    )
+    upgrade = rollout_rel({1: "ready", 2: "upgrading"})
+    state = testing.State(leader=True, planned_units=3, relations={lock, upgrade})
+    out = ctx().run(ctx().on.update_status(), state)
+    assert grants(out, lock) == []
+    assert out.app_status == testing.BlockedStatus(
+        "rollingops lock paused (paused by the operator): upgrade step of coordinated-ops/2 "
+        "waits; run resume"
+    )
+    # The waiting unit itself (its step queued, as the upgrade's grant left it):
+    mine = testing.PeerRelation(
+        PEER, local_app_data=PAUSED_APP, local_unit_data=queued_bag(2, callback="upgrade")[2],
+        peers_data={0: {}, 1: {}},
+    )  # fmt: skip
+    upgrading = rollout_rel({0: "ready", 1: "ready"}, me="upgrading")
+    out = ctx(2).run(ctx(2).on.update_status(), testing.State(
+        planned_units=3, relations={mine, upgrading}))  # fmt: skip
+    assert out.unit_status == testing.WaitingStatus(
+        f"upgrade queued (rollingops, peer) on a paused lock (paused by the operator): {RESUME}"
+    )
+    assert fake_workload.calls == []  # the step did not run
+
+
+def test_a_paused_lock_with_only_a_remount_waiting_says_so(fake_workload):
+    fake_workload.installed, fake_workload.running = "1.0.0", True
+    lock = testing.PeerRelation(
+        PEER, local_app_data=PAUSED_APP, peers_data=queued_bag(1, callback="remount")
+    )
+    state = testing.State(leader=True, planned_units=2, relations={lock})
+    out = ctx().run(ctx().on.update_status(), state)
+    assert out.app_status == testing.BlockedStatus(
+        "rollingops lock paused (paused by the operator): remount of coordinated-ops/1 waits; "
+        "run resume"
+    )
+    mine = testing.PeerRelation(
+        PEER, local_app_data=PAUSED_APP, local_unit_data=queued_bag(1, callback="remount")[1],
+        peers_data={0: {}},
+    )  # fmt: skip
+    out = ctx(1).run(ctx(1).on.update_status(), testing.State(planned_units=2, relations={mine}))
+    assert out.unit_status == testing.WaitingStatus(
+        f"remount queued (rollingops, peer) on a paused lock (paused by the operator): {RESUME}"
+    )
+
+
+def test_a_lock_halted_by_a_failed_remount_names_the_failure_and_what_waits(fake_workload):
+    """The remount of unit 1 failed: the leader halts the lock in this hook and says so."""
+    fake_workload.installed, fake_workload.running = "1.0.0", True
+    peers = {**queued_bag(1, callback="remount"), **queued_bag(2, callback="upgrade")}
+    peers[1]["rollingops-done"] = json.dumps({"token": 4, "op": 1, "result": "retry-release"})
+    peers[1]["rollingops-intent"] = "retry-release"
+    app = {"rollingops-version": "2", "rollingops-token": "4", "rollingops-mode": "peer",
+           "rollingops-grant": json.dumps({"unit": f"{APP}/1", "token": 4, "op": 1}),
+           "rollingops-order": json.dumps([f"{APP}/2"]),
+           "rollingops-roll": json.dumps({"done": 0, "failed": [], "strikes": 0,
+                                          "active": True})}  # fmt: skip
+    lock = testing.PeerRelation(PEER, local_app_data=app, peers_data=peers)
+    upgrade = rollout_rel({1: "ready", 2: "upgrading"})
+    state = testing.State(leader=True, planned_units=3, relations={lock, upgrade})
+    out = ctx().run(ctx().on.update_status(), state)
+    halt = f"halted after 1 failed operation(s): {APP}/1"
+    assert out.get_relation(lock.id).local_app_data["rollingops-paused"] == halt
+    assert out.app_status == testing.BlockedStatus(
+        f"rollingops lock paused ({halt}): {APP}/2 (upgrade step), {APP}/1 (remount) wait; "
+        "run resume"
+    )
+    mine = testing.PeerRelation(
+        PEER, local_app_data=dict(out.get_relation(lock.id).local_app_data),
+        local_unit_data=queued_bag(2, callback="upgrade")[2], peers_data={0: {}, 1: {}},
+    )  # fmt: skip
+    out = ctx(2).run(ctx(2).on.update_status(), testing.State(planned_units=3, relations={mine}))
+    assert out.unit_status == testing.WaitingStatus(
+        f"upgrade queued (rollingops, peer) on a paused lock ({halt}): {RESUME}"
+    )
+
+
+def test_an_idle_leader_remembers_its_pause_for_the_status_and_resume_clears_it(fake_workload):
+    """Nothing waits (the lock is quiet): the status still says it is paused, until resume."""
+    fake_workload.installed, fake_workload.running = "1.0.0", True
+    rel = testing.PeerRelation(PEER)
+    out = ctx().run(ctx().on.update_status(), testing.State(
+        leader=True, planned_units=1, relations={rel}))  # fmt: skip
+    assert out.app_status == testing.ActiveStatus()
+    paused = testing.BlockedStatus(
+        "rollingops lock paused (paused by the operator): nothing waits; run resume"
+    )
+    out = ctx().run(ctx().on.action("pause"), out)
+    assert out.app_status == paused
+    out = ctx().run(ctx().on.update_status(), out)  # quiet: from what the leader remembers
+    assert out.app_status == paused
+    out = ctx().run(ctx().on.action("resume"), out)
+    assert out.app_status == testing.ActiveStatus()
+    out = ctx().run(ctx().on.update_status(), out)
+    assert out.app_status == testing.ActiveStatus()
+
+
+def test_a_long_pause_reason_is_cut_in_the_statuses(fake_workload):
+    app = {**PAUSED_APP, "rollingops-paused": "x" * 200}
+    lock = testing.PeerRelation(PEER, local_app_data=app, peers_data=queued_bag(*range(1, 6)))
+    out = ctx().run(ctx().on.update_status(), testing.State(
+        leader=True, planned_units=6, relations={lock}))  # fmt: skip
+    assert out.app_status == testing.BlockedStatus(
+        f"rollingops lock paused ({'x' * 97}...): {APP}/1 (restart), {APP}/2 (restart), "
+        f"{APP}/3 (restart) and 2 more wait; run resume"
+    )
 
 
 # --- maintenance window -------------------------------------------------------------------------

@@ -75,3 +75,22 @@ def test_a_peer_change_with_nothing_to_do_reads_no_other_peer_relation(unit):
     read |= {call[1] for call in calls if call[0] == "relation-ids"}
     others = set(charmdir.peer_endpoints(unit.charm_dir)) - {env["JUJU_RELATION"]}
     assert not read & others, calls
+
+
+def test_an_idle_update_status_of_a_paused_lock_still_reads_no_relation_and_says_paused(unit):
+    """The leader remembers the pause it made: its status says so without reading the relation."""
+    run = unit.run_action("pause", {})
+    assert run.returncode == 0, run.output
+    try:
+        calls = calls_of(unit, "update-status")
+        listing = "\n".join(" ".join(call) for call in calls)
+        assert len(calls) <= MAX_IDLE_UPDATE_STATUS_CALLS, f"{len(calls)} calls:\n{listing}"
+        assert not [call for call in calls if call[0] in RELATION_TOOLS], listing
+        app_status = [
+            call[-1] for call in calls if call[:2] == ["status-set", "--application=True"]
+        ]
+        paused = "rollingops lock paused (paused by the operator): nothing waits; run resume"
+        assert app_status == [paused], listing
+    finally:
+        run = unit.run_action("resume", {})
+        assert run.returncode == 0, run.output

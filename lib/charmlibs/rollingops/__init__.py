@@ -44,7 +44,8 @@ where every acquire checks it), so it survives a leader change; a pause hook tha
 its etcd put leaves no pause behind (a local mark: see `_controls`). `rolling_status()` (any
 unit, read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant
 order, done / failed / remaining, paused, the maintenance window; `progress()` a short line for
-the leader's app status. `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks
+the leader's app status; `paused_reason` why the lock is paused (one read of the peer app
+databag, for statuses). `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks
 one): grants only inside it, as the leader's own clock says (on etcd the leader closes the lock
 with the pause key); no unit ever compares its clock with another's.
 

@@ -580,6 +580,16 @@ class RollingOpsManager(ops.Object):
         paused = _controls.paused(bag)
         return f"{line} (paused: {paused})" if paused else line
 
+    @property
+    def paused_reason(self) -> str | None:
+        """Why the lock is paused (`pause()`, or a halt after failures), or None when it is not.
+
+        One read of the peer application databag (none if this hook read it already), on any
+        unit and either backend: cheap enough for a status. A `quiet` unit need not ask.
+        """
+        relation = self._peer_relation()
+        return None if relation is None else _controls.paused(relation.data[self.model.app])
+
     def _window_closed(self, bag: ops.RelationDataContent) -> bool:
         """Leader: is the maintenance window closed now (this clock)? Recorded for the status."""
         closed = not _controls.window_open(self.maintenance_window)
