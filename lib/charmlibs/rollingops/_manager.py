@@ -114,7 +114,8 @@ class RollingOpsManager(ops.Object):
             On etcd it is the number of lock slots this unit's worker may take (see the package
             docstring). ValueError when below 1.
         halt_after_failures: pause the lock once that many operations failed in one roll (None:
-            never). Counted from the peer grants (see `rolling_status`); `resume` continues.
+            never). Counted by the leader from the peer grants, and by the workers in etcd on
+            the etcd backend (see `_controls`); `resume` continues.
         maintenance_window: "HH:MM-HH:MM", daily in UTC: grants only inside it, as the leader's
             clock says (None or "": always). ValueError when it does not parse.
     """
@@ -622,6 +623,8 @@ class RollingOpsManager(ops.Object):
 
     def _sync_etcd_stop(self, bag: ops.RelationDataContent, app: AppView, stop: bool) -> None:
         """Leader: etcd's pause key present exactly while paused or outside the window.
+
+        The leader's key only (value "paused"): a halt a worker put stays until `resume`.
 
         Put only while the application runs on etcd (it never returns to etcd while stopped);
         deleted whenever it may be there and nothing stops the lock. Errors are logged and
