@@ -370,8 +370,9 @@ class EtcdLock:
         )
 
     def _roll(self, kv: KeyValue | None, errors: list[str]) -> Roll:
-        raw = _decode(kv.value) if kv is not None else None
-        return Roll.parse(raw, f"etcd: bad roll record {self.roll_key}", errors)
+        if kv is None:
+            return Roll()
+        return Roll.parse(_decode(kv.value), f"etcd: bad roll record {kv.key}", errors)
 
     def set_paused(self, paused: bool) -> None:
         """The leader's pause: put ``P paused/<app>`` if absent, or delete it if it is ours.

@@ -542,8 +542,8 @@ class RollingOpsManager(ops.Object):
         self, views: list[UnitView], paused: str | None, timeout: float
     ) -> RollingStatus:
         state = self._etcd_state(timeout)
+        local = [view.name for view in views if view.queue]  # units still on peer, or this one
         if isinstance(state, str):
-            local = [view.name for view in views if view.queue]
             return RollingStatus(
                 "etcd",
                 remaining=len(local),
@@ -551,7 +551,6 @@ class RollingOpsManager(ops.Object):
                 max_parallel=self.max_parallel,
                 unknown=state,
             )
-        local = [view.name for view in views if view.queue]  # units still on peer, or this one
         return RollingStatus(
             "etcd",
             holders=tuple(state.holders),
