@@ -9,7 +9,8 @@ in, because it cannot exist in one process on logical time:
 - the per-unit worker process (`_worker.Worker`): `WorkerActor`, a background actor
   (jujusim.protocols.Actor) with the same loop
   (ticket -> acquire -> dispatch `rollingops_lock_granted` with `ROLLINGOPS_LOCK_TOKEN`
-  and learn its outcome -> read `result.json` -> retry-hold / release -> exit when `work.json`
+  and learn its outcome -> read `result.json` -> retry-hold / release recording the result
+  (`EtcdLock.release_recorded`, the real transaction) -> exit when `work.json`
   says no work; 3 failures in a row -> mark failed, dispatch `rollingops_etcd_failed`). Waiting
   on an etcd watch becomes "wake me when a lock or ticket key is deleted"; a broken watch (an
   outage) wakes it too. Each failed etcd step costs one tick (the client's own backoff);
@@ -222,7 +223,7 @@ class WorkerActor:
             self._dispatch()
             return
         self.phase = "idle"
-        self._release()
+        self._release(result, recorded=True)
         if result is None or result == "not-granted":
             self.failures += 1
             self.world.log(f"worker {self.unit}: dispatch failed ({self.failures})")
@@ -255,11 +256,20 @@ class WorkerActor:
 
     # --- endings -------------------------------------------------------------------------------
 
-    def _release(self) -> None:
+    def _release(self, result: str | None = None, *, recorded: bool = False) -> None:
+        """As `_worker.Worker._release`: after a dispatch, the result goes to the roll record."""
         if self.holding is None or self.lock is None:
             return
         token, self.holding = self.holding, None
-        self.lock.release(token)
+        if recorded:
+            work = None
+            with contextlib.suppress(RollingOpsError):
+                work = _files.read_work(self.base_dir)
+            more = work is not None and work.pending > 0
+            halt_after = work.halt_after if work is not None else None
+            self.lock.release_recorded(token, result, more_work=more, halt_after=halt_after)
+        else:
+            self.lock.release(token)
 
     def _revoke_lease(self) -> None:
         lease, self.lease = self.lease, None

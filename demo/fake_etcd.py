@@ -1,11 +1,11 @@
 """An in-memory etcd on the simulator's logical time, modelling exactly what `_etcd_lock` uses.
 
 `charmlibs.rollingops._etcd_lock` talks to etcd through `EtcdClient` (`_etcd_client.py`): range,
-put, delete, txn (create-revision compares, put/delete/range ops), lease grant/keep-alive/revoke,
-and a watch from a revision. `FakeEtcd` keeps the store (keys with create/mod revisions, version,
-lease), the leases and the event history; `FakeEtcdClient` has `EtcdClient`'s signatures and
-answers in the gateway's JSON shapes (base64 keys, integers as strings), so the library's own
-decoding (`TxnResult.kvs`, `KeyValue.from_json`) runs unchanged.
+put, delete, txn (create-revision, mod-revision and value compares, put/delete/range ops), lease
+grant/keep-alive/revoke, and a watch from a revision. `FakeEtcd` keeps the store (keys with
+create/mod revisions, version, lease), the leases and the event history; `FakeEtcdClient` has
+`EtcdClient`'s signatures and answers in the gateway's JSON shapes (base64 keys, integers as
+strings), so the library's own decoding (`TxnResult.kvs`, `KeyValue.from_json`) runs unchanged.
 
 Time is the simulator's clock (`clock()`, in ticks). Faults:
 
@@ -22,7 +22,7 @@ Time is the simulator's clock (`clock()`, in ticks). Faults:
 Semantics follow etcd v3: one revision per write transaction (shared by its ops), none for a
 read-only one or a delete of nothing; a put keeps `create_revision` and attaches the new lease;
 a compare over a range must hold for every key in it and an empty range compares as one absent
-key (create_revision 0).
+key (create/mod revision 0); a value compare on an absent key is false.
 """
 
 from __future__ import annotations
@@ -186,20 +186,35 @@ class FakeEtcd:
         return True
 
     def _compare(self, cmp: dict[str, Any]) -> bool:
-        if cmp.get("target") != "CREATE":
-            raise EtcdError(f"fake etcd models CREATE compares only, got {cmp}")
+        """One compare, as etcd's server applies it (CREATE, MOD and VALUE targets).
+
+        A revision compare over a range must hold for every key in it; an absent key (or an
+        empty range) compares as revision 0. A VALUE compare on an absent key is false.
+        """
+        target = cmp.get("target")
+        if target not in ("CREATE", "MOD", "VALUE"):
+            raise EtcdError(f"fake etcd models CREATE, MOD and VALUE compares only, got {cmp}")
         key = _unb64(cmp["key"]).decode()
         end = _unb64(cmp["range_end"]).decode() if cmp.get("range_end") else None
-        kvs = self._range(key, end) or [None]
-        want = int(cmp.get("create_revision", 0))
+        found = self._range(key, end)
+        if target == "VALUE" and not found:
+            return False
         result = cmp.get("result", "EQUAL")
-        for kv in kvs:
-            have = kv.create_revision if kv else 0
+        for kv in found or [None]:
+            have: int | bytes
+            if target == "VALUE":
+                assert kv is not None
+                have, want = kv.value, _unb64(cmp.get("value"))
+            elif target == "MOD":
+                have, want = (kv.mod_revision if kv else 0), int(cmp.get("mod_revision", 0))
+            else:
+                have = kv.create_revision if kv else 0
+                want = int(cmp.get("create_revision", 0))
             ok = {
                 "EQUAL": have == want,
                 "NOT_EQUAL": have != want,
-                "GREATER": have > want,
-                "LESS": have < want,
+                "GREATER": have > want,  # pyright: ignore[reportOperatorIssue]
+                "LESS": have < want,  # pyright: ignore[reportOperatorIssue]
             }[result]
             if not ok:
                 return False

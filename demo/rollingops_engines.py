@@ -28,6 +28,8 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
+from charmlibs.rollingops._controls import PAUSED_BY_LEADER
+
 from jujusim.protocols import Actor
 from jujusim.runner import CharmSpec
 from jujusim.simulator import Simulator
@@ -255,8 +257,24 @@ class RollingOpsEtcdFakes(DemoFakes):
 
 
 def paused(sim: Simulator) -> str | None:
-    """Why the rolling operation is paused, from the committed app databag (None: it is not)."""
-    return Bags.from_truth(sim.relations, APP).app(PEER).get("rollingops-paused")
+    """Why the rolling operation is paused (None: it is not).
+
+    From the committed app databag, or a halt the etcd workers put in etcd.
+    """
+    reason = Bags.from_truth(sim.relations, APP).app(PEER).get("rollingops-paused")
+    return reason or etcd_halt(sim)
+
+
+def etcd_halt(sim: Simulator) -> str | None:
+    """The halt reason a worker put in the current etcd cluster for our application, if any."""
+    world = next((actor for actor in sim.actors if isinstance(actor, EtcdWorld)), None)
+    if world is None:
+        return None
+    for key, kv in world.fake.keys.items():
+        halted = key.split("/")[-1].endswith(f".{APP}") and kv.value != PAUSED_BY_LEADER.encode()
+        if "/paused/" in key and halted:
+            return kv.value.decode()
+    return None
 
 
 def resume_if_halted(sim: Simulator) -> None:

@@ -67,7 +67,30 @@ def test_workers_serve_all_ops_one_at_a_time(harness: WorkerHarness, etcd_server
         log = (unit.base_dir / "worker.log").read_text()
         assert "time.sleep" not in log
     client = etcd_server.client()
-    assert client.range(harness.prefix, prefix_end(harness.prefix)).kvs == []  # nothing left
+    left = client.range(harness.prefix, prefix_end(harness.prefix)).kvs
+    # Nothing left but the roll record, which the workers kept in their release transactions.
+    assert [kv.key for kv in left] == [f"{harness.prefix}roll/model-uuid.app"]
+    assert json.loads(left[0].value) == {"active": False, "done": 51, "failed": [], "strikes": 0}
+
+
+def test_a_failed_operation_halts_the_roll_until_resume(
+    harness: WorkerHarness, etcd_server: EtcdServer
+):
+    """Real workers: the failure is recorded and the halt put as the slot is released."""
+    first = harness.add_unit("app/0", pending=1, halt_after=1, results=["dropped"])
+    second = harness.add_unit("app/1", pending=1, halt_after=1)
+    harness.start_worker(first)
+    assert wait_exit(first) == 0, (first.base_dir / "worker.log").read_text()
+    client = etcd_server.client()
+    pause_key = f"{harness.prefix}paused/model-uuid.app"
+    assert client.get(pause_key).value == b"halted after 1 failed operation(s): app/0"  # type: ignore[union-attr]
+    harness.start_worker(second)
+    wait_for_key(client, f"{harness.prefix}waiting/model-uuid.app-1")  # in line, no slot
+    assert EtcdLock(client, harness.prefix, "model-uuid.app-0", "app/0").resume()
+    assert wait_exit(second) == 0, (second.base_dir / "worker.log").read_text()
+    assert [grant["result"] for grant in lock_grants([first, second])] == ["dropped", "release"]
+    roll = json.loads(client.get(f"{harness.prefix}roll/model-uuid.app").value)  # type: ignore[union-attr]
+    assert roll == {"active": False, "done": 1, "failed": ["app/0"], "strikes": 0}
 
 
 def test_killed_holder_frees_lock_at_lease_expiry_and_restarts(

@@ -86,7 +86,9 @@ with open(charm_dir / "machine.lock", "a") as machine_lock:
             work = _files.read_work(base_dir)
             head = work.head if work else None
             if result in ("release", "dropped") and work is not None and work.pending > 0:
-                _files.write_work(base_dir, work.pending - 1, (head or 0) + 1)
+                _files.write_work(
+                    base_dir, work.pending - 1, (head or 0) + 1, work.slots, work.halt_after
+                )
         _files.write_result(base_dir, token, head, result)
         record["result"] = result
     record["end"] = time.monotonic()
@@ -155,10 +157,10 @@ class FakeUnit:
         finally:
             os.close(fd)
 
-    def set_work(self, pending: int) -> None:
+    def set_work(self, pending: int, halt_after: int | None = None) -> None:
         """Write the work hint as the hook side would (under queue.lock)."""
         with _files.queue_lock(self.base_dir):
-            _files.write_work(self.base_dir, pending, 1 if pending else None)
+            _files.write_work(self.base_dir, pending, 1 if pending else None, 1, halt_after)
 
 
 class WorkerHarness:
@@ -176,8 +178,10 @@ class WorkerHarness:
         self.trace = root / "trace.jsonl"
         self.units: list[FakeUnit] = []
 
-    def add_unit(self, name: str, *, pending: int, **hook_settings: object) -> FakeUnit:
-        """Create a unit with local etcd config and ``pending`` ops.
+    def add_unit(
+        self, name: str, *, pending: int, halt_after: int | None = None, **hook_settings: object
+    ) -> FakeUnit:
+        """Create a unit with local etcd config and ``pending`` ops (``halt_after``: work.json).
 
         ``hook_settings`` go to the stand-in hook (``results``, ``exit_code``, ``block``).
         """
@@ -200,7 +204,7 @@ class WorkerHarness:
             cert_pem=pathlib.Path(server.client_cert).read_text(),
             key_pem=pathlib.Path(server.client_key).read_text(),
         )
-        unit.set_work(pending)
+        unit.set_work(pending, halt_after)
         settings = {
             "base_dir": str(unit.base_dir),
             "sys_path": [str(self.lib)],

@@ -37,7 +37,8 @@ Operator controls (`_controls.py`): `max_parallel=k` (constructor, default 1) le
 hold the lock at once (k peer grants; on etcd a semaphore of k slots). Pass the current value at
 every construction: a change applies from the next grant, and lowering it revokes nothing.
 `halt_after_failures=n` (default None: never) pauses the lock once n operations failed in one
-roll (counted from the peer grants; see `_controls`). `pause()` / `resume()` (leader only;
+roll (on peer counted by the leader from the grants; on etcd by the workers in the etcd
+transaction that ends each grant, `P roll/`; see `_controls`). `pause()` / `resume()` (leader only;
 `RollingOpsControlError` elsewhere, or when resuming what is not paused): no new grant while
 paused, running operations finish, every queue stays; kept in the peer app databag (and in etcd,
 where every acquire checks it), so it survives a leader change; a pause hook that fails after
@@ -217,7 +218,11 @@ etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uu
     P lock-<i>          slot i (1 <= i < k) of the semaphore when max_parallel is k > 1; value
                         and token as `P lock` (slot 0; the sync lock only ever takes slot 0)
     P paused/<model uuid>.<app>   present while that application is paused (no lease); every
-                        async acquire transaction requires it absent
+                        async acquire transaction requires it absent. Value "paused" when the
+                        leader put it (pause, closed window), else a worker's halt reason
+    P roll/<model uuid>.<app>     that application's roll record (no lease), the JSON of
+                        `rollingops-roll`; written by the worker in the transaction that deletes
+                        its slot (since LIBPATCH 7; an older reader ignores it)
 Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
 
 Bad relation data (one rule): a value another unit (or an earlier leader) wrote that does not

@@ -40,9 +40,28 @@ hook), and a new leader marks too (it cannot know what its predecessor left). A 
 not quiet; the leader's next reconcile deletes the key when nothing stops the lock (deleting
 an absent key writes nothing in etcd) and then drops the mark; the mark also holds the return
 to etcd like the flag. A marked unit that is no longer leader drops its mark: the new
-leader's own mark covers the key. Halting after failures and the
-done/failed counts follow the peer grants only: on etcd the results stay on each unit (no peer
-write per grant, by design).
+leader's own mark covers the key. The leader deletes only its own key (value
+`PAUSED_BY_LEADER`, below), so this clean-up never lifts a halt.
+
+Counts and halting on the etcd backend: the roll record is the etcd key `P roll/<model
+uuid>.<app>` (no lease; same JSON and same strict reader as `rollingops-roll`), written by the
+workers, never by a peer write (a unit on etcd writes nothing to the peer relation per grant).
+The worker that ends a grant records its result in the transaction that deletes its slot (see
+`EtcdLock.release_recorded`): "the slot is still mine (fencing token) and the record is as I
+read it (mod_revision): put the new record, delete the slot, and, when the strikes reach
+`halt_after_failures`, put the pause key with the halt reason", re-read and retried on a
+compare failure. So no slot can be granted between a failure and the halt, and a stale token
+records nothing. The pause key's value says who put it: `PAUSED_BY_LEADER` (pause action,
+closed window: the leader deletes only that value) or a halt reason (deleted by `resume` only,
+which resets the strikes in the same transaction). Differences from the peer backend: a roll
+begins with the first result recorded while the record is inactive (not with the first grant),
+and ends at a release that leaves no slot, no ticket and no pending work of this application
+and no pause key; a unit between its release and its next ticket (a few milliseconds) is not
+seen, so a roll can end and a new one begin there (its counts, strikes included, restart,
+as they do on the peer backend when a roll ends). A halt in etcd is not copied into the
+peer relation: `rolling_status` and `resume` read etcd for it; if the application falls back to
+the peer backend meanwhile, the peer grants count a roll of their own, and the etcd halt holds
+again when it returns to etcd, until `resume`.
 """
 
 from __future__ import annotations
@@ -72,6 +91,8 @@ KEY_ETCD_PAUSED = "rollingops-etcd-paused"
 KEY_WINDOW = "rollingops-window"
 WINDOW_CLOSED = "outside the maintenance window"
 PAUSE_REASON_LIMIT = 200
+PAUSED_BY_LEADER = "paused"  # the etcd pause key's value when the leader put it (not a halt)
+FAILED_LIMIT = 50  # `Roll.failed` keeps the last 50 failed attempts (bounded record)
 FAILED_RESULTS = frozenset({"retry-release", DONE_DROPPED, DONE_MISSING_CALLBACK})
 DONE_RESULT = "release"
 
@@ -134,7 +155,11 @@ class Roll:
 
     @classmethod
     def read(cls, bag: Mapping[str, str], errors: list[str]) -> Roll:
-        raw = bag.get(KEY_ROLL)
+        return cls.parse(bag.get(KEY_ROLL), f"app databag: bad {KEY_ROLL}", errors)
+
+    @classmethod
+    def parse(cls, raw: str | None, where: str, errors: list[str]) -> Roll:
+        """Decode a roll record (peer value or etcd key); malformed: logged, a new roll."""
         if not raw:
             return cls()
         try:
@@ -150,24 +175,30 @@ class Roll:
             if not is_str_list(failed):
                 raise RollingOpsDecodingError("failed must be a list of unit names")
         except (ValueError, RollingOpsDecodingError) as error:
-            message = f"app databag: bad {KEY_ROLL} {short(raw)} (counts restart): {error}"
+            message = f"{where} {short(raw)} (counts restart): {error}"
             logger.error("%s", message)
             errors.append(message)
             return cls()
         assert isinstance(done, int) and isinstance(strikes, int)
         return cls(done, list(failed), strikes, active)
 
+    def to_json(self) -> str:
+        return canonical_json(dataclasses.asdict(self))
+
     def write(self, bag: MutableMapping[str, str]) -> None:
-        value = canonical_json(dataclasses.asdict(self))
+        value = self.to_json()
         if bag.get(KEY_ROLL) != value:
             bag[KEY_ROLL] = value
 
     def record(self, unit: str, result: str) -> None:
-        """Count one ended peer grant of `unit` with `result` (other results count nothing)."""
+        """Count one ended grant of `unit` with `result` (other results count nothing).
+
+        `failed` keeps the last FAILED_LIMIT failed attempts (a bounded record).
+        """
         if result == DONE_RESULT:
             self.done += 1
         elif result in FAILED_RESULTS:
-            self.failed.append(unit)
+            self.failed = [*self.failed, unit][-FAILED_LIMIT:]
             self.strikes += 1
 
 
@@ -184,9 +215,10 @@ class RollingStatus:
     """What `RollingOpsManager.rolling_status()` reports (read-only; any unit).
 
     `holders`: units inside now; `queue`: the units waiting, in the order they will be granted;
-    `done` / `failed`: the current roll's counts and failed units (None on the etcd backend,
-    where results are not gathered); `remaining`: operations queued or running that this unit can
-    see; `paused`: why the lock is paused, or None; `unknown`: why the answer may be incomplete.
+    `done` / `failed`: the current roll's counts and failed units (the last FAILED_LIMIT; on
+    etcd from the roll record in etcd, None when etcd could not be read); `remaining`:
+    operations queued or running that this unit can see; `paused`: why the lock is paused, or
+    None; `unknown`: why the answer may be incomplete.
     """
 
     backend: str
@@ -219,7 +251,7 @@ class RollingStatus:
             failed = f", {len(self.failed or ())} failed" if self.failed else ""
             parts.append(f"{self.done} done{failed}, {self.remaining} remaining")
         else:
-            parts.append(f"{self.remaining} remaining (done/failed not counted on etcd)")
+            parts.append(f"{self.remaining} remaining (done/failed unknown)")
         if self.unknown:
             parts.append(f"incomplete: {self.unknown}")
         return "; ".join(parts)

@@ -50,7 +50,7 @@ from ._models import (
 from ._peer import AppView, Grant, UnitView, execute_grant
 
 if TYPE_CHECKING:
-    from ._etcd_lock import EtcdLock
+    from ._etcd_lock import AppState, EtcdLock
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Host(Protocol):
     cluster_id: str | None
     callback_targets: dict[str, Callable[..., Any]]
     max_parallel: int
+    halt_after_failures: int | None
 
     def unit_view(self, relation: ops.Relation) -> UnitView:
         """This unit's view for this dispatch (read once, then shared)."""
@@ -242,14 +243,21 @@ class EtcdBackend:
         """No longer leader: the new leader's own mark covers whatever key we left."""
         _files.clear_pause_mark(self.base_dir)
 
-    def line(self, timeout: float) -> tuple[list[str], list[str]]:
-        """Units of this application in a slot, and waiting in grant order (one etcd read).
+    def resume(self, *, keep_paused: bool, force: bool) -> bool:
+        """Clear a halt in etcd (strikes to 0, pause key deleted; see `EtcdLock.resume`).
+
+        Returns whether a worker's halt was there. Raises RollingOpsError.
+        """
+        return self._etcd_lock().resume(keep_paused=keep_paused, force=force)
+
+    def app_state(self, timeout: float) -> AppState:
+        """This application's slots, line, roll record and pause key (one etcd read).
 
         Through a client of its own (one attempt within `timeout` s). Raises RollingOpsError.
         """
         with self._one_shot_lock(timeout) as lock:
             model = self.manager.model
-            return lock.line(f"{model.uuid}.{model.app.name}")
+            return lock.app_state(f"{model.uuid}.{model.app.name}")
 
     @contextlib.contextmanager
     def _one_shot_lock(self, timeout: float) -> Generator[EtcdLock, None, None]:
@@ -360,7 +368,13 @@ class EtcdBackend:
         try:
             with _files.queue_lock(self.base_dir):
                 head = me.queue[0].id if me.queue else None
-                _files.write_work(self.base_dir, len(me.queue), head, self.manager.max_parallel)
+                _files.write_work(
+                    self.base_dir,
+                    len(me.queue),
+                    head,
+                    self.manager.max_parallel,
+                    self.manager.halt_after_failures,
+                )
                 if me.queue and not _files.worker_alive(self.base_dir):
                     self._start_worker()
         except RollingOpsLibMissingError as error:

@@ -250,6 +250,20 @@ def compare_create(
     return cmp
 
 
+def compare_mod(key: str, result: str, revision: int) -> dict[str, Any]:
+    """Compare the ``mod_revision`` of ``key`` (0 when absent) with ``revision``.
+
+    ``compare_mod(k, "EQUAL", r)`` with the ``mod_revision`` of a read (0 if ``k`` was absent)
+    means "``k`` did not change since that read": optimistic concurrency.
+    """
+    return {"key": _b64(key), "target": "MOD", "result": result, "mod_revision": revision}
+
+
+def compare_value(key: str, result: str, value: str | bytes) -> dict[str, Any]:
+    """Compare the value of ``key`` with ``value``; false whenever ``key`` is absent (etcd)."""
+    return {"key": _b64(key), "target": "VALUE", "result": result, "value": _b64(value)}
+
+
 def op_put(key: str, value: str | bytes, lease: int = 0) -> dict[str, Any]:
     """Put ``key`` (attached to ``lease`` when non-zero) inside a transaction."""
     return {"request_put": _put_body(key, value, lease)}

@@ -13,6 +13,15 @@ owner ``O = <model-uuid>.<unit name with / replaced by ->`` (see :func:`owner_na
 - ``P units/<O>``: ``{"unit", "pending", "holding"}`` for people looking at etcd (on the lease).
 - ``P paused/<model-uuid>.<app>``: present while that application's lock is paused (no lease);
   an async acquire requires it absent (the sync lock ignores it: an operator runs it by hand).
+  Its value is ``"paused"`` when the leader put it (pause action, closed maintenance window;
+  the leader deletes only that value) or the halt reason a worker put (``halted after 1 failed
+  operation(s): app/3``; only ``resume`` deletes it).
+- ``P roll/<model-uuid>.<app>``: that application's roll record (no lease), the JSON of the
+  peer ``rollingops-roll`` (``{"active", "done", "failed", "strikes"}``, ``failed`` the last 50
+  failed units): see :meth:`EtcdLock.release_recorded` and ``_controls``.
+
+Every key is under ``P``, the prefix charmed-etcd grants our user read-write on (and nothing
+else).
 
 Acquire is one transaction "lock absent, and no ticket older than mine, and no sync ticket: put the
 lock on my lease" (with k slots: "slot i absent, ...: put slot i and delete my ticket", i a slot
@@ -28,7 +37,7 @@ Worker side (one lease for the worker's life)::
         lock.create_ticket(lease)
         token = lock.acquire(lease)          # blocks on an etcd watch
         ...                                  # dispatch the hook with `token`
-        lock.release(token)
+        lock.release_recorded(token, result, more_work=..., halt_after=1)  # or release(token)
 
 Hook side::
 
@@ -49,6 +58,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
+from ._controls import PAUSED_BY_LEADER, Roll, halt_reason
 from ._etcd_client import (
     EtcdClient,
     EtcdCompactedError,
@@ -57,6 +67,8 @@ from ._etcd_client import (
     KeyValue,
     WatchCancelledError,
     compare_create,
+    compare_mod,
+    compare_value,
     op_delete,
     op_put,
     op_range,
@@ -73,6 +85,7 @@ LEASE_TTL = 60
 
 KEY_ROOT = "/coordinated-ops/rollingops/v1/"
 ASYNC = "async"
+CAS_ATTEMPTS = 20  # read-compare-write rounds on the roll record before giving up (no sleeps)
 NOT_FOUND = 5  # gRPC status code etcd returns for an unknown lease
 SYNC = "sync"
 
@@ -113,6 +126,20 @@ class Holder:
             logger.warning("unreadable value of %s, treated as a foreign holder", kv.key)
             owner, unit, kind = "", "", "unknown"
         return cls(owner=owner, unit=unit, kind=kind, token=kv.create_revision, lease=kv.lease)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppState:
+    """One application's lock as one read of etcd shows it (see :meth:`EtcdLock.app_state`)."""
+
+    holders: list[str]
+    queue: list[str]  # in grant order
+    roll: Roll
+    paused: str | None  # the pause key's value, None when absent
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", errors="replace")
 
 
 class Lease:
@@ -221,7 +248,9 @@ class EtcdLock:
         self.waiting = prefix + "waiting/"
         self.waiting_sync = prefix + "waiting-sync/"
         self.status_key = f"{prefix}units/{owner}"
-        self.pause_key = f"{prefix}paused/{owner.rsplit('-', 1)[0]}"  # this unit's application
+        app_owner = owner.rsplit("-", 1)[0]  # <model-uuid>.<app>: this unit's application
+        self.pause_key = f"{prefix}paused/{app_owner}"
+        self.roll_key = f"{prefix}roll/{app_owner}"
         self._cancelled = threading.Event()
         self._watch_guard = threading.Lock()
         self._watch = None
@@ -303,8 +332,21 @@ class EtcdLock:
 
         One range read. The waiting units come in grant order (oldest async ticket first).
         """
+        state = self.app_state(app_owner)
+        return state.holders, state.queue
+
+    def app_state(self, app_owner: str) -> AppState:
+        """``app_owner``'s slots, line, roll record and pause key: one range read.
+
+        The keys sort as ``lock`` < ``lock-<i>`` < ``paused/`` < ``roll/`` < ``units/`` <
+        ``waiting-sync/`` < ``waiting/``, so ``[P lock, end of P waiting/)`` holds them all at
+        one revision. A malformed roll record is logged and reads as a new roll.
+        """
         holders: list[str] = []
         waiting: list[tuple[int, str]] = []
+        roll_kv = pause_kv = None
+        pause_key = f"{self.prefix}paused/{app_owner}"
+        roll_key = f"{self.prefix}roll/{app_owner}"
         for kv in self.client.range(self.lock_key, prefix_end(self.waiting)).kvs:
             if self.is_slot(kv.key):
                 holder = Holder.from_kv(kv)
@@ -314,16 +356,64 @@ class EtcdLock:
                 owner = kv.key[len(self.waiting) :]
                 if owner.startswith(app_owner + "-"):
                     waiting.append((kv.create_revision, owner))
+            elif kv.key == roll_key:
+                roll_kv = kv
+            elif kv.key == pause_key:
+                pause_kv = kv
         app = app_owner.split(".", 1)[-1]
         queue = [f"{app}/{owner.rsplit('-', 1)[1]}" for _, owner in sorted(waiting)]
-        return sorted(holders), [unit for unit in queue if unit not in holders]
+        return AppState(
+            holders=sorted(holders),
+            queue=[unit for unit in queue if unit not in holders],
+            roll=self._roll(roll_kv, []),
+            paused=_decode(pause_kv.value) if pause_kv is not None else None,
+        )
+
+    def _roll(self, kv: KeyValue | None, errors: list[str]) -> Roll:
+        if kv is None:
+            return Roll()
+        return Roll.parse(_decode(kv.value), f"etcd: bad roll record {kv.key}", errors)
 
     def set_paused(self, paused: bool) -> None:
-        """Pause (put ``P paused/<app>``) or resume (delete it) this unit's application."""
+        """The leader's pause: put ``P paused/<app>`` if absent, or delete it if it is ours.
+
+        One transaction. A halt reason a worker put stays (only :meth:`resume` clears it).
+        """
         if paused:
-            self.client.put(self.pause_key, "paused")
+            absent = compare_create(self.pause_key, "EQUAL", 0)
+            self.client.txn([absent], [op_put(self.pause_key, PAUSED_BY_LEADER)])
         else:
-            self.client.delete(self.pause_key)
+            ours = compare_value(self.pause_key, "EQUAL", PAUSED_BY_LEADER)
+            self.client.txn([ours], [op_delete(self.pause_key)])
+
+    def resume(self, *, keep_paused: bool = False, force: bool = False) -> bool:
+        """Clear a halt: strikes to 0 and the pause key deleted, in one transaction.
+
+        Returns whether a worker's halt was there. Without ``force``, nothing is written
+        unless there was one. ``keep_paused`` (a closed maintenance window): the pause key
+        stays, as the leader's (``"paused"``). The roll record is compared by mod_revision;
+        a concurrent change is re-read and retried (at most ``CAS_ATTEMPTS`` rounds).
+        """
+        for _ in range(CAS_ATTEMPTS):
+            read = self.client.txn([], [op_range(self.roll_key), op_range(self.pause_key)])
+            roll_kvs, pause_kvs = read.kvs(0), read.kvs(1)
+            halted = bool(pause_kvs) and pause_kvs[0].value != PAUSED_BY_LEADER.encode()
+            if not halted and not force:
+                return False
+            roll_kv = roll_kvs[0] if roll_kvs else None
+            roll = self._roll(roll_kv, [])
+            writes = [
+                op_put(self.pause_key, PAUSED_BY_LEADER)
+                if keep_paused
+                else op_delete(self.pause_key)
+            ]
+            if roll.strikes:
+                roll.strikes = 0
+                writes.append(op_put(self.roll_key, roll.to_json()))
+            revision = roll_kv.mod_revision if roll_kv is not None else 0
+            if self.client.txn([compare_mod(self.roll_key, "EQUAL", revision)], writes).succeeded:
+                return halted
+        raise EtcdError(f"{self.roll_key} kept changing: resume not recorded, try again")
 
     # -- tickets --
 
@@ -534,6 +624,71 @@ class EtcdLock:
             [op_delete(ticket)],
         )
         return result.succeeded
+
+    def release_recorded(
+        self, token: int, result: str | None, *, more_work: bool, halt_after: int | None
+    ) -> bool:
+        """:meth:`release` that records ``result`` in the roll record, in the same transaction.
+
+        Read (one range: slots, pause key, roll record, tickets), then one transaction: "slot
+        created at ``token`` (fencing) and roll record unchanged (mod_revision): put the new
+        record, delete the slot and our ticket, and put the pause key with the halt reason when
+        the strikes reach ``halt_after``" (over the leader's ``"paused"`` too: a maintenance
+        window that opens does not lift a halt). So no slot is granted between a failure and
+        the halt. A changed record is re-read and retried (at most ``CAS_ATTEMPTS`` rounds, then a
+        plain release, logged: the count is lost, the slot is not kept). A slot that is no
+        longer ours records nothing (plain release: our ticket goes). A result that counts
+        nothing (`not-granted`, None) still ends the roll when it leaves nothing behind.
+
+        The roll: a result recorded while the record is inactive begins a new one (counts from
+        0). After this release the record is inactive when no slot or ticket of this
+        application is left, ``more_work`` is False (this unit's pending work) and the
+        application is not paused. Returns True if the slot was ours and is now deleted.
+        """
+        slot = self._slot_of.get(token, self.lock_key)
+        for _ in range(CAS_ATTEMPTS):
+            kvs = self.client.range(self.lock_key, prefix_end(self.waiting)).kvs
+            by_key = {kv.key: kv for kv in kvs}
+            mine = by_key.get(slot)
+            if mine is None or mine.create_revision != token:
+                logger.warning("slot %s is not ours (token %s): nothing recorded", slot, token)
+                return self.release(token)
+            roll_kv = by_key.get(self.roll_key)
+            roll = self._roll(roll_kv, [])
+            if result is not None and not roll.active:
+                roll = Roll(active=True)  # a new roll begins with its first result
+            roll.record(self.unit, result or "")
+            halt = halt_reason(roll, halt_after)
+            left = self._app_busy(kvs, slot) or more_work or self.pause_key in by_key
+            roll.active = roll.active and (left or halt is not None)
+            writes = [op_delete(slot), op_delete(self.ticket_key())]
+            if roll_kv is not None or roll.active:
+                writes.append(op_put(self.roll_key, roll.to_json()))
+            if halt is not None:
+                writes.append(op_put(self.pause_key, halt))  # the same txn as the slot's delete
+            compares = [
+                compare_create(slot, "EQUAL", token),
+                compare_mod(self.roll_key, "EQUAL", roll_kv.mod_revision if roll_kv else 0),
+            ]
+            if self.client.txn(compares, writes).succeeded:
+                self._slot_of.pop(token, None)
+                if halt is not None:
+                    logger.warning("the rolling operation is halted: %s", halt)
+                return True
+        logger.error("%s kept changing: result %s not recorded", self.roll_key, result)
+        return self.release(token)
+
+    def _app_busy(self, kvs: list[KeyValue], slot: str) -> bool:
+        """Whether ``kvs`` (one read) hold another slot or async ticket of this application."""
+        mark = self.owner.rsplit("-", 1)[0] + "-"  # <model-uuid>.<app>-
+        for kv in kvs:
+            if kv.key in (slot, self.ticket_key()):
+                continue
+            if self.is_slot(kv.key) and Holder.from_kv(kv).owner.startswith(mark):
+                return True
+            if kv.key.startswith(self.waiting) and kv.key[len(self.waiting) :].startswith(mark):
+                return True
+        return False
 
     def requeue(self, token: int, lease: Lease) -> int:
         """Release (as :meth:`release`) and take a new ticket at the back of the line."""

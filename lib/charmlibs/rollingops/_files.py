@@ -278,6 +278,7 @@ class WorkHint:
     pending: int
     head: int | None
     slots: int = 1  # max_parallel: how many slots of the etcd semaphore the worker may take
+    halt_after: int | None = None  # halt_after_failures, for the roll record (None: never)
 
 
 @contextlib.contextmanager
@@ -293,10 +294,14 @@ def queue_lock(base_dir: str | os.PathLike[str]) -> Generator[None, None, None]:
 
 
 def write_work(
-    base_dir: str | os.PathLike[str], pending: int, head: int | None, slots: int = 1
+    base_dir: str | os.PathLike[str],
+    pending: int,
+    head: int | None,
+    slots: int = 1,
+    halt_after: int | None = None,
 ) -> None:
     """Write ``work.json``; call it while holding :func:`queue_lock`."""
-    data = {"pending": pending, "head": head, "slots": slots}
+    data = {"pending": pending, "head": head, "slots": slots, "halt_after": halt_after}
     write_json(etcd_dir(base_dir) / WORK_FILE, data)
 
 
@@ -313,7 +318,12 @@ def read_work(base_dir: str | os.PathLike[str]) -> WorkHint | None:
     slots = data.get("slots", 1)  # absent in a file of an older version: one slot
     if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
         raise RollingOpsDecodingError(f"{path}: field 'slots' is malformed")
-    return WorkHint(pending=pending, head=head, slots=slots)
+    halt_after = data.get("halt_after")  # absent in a file of an older version: never
+    if halt_after is not None and (
+        not isinstance(halt_after, int) or isinstance(halt_after, bool) or halt_after < 1
+    ):
+        raise RollingOpsDecodingError(f"{path}: field 'halt_after' is malformed")
+    return WorkHint(pending=pending, head=head, slots=slots, halt_after=halt_after)
 
 
 # --- result.json ------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from ._peer import (
 
 if TYPE_CHECKING:
     from ._etcd_backend import EtcdBackend
+    from ._etcd_lock import AppState
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class RollingOpsLockGrantedEvent(ops.EventBase):
 
 class RollingOpsEtcdFailedEvent(ops.EventBase):
     """Dispatched by the etcd worker when it gave up: the unit falls back to the peer backend."""
+
+
+NOT_PAUSED = "the rolling operation is not paused: nothing to resume"
+ETCD_STATUS_TIMEOUT = 2.0  # seconds: progress()'s one etcd read, on the leader, while busy
 
 
 def _by_number(unit_names: Iterable[str]) -> list[str]:
@@ -109,7 +114,8 @@ class RollingOpsManager(ops.Object):
             On etcd it is the number of lock slots this unit's worker may take (see the package
             docstring). ValueError when below 1.
         halt_after_failures: pause the lock once that many operations failed in one roll (None:
-            never). Counted from the peer grants (see `rolling_status`); `resume` continues.
+            never). Counted by the leader from the peer grants, and by the workers in etcd on
+            the etcd backend (see `_controls`); `resume` continues.
         maintenance_window: "HH:MM-HH:MM", daily in UTC: grants only inside it, as the leader's
             clock says (None or "": always). ValueError when it does not parse.
     """
@@ -463,18 +469,30 @@ class RollingOpsManager(ops.Object):
         told (nothing changed then).
         """
         bag = self._control_bag()
-        if _controls.paused(bag) is None:
-            raise RollingOpsControlError("the rolling operation is not paused: nothing to resume")
-        on_etcd = AppView.read(bag).mode is ProcessingBackend.ETCD
-        try:
-            if _controls.window_open(self.maintenance_window):  # else the window keeps it
-                self._clear_etcd_pause(bag)
-        except RollingOpsError as error:
-            if on_etcd:  # the workers would stay paused: change nothing
+        paused = _controls.paused(bag)
+        etcd = self._etcd()
+        window_open = _controls.window_open(self.maintenance_window)
+        if AppView.read(bag).mode is ProcessingBackend.ETCD and etcd is not None:
+            try:  # a worker's halt lives in etcd only: resume clears it and its strikes
+                halted = etcd.resume(keep_paused=not window_open, force=paused is not None)
+            except RollingOpsError as error:  # the workers would stay paused: change nothing
                 raise RollingOpsControlError(f"could not resume the etcd lock: {error}") from error
-            logger.warning(
-                "etcd pause key not deleted yet (retried before etcd is used): %s", error
-            )
+            if paused is None and not halted:
+                raise RollingOpsControlError(NOT_PAUSED)
+            if window_open:
+                bag.pop(_controls.KEY_ETCD_PAUSED, None)
+            else:  # the window keeps the pause key, now the leader's
+                bag[_controls.KEY_ETCD_PAUSED] = "true"
+        elif paused is None:
+            raise RollingOpsControlError(NOT_PAUSED)
+        else:
+            try:
+                if window_open:  # else the window keeps it
+                    self._clear_etcd_pause(bag)
+            except RollingOpsError as error:
+                logger.warning(
+                    "etcd pause key not deleted yet (retried before etcd is used): %s", error
+                )
         _controls.set_paused(bag, None)
         roll = _controls.Roll.read(bag, [])
         if roll.strikes:
@@ -487,9 +505,10 @@ class RollingOpsManager(ops.Object):
         """Where the rolling operation stands (any unit; read-only: it writes nothing).
 
         On the peer backend: the grants, the leader's order and the roll counts from the peer
-        relation. On the etcd backend: the slots and tickets of this application in etcd (one
-        range read within `timeout` seconds, like `busy_units`); done and failed are not counted
-        there. Never raises: what cannot be read is named in `unknown`.
+        relation. On the etcd backend: the slots, tickets, roll record and pause key of this
+        application in etcd (one range read within `timeout` seconds, like `busy_units`); a
+        halt the workers recorded there shows in `paused`. Never raises: what cannot be read is
+        named in `unknown` (done and failed are then None).
         """
         relation = self._peer_relation()
         if relation is None:
@@ -532,39 +551,53 @@ class RollingOpsManager(ops.Object):
     def _etcd_status(
         self, views: list[UnitView], paused: str | None, timeout: float
     ) -> RollingStatus:
-        etcd = self._etcd()
-        holders: list[str] = []
-        queue: list[str] = []
-        unknown = None
-        try:
-            if etcd is None:
-                raise RollingOpsControlError("etcd is not configured in this charm")
-            holders, queue = etcd.line(timeout)
-        except RollingOpsError as error:
-            unknown = f"cannot read the etcd lock: {error}"
+        state = self._etcd_state(timeout)
         local = [view.name for view in views if view.queue]  # units still on peer, or this one
+        if isinstance(state, str):
+            return RollingStatus(
+                "etcd",
+                remaining=len(local),
+                paused=paused,
+                max_parallel=self.max_parallel,
+                unknown=state,
+            )
         return RollingStatus(
             "etcd",
-            holders=tuple(holders),
-            queue=tuple(queue),
-            remaining=len(set(holders) | set(queue) | set(local)),
-            paused=paused,
+            holders=tuple(state.holders),
+            queue=tuple(state.queue),
+            done=state.roll.done,
+            failed=tuple(state.roll.failed),
+            remaining=len(set(state.holders) | set(state.queue) | set(local)),
+            paused=_etcd_paused(paused, state),
             max_parallel=self.max_parallel,
-            unknown=unknown,
         )
+
+    def _etcd_state(self, timeout: float) -> AppState | str:
+        """This application's lock in etcd (one read), or why it cannot be read."""
+        etcd = self._etcd()
+        if etcd is None:
+            return "cannot read the etcd lock: etcd is not configured in this charm"
+        try:
+            return etcd.app_state(timeout)
+        except RollingOpsError as error:
+            return f"cannot read the etcd lock: {error}"
 
     def progress(self, operation: str | None = None) -> str | None:
         """A short progress line while a roll is on ("restart 3/10: app/4"), else None.
 
-        Cheap (peer relation only), for the leader's application status. The position counts
-        the operations done and running; the total adds the ones queued. On the etcd backend
-        the peer relation shows no roll, so this is None there.
+        For the leader's application status. The position counts the operations done and
+        running; the total adds the ones queued. Peer backend: the peer relation only. Etcd
+        backend: one etcd read (within ETCD_STATUS_TIMEOUT s), and only while this unit's last
+        reconcile saw work in flight (a quiet unit reads nothing); there the queue counts the
+        units waiting (one ticket each, whatever their number of queued operations).
         """
         relation = self._peer_relation()
         if relation is None:
             return None
         bag = relation.data[self.model.app]
         app = AppView.read(bag)
+        if app.mode is ProcessingBackend.ETCD:
+            return None if self.quiet else self._etcd_progress(bag, operation)
         roll = _controls.Roll.read(bag, [])
         if app.mode is not ProcessingBackend.PEER or not roll.active:
             return None
@@ -574,11 +607,19 @@ class RollingOpsManager(ops.Object):
         queued = sum(len(view.queue) for view in views) - len(holding)
         heads = {view.name: view.queue[0].callback_id for view in views if view.queue}
         name = operation or next((heads[u] for u in holding if u in heads), "operation")
-        where = ", ".join(holding) or "waiting"
-        position = roll.done + len(holding)
-        line = f"{name} {position}/{position + max(queued, 0)}: {where}"
-        paused = _controls.paused(bag)
-        return f"{line} (paused: {paused})" if paused else line
+        return _progress_line(name, roll.done, holding, queued, _controls.paused(bag))
+
+    def _etcd_progress(self, bag: ops.RelationDataContent, operation: str | None) -> str | None:
+        state = self._etcd_state(ETCD_STATUS_TIMEOUT)
+        if isinstance(state, str):
+            logger.warning("no progress line: %s", state)
+            return None
+        if not (state.roll.active or state.holders or state.queue):
+            return None
+        paused = _etcd_paused(_controls.paused(bag), state)
+        return _progress_line(
+            operation or "operation", state.roll.done, state.holders, len(state.queue), paused
+        )
 
     @property
     def paused_reason(self) -> str | None:
@@ -601,6 +642,8 @@ class RollingOpsManager(ops.Object):
 
     def _sync_etcd_stop(self, bag: ops.RelationDataContent, app: AppView, stop: bool) -> None:
         """Leader: etcd's pause key present exactly while paused or outside the window.
+
+        The leader's key only (value "paused"): a halt a worker put stays until `resume`.
 
         Put only while the application runs on etcd (it never returns to etcd while stopped);
         deleted whenever it may be there (the flag, or the local pause mark: see `_controls`)
@@ -629,7 +672,8 @@ class RollingOpsManager(ops.Object):
         """Delete our pause key in etcd if we may have left one. Raises RollingOpsError."""
         etcd = self._etcd()
         if etcd is not None and (bag.get(_controls.KEY_ETCD_PAUSED) or etcd.pause_marked()):
-            etcd.set_paused(False)
+            etcd.resume(keep_paused=False, force=True)
+            etcd.forget_pause_mark()  # the key is gone, whoever put it
             bag.pop(_controls.KEY_ETCD_PAUSED, None)
 
     def _control_bag(self) -> ops.RelationDataContent:
@@ -1014,6 +1058,7 @@ class _EtcdHost:
         self.cluster_id = manager.cluster_id
         self.callback_targets = manager.callback_targets
         self.max_parallel = manager.max_parallel
+        self.halt_after_failures = manager.halt_after_failures
 
     def unit_view(self, relation: ops.Relation) -> UnitView:
         return self._manager._unit_view(relation)  # pyright: ignore[reportPrivateUsage]
@@ -1033,3 +1078,20 @@ class _EtcdHost:
             yield
         finally:
             self._manager._executing_op = None  # pyright: ignore[reportPrivateUsage]
+
+
+def _progress_line(
+    name: str, done: int, holding: list[str], queued: int, paused: str | None
+) -> str:
+    """The line "restart 3/10: app/4" (position: done and running; total: plus queued)."""
+    where = ", ".join(holding) or "waiting"
+    position = done + len(holding)
+    line = f"{name} {position}/{position + max(queued, 0)}: {where}"
+    return f"{line} (paused: {paused})" if paused else line
+
+
+def _etcd_paused(paused: str | None, state: AppState) -> str | None:
+    """Why an etcd application is paused: the peer bag's reason and a worker's halt in etcd."""
+    halt = state.paused if state.paused != _controls.PAUSED_BY_LEADER else None
+    reasons = [reason for reason in (paused, halt) if reason]
+    return "; ".join(dict.fromkeys(reasons)) or None

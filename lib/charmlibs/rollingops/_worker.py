@@ -15,9 +15,11 @@ without ``JUJU_CONTEXT_ID``.) What it does, with no sleeps and no polling:
    ROLLINGOPS_LOCK_TOKEN=<token> <charm_dir>/dispatch"`` and wait for it: it returns when the
    hook has run (it queues on the unit's machine lock like any hook);
 4. read ``result.json`` for that token: ``retry-hold`` keeps the lock and dispatches again;
-   anything else releases it. A failed dispatch (non-zero exit, no or another token's result,
-   ``not-granted``) releases too; after 3 in a row the worker marks itself failed in
-   ``worker-status.json``, dispatches ``rollingops_etcd_failed`` and exits;
+   anything else releases it, recording the result in the application's roll record in the
+   same etcd transaction (halting the roll after ``halt_after`` failures; both from
+   ``work.json``, see ``EtcdLock.release_recorded``). A failed dispatch (non-zero exit, no or
+   another token's result, ``not-granted``) releases too; after 3 in a row the worker marks
+   itself failed in ``worker-status.json``, dispatches ``rollingops_etcd_failed`` and exits;
 5. under ``queue.lock``, exit when ``work.json`` says nothing is pending (revoking the lease and
    dropping ``worker.lock`` before ``queue.lock``), else take a new ticket (back of the line).
 
@@ -196,7 +198,7 @@ class Worker:
                 break
             self.failures = 0
             logger.info("retry-hold: keeping the lock (token %s)", token)
-        self._release()
+        self._release(result, recorded=True)
         if result is None or result in FAILED_RESULTS:
             self.failures += 1
             logger.warning("dispatch failed (%s/%s)", self.failures, MAX_FAILURES)
@@ -248,12 +250,27 @@ class Worker:
         logger.info("token %s: op %s -> %s", token, result.op, result.result)
         return result.result
 
-    def _release(self) -> None:
+    def _release(self, result: str | None = None, *, recorded: bool = False) -> None:
+        """Release the slot; `recorded`: after a dispatch, recording `result` (roll record)."""
         if self.holding is None or self.lock is None:
             return
         token, self.holding = self.holding, None
-        self.lock.release(token)
+        if recorded:
+            work = self._work()
+            more = work is not None and work.pending > 0
+            halt_after = work.halt_after if work is not None else None
+            self.lock.release_recorded(token, result, more_work=more, halt_after=halt_after)
+        else:
+            self.lock.release(token)
         self._trace("released", token)
+
+    def _work(self) -> _files.WorkHint | None:
+        """The work hint as the last hook wrote it (None when absent or unreadable)."""
+        try:
+            return _files.read_work(self.base_dir)
+        except RollingOpsError as e:
+            logger.error("cannot read the work hint: %s", e)
+            return None
 
     # -- failure and clean-up --
 
