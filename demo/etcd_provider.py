@@ -13,7 +13,9 @@ the judge of a request):
   per accepted request (`resource`, `salt`, `request-id` echoed, `endpoints`, `secret-user`,
   `secret-tls`, `version`), and no top-level `endpoints` / `tls-ca`. `secret-user` (fields
   `username` = the common name of the requirer's certificate, `uris`) and `secret-tls` (fields
-  `tls-ca`, `tls`) are secrets of this application, granted to the relation.
+  `tls-ca`, `tls`) are secrets of this application, granted to the relation;
+- the user named by that common name may read and write under the requested `resource` prefix
+  only (`grant_access`): the simulator's etcd refuses every other key, as RBAC does.
 
 The etcd behind it is the simulator's in-memory `FakeEtcd`; the addresses are never dialled.
 """
@@ -35,6 +37,14 @@ SPEC_DIR = pathlib.Path(__file__).with_name("etcd_provider_charm")
 ENDPOINTS = "10.99.0.1:2379,10.99.0.2:2379"
 URIS = "https://10.99.0.1:2379,https://10.99.0.2:2379"
 ETCD_VERSION = "3.6.13"
+
+
+def grant_access(username: str, prefix: str) -> None:
+    """Give user `username` readwrite on keys under `prefix`, as charmed-etcd does for a request.
+
+    The simulator's etcd installs the real grant (`etcd_world.routing`); with no etcd behind
+    the provider there is nothing to grant.
+    """
 
 
 @functools.cache
@@ -91,6 +101,7 @@ class EtcdProviderCharm(ops.CharmBase):
         mtls = self.model.get_secret(id=request["secret-mtls"]).get_content(refresh=True)
         username = common_name(mtls["mtls-cert"])
         user_content = {"username": username, "uris": URIS}
+        grant_access(username, request["resource"])  # charmed-etcd: a role on the prefix
         if previous is not None:
             user_id, tls_id = previous["secret-user"], previous["secret-tls"]
             user = self.model.get_secret(id=user_id)

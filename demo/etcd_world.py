@@ -43,6 +43,7 @@ from charmlibs.rollingops._models import RollingOpsError
 
 from jujusim.simulator import Simulator
 
+from . import etcd_provider
 from .fake_etcd import FakeEtcd, FakeEtcdClient
 
 WORKER_MODULE = "charmlibs.rollingops._worker"
@@ -145,7 +146,7 @@ class WorkerActor:
             self._give_up("no local etcd config")
             return
         self.cluster = self.world.fake  # the cluster this process talks to, replaced or not
-        client: Any = FakeEtcdClient(self.cluster, keeper=self.is_alive)
+        client: Any = FakeEtcdClient(self.cluster, keeper=self.is_alive, cert_file=config.cert)
         self.lock = EtcdLock(client, config.prefix, config.owner, self.unit)
         self._write_status()
         self.phase = "idle"
@@ -329,6 +330,7 @@ class EtcdWorld:
 
     def _new_cluster(self, ttl_ticks: int) -> FakeEtcd:
         fake = FakeEtcd(self.now, ttl_ticks)
+        fake.permissions = {}  # authentication on: only what the provider granted (RBAC)
         fake.delete_listeners.append(self._on_deletion)
         fake.outage_listeners.append(self._on_outage)
         return fake
@@ -404,6 +406,8 @@ class EtcdWorld:
         self.retired.append(old)
         self.fake = self._new_cluster(old.ttl_ticks)
         self.fake.outages = list(old.outages)
+        # charmed-etcd keeps its users and roles for the same relations on the new cluster
+        self.fake.permissions = {user: set(p) for user, p in (old.permissions or {}).items()}
         self.log("cluster replaced: a new etcd cluster, revisions from 1")
 
     def kill_worker(self, unit: str) -> bool:
@@ -468,6 +472,7 @@ def routing(world: Callable[[], EtcdWorld]) -> Iterator[None]:
     command goes to the real Popen, juju-exec included: the simulator intercepts that one).
     """
     saved = (_etcd_lock.EtcdClient, _files.worker_alive, _files.stop_worker, subprocess.Popen)
+    saved_grant = etcd_provider.grant_access
     real_popen = subprocess.Popen
 
     def client(*args: Any, **kwargs: Any) -> FakeEtcdClient:
@@ -486,6 +491,10 @@ def routing(world: Callable[[], EtcdWorld]) -> Iterator[None]:
     def stop_worker(base_dir: Any, timeout: float = 10.0) -> bool:
         return world().stop_worker(base_dir, timeout)
 
+    def grant_access(username: str, prefix: str) -> None:
+        world().fake.grant(username, prefix)
+
+    etcd_provider.grant_access = grant_access
     _etcd_lock.EtcdClient = client  # type: ignore[assignment, misc]
     _files.worker_alive = worker_alive  # type: ignore[assignment]
     _files.stop_worker = stop_worker  # type: ignore[assignment]
@@ -495,6 +504,7 @@ def routing(world: Callable[[], EtcdWorld]) -> Iterator[None]:
     finally:
         _etcd_lock.EtcdClient, _files.worker_alive, _files.stop_worker = saved[:3]  # type: ignore
         subprocess.Popen = saved[3]  # type: ignore[misc]
+        etcd_provider.grant_access = saved_grant
 
 
 class _StartedProcess:

@@ -19,6 +19,12 @@ Time is the simulator's clock (`clock()`, in ticks). Faults:
   (explicit delete, lease revoke or expiry), and `on_outage(callback)` when an outage begins (a
   broken watch stream).
 
+Authentication, as charmed-etcd sets it up: with `permissions` set (the simulator sets it; bare
+unit tests leave it None), a client is the user named by its certificate's common name and may
+read and write only under the prefixes granted to that user (`grant`, which the provider
+stand-in calls when it answers a request); anything else is refused with PERMISSION_DENIED
+(gRPC code 7), as etcd refuses it.
+
 Semantics follow etcd v3: one revision per write transaction (shared by its ops), none for a
 read-only one or a delete of nothing; a put keeps `create_revision` and attaches the new lease;
 a compare over a range must hold for every key in it and an empty range compares as one absent
@@ -41,9 +47,11 @@ from charmlibs.rollingops._etcd_client import (
     WatchEvent,
     WatchResponse,
     op_range,
+    prefix_end,
 )
 
 NOT_FOUND = 5  # gRPC code of an unknown lease
+PERMISSION_DENIED = 7  # gRPC code of a request outside the user's permissions
 
 
 def _b64(data: str | bytes) -> str:
@@ -81,6 +89,28 @@ class FakeEtcd:
         self._next_lease = 0x1000
         self.calls = 0
         self.failed_calls = 0
+        self.permissions: dict[str, set[str]] | None = None  # user -> readwrite key prefixes
+        self.denied = 0  # calls refused by RBAC
+
+    def grant(self, user: str, prefix: str) -> None:
+        """Let `user` read and write every key starting with `prefix` (turns auth on)."""
+        if self.permissions is None:
+            self.permissions = {}
+        self.permissions.setdefault(user, set()).add(prefix)
+
+    def check_access(self, user: str | None, key: str, range_end: str | None = None) -> None:
+        """Refuse, as etcd does, a key or range outside `user`'s granted prefixes."""
+        if self.permissions is None:
+            return
+        for prefix in self.permissions.get(user or "", ()):
+            if key.startswith(prefix) and (
+                range_end is None or prefix < range_end <= prefix_end(prefix)
+            ):
+                return
+        self.denied += 1
+        what = key if range_end is None else f"[{key}, {range_end})"
+        who = user or "a client without a certificate"
+        raise EtcdError(f"etcdserver: permission denied ({who} on {what})", PERMISSION_DENIED)
 
     # --- faults and time ---------------------------------------------------------------------
 
@@ -289,6 +319,16 @@ class FakeEtcd:
         return lid
 
 
+def _common_name(cert_file: str) -> str:
+    """The common name of the client certificate in `cert_file` (etcd's user name for it)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    with open(cert_file, "rb") as pem:
+        leaf = x509.load_pem_x509_certificates(pem.read())[0]
+    return str(leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
 def _kv_json(kv: KeyValue) -> dict[str, Any]:
     """A KeyValue in the gateway's JSON shape (what `KeyValue.from_json` decodes)."""
     return {
@@ -302,11 +342,12 @@ def _kv_json(kv: KeyValue) -> dict[str, Any]:
 
 
 class FakeEtcdClient:
-    """`EtcdClient`'s interface over a `FakeEtcd` (constructor arguments are accepted, unused).
+    """`EtcdClient`'s interface over a `FakeEtcd` (endpoints and CA are accepted, unused).
 
     `keeper` tells the fake whether the process owning this client is alive (leases granted
     through it are kept alive while it is); the hook side's client has none: its leases (sync
-    lock) live until revoked or `ttl` after their grant.
+    lock) live until revoked or `ttl` after their grant. The client is the user named by the
+    common name of `cert_file`, as etcd sees a client certificate (see `FakeEtcd.grant`).
     """
 
     def __init__(
@@ -316,12 +357,23 @@ class FakeEtcdClient:
         keeper: Callable[[], bool] | None = None,
         timeout: float = 5.0,
         attempts: int = 3,
+        cert_file: str | None = None,
         **kwargs: Any,
     ):
         self.fake = fake
         self.keeper = keeper
         self.timeout = timeout
         self.attempts = attempts
+        self.user = _common_name(cert_file) if cert_file else None
+
+    def _check(self, key: str, range_end: str | None = None) -> None:
+        self.fake.check_access(self.user, key, range_end)
+
+    def _check_txn(self, compare: list[dict], *branches: list[dict]) -> None:
+        """Check every compare and the ops of both branches first, as etcd does."""
+        for body in [*compare, *(next(iter(op.values())) for ops in branches for op in ops)]:
+            end = _unb64(body["range_end"]).decode() if body.get("range_end") else None
+            self._check(_unb64(body["key"]).decode(), end)
 
     def close(self) -> None:
         pass
@@ -330,6 +382,7 @@ class FakeEtcdClient:
         self, key: str, range_end: str | None = None, *, limit: int = 0, count_only: bool = False
     ) -> RangeResult:
         self.fake.call("range")
+        self._check(key, range_end)
         sort = op_range(key, range_end)["request_range"].get("sort_target")  # as the client asks
         kvs = self.fake._range(key, range_end, sort)
         count = len(kvs)  # etcd counts the whole range, whatever the limit
@@ -343,12 +396,14 @@ class FakeEtcdClient:
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
         self.fake.call("put")
+        self._check(key)
         raw = value.encode() if isinstance(value, str) else value
         self.fake._apply([{"request_put": {"key": _b64(key), "value": _b64(raw), "lease": lease}}])
         return self.fake.revision
 
     def delete(self, key: str, range_end: str | None = None) -> int:
         self.fake.call("delete")
+        self._check(key, range_end)
         body: dict[str, Any] = {"key": _b64(key)}
         if range_end is not None:
             body["range_end"] = _b64(range_end)
@@ -359,6 +414,7 @@ class FakeEtcdClient:
         self, compare: list[dict], success: list[dict], failure: list[dict] | None = None
     ) -> TxnResult:
         self.fake.call("txn")
+        self._check_txn(compare, success, failure or [])
         return self.fake.txn(compare, success, failure or [])
 
     def lease_grant(self, ttl: int) -> int:
@@ -388,6 +444,10 @@ class FakeEtcdClient:
     ) -> FakeWatch:
         """A watch inside a hook cannot wait for logical time to pass: see `FakeWatch.next`."""
         self.fake.call("watch")
+        try:
+            self._check(key, range_end)
+        except EtcdError as error:  # etcd cancels the watch: the reason, no gRPC code
+            raise EtcdError(f"etcd cancelled the watch: {error}") from None
         return FakeWatch(self.fake, key, range_end, start_revision, no_put)
 
 

@@ -26,7 +26,7 @@ from charmlibs.rollingops._etcd_client import (
 )
 
 from demo.fake_etcd import NOT_FOUND, FakeEtcd, FakeEtcdClient
-from tests.functional.etcd_server import EtcdServer
+from tests.functional.etcd_server import OTHER_PREFIX, OUR_CN, EtcdServer
 
 
 def _kv(kv: KeyValue, base: int) -> tuple[Any, ...]:
@@ -103,6 +103,30 @@ def _script(client: Any, p: str) -> list[Any]:
     return out
 
 
+def _access(client: Any, p: str) -> list[tuple[str, Any]]:
+    """What RBAC lets our user do: each attempt's outcome, "ok" or the gRPC code refusing it."""
+    other = OTHER_PREFIX + "x"
+    attempts: dict[str, Any] = {
+        "put in our prefix": lambda: client.put(p + "k", "v"),
+        "get outside": lambda: client.get(other),
+        "put outside": lambda: client.put(other, "v"),
+        "range past our prefix": lambda: client.range(p, prefix_end(p) + "x"),
+        "range over our prefix": lambda: client.range(p, prefix_end(p)),
+        "txn compare outside": lambda: client.txn([compare_create(other, "EQUAL", 0)], []),
+        "txn failure branch outside": lambda: client.txn([], [op_range(p)], [op_range(other)]),
+        "delete outside": lambda: client.delete(other),
+        "watch outside": lambda: client.watch(other, start_revision=1, timeout=5).close(),
+    }
+    outcomes: list[tuple[str, Any]] = []
+    for what, attempt in attempts.items():
+        try:
+            attempt()
+            outcomes.append((what, "ok"))
+        except EtcdError as error:
+            outcomes.append((what, error.code))
+    return outcomes
+
+
 @pytest.fixture
 def fake_client() -> FakeEtcdClient:
     return FakeEtcdClient(FakeEtcd(clock=lambda: 0, ttl_ticks=60))
@@ -126,3 +150,15 @@ def test_the_script_sees_what_it_claims_on_real_etcd(etcd_server: EtcdServer, et
     assert answers["limited range"][1] == 3  # the count is the whole range's
     assert answers["unknown lease"][0] == NOT_FOUND
     assert answers["revoke twice"] is False
+
+
+def test_the_fake_refuses_what_rbac_refuses(etcd_server: EtcdServer, etcd_prefix: str):
+    fake = FakeEtcd(clock=lambda: 0, ttl_ticks=60)
+    fake.grant(OUR_CN, etcd_prefix)  # what the provider grants our common name
+    ours = FakeEtcdClient(fake, cert_file=etcd_server.client_cert)
+    real = _access(etcd_server.client(attempts=1), etcd_prefix)
+    assert real[0] == ("put in our prefix", "ok") and real[1] == ("get outside", 7)
+    assert _access(ours, etcd_prefix) == real
+    stranger = FakeEtcdClient(fake)  # no certificate: nobody etcd would let in
+    with pytest.raises(EtcdError):
+        stranger.get(etcd_prefix + "k")

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from charmlibs.rollingops import _etcd_client
-from charmlibs.rollingops._etcd_lock import EtcdLock
+from charmlibs.rollingops._etcd_client import EtcdError
+from charmlibs.rollingops._etcd_lock import KEY_ROOT, EtcdLock
 from ops import testing
 
 from demo.engines import ENGINES
@@ -120,6 +121,15 @@ def test_etcd_engine_runs_critical_sections_under_etcd_grants():
     assert world.started >= 1 and world.fake.calls > 0
     assert all(i.granted for i in intervals)  # I2: each one held the etcd lock at entry
     assert result["violations"] == result["liveness"] == result["uncaught"] == []
+    # RBAC was on: the provider granted each requirer's certificate its requested prefix only,
+    # and every call of the roll (hook side and workers) stayed inside it.
+    assert world.fake.permissions is not None and world.fake.denied == 0
+    ((_user, prefixes),) = world.fake.permissions.items()
+    assert len(prefixes) == 1 and next(iter(prefixes)).startswith(KEY_ROOT)
+    assert world.fake.keys and all(key.startswith(tuple(prefixes)) for key in world.fake.keys)
+    with pytest.raises(EtcdError):  # and it refuses: another key, or no certificate
+        FakeEtcdClient(world.fake).get(next(iter(world.fake.keys)))
+    assert world.fake.denied == 1
 
 
 @pytest.mark.parametrize("engine", ["rollingops-peer", "rollingops-etcd"])
