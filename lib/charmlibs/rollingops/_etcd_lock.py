@@ -251,6 +251,7 @@ class EtcdLock:
         app_owner = owner.rsplit("-", 1)[0]  # <model-uuid>.<app>: this unit's application
         self.pause_key = f"{prefix}paused/{app_owner}"
         self.roll_key = f"{prefix}roll/{app_owner}"
+        self.pause_seen: str | None = None  # the pause key as the last async attempt read it
         self._cancelled = threading.Event()
         self._watch_guard = threading.Lock()
         self._watch = None
@@ -448,6 +449,7 @@ class EtcdLock:
         timeout: float | None = None,
         sync: bool = False,
         slots: int = 1,
+        on_wait: Callable[[str | None], None] | None = None,
     ) -> int:
         """Wait for our turn and take the lock (one of ``slots`` slots); return the fencing token.
 
@@ -456,7 +458,10 @@ class EtcdLock:
         in ``waiting-sync/`` (async tickets are skipped). Waiting is an etcd watch from the failed
         transaction's revision + 1. Raises ``TimeoutError`` after ``timeout`` s (``None``:
         forever) and :class:`LockCancelledError` after :meth:`cancel_wait` or when ``lease`` is
-        lost.
+        lost. ``on_wait`` is called before each wait with :attr:`pause_seen` (async: the pause
+        key's value as that failed attempt read it, None when absent): a halt is put in the same
+        transaction as a slot's deletion and a resume deletes the key, so every waiter wakes,
+        tries and reports each change.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -467,6 +472,8 @@ class EtcdLock:
                 token, revision, position = self._try_acquire(lease, position, sync, slots)
                 if token:
                     return token
+                if on_wait is not None:
+                    on_wait(self.pause_seen)
                 self._wait_for_deletion(revision + 1, deadline, lease)
         except EtcdError as e:
             if e.code == NOT_FOUND and "lease" in str(e):
@@ -500,6 +507,7 @@ class EtcdLock:
         """One transaction for slot ``key``: `_try_acquire`'s answer plus the slots seen held.
 
         With ``slots`` > 1 it deletes our ticket when it takes the slot, and reads every slot.
+        An async attempt also reads the pause key when it fails (:attr:`pause_seen`).
         """
         compares = [compare_create(key, "EQUAL", 0)]
         sync_end = prefix_end(self.waiting_sync)
@@ -517,12 +525,16 @@ class EtcdLock:
             lock_read = op_range(self.lock_key, prefix_end(self.lock_key))
         else:
             lock_read = op_range(self.lock_key)
-        result = self.client.txn(
-            compares, success, [lock_read, op_range(self.ticket_key(sync=sync))]
-        )
+        failure = [lock_read, op_range(self.ticket_key(sync=sync))]
+        if not sync:
+            failure.append(op_range(self.pause_key))
+        result = self.client.txn(compares, success, failure)
         if result.succeeded:
             self._slot_of[result.revision] = key
+            self.pause_seen = None
             return result.revision, result.revision, position, set()
+        if not sync:
+            self.pause_seen = next((_decode(kv.value) for kv in result.kvs(2)), None)
         locks = [kv for kv in result.kvs(0) if self.is_slot(kv.key)]
         for lock in locks:
             if lock.lease == lease.id and Holder.from_kv(lock).owner == self.owner:
