@@ -137,6 +137,31 @@ def test_a_worker_waiting_on_a_halt_records_it_until_resume(
     assert "no longer paused" in (second.base_dir / "worker.log").read_text()
 
 
+def test_a_resume_that_keeps_the_window_pause_wakes_the_waiter_off_the_halt(
+    harness: WorkerHarness, etcd_server: EtcdServer
+):
+    """resume(keep_paused=True), a closed maintenance window: the key stays, as the leader's.
+
+    Putting "paused" over the halt deletes nothing, so `P wake/<app>` is put and deleted to wake
+    the waiter: it reads the new value and no longer reports the halt.
+    """
+    first = harness.add_unit("app/0", pending=1, halt_after=1, results=["dropped"])
+    second = harness.add_unit("app/1", pending=1, halt_after=1)
+    harness.start_worker(first)
+    assert wait_exit(first) == 0, (first.base_dir / "worker.log").read_text()
+    harness.start_worker(second)
+    halt = "halted after 1 failed operation(s): app/0"
+    wait_for_status(second, lambda status: status.paused == halt)
+    client = etcd_server.client()
+    leader = EtcdLock(client, harness.prefix, "model-uuid.app-0", "app/0")
+    assert leader.resume(keep_paused=True)
+    assert wait_for_status(second, lambda status: status.paused != halt).paused == "paused"
+    assert not client.range(leader.wake_key).kvs and not second.dispatches()
+    leader.set_paused(False)  # the window opens
+    assert wait_exit(second) == 0, (second.base_dir / "worker.log").read_text()
+    assert _files.read_worker_status(second.base_dir) == _files.WorkerStatus()
+
+
 def test_killed_holder_frees_lock_at_lease_expiry_and_restarts(
     harness: WorkerHarness, etcd_server: EtcdServer
 ):

@@ -16,6 +16,9 @@ owner ``O = <model-uuid>.<unit name with / replaced by ->`` (see :func:`owner_na
   Its value is ``"paused"`` when the leader put it (pause action, closed maintenance window;
   the leader deletes only that value) or the halt reason a worker put (``halted after 1 failed
   operation(s): app/3``; only ``resume`` deletes it).
+- ``P wake/<model-uuid>.<app>``: put and deleted at once by a ``resume`` that keeps the pause
+  key (a closed maintenance window): its deletion wakes the waiters, which then read the key's
+  new value (``"paused"``) and stop reporting the halt (see :meth:`EtcdLock.resume`).
 - ``P roll/<model-uuid>.<app>``: that application's roll record (no lease), the JSON of the
   peer ``rollingops-roll`` (``{"active", "done", "failed", "strikes"}``, ``failed`` the last 50
   failed units): see :meth:`EtcdLock.release_recorded` and ``_controls``.
@@ -251,6 +254,7 @@ class EtcdLock:
         app_owner = owner.rsplit("-", 1)[0]  # <model-uuid>.<app>: this unit's application
         self.pause_key = f"{prefix}paused/{app_owner}"
         self.roll_key = f"{prefix}roll/{app_owner}"
+        self.wake_key = f"{prefix}wake/{app_owner}"
         self.pause_seen: str | None = None  # the pause key as the last async attempt read it
         self._cancelled = threading.Event()
         self._watch_guard = threading.Lock()
@@ -392,8 +396,11 @@ class EtcdLock:
 
         Returns whether a worker's halt was there. Without ``force``, nothing is written
         unless there was one. ``keep_paused`` (a closed maintenance window): the pause key
-        stays, as the leader's (``"paused"``). The roll record is compared by mod_revision;
-        a concurrent change is re-read and retried (at most ``CAS_ATTEMPTS`` rounds).
+        stays, as the leader's (``"paused"``): a put wakes no waiter, so the same transaction
+        puts ``P wake/<app>`` and a second call deletes it, and every waiter tries again, reads
+        the new value and stops reporting the halt (a failed delete is logged: the waiters then
+        report it until the next deletion). The roll record is compared by mod_revision; a
+        concurrent change is re-read and retried (at most ``CAS_ATTEMPTS`` rounds).
         """
         for _ in range(CAS_ATTEMPTS):
             read = self.client.txn([], [op_range(self.roll_key), op_range(self.pause_key)])
@@ -411,8 +418,16 @@ class EtcdLock:
             if roll.strikes:
                 roll.strikes = 0
                 writes.append(op_put(self.roll_key, roll.to_json()))
+            wake = keep_paused and halted
+            if wake:
+                writes.append(op_put(self.wake_key, ""))
             revision = roll_kv.mod_revision if roll_kv is not None else 0
             if self.client.txn([compare_mod(self.roll_key, "EQUAL", revision)], writes).succeeded:
+                if wake:
+                    try:
+                        self.client.delete(self.wake_key)
+                    except EtcdError as e:
+                        logger.warning("waiters not woken (they wake at the next release): %s", e)
                 return halted
         raise EtcdError(f"{self.roll_key} kept changing: resume not recorded, try again")
 
@@ -552,7 +567,7 @@ class EtcdLock:
     def _relevant(self, key: str) -> bool:
         return (
             self.is_slot(key)
-            or key == self.pause_key
+            or key in (self.pause_key, self.wake_key)
             or key.startswith(self.waiting)
             or key.startswith(self.waiting_sync)
         )
