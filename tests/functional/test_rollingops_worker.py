@@ -118,7 +118,7 @@ def test_a_worker_waiting_on_a_halt_records_it_until_resume(
     second = harness.add_unit("app/1", pending=2, halt_after=1)
     harness.start_worker(first)
     assert wait_exit(first) == 0, (first.base_dir / "worker.log").read_text()
-    assert _files.read_worker_status(first.base_dir) == _files.WorkerStatus()  # it waits on nothing
+    assert _files.read_worker_status(first.base_dir) == _files.WorkerStatus()  # waits on nothing
     harness.start_worker(second)
     halt = "halted after 1 failed operation(s): app/0"
     waiting = wait_for_status(second, lambda status: status.paused is not None)

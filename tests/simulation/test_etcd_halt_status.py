@@ -57,8 +57,11 @@ def _quiet():
 
 @pytest.mark.parametrize("waiters", ["after", "before"])
 def test_units_waiting_on_an_etcd_halt_name_it_until_resume(waiters):
-    """`waiters` ask after the halt (their first attempt meets it) or before the failure (the
-    halt's transaction deletes the failed unit's slot, which wakes them)."""
+    """The other units ask after the halt or before the failure.
+
+    After: their workers' first attempt meets the halt. Before: they wait already, and the
+    halt's transaction deletes the failed unit's slot, which wakes them.
+    """
     sim = Simulator(seed=3)
     fakes = FailingRestartFakes(sim)
     with fakes.installed():

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from charmlibs.rollingops import _files
 from charmlibs.rollingops._controls import PAUSED_BY_LEADER
-
-from tests.unit.conftest import charm_context
 from ops import testing
 
+from tests.unit.conftest import charm_context
 from tests.unit.test_rollingops_busy import APP, PREFIX, UUID, etcd, owner, state
 
 __all__ = ["etcd"]  # the fixture, used by name
