@@ -114,7 +114,7 @@ def test_the_work_hint_carries_halt_after_failures_to_the_worker(tmp_path):
 # --- a halt in etcd in the statuses of the units that wait on it ---------------------------------
 
 
-def wait_on_the_halt(etcd, tmp_path, unit: str) -> None:
+def wait_on_the_halt(etcd, tmp_path, unit: str) -> Any:
     """`unit`'s live worker tries to acquire on the halted lock, as `_worker.Worker` does.
 
     The real transaction on the fake etcd (`_try_acquire`: refused by the pause key, whose value
@@ -136,20 +136,9 @@ def wait_on_the_halt(etcd, tmp_path, unit: str) -> None:
     Worker(str(base), unit, str(tmp_path))._note_pause(lock.pause_seen)
     worker_lock = _files.hold_worker_lock(base)
     assert worker_lock is not None
-    HELD.append(worker_lock)
+    return worker_lock  # the caller closes it (the worker's exit)
 
 
-HELD: list[Any] = []
-
-
-@pytest.fixture
-def held_worker_lock():
-    yield
-    while HELD:
-        HELD.pop().close()
-
-
-@pytest.mark.usefixtures("held_worker_lock")
 def test_a_unit_waiting_on_an_etcd_halt_names_it_and_resume(etcd, tmp_path):
     """Failed on the old code: the unit said only "restart queued (rollingops, etcd)"."""
     etcd.client.put(ROLL_KEY, record())
@@ -157,17 +146,19 @@ def test_a_unit_waiting_on_an_etcd_halt_names_it_and_resume(etcd, tmp_path):
     context = charm_context(app_name=APP, unit_id=1)
     params = {"delay": 0, "engine": "rollingops", "sync": False}
     queued = context.run(context.on.action("restart", params=params), state())
-    wait_on_the_halt(etcd, tmp_path, f"{APP}/1")
     clients = len(etcd.clients)
-    out = context.run(context.on.update_status(), queued)
+    with wait_on_the_halt(etcd, tmp_path, f"{APP}/1"):
+        out = context.run(context.on.update_status(), queued)
     assert out.unit_status == testing.WaitingStatus(
         f"restart queued (rollingops, etcd) on a paused lock ({HALT}): "
         "`resume` on the leader continues"
     )
     assert len(etcd.clients) == clients  # the hook asked etcd nothing
+    # The worker died (its flock is gone) without rewriting the file: its record no longer counts.
+    dead = context.run(context.on.update_status(), out)
+    assert dead.unit_status == testing.WaitingStatus("restart queued (rollingops, etcd)")
 
 
-@pytest.mark.usefixtures("held_worker_lock")
 def test_the_leader_waiting_on_an_etcd_halt_shows_it_until_resume(leader_config, tmp_path):
     etcd = leader_config
     etcd.client.put(ROLL_KEY, record())
@@ -175,13 +166,13 @@ def test_the_leader_waiting_on_an_etcd_halt_shows_it_until_resume(leader_config,
     context = charm_context(app_name=APP, unit_id=0)
     params = {"delay": 0, "engine": "rollingops", "sync": False}
     queued = context.run(context.on.action("restart", params=params), state(leader=True))
-    wait_on_the_halt(etcd, tmp_path, f"{APP}/0")
-    out = context.run(context.on.update_status(), queued)
-    assert out.app_status == testing.BlockedStatus(
-        f"rollingops lock paused ({HALT}): `rolling-status` shows what waits; run resume"
-    )
-    assert HALT in out.unit_status.message
-    resumed = context.run(context.on.action("resume"), out)
+    with wait_on_the_halt(etcd, tmp_path, f"{APP}/0"):
+        out = context.run(context.on.update_status(), queued)
+        assert out.app_status == testing.BlockedStatus(
+            f"rollingops lock paused ({HALT}): `rolling-status` shows what waits; run resume"
+        )
+        assert HALT in out.unit_status.message
+        resumed = context.run(context.on.action("resume"), out)
     assert PAUSE_KEY not in etcd.fake.keys
     # This hook deleted the key: the worker's record (rewritten when the deletion wakes it) is
     # stale already, so neither status shows the halt any more.
