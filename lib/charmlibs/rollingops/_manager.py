@@ -639,7 +639,7 @@ class RollingOpsManager(ops.Object):
         """
         relation = self._peer_relation()
         paused = None if relation is None else _controls.paused(relation.data[self.model.app])
-        etcd = self._etcd() if self.etcd_relation_name is not None else None
+        etcd = self._etcd()
         halt = etcd.worker_paused() if etcd is not None and not self._resumed else None
         if halt == _controls.PAUSED_BY_LEADER:  # the leader's own: the databag says why
             halt = None
