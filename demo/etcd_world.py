@@ -92,6 +92,7 @@ class WorkerActor:
         self.slots = 1  # max_parallel from work.json (slots of the etcd semaphore)
         self.waited_from = 0
         self.failures = 0
+        self.paused: str | None = None  # the pause key as the last failed attempt read it
         self.result: str | None = None
         self.dispatches = 0
 
@@ -160,6 +161,7 @@ class WorkerActor:
             work = _files.read_work(self.base_dir)
         if work is None or work.pending <= 0:
             self.world.log(f"worker {self.unit}: no pending work; exiting")
+            self.paused = None
             self._revoke_lease()
             self._write_status()
             self.alive = False
@@ -179,10 +181,11 @@ class WorkerActor:
             self.slots,
         )
         if not token:
+            self._note_pause(self.lock.pause_seen)  # `EtcdLock.acquire`'s on_wait
             self.waited_from = revision + 1
             self.phase = "waiting"
             return
-        self.holding = token
+        self.holding, self.paused = token, None
         self.world.log(f"worker {self.unit}: acquired token {token}")
         self._write_status()
         self._dispatch()
@@ -235,6 +238,12 @@ class WorkerActor:
             return
         self._write_status()
 
+    def _note_pause(self, paused: str | None) -> None:
+        """As `_worker.Worker._note_pause`: a change of the pause key goes to the status file."""
+        if paused != self.paused:
+            self.paused = paused
+            self._write_status()
+
     # --- wake-ups ------------------------------------------------------------------------------
 
     def on_deletion(self) -> None:
@@ -283,6 +292,7 @@ class WorkerActor:
             self._release()
         self.holding = None
         self._revoke_lease()
+        self.paused = None
         self.alive = False
 
     def _give_up(self, why: str) -> None:
@@ -312,7 +322,7 @@ class WorkerActor:
             self.alive = False
 
     def _write_status(self, *, failed: bool = False) -> None:
-        status = _files.WorkerStatus(self.holding, failed, self.failures)
+        status = _files.WorkerStatus(self.holding, failed, self.failures, self.paused)
         with contextlib.suppress(RollingOpsError):
             _files.write_worker_status(self.base_dir, status)
 

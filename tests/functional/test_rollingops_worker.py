@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import signal
+import time
 
 import pytest
 from charmlibs.rollingops import _files
@@ -91,6 +92,74 @@ def test_a_failed_operation_halts_the_roll_until_resume(
     assert [grant["result"] for grant in lock_grants([first, second])] == ["dropped", "release"]
     roll = json.loads(client.get(f"{harness.prefix}roll/model-uuid.app").value)  # type: ignore[union-attr]
     assert roll == {"active": False, "done": 1, "failed": ["app/0"], "strikes": 0}
+
+
+def wait_for_status(unit: FakeUnit, check, timeout: float = 30.0) -> _files.WorkerStatus:
+    """Re-read worker-status.json until ``check(status)`` (test side only); its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _files.read_worker_status(unit.base_dir)
+        if status is not None and check(status):
+            return status
+        if time.monotonic() > deadline:
+            log = (unit.base_dir / "worker.log").read_text()
+            raise AssertionError(f"worker status still {status}\n{log}")
+        time.sleep(0.05)
+
+
+def test_a_worker_waiting_on_a_halt_records_it_until_resume(
+    harness: WorkerHarness, etcd_server: EtcdServer
+):
+    """worker-status.json names the halt while the worker waits on it; resume clears it.
+
+    Failed on the old code: the worker wrote no `paused` and the hooks could not see the halt.
+    """
+    first = harness.add_unit("app/0", pending=1, halt_after=1, results=["dropped"])
+    second = harness.add_unit("app/1", pending=2, halt_after=1)
+    harness.start_worker(first)
+    assert wait_exit(first) == 0, (first.base_dir / "worker.log").read_text()
+    assert _files.read_worker_status(first.base_dir) == _files.WorkerStatus()  # waits on nothing
+    harness.start_worker(second)
+    halt = "halted after 1 failed operation(s): app/0"
+    waiting = wait_for_status(second, lambda status: status.paused is not None)
+    assert waiting == _files.WorkerStatus(paused=halt)
+    assert _files.worker_alive(second.base_dir) and not second.dispatches()
+    client = etcd_server.client()
+    operator = EtcdLock(client, harness.prefix, "model-uuid.app-9", "app/9")
+    with operator.sync_lock(timeout=10):  # the sync lock ignores the pause: the slot is taken
+        assert operator.resume()
+        # The key's deletion woke the worker; its attempt found the slot taken and no pause.
+        resumed = wait_for_status(second, lambda status: status.paused is None)
+        assert resumed == _files.WorkerStatus() and not second.dispatches()
+    assert wait_exit(second) == 0, (second.base_dir / "worker.log").read_text()
+    assert [grant["result"] for grant in lock_grants([second])] == ["release", "release"]
+    assert _files.read_worker_status(second.base_dir) == _files.WorkerStatus()
+    assert "no longer paused" in (second.base_dir / "worker.log").read_text()
+
+
+def test_a_resume_that_keeps_the_window_pause_wakes_the_waiter_off_the_halt(
+    harness: WorkerHarness, etcd_server: EtcdServer
+):
+    """resume(keep_paused=True), a closed maintenance window: the key stays, as the leader's.
+
+    Putting "paused" over the halt deletes nothing, so `P wake/<app>` is put and deleted to wake
+    the waiter: it reads the new value and no longer reports the halt.
+    """
+    first = harness.add_unit("app/0", pending=1, halt_after=1, results=["dropped"])
+    second = harness.add_unit("app/1", pending=1, halt_after=1)
+    harness.start_worker(first)
+    assert wait_exit(first) == 0, (first.base_dir / "worker.log").read_text()
+    harness.start_worker(second)
+    halt = "halted after 1 failed operation(s): app/0"
+    wait_for_status(second, lambda status: status.paused == halt)
+    client = etcd_server.client()
+    leader = EtcdLock(client, harness.prefix, "model-uuid.app-0", "app/0")
+    assert leader.resume(keep_paused=True)
+    assert wait_for_status(second, lambda status: status.paused != halt).paused == "paused"
+    assert not client.range(leader.wake_key).kvs and not second.dispatches()
+    leader.set_paused(False)  # the window opens
+    assert wait_exit(second) == 0, (second.base_dir / "worker.log").read_text()
+    assert _files.read_worker_status(second.base_dir) == _files.WorkerStatus()
 
 
 def test_killed_holder_frees_lock_at_lease_expiry_and_restarts(

@@ -10,10 +10,12 @@ a real etcd.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from charmlibs.rollingops import _files
 from charmlibs.rollingops._controls import PAUSED_BY_LEADER
+from ops import testing
 
 from tests.unit.conftest import charm_context
 from tests.unit.test_rollingops_busy import APP, PREFIX, UUID, etcd, owner, state
@@ -107,3 +109,72 @@ def test_the_work_hint_carries_halt_after_failures_to_the_worker(tmp_path):
     assert hint is not None and (hint.slots, hint.halt_after) == (2, 3)
     _files.write_work(tmp_path, 2, 7)
     assert _files.read_work(tmp_path).halt_after is None  # type: ignore[union-attr]
+
+
+# --- a halt in etcd in the statuses of the units that wait on it ---------------------------------
+
+
+def wait_on_the_halt(etcd, tmp_path, unit: str) -> Any:
+    """`unit`'s live worker tries to acquire on the halted lock, as `_worker.Worker` does.
+
+    The real transaction on the fake etcd (`_try_acquire`: refused by the pause key, whose value
+    it reads) and the real worker's record of it (`Worker._note_pause` writes
+    worker-status.json); only the process around them is missing, so this test holds its
+    `worker.lock` (the hook then sees a live worker and starts none).
+    """
+    from charmlibs.rollingops._etcd_lock import EtcdLock
+    from charmlibs.rollingops._worker import Worker
+
+    from demo.etcd_world import _LeaseHandle
+
+    base = tmp_path / "var/lib/rollingops"
+    lock = EtcdLock(etcd.client, PREFIX, owner(unit), unit)
+    lease: Any = _LeaseHandle(etcd.fake, etcd.fake.lease_grant(60, keeper=lambda: True))
+    position = lock.create_ticket(lease)
+    token, _, _ = lock._try_acquire(lease, position, False)
+    assert token == 0 and lock.pause_seen == HALT
+    Worker(str(base), unit, str(tmp_path))._note_pause(lock.pause_seen)
+    worker_lock = _files.hold_worker_lock(base)
+    assert worker_lock is not None
+    return worker_lock  # the caller closes it (the worker's exit)
+
+
+def test_a_unit_waiting_on_an_etcd_halt_names_it_and_resume(etcd, tmp_path):
+    """Failed on the old code: the unit said only "restart queued (rollingops, etcd)"."""
+    etcd.client.put(ROLL_KEY, record())
+    etcd.client.put(PAUSE_KEY, HALT)
+    context = charm_context(app_name=APP, unit_id=1)
+    params = {"delay": 0, "engine": "rollingops", "sync": False}
+    queued = context.run(context.on.action("restart", params=params), state())
+    clients = len(etcd.clients)
+    with wait_on_the_halt(etcd, tmp_path, f"{APP}/1"):
+        out = context.run(context.on.update_status(), queued)
+    assert out.unit_status == testing.WaitingStatus(
+        f"restart queued (rollingops, etcd) on a paused lock ({HALT}): "
+        "`resume` on the leader continues"
+    )
+    assert len(etcd.clients) == clients  # the hook asked etcd nothing
+    # The worker died (its flock is gone) without rewriting the file: its record no longer counts.
+    dead = context.run(context.on.update_status(), out)
+    assert dead.unit_status == testing.WaitingStatus("restart queued (rollingops, etcd)")
+
+
+def test_the_leader_waiting_on_an_etcd_halt_shows_it_until_resume(leader_config, tmp_path):
+    etcd = leader_config
+    etcd.client.put(ROLL_KEY, record())
+    etcd.client.put(PAUSE_KEY, HALT)
+    context = charm_context(app_name=APP, unit_id=0)
+    params = {"delay": 0, "engine": "rollingops", "sync": False}
+    queued = context.run(context.on.action("restart", params=params), state(leader=True))
+    with wait_on_the_halt(etcd, tmp_path, f"{APP}/0"):
+        out = context.run(context.on.update_status(), queued)
+        assert out.app_status == testing.BlockedStatus(
+            f"rollingops lock paused ({HALT}): `rolling-status` shows what waits; run resume"
+        )
+        assert HALT in out.unit_status.message
+        resumed = context.run(context.on.action("resume"), out)
+    assert PAUSE_KEY not in etcd.fake.keys
+    # This hook deleted the key: the worker's record (rewritten when the deletion wakes it) is
+    # stale already, so neither status shows the halt any more.
+    assert HALT not in resumed.app_status.message
+    assert HALT not in resumed.unit_status.message

@@ -46,9 +46,10 @@ its etcd put leaves no pause behind (a local mark: see `_controls`). `rolling_st
 unit, read-only, one etcd read on etcd) returns a `RollingStatus`: holders, the queue in grant
 order, done / failed / remaining, paused, the maintenance window; `progress()` a short line for
 the leader's app status; `paused_reason` why the lock is paused (one read of the peer app
-databag, for statuses). `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks
-one): grants only inside it, as the leader's own clock says (on etcd the leader closes the lock
-with the pause key); no unit ever compares its clock with another's.
+databag, and on etcd the halt this unit's waiting worker met, from a local file: for
+statuses). `maintenance_window="02:00-04:00"` (daily, UTC; `parse_window` checks one): grants
+only inside it, as the leader's own clock says (on etcd the leader closes the lock with the
+pause key); no unit ever compares its clock with another's.
 
 Is any unit busy? `busy_units(timeout=5.0)` returns a `BusyUnits`: `units`, the units of this
 application with work queued or running on either backend, and `unknown`, why that answer may be
@@ -223,6 +224,8 @@ etcd keys, P = /coordinated-ops/rollingops/v1/<cluster_id>/, owner O = <model uu
     P roll/<model uuid>.<app>     that application's roll record (no lease), the JSON of
                         `rollingops-roll`; written by the worker in the transaction that deletes
                         its slot (since LIBPATCH 7; an older reader ignores it)
+    P wake/<model uuid>.<app>     put and deleted at once by a resume that keeps the pause key
+                        (closed window): its deletion wakes the waiters (since LIBPATCH 8)
 Local files under base_dir/etcd/ carry {"version": 1}; see `_files.py`.
 
 Bad relation data (one rule): a value another unit (or an earlier leader) wrote that does not
@@ -360,10 +363,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.7"
+__version__ = "1.1.5+coordinated.8"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 7
+LIBPATCH = 8
 
 __all__ = [
     "BusyUnits",

@@ -59,7 +59,9 @@ and ends at a release that leaves no slot, no ticket and no pending work of this
 and no pause key; a unit between its release and its next ticket (a few milliseconds) is not
 seen, so a roll can end and a new one begin there (its counts, strikes included, restart,
 as they do on the peer backend when a roll ends). A halt in etcd is not copied into the
-peer relation: `rolling_status` and `resume` read etcd for it; if the application falls back to
+peer relation: `rolling_status` and `resume` read etcd for it, and a unit whose worker waits on it
+shows it in `paused_reason` (the worker writes the pause key's value into worker-status.json as
+each failed attempt reads it; see `_worker`); if the application falls back to
 the peer backend meanwhile, the peer grants count a roll of their own, and the etcd halt holds
 again when it returns to etcd, until `resume`.
 """

@@ -323,6 +323,21 @@ class EtcdBackend:
             and pending[2] != OperationResult.RETRY_HOLD.value
         )
 
+    def worker_paused(self) -> str | None:
+        """The etcd pause key's value that holds this unit's live worker back, or None.
+
+        Pure local reads (worker-status.json, the worker's flock; no hook tool, no etcd): the
+        worker writes it before each wait and clears it when it acquires or the key is gone, so
+        it is as fresh as the worker's last attempt. A dead worker's value does not count.
+        """
+        try:
+            status = _files.read_worker_status(self.base_dir)
+            if status is None or status.paused is None:
+                return None
+            return status.paused if _files.worker_alive(self.base_dir) else None
+        except (OSError, RollingOpsError):
+            return None
+
     def stop_worker(self) -> None:
         """SIGTERM the live worker (flock-guarded) and wait for its exit."""
         try:

@@ -16,6 +16,9 @@ owner ``O = <model-uuid>.<unit name with / replaced by ->`` (see :func:`owner_na
   Its value is ``"paused"`` when the leader put it (pause action, closed maintenance window;
   the leader deletes only that value) or the halt reason a worker put (``halted after 1 failed
   operation(s): app/3``; only ``resume`` deletes it).
+- ``P wake/<model-uuid>.<app>``: put and deleted at once by a ``resume`` that keeps the pause
+  key (a closed maintenance window): its deletion wakes the waiters, which then read the key's
+  new value (``"paused"``) and stop reporting the halt (see :meth:`EtcdLock.resume`).
 - ``P roll/<model-uuid>.<app>``: that application's roll record (no lease), the JSON of the
   peer ``rollingops-roll`` (``{"active", "done", "failed", "strikes"}``, ``failed`` the last 50
   failed units): see :meth:`EtcdLock.release_recorded` and ``_controls``.
@@ -251,6 +254,8 @@ class EtcdLock:
         app_owner = owner.rsplit("-", 1)[0]  # <model-uuid>.<app>: this unit's application
         self.pause_key = f"{prefix}paused/{app_owner}"
         self.roll_key = f"{prefix}roll/{app_owner}"
+        self.wake_key = f"{prefix}wake/{app_owner}"
+        self.pause_seen: str | None = None  # the pause key as the last async attempt read it
         self._cancelled = threading.Event()
         self._watch_guard = threading.Lock()
         self._watch = None
@@ -391,8 +396,11 @@ class EtcdLock:
 
         Returns whether a worker's halt was there. Without ``force``, nothing is written
         unless there was one. ``keep_paused`` (a closed maintenance window): the pause key
-        stays, as the leader's (``"paused"``). The roll record is compared by mod_revision;
-        a concurrent change is re-read and retried (at most ``CAS_ATTEMPTS`` rounds).
+        stays, as the leader's (``"paused"``): a put wakes no waiter, so the same transaction
+        puts ``P wake/<app>`` and a second call deletes it, and every waiter tries again, reads
+        the new value and stops reporting the halt (a failed delete is logged: the waiters then
+        report it until the next deletion). The roll record is compared by mod_revision; a
+        concurrent change is re-read and retried (at most ``CAS_ATTEMPTS`` rounds).
         """
         for _ in range(CAS_ATTEMPTS):
             read = self.client.txn([], [op_range(self.roll_key), op_range(self.pause_key)])
@@ -410,8 +418,16 @@ class EtcdLock:
             if roll.strikes:
                 roll.strikes = 0
                 writes.append(op_put(self.roll_key, roll.to_json()))
+            wake = keep_paused and halted
+            if wake:
+                writes.append(op_put(self.wake_key, ""))
             revision = roll_kv.mod_revision if roll_kv is not None else 0
             if self.client.txn([compare_mod(self.roll_key, "EQUAL", revision)], writes).succeeded:
+                if wake:
+                    try:
+                        self.client.delete(self.wake_key)
+                    except EtcdError as e:
+                        logger.warning("waiters not woken (they wake at the next release): %s", e)
                 return halted
         raise EtcdError(f"{self.roll_key} kept changing: resume not recorded, try again")
 
@@ -448,6 +464,7 @@ class EtcdLock:
         timeout: float | None = None,
         sync: bool = False,
         slots: int = 1,
+        on_wait: Callable[[str | None], None] | None = None,
     ) -> int:
         """Wait for our turn and take the lock (one of ``slots`` slots); return the fencing token.
 
@@ -456,7 +473,10 @@ class EtcdLock:
         in ``waiting-sync/`` (async tickets are skipped). Waiting is an etcd watch from the failed
         transaction's revision + 1. Raises ``TimeoutError`` after ``timeout`` s (``None``:
         forever) and :class:`LockCancelledError` after :meth:`cancel_wait` or when ``lease`` is
-        lost.
+        lost. ``on_wait`` is called before each wait with :attr:`pause_seen` (async: the pause
+        key's value as that failed attempt read it, None when absent): a halt is put in the same
+        transaction as a slot's deletion and a resume deletes the key, so every waiter wakes,
+        tries and reports each change.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -467,6 +487,8 @@ class EtcdLock:
                 token, revision, position = self._try_acquire(lease, position, sync, slots)
                 if token:
                     return token
+                if on_wait is not None:
+                    on_wait(self.pause_seen)
                 self._wait_for_deletion(revision + 1, deadline, lease)
         except EtcdError as e:
             if e.code == NOT_FOUND and "lease" in str(e):
@@ -500,6 +522,7 @@ class EtcdLock:
         """One transaction for slot ``key``: `_try_acquire`'s answer plus the slots seen held.
 
         With ``slots`` > 1 it deletes our ticket when it takes the slot, and reads every slot.
+        An async attempt also reads the pause key when it fails (:attr:`pause_seen`).
         """
         compares = [compare_create(key, "EQUAL", 0)]
         sync_end = prefix_end(self.waiting_sync)
@@ -517,12 +540,16 @@ class EtcdLock:
             lock_read = op_range(self.lock_key, prefix_end(self.lock_key))
         else:
             lock_read = op_range(self.lock_key)
-        result = self.client.txn(
-            compares, success, [lock_read, op_range(self.ticket_key(sync=sync))]
-        )
+        failure = [lock_read, op_range(self.ticket_key(sync=sync))]
+        if not sync:
+            failure.append(op_range(self.pause_key))
+        result = self.client.txn(compares, success, failure)
         if result.succeeded:
             self._slot_of[result.revision] = key
+            self.pause_seen = None
             return result.revision, result.revision, position, set()
+        if not sync:
+            self.pause_seen = next((_decode(kv.value) for kv in result.kvs(2)), None)
         locks = [kv for kv in result.kvs(0) if self.is_slot(kv.key)]
         for lock in locks:
             if lock.lease == lease.id and Holder.from_kv(lock).owner == self.owner:
@@ -540,7 +567,7 @@ class EtcdLock:
     def _relevant(self, key: str) -> bool:
         return (
             self.is_slot(key)
-            or key == self.pause_key
+            or key in (self.pause_key, self.wake_key)
             or key.startswith(self.waiting)
             or key.startswith(self.waiting_sync)
         )

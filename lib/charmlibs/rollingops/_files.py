@@ -14,7 +14,8 @@ Everything lives under ``<base_dir>/etcd/``; every JSON file carries ``"version"
 - ``result.json``: ``{"version": 1, "token": t, "op": op_id | null, "result": "release" | ...}``,
   what the ``rollingops_lock_granted`` hook did with grant ``t``.
 - ``worker-status.json``: ``{"version": 1, "holding": t | null, "failed": false,
-  "consecutive_failures": 0}``, kept by the worker, read by ``state``.
+  "consecutive_failures": 0, "paused": "..." | null}``, kept by the worker, read by ``state``
+  and ``paused_reason`` (``paused``: the etcd pause key as the waiting worker last saw it).
 - ``pause-mark.json``: ``{"version": 1}``, present while etcd may hold the application's pause
   key although the peer app databag may not say so (a put whose hook then failed, or a new
   leader's doubt about what its predecessor left); see ``_controls``.
@@ -372,11 +373,18 @@ def clear_result(base_dir: str | os.PathLike[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerStatus:
-    """The worker's own view (``worker-status.json``)."""
+    """The worker's own view (``worker-status.json``).
+
+    ``paused``: the value of the application's etcd pause key (the leader's ``"paused"`` or a
+    halt reason) as the worker's last failed acquire attempt read it; None once it acquires or
+    an attempt finds the key gone (the key's deletion wakes every waiter, so a `resume` clears
+    it within one transaction). Optional in the file (absent: None).
+    """
 
     holding: int | None = None
     failed: bool = False
     consecutive_failures: int = 0
+    paused: str | None = None
 
 
 def write_worker_status(base_dir: str | os.PathLike[str], status: WorkerStatus) -> None:
@@ -393,10 +401,14 @@ def read_worker_status(base_dir: str | os.PathLike[str]) -> WorkerStatus | None:
     holding = data.get("holding")
     if holding is not None and (not isinstance(holding, int) or isinstance(holding, bool)):
         raise RollingOpsDecodingError(f"{path}: field 'holding' is malformed")
+    paused = data.get("paused")
+    if paused is not None and not isinstance(paused, str):
+        raise RollingOpsDecodingError(f"{path}: field 'paused' is malformed")
     return WorkerStatus(
         holding=holding,
         failed=_require(data, path, "failed", bool),
         consecutive_failures=_require(data, path, "consecutive_failures", int),
+        paused=paused,
     )
 
 

@@ -168,6 +168,7 @@ class RollingOpsManager(ops.Object):
         self._executing_op: int | None = None
         self._granted_here: set[int] = set()
         self._etcd_backend: EtcdBackend | None = None
+        self._resumed = False  # this hook resumed: a worker's recorded halt is stale
 
         _define_event(charm, LOCK_GRANTED_EVENT, RollingOpsLockGrantedEvent)
         _define_event(charm, ETCD_FAILED_EVENT, RollingOpsEtcdFailedEvent)
@@ -494,6 +495,7 @@ class RollingOpsManager(ops.Object):
                     "etcd pause key not deleted yet (retried before etcd is used): %s", error
                 )
         _controls.set_paused(bag, None)
+        self._resumed = True
         roll = _controls.Roll.read(bag, [])
         if roll.strikes:
             roll.strikes = 0
@@ -627,9 +629,22 @@ class RollingOpsManager(ops.Object):
 
         One read of the peer application databag (none if this hook read it already), on any
         unit and either backend: cheap enough for a status. A `quiet` unit need not ask.
+
+        On the etcd backend a halt lives in etcd only; a unit whose worker waits learns it from
+        that worker (`worker-status.json`: the pause key as its last attempt read it), so a
+        waiting unit and a waiting leader name the halt with no etcd read. It shows from the
+        unit's next hook after the halt (update-status at the latest) and goes as the worker,
+        woken by `resume` deleting the key, tries again. A unit without work on etcd does not
+        see an etcd halt (`rolling_status()` reads etcd).
         """
         relation = self._peer_relation()
-        return None if relation is None else _controls.paused(relation.data[self.model.app])
+        paused = None if relation is None else _controls.paused(relation.data[self.model.app])
+        etcd = self._etcd()
+        halt = etcd.worker_paused() if etcd is not None and not self._resumed else None
+        if halt == _controls.PAUSED_BY_LEADER:  # the leader's own: the databag says why
+            halt = None
+        reasons = [reason for reason in (paused, halt) if reason]
+        return "; ".join(dict.fromkeys(reasons)) or None
 
     def _window_closed(self, bag: ops.RelationDataContent) -> bool:
         """Leader: is the maintenance window closed now (this clock)? Recorded for the status."""

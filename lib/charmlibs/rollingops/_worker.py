@@ -11,6 +11,9 @@ without ``JUJU_CONTEXT_ID``.) What it does, with no sleeps and no polling:
 
 1. take ``worker.lock`` (exit at once if another worker has it) and write its PID inside;
 2. grant a lease (kept alive by a thread), take a ticket, wait for the lock on an etcd watch;
+   while it waits, ``worker-status.json`` says whether the application's pause key held it
+   back and with what value (``paused``: a halt reason names the failed units), as each failed
+   attempt read it; the hooks show that in the statuses (no etcd read in a hook);
 3. run ``juju-exec -u <unit> "JUJU_DISPATCH_PATH=hooks/rollingops_lock_granted
    ROLLINGOPS_LOCK_TOKEN=<token> <charm_dir>/dispatch"`` and wait for it: it returns when the
    hook has run (it queues on the unit's machine lock like any hook);
@@ -122,6 +125,7 @@ class Worker:
         self.lease: Lease | None = None
         self.holding: int | None = None
         self.failures = 0
+        self.paused: str | None = None  # the pause key as the last failed acquire read it
         self._lock_file: IO[str] | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._trace_path = os.environ.get(TRACE_ENV)
@@ -188,8 +192,8 @@ class Worker:
         slots = self._exit_if_idle()
         if not slots:
             return False
-        token = self.lock.acquire(self.lease, slots=slots)
-        self.holding = token
+        token = self.lock.acquire(self.lease, slots=slots, on_wait=self._note_pause)
+        self.holding, self.paused = token, None
         self._trace("acquired", token)
         self._write_status()
         while True:
@@ -206,6 +210,13 @@ class Worker:
             self.failures = 0
         return True
 
+    def _note_pause(self, paused: str | None) -> None:
+        """Before each wait: record a change of the pause key's value in worker-status.json."""
+        if paused != self.paused:
+            self.paused = paused
+            logger.info("waiting on a paused lock: %s", paused or "no longer paused")
+            self._write_status()
+
     def _exit_if_idle(self) -> int:
         """Under ``queue.lock``: if no work is pending, clean up and drop ``worker.lock``.
 
@@ -221,6 +232,7 @@ class Worker:
             if work is not None and work.pending > 0:
                 return work.slots
             logger.info("no pending work; exiting")
+            self.paused = None
             self._revoke_lease()
             self._write_status()
             self._close_lock_file()  # before queue.lock: a racing request sees "no worker"
@@ -303,6 +315,7 @@ class Worker:
         except EtcdError as e:
             logger.warning("could not release the lock (it expires with the lease): %s", e)
         self._revoke_lease()
+        self.paused = None  # an exited worker waits for nothing (the next one reads anew)
         if self._lock_file is not None:
             with contextlib.suppress(RollingOpsError):
                 self._write_status(failed=self._failed_mark())
@@ -332,7 +345,10 @@ class Worker:
 
     def _write_status(self, *, failed: bool = False) -> None:
         status = _files.WorkerStatus(
-            holding=self.holding, failed=failed, consecutive_failures=self.failures
+            holding=self.holding,
+            failed=failed,
+            consecutive_failures=self.failures,
+            paused=self.paused,
         )
         _files.write_worker_status(self.base_dir, status)
 
