@@ -102,7 +102,7 @@ class Restarts(ops.Object):
         return [status for status in statuses if status is not None]
 
     def app_status(self) -> ops.StatusBase | None:
-        """The leader's app status: the one lock paused with work waiting, or a restart's progress.
+        """The leader's app status: the one lock paused (what waits, if anything), or progress.
 
         Quiet engines are not asked: an idle leader reads no relation for its status (the one
         lock's pause it remembers). A paused lock comes first: a remount or an upgrade step may

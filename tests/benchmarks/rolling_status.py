@@ -7,10 +7,11 @@ in one hook execution and writes no relation data (so it wakes no other unit). T
 the simulator (jujusim), where every unit runs its own hooks under Juju's rules:
 
 1. deploy `--units` units and settle (every peer join runs, as on a real controller);
-2. put a roll in flight on the peer backend: one unit restarts with a `delay` so long that its
-   critical section's hook is still running (the holder), then `--queued` other units ask for a
-   restart, one after another, in an order that is not the unit numbers' order; every other
-   hook runs to the end, so the leader has granted the holder and queued the others;
+2. put a roll in flight (peer backend, or `--backend etcd`): one unit restarts with a `delay`
+   so long that its critical section's hook is still running (the holder), then `--queued`
+   other units ask for a restart, one after another, in an order that is not the unit
+   numbers' order; every other hook runs to the end, so the leader has granted the holder
+   and queued the others;
 3. run `rolling-status` on a non-leader, then on the leader, and for each: count the hook
    executions from the request until the answer (1), compare every relation databag of the
    model (content and version) before and after (equal), check that nothing new was queued on
@@ -24,9 +25,9 @@ alone are 24,500 hooks (minutes of CPU here), four fifths of them on relations `
 never reads; tests/simulation/test_rolling_status.py runs the same check on the whole demo charm
 at a few units. Measured here (CPU, one process, a shared 2-core machine): 50 units on the peer
 backend settle in 5,101 hooks (20-21 s) and the roll takes 688 more (3 s); on etcd (`--backend
-etcd`: the stand-in provider, fake etcd, one simulated worker per unit) 7,956 hooks (45 s) and 8.
-Each `rolling-status` hook costs 4-8 ms. The last line is JSON; the exit status is 1 when a check
-fails.
+etcd`: the stand-in provider, fake etcd, one simulated worker per unit) 7,956 hooks (45 s) and
+the roll 8 more. Each `rolling-status` hook costs 4-8 ms. The last line is JSON; the exit status
+is 1 when a check fails.
 """
 
 from __future__ import annotations

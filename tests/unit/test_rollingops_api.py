@@ -44,7 +44,7 @@ ON_PURPOSE = {
     "added RollingOpsManager.rolling_status": "holders, queue, counts, paused (read-only)",
     "added RollingOpsManager.progress": "a short progress line for the app status",
     "added RollingOpsManager.paused_reason": "why the lock is paused, from the app databag "
-    "only (for statuses)",
+    "and, on etcd, the worker's local status (for statuses)",
     "added name RollingStatus": "the answer of rolling_status()",
     "added name parse_window": "checks a maintenance window (for a charm's config check)",
     "added RollingOpsManager.__init__(maintenance_window)": "grants only inside a daily UTC "

@@ -186,8 +186,10 @@ def test_the_line_lists_our_holders_and_waiters_in_grant_order():
     acquire(*locks[0], 1)
     for lock, lease in locks[1:]:
         assert acquire(lock, lease, 1) == 0
-    assert locks[0][0].line("model.app") == (["app/3"], ["app/1", "app/2"])
-    assert locks[0][0].line("model.other") == ([], [])
+    state = locks[0][0].app_state("model.app")
+    assert (state.holders, state.queue) == (["app/3"], ["app/1", "app/2"])
+    other = locks[0][0].app_state("model.other")
+    assert (other.holders, other.queue) == ([], [])
 
 
 def _done(token: int):

@@ -63,7 +63,11 @@ application) always works; the **etcd** backend (a lease-backed lock in charmed-
 one background worker per unit) is used when the `etcd_client` relation is ready. Any etcd
 failure moves the application back to the peer backend without losing or repeating an operation.
 While the application runs on the peer backend, exclusion with *other* applications sharing the
-`cluster_id` does not hold.
+`cluster_id` does not hold. On etcd they share one line too: a paused or halted application keeps
+its tickets, and so holds the others back until its `resume`; each of them may also write any key
+under the shared prefix (charmed-etcd grants the prefix), so what is read there is shown only as
+short printable text. Give an application its own `cluster_id` unless it must never overlap
+another.
 
 Identity and version: this package is ours, written to the public API of PyPI's
 `charmlibs-rollingops` 1.1.5 (tests/unit/test_rollingops_api.py compares the two) with our own
@@ -363,10 +367,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.8"
+__version__ = "1.1.5+coordinated.9"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 8
+LIBPATCH = 9
 
 __all__ = [
     "BusyUnits",

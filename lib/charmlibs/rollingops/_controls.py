@@ -82,6 +82,7 @@ from ._models import (
     is_json_object,
     is_str_list,
     load_json,
+    printable,
     short,
 )
 
@@ -95,6 +96,7 @@ WINDOW_CLOSED = "outside the maintenance window"
 PAUSE_REASON_LIMIT = 200
 PAUSED_BY_LEADER = "paused"  # the etcd pause key's value when the leader put it (not a halt)
 FAILED_LIMIT = 50  # `Roll.failed` keeps the last 50 failed attempts (bounded record)
+UNIT_NAME_LIMIT = 60  # a unit name read back from a record is shown cut to this
 FAILED_RESULTS = frozenset({"retry-release", DONE_DROPPED, DONE_MISSING_CALLBACK})
 DONE_RESULT = "release"
 
@@ -182,7 +184,8 @@ class Roll:
             errors.append(message)
             return cls()
         assert isinstance(done, int) and isinstance(strikes, int)
-        return cls(done, list(failed), strikes, active)
+        units = [printable(unit, UNIT_NAME_LIMIT) for unit in failed[-FAILED_LIMIT:]]
+        return cls(done, units, strikes, active)
 
     def to_json(self) -> str:
         return canonical_json(dataclasses.asdict(self))
@@ -209,7 +212,7 @@ def halt_reason(roll: Roll, halt_after: int | None) -> str | None:
     if halt_after is None or roll.strikes < halt_after:
         return None
     units = ", ".join(dict.fromkeys(roll.failed[-roll.strikes :]))
-    return f"halted after {roll.strikes} failed operation(s): {units}"
+    return f"halted after {roll.strikes} failed operation(s): {units}"[:PAUSE_REASON_LIMIT]
 
 
 @dataclasses.dataclass(frozen=True)

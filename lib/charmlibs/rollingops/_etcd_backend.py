@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ops
 
 from . import _contract, _files
+from ._controls import PAUSE_REASON_LIMIT
 from ._models import (
     DONE_NOT_GRANTED,
     KEY_CLIENT_SECRET_ID,
@@ -46,6 +47,7 @@ from ._models import (
     RollingOpsInvalidSecretContentError,
     RollingOpsLibMissingError,
     make_token,
+    printable,
 )
 from ._peer import AppView, Grant, UnitView, execute_grant
 
@@ -334,7 +336,9 @@ class EtcdBackend:
             status = _files.read_worker_status(self.base_dir)
             if status is None or status.paused is None:
                 return None
-            return status.paused if _files.worker_alive(self.base_dir) else None
+            if not _files.worker_alive(self.base_dir):
+                return None
+            return printable(status.paused, PAUSE_REASON_LIMIT)  # text from etcd
         except (OSError, RollingOpsError):
             return None
 

@@ -20,8 +20,8 @@ owner ``O = <model-uuid>.<unit name with / replaced by ->`` (see :func:`owner_na
   key (a closed maintenance window): its deletion wakes the waiters, which then read the key's
   new value (``"paused"``) and stop reporting the halt (see :meth:`EtcdLock.resume`).
 - ``P roll/<model-uuid>.<app>``: that application's roll record (no lease), the JSON of the
-  peer ``rollingops-roll`` (``{"active", "done", "failed", "strikes"}``, ``failed`` the last 50
-  failed units): see :meth:`EtcdLock.release_recorded` and ``_controls``.
+  peer ``rollingops-roll`` (``{"active", "done", "failed", "strikes"}``, ``failed`` the units of
+  the last 50 failed operations): see :meth:`EtcdLock.release_recorded` and ``_controls``.
 
 Every key is under ``P``, the prefix charmed-etcd grants our user read-write on (and nothing
 else).
@@ -61,7 +61,13 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING
 
-from ._controls import PAUSED_BY_LEADER, Roll, halt_reason
+from ._controls import (
+    PAUSE_REASON_LIMIT,
+    PAUSED_BY_LEADER,
+    UNIT_NAME_LIMIT,
+    Roll,
+    halt_reason,
+)
 from ._etcd_client import (
     EtcdClient,
     EtcdCompactedError,
@@ -77,6 +83,7 @@ from ._etcd_client import (
     op_range,
     prefix_end,
 )
+from ._models import printable
 
 if TYPE_CHECKING:
     from ._files import EtcdConfig
@@ -95,6 +102,14 @@ SYNC = "sync"
 
 class LockCancelledError(EtcdError):
     """:meth:`EtcdLock.acquire` gave up: ``cancel_wait`` was called or the lease died."""
+
+
+def app_owner_of(owner: str) -> str:
+    """``<model-uuid>.<app>`` of a unit's owner name: what precedes its last ``-<number>``.
+
+    Compared exactly: a prefix test would take app ``db-backup``'s units for app ``db``'s.
+    """
+    return owner.rsplit("-", 1)[0]
 
 
 def lock_prefix(cluster_id: str) -> str:
@@ -125,6 +140,7 @@ class Holder:
         try:
             data = json.loads(kv.value)
             owner, unit, kind = str(data["owner"]), str(data["unit"]), str(data["kind"])
+            unit = printable(unit, UNIT_NAME_LIMIT)  # shown in statuses; any client may write
         except (ValueError, TypeError, KeyError, RecursionError):  # any client may write it
             logger.warning("unreadable value of %s, treated as a foreign holder", kv.key)
             owner, unit, kind = "", "", "unknown"
@@ -143,6 +159,11 @@ class AppState:
 
 def _decode(value: bytes) -> str:
     return value.decode("utf-8", errors="replace")
+
+
+def _pause_value(value: bytes) -> str:
+    """A pause key's value for statuses: any application on the prefix may have written it."""
+    return printable(_decode(value), PAUSE_REASON_LIMIT)
 
 
 class Lease:
@@ -251,7 +272,7 @@ class EtcdLock:
         self.waiting = prefix + "waiting/"
         self.waiting_sync = prefix + "waiting-sync/"
         self.status_key = f"{prefix}units/{owner}"
-        app_owner = owner.rsplit("-", 1)[0]  # <model-uuid>.<app>: this unit's application
+        app_owner = app_owner_of(owner)  # <model-uuid>.<app>: this unit's application
         self.pause_key = f"{prefix}paused/{app_owner}"
         self.roll_key = f"{prefix}roll/{app_owner}"
         self.wake_key = f"{prefix}wake/{app_owner}"
@@ -332,14 +353,6 @@ class EtcdLock:
         owners.discard("")
         return owners
 
-    def line(self, app_owner: str) -> tuple[list[str], list[str]]:
-        """Units of ``app_owner`` (``<model-uuid>.<app>``) in a slot, and those waiting.
-
-        One range read. The waiting units come in grant order (oldest async ticket first).
-        """
-        state = self.app_state(app_owner)
-        return state.holders, state.queue
-
     def app_state(self, app_owner: str) -> AppState:
         """``app_owner``'s slots, line, roll record and pause key: one range read.
 
@@ -355,11 +368,11 @@ class EtcdLock:
         for kv in self.client.range(self.lock_key, prefix_end(self.waiting)).kvs:
             if self.is_slot(kv.key):
                 holder = Holder.from_kv(kv)
-                if holder.owner.startswith(app_owner + "-"):
+                if app_owner_of(holder.owner) == app_owner:
                     holders.append(holder.unit)
             elif kv.key.startswith(self.waiting):
                 owner = kv.key[len(self.waiting) :]
-                if owner.startswith(app_owner + "-"):
+                if app_owner_of(owner) == app_owner:
                     waiting.append((kv.create_revision, owner))
             elif kv.key == roll_key:
                 roll_kv = kv
@@ -370,14 +383,15 @@ class EtcdLock:
         return AppState(
             holders=sorted(holders),
             queue=[unit for unit in queue if unit not in holders],
-            roll=self._roll(roll_kv, []),
-            paused=_decode(pause_kv.value) if pause_kv is not None else None,
+            roll=self._roll(roll_kv),
+            paused=_pause_value(pause_kv.value) if pause_kv is not None else None,
         )
 
-    def _roll(self, kv: KeyValue | None, errors: list[str]) -> Roll:
+    def _roll(self, kv: KeyValue | None) -> Roll:
+        """The roll record in `kv` (None: a new roll); a malformed one is logged, a new roll."""
         if kv is None:
             return Roll()
-        return Roll.parse(_decode(kv.value), f"etcd: bad roll record {kv.key}", errors)
+        return Roll.parse(_decode(kv.value), f"etcd: bad roll record {kv.key}", [])
 
     def set_paused(self, paused: bool) -> None:
         """The leader's pause: put ``P paused/<app>`` if absent, or delete it if it is ours.
@@ -409,7 +423,7 @@ class EtcdLock:
             if not halted and not force:
                 return False
             roll_kv = roll_kvs[0] if roll_kvs else None
-            roll = self._roll(roll_kv, [])
+            roll = self._roll(roll_kv)
             writes = [
                 op_put(self.pause_key, PAUSED_BY_LEADER)
                 if keep_paused
@@ -549,7 +563,7 @@ class EtcdLock:
             self.pause_seen = None
             return result.revision, result.revision, position, set()
         if not sync:
-            self.pause_seen = next((_decode(kv.value) for kv in result.kvs(2)), None)
+            self.pause_seen = next((_pause_value(kv.value) for kv in result.kvs(2)), None)
         locks = [kv for kv in result.kvs(0) if self.is_slot(kv.key)]
         for lock in locks:
             if lock.lease == lease.id and Holder.from_kv(lock).owner == self.owner:
@@ -681,7 +695,7 @@ class EtcdLock:
                 logger.warning("slot %s is not ours (token %s): nothing recorded", slot, token)
                 return self.release(token)
             roll_kv = by_key.get(self.roll_key)
-            roll = self._roll(roll_kv, [])
+            roll = self._roll(roll_kv)
             if result is not None and not roll.active:
                 roll = Roll(active=True)  # a new roll begins with its first result
             roll.record(self.unit, result or "")
@@ -707,13 +721,14 @@ class EtcdLock:
 
     def _app_busy(self, kvs: list[KeyValue], slot: str) -> bool:
         """Whether ``kvs`` (one read) hold another slot or async ticket of this application."""
-        mark = self.owner.rsplit("-", 1)[0] + "-"  # <model-uuid>.<app>-
+        app = app_owner_of(self.owner)
         for kv in kvs:
             if kv.key in (slot, self.ticket_key()):
                 continue
-            if self.is_slot(kv.key) and Holder.from_kv(kv).owner.startswith(mark):
+            if self.is_slot(kv.key) and app_owner_of(Holder.from_kv(kv).owner) == app:
                 return True
-            if kv.key.startswith(self.waiting) and kv.key[len(self.waiting) :].startswith(mark):
+            waiting = kv.key[len(self.waiting) :]
+            if kv.key.startswith(self.waiting) and app_owner_of(waiting) == app:
                 return True
         return False
 

@@ -244,6 +244,16 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def printable(text: str, limit: int) -> str:
+    """`text` fit for a status or a log line: control characters as "?", cut to `limit`.
+
+    For text another application can write (etcd values under a shared prefix): a newline or
+    an escape sequence must not reach `juju status`, nor a megabyte of it.
+    """
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
 def short(value: Any, limit: int = 60) -> str:
     """`repr(value)` cut to about `limit` characters, for logs and messages about bad data."""
     text = repr(value)

@@ -215,7 +215,10 @@ class Worker:
         if paused != self.paused:
             self.paused = paused
             logger.info("waiting on a paused lock: %s", paused or "no longer paused")
-            self._write_status()
+            try:  # only what the statuses show: a failed write must not stop the worker
+                self._write_status()
+            except (OSError, RollingOpsError) as error:
+                logger.warning("worker status not written: %s", error)
 
     def _exit_if_idle(self) -> int:
         """Under ``queue.lock``: if no work is pending, clean up and drop ``worker.lock``.
