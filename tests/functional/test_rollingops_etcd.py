@@ -533,3 +533,48 @@ def test_another_clients_delete_of_the_pause_key_wakes_a_waiter_and_a_second_wri
     finally:
         leader.close()
         waiter.close()
+
+
+def _deleted_within(client: EtcdClient, key: str, after: int, seconds: float) -> bool:
+    """Whether ``key`` is deleted (an etcd watch from revision ``after``) within ``seconds``."""
+    with client.watch(key, start_revision=after, timeout=seconds) as watch:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                response = watch.next(left)
+            except TimeoutError:
+                return False
+            if any(e.kind == "DELETE" for e in response.events):
+                return True
+    return False
+
+
+def test_the_granted_hook_keeps_a_dead_workers_slot_while_its_operation_runs(
+    etcd_server: EtcdServer, etcd_prefix: str
+):
+    """A worker killed after its grant: its hook, started late, keeps the slot until it ends.
+
+    The worker's lease (5 s) gets no keep-alive once the worker is gone. Without the hook's
+    keep-alive the slot would expire under the running operation and the next unit would enter
+    beside it; with it the slot stays for twice the TTL, and goes a TTL after the hook stops.
+    """
+    worker, hook = make_lock(etcd_server, etcd_prefix, 0), make_lock(etcd_server, etcd_prefix, 0)
+    try:
+        lease = Lease(worker.client, ttl=5)
+        lease.id = worker.client.lease_grant(5)  # no keep-alive thread: a killed worker's lease
+        worker.create_ticket(lease)
+        token = worker.acquire(lease)
+        assert hook.keep_slot(token + 1) is None  # another grant's token: not ours
+        kept = hook.keep_slot(token)
+        assert kept is not None
+        revision = worker.client.range(worker.lock_key).revision + 1
+        try:
+            assert not _deleted_within(hook.client, worker.lock_key, revision, 10.0)
+            assert hook.holds(token)
+        finally:
+            kept.stop()
+        assert _deleted_within(hook.client, worker.lock_key, revision, 10.0)
+        assert hook.keep_slot(token) is None  # the lease is gone: nothing to keep
+    finally:
+        worker.close()
+        hook.close()

@@ -130,6 +130,20 @@ def stored_local(*ids, seq=None):
     return testing.StoredState("_stored", owner_path=MANAGER_PATH, content=content)
 
 
+class _KeptSlot:
+    """What `EtcdLock.keep_slot` returns for a slot of ours (its keep-alive, stopped after)."""
+
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _slot_if(ours: Any) -> Any:
+    """A `keep_slot` that finds our slot for the tokens `ours` accepts (etcd not dialled)."""
+    return lambda self, token: _KeptSlot() if ours(token) else None
+
+
 def test_request_in_etcd_mode_queues_locally_writes_the_hint_and_starts_the_worker_once(
     env, tmp_path, monkeypatch
 ):
@@ -168,7 +182,7 @@ def test_an_etcd_grant_cycle_writes_nothing_to_the_peer_relation(monkeypatch, tm
     hooks of a rolling restart would grow as N^2 instead of 2N.
     """
     monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
-    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "keep_slot", _slot_if(lambda token: token == 42))
     ctx = testing.Context(EtcdCharm, meta=META, app_name=APP, unit_id=1)
     monkeypatch.setattr(  # the leader's request to the provider is not the lock's business
         "charmlibs.rollingops._etcd_backend.EtcdBackend._publish_request", lambda self, peer: None
@@ -263,7 +277,7 @@ def test_etcd_failed_event_falls_back_with_cleanup_flag():
 
 def test_lock_granted_runs_under_the_etcd_token_after_a_fence_check(monkeypatch, tmp_path):
     monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
-    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "keep_slot", _slot_if(lambda token: token == 42))
     _, bag = run(unit_bag(1, backend="etcd"), app_bag("etcd"), emit="rollingops_lock_granted")
     assert [(g.backend, g.token) for g in CALLS] == [(ProcessingBackend.ETCD, 42)]
     assert _files.read_result(tmp_path) == _files.LockResult(42, 1, "release")
@@ -272,7 +286,7 @@ def test_lock_granted_runs_under_the_etcd_token_after_a_fence_check(monkeypatch,
 
 def test_lock_granted_with_a_stale_token_runs_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "41")
-    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: False)
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "keep_slot", _slot_if(lambda token: False))
     run(unit_bag(1, backend="etcd"), app_bag("etcd"), emit="rollingops_lock_granted")
     assert CALLS == []
     result = _files.read_result(tmp_path)
@@ -461,7 +475,7 @@ def app_bag_v2(mode, epoch, token=3):
 
 def test_lock_granted_token_packs_the_app_epoch_with_the_revision(monkeypatch, tmp_path):
     monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
-    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "keep_slot", _slot_if(lambda token: token == 42))
     _, bag = run(
         unit_bag(1, backend="etcd"), app_bag_v2("etcd", 3), emit="rollingops_lock_granted"
     )
@@ -562,7 +576,7 @@ def test_the_granted_hook_ends_reporting_the_grant_over(monkeypatch, tmp_path, r
     from charmlibs.rollingops import OperationResult
 
     monkeypatch.setenv("ROLLINGOPS_LOCK_TOKEN", "42")
-    monkeypatch.setattr(_etcd_lock.EtcdLock, "holds", lambda self, token: token == 42)
+    monkeypatch.setattr(_etcd_lock.EtcdLock, "keep_slot", _slot_if(lambda token: token == 42))
     _files.write_worker_status(tmp_path, _files.WorkerStatus(42, False, 0))  # the worker holds
     if result is not None:
         monkeypatch.setattr(EtcdCharm, "_restart", lambda self, **kw: OperationResult(result))

@@ -113,9 +113,10 @@ Why it holds:
   backend the leader keeps at most k grants outstanding (its own current k) and releases each
   only on its holder's `done`. On etcd the lock is k slot keys (`P lock`, `P lock-1`, ...); a
   worker takes one only in a transaction that requires it absent, and the granted hook checks it
-  again (the fence check); a worker competes for slots 0..k-1 of its own unit's k, so while units
-  disagree on k (a config change reaching them one by one) the bound is the largest k. Across
-  the two backends, a peer grant needs every databag to say `peer`. A unit writes `peer` only in a
+  again (the fence check) and keeps its lease alive while the operation runs (so a worker
+  killed after its grant cannot let the slot expire under a running operation); a worker
+  competes for slots 0..k-1 of its own unit's k, so while units disagree on k (a config change
+  reaching them one by one) the bound is the largest k. Across the two backends, a peer grant needs every databag to say `peer`. A unit writes `peer` only in a
   hook that first stops its worker. Even if a worker outlived that hook, every later
   lock-granted hook on that unit sees `peer` and runs nothing (a unit runs one hook at a time,
   and an etcd critical section only ever runs in such a hook). The unit goes back to etcd only
@@ -367,10 +368,10 @@ from ._models import (
     split_token,
 )
 
-__version__ = "1.1.5+coordinated.9"
+__version__ = "1.1.5+coordinated.10"
 LIBID = "coordinated-ops-charmlibs-rollingops"
 LIBAPI = 1
-LIBPATCH = 9
+LIBPATCH = 10
 
 __all__ = [
     "BusyUnits",

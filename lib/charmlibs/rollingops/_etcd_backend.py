@@ -456,21 +456,24 @@ class EtcdBackend:
             self.fall_back(str(error))
             return
         try:
-            mine = self._etcd_lock().holds(token)
+            slot = self._etcd_lock().keep_slot(token)  # kept alive while the operation runs
         except RollingOpsError as error:
             self._pending_result = (token, None, DONE_NOT_GRANTED)
             self.fall_back(f"fence check failed: {error}")
             return
-        if not mine:
+        if slot is None:
             logger.warning("etcd lock token %s is no longer ours: running nothing", token)
             self._pending_result = (token, None, DONE_NOT_GRANTED)
             return
         manager = self.manager
         head = me.queue[0].id if me.queue else None
-        with manager.executing(head):
-            done = execute_grant(
-                me, Grant(me.name, fencing, head), manager.callback_targets, self._run_etcd
-            )
+        try:
+            with manager.executing(head):
+                done = execute_grant(
+                    me, Grant(me.name, fencing, head), manager.callback_targets, self._run_etcd
+                )
+        finally:
+            slot.stop()
         self._pending_result = (token, done.op, done.result)  # the worker speaks etcd revisions
 
     def _run_etcd(self, grant: LockGrant, callback: Any, kwargs: dict[str, Any]):

@@ -44,7 +44,11 @@ Worker side (one lease for the worker's life)::
 
 Hook side::
 
-    lock.holds(token)                        # fence check before running a callback
+    slot = lock.keep_slot(token)             # fence check; None: not ours, run nothing
+    try:
+        ...                                  # the callback; the slot's lease is kept alive
+    finally:
+        slot.stop()
     with lock.sync_lock(timeout=30) as token:  # TimeoutError on contention
         ...
     lock.cleanup_owner()                     # before switching this unit back to etcd
@@ -187,11 +191,28 @@ class Lease:
     def grant(self) -> int:
         """Grant the lease and start the keep-alive thread; return the lease id."""
         self.id = self.client.lease_grant(self.ttl)
+        self._start()
+        return self.id
+
+    @classmethod
+    def kept(cls, client: EtcdClient, lease_id: int, ttl: int = LEASE_TTL) -> Lease:
+        """Keep alive a lease another process granted (until :meth:`stop`; never revoked here)."""
+        lease = cls(client, ttl)
+        lease.id = lease_id
+        lease._start()
+        return lease
+
+    def _start(self) -> None:
         self._thread = threading.Thread(
             target=self._heartbeat, name=f"etcd-lease-{self.id:x}", daemon=True
         )
         self._thread.start()
-        return self.id
+
+    def stop(self) -> None:
+        """Stop the keep-alive thread (the lease then runs out a TTL after its last refresh)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.client.timeout + 1)  # at most one keep-alive call in flight
 
     def _heartbeat(self) -> None:
         last_ok = time.monotonic()
@@ -236,9 +257,7 @@ class Lease:
 
     def revoke(self) -> None:
         """Stop the keep-alive thread and revoke the lease (deleting every key attached to it)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(self.client.timeout + 1)  # at most one keep-alive call in flight
+        self.stop()
         if self.id and not self.lost.is_set():
             self.client.lease_revoke(self.id)
 
@@ -335,6 +354,21 @@ class EtcdLock:
         return any(
             holder.owner == self.owner and holder.token == token for holder in self.holders()
         )
+
+    def keep_slot(self, token: int) -> Lease | None:
+        """Fence check for a granted hook that also keeps the slot while the operation runs.
+
+        None when no slot of ours was created at ``token`` or its lease is gone. Otherwise the
+        slot's lease (its worker's) is refreshed at once and kept alive by the returned
+        :class:`Lease` until its :meth:`Lease.stop`: a worker killed after its grant, whose hook
+        starts late, no longer lets the slot expire under the running operation (it expires a
+        TTL after the operation ends instead). One read and one keep-alive.
+        """
+        mine = [h for h in self.holders() if h.owner == self.owner and h.token == token]
+        if not mine or not mine[0].lease:
+            return None
+        ttl = self.client.lease_keepalive(mine[0].lease)  # the lease's own TTL, 0 when gone
+        return Lease.kept(self.client, mine[0].lease, ttl) if ttl > 0 else None
 
     def busy_owners(self) -> set[str]:
         """Owners that hold ``P lock`` or a ticket, of every application under ``P``: one read.
