@@ -109,21 +109,21 @@ The backend switch (one lock domain across both backends):
 
 Why it holds:
 
-- At most k holders across both backends (k = max_parallel; 1 by default). On the peer
-  backend the leader keeps at most k grants outstanding (its own current k) and releases each
-  only on its holder's `done`. On etcd the lock is k slot keys (`P lock`, `P lock-1`, ...); a
-  worker takes one only in a transaction that requires it absent, and the granted hook checks it
-  again (the fence check) and keeps its lease alive while the operation runs (so a worker
-  killed after its grant cannot let the slot expire under a running operation); a worker
-  competes for slots 0..k-1 of its own unit's k, so while units disagree on k (a config change
-  reaching them one by one) the bound is the largest k. Across the two backends, a peer grant needs every databag to say `peer`. A unit writes `peer` only in a
-  hook that first stops its worker. Even if a worker outlived that hook, every later
-  lock-granted hook on that unit sees `peer` and runs nothing (a unit runs one hook at a time,
-  and an etcd critical section only ever runs in such a hook). The unit goes back to etcd only
-  in mode etcd, after deleting its stale etcd keys. The
-  leader sets mode etcd only while no peer grant is outstanding, and grants nothing in mode
-  etcd. So no peer grant starts while any unit can still hold or take the etcd lock, and no
-  unit takes the etcd lock while a peer grant is open.
+- At most k holders across both backends (k = max_parallel; 1 by default). On the peer backend the
+  leader keeps at most k grants outstanding (its own current k) and releases each only on its
+  holder's `done`. On etcd the lock is k slot keys (`P lock`, `P lock-1`, ...); a worker takes one
+  only in a transaction that requires it absent, and the granted hook checks it again (the fence
+  check) and keeps its lease alive while the operation runs (so a worker killed after its grant
+  cannot let the slot expire under a running operation); a worker competes for slots 0..k-1 of its
+  own unit's k, so while units disagree on k (a config change reaching them one by one) the bound
+  is the largest k. Across the two backends, a peer grant needs every databag to say `peer`. A unit
+  writes `peer` only in a hook that first stops its worker. Even if a worker outlived that hook,
+  every later lock-granted hook on that unit sees `peer` and runs nothing (a unit runs one hook at
+  a time, and an etcd critical section only ever runs in such a hook). The unit goes back to etcd
+  only in mode etcd, after deleting its stale etcd keys. The leader sets mode etcd only while no
+  peer grant is outstanding, and grants nothing in mode etcd. So no peer grant starts while any
+  unit can still hold or take the etcd lock, and no unit takes the etcd lock while a peer grant is
+  open.
 - Nothing lost, nothing repeated. A unit's queue has exactly one authoritative place: its
   databag while that says `peer`, its stored copy while it says `etcd`. A move between the two
   happens in one hook that writes both. A failed hook keeps neither: Juju drops its relation
