@@ -15,6 +15,12 @@ then every errored unit is resolved (retry) and the schedule must finish.
 
 The last line of output is one JSON object (figures for tests/benchmarks and reports). A failing
 schedule prints its seed, its violations and the readable script of its steps to stderr.
+
+A long soak can outlive its session: with `--record FILE` every finished schedule is appended to
+FILE (JSON lines, after one line naming the soak's options), and a later run with the same options
+and FILE runs only the schedules not yet there; the summary covers every recorded schedule. Its
+`seconds` and `hooks_executed` count this run only; `resumed` says how many came from FILE. Name
+the file after the commit you soak: a record is only worth what the code it ran was.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import pathlib
 import statistics
 import sys
 import time
@@ -205,6 +212,8 @@ def _combos(args: argparse.Namespace) -> list[tuple[tuple[bool, str], str]]:
 def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[str, Any]], int]:
     """Run the schedules `indices` (positions in --seeds); return their results and hooks run.
 
+    With --record each result is also appended to the record as soon as it is known.
+
         Schedule i uses seed start_seed + i and the i-th combination in turn, whichever process
         runs it, so a schedule replays alone with --start-seed and --seeds 1 and the combination's
     --leader-sees-own/--retry/--juju.
@@ -232,6 +241,9 @@ def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[s
                 if _failed(result):
                     report_failure(result)
                 result.pop("sim")
+                result["index"] = index
+                if args.record:
+                    _append_record(args.record, result)
                 results.append(result)
                 progress.done(_failed(result))
     return results, hooks
@@ -262,19 +274,74 @@ def _run_share(job: tuple[argparse.Namespace, list[int]]) -> tuple[list[dict[str
     return run_seeds(*job)
 
 
+RECORD_OPTIONS = ("engine", "units", "faults", "leader_sees_own", "retry", "juju", "start_seed")
+"""The options that decide which schedule an index is: a record is resumed only with the same."""
+
+
+def _record_header(args: argparse.Namespace) -> dict[str, Any]:
+    return {"soak": {name: getattr(args, name) for name in RECORD_OPTIONS}}
+
+
+def read_record(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """The schedules already in --record (by index), after checking it records this soak.
+
+    A missing or empty file starts one. A file made with other options is refused (SystemExit
+    with what differs), and a last line cut short by a killed run is dropped: that schedule
+    runs again.
+    """
+    path = pathlib.Path(args.record)
+    text = path.read_text() if path.exists() else ""
+    if text and not text.endswith("\n"):
+        with path.open("a") as record:
+            record.write("\n")  # the cut line stays alone; the next result starts afresh
+    lines = text.splitlines()
+    if not lines:
+        path.write_text(json.dumps(_record_header(args), sort_keys=True) + "\n")
+        return {}
+    header = json.loads(lines[0])
+    if header != _record_header(args):
+        raise SystemExit(
+            f"{path} records another soak ({header.get('soak')}); "
+            f"this one is {_record_header(args)['soak']}: give another --record file"
+        )
+    done: dict[int, dict[str, Any]] = {}
+    for line in lines[1:]:
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed run
+        done[result["index"]] = result
+    return done
+
+
+def _append_record(path: str, result: dict[str, Any]) -> None:
+    """Append one schedule's result as one line, in one write (several --jobs share the file)."""
+    line = (json.dumps(result, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     """Run every schedule, in --jobs processes (one per core is the fastest); summarise."""
     started = time.perf_counter()
-    indices = list(range(args.seeds))
-    jobs = max(1, min(args.jobs, args.seeds))
-    if jobs == 1:
+    recorded = read_record(args) if args.record else {}
+    indices = [i for i in range(args.seeds) if i not in recorded]
+    jobs = max(1, min(args.jobs, len(indices)))
+    results: list[dict[str, Any]] = []
+    hooks = 0
+    if jobs == 1 and indices:
         results, hooks = run_seeds(args, indices)
-    else:
+    elif indices:
         shares = [(args, indices[j::jobs]) for j in range(jobs)]
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             outputs = pool.map(_run_share, shares)
         results = [result for share, _ in outputs for result in share]
         hooks = sum(share_hooks for _, share_hooks in outputs)
+    resumed = [result for index, result in recorded.items() if index < args.seeds]
+    results += resumed
     elapsed = time.perf_counter() - started
     per_combo: dict[str, dict[str, int]] = {}
     for result in sorted(results, key=lambda r: r["seed"]):
@@ -294,6 +361,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "faults": args.faults,
         "jobs": jobs,
         "schedules": len(results),
+        "resumed": len(resumed),
         "violations": sum(len(r["violations"]) for r in results),
         "liveness_failures": sum(len(r["liveness"]) for r in results),
         "uncaught_errors": sum(len(r["uncaught"]) for r in results),
@@ -347,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="processes to spread the schedules over (one per core)"
     )
     parser.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    parser.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append each schedule's result to FILE and skip those already there (resume)",
+    )
     return parser
 
 
