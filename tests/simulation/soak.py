@@ -19,8 +19,10 @@ schedule prints its seed, its violations and the readable script of its steps to
 A long soak can outlive its session: with `--record FILE` every finished schedule is appended to
 FILE (JSON lines, after one line naming the soak's options), and a later run with the same options
 and FILE runs only the schedules not yet there; the summary covers every recorded schedule. Its
-`seconds` and `hooks_executed` count this run only; `resumed` says how many came from FILE. Name
-the file after the commit you soak: a record is only worth what the code it ran was.
+`seconds` and `hooks_executed` count this run only; `schedule_seconds` adds up the schedules' own
+times over every run; `resumed` says how many came from FILE, and a failure among them is printed
+again (seed, switches, checks). A record names the git trees of the code it ran and is resumed
+only on the same: it refuses uncommitted changes to that code.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import multiprocessing
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -234,9 +237,11 @@ def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[s
             hooks += base.hooks_run
             for index in mine:
                 retry = combos[index % len(combos)][1]
+                began = time.perf_counter()
                 result = run_schedule(
                     base, fakes, engine, args.start_seed + index, retry, args.faults == "all"
                 )
+                result["seconds"] = round(time.perf_counter() - began, 3)
                 hooks += result["hooks"]
                 if _failed(result):
                     report_failure(result)
@@ -277,33 +282,69 @@ def _run_share(job: tuple[argparse.Namespace, list[int]]) -> tuple[list[dict[str
 RECORD_OPTIONS = ("engine", "units", "faults", "leader_sees_own", "retry", "juju", "start_seed")
 """The options that decide which schedule an index is: a record is resumed only with the same."""
 
+SOAKED_CODE = ("lib", "src", "demo", "jujusim")
+"""The directories whose code a soak runs: a record names their git trees."""
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def code_identity(root: pathlib.Path = REPO_ROOT) -> str:
+    """The git tree ids of SOAKED_CODE at HEAD; SystemExit if any has uncommitted changes.
+
+    A record is only worth what the code it ran was, so a soak is recorded on committed code only
+    and its resume must run the same trees. Outside a git checkout: "unknown".
+    """
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *argv], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        dirty = git("status", "--porcelain", "--", *SOAKED_CODE)
+        trees = git("rev-parse", *(f"HEAD:{name}" for name in SOAKED_CODE)).split()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    if dirty:
+        raise SystemExit(
+            f"--record needs committed code; uncommitted changes in {', '.join(SOAKED_CODE)}:\n"
+            + dirty
+        )
+    return " ".join(f"{name}={tree[:12]}" for name, tree in zip(SOAKED_CODE, trees, strict=True))
+
 
 def _record_header(args: argparse.Namespace) -> dict[str, Any]:
-    return {"soak": {name: getattr(args, name) for name in RECORD_OPTIONS}}
+    options = {name: getattr(args, name) for name in RECORD_OPTIONS}
+    return {"soak": options, "code": code_identity()}
 
 
 def read_record(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     """The schedules already in --record (by index), after checking it records this soak.
 
-    A missing or empty file starts one. A file made with other options is refused (SystemExit
-    with what differs), and a last line cut short by a killed run is dropped: that schedule
-    runs again.
+    A missing file is created with the header. A file that is not a record, or records other
+    options or other code, is refused (SystemExit saying what differs). A last line cut short by
+    a killed run is dropped: that schedule runs again.
     """
     path = pathlib.Path(args.record)
-    text = path.read_text() if path.exists() else ""
-    if text and not text.endswith("\n"):
+    header = _record_header(args)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pass
+    else:
+        _write_line(fd, json.dumps(header, sort_keys=True))
+        return {}
+    lines = path.read_text().splitlines(keepends=True)
+    try:
+        found = json.loads(lines[0])
+    except (IndexError, ValueError):
+        raise SystemExit(f"{path} is not a soak record: give another --record file") from None
+    if found != header:
+        raise SystemExit(f"{path} records another soak:\n  {found}\nthis one is\n  {header}")
+    if not lines[-1].endswith("\n"):
         with path.open("a") as record:
             record.write("\n")  # the cut line stays alone; the next result starts afresh
-    lines = text.splitlines()
-    if not lines:
-        path.write_text(json.dumps(_record_header(args), sort_keys=True) + "\n")
-        return {}
-    header = json.loads(lines[0])
-    if header != _record_header(args):
-        raise SystemExit(
-            f"{path} records another soak ({header.get('soak')}); "
-            f"this one is {_record_header(args)['soak']}: give another --record file"
-        )
     done: dict[int, dict[str, Any]] = {}
     for line in lines[1:]:
         try:
@@ -314,14 +355,37 @@ def read_record(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     return done
 
 
-def _append_record(path: str, result: dict[str, Any]) -> None:
-    """Append one schedule's result as one line, in one write (several --jobs share the file)."""
-    line = (json.dumps(result, sort_keys=True, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+def _write_line(fd: int, text: str) -> None:
+    """Write `text` and a newline to `fd`, all of it, and close it."""
+    data = (text + "\n").encode()
     try:
-        os.write(fd, line)
+        while data:
+            data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
+
+
+def _append_record(path: str, result: dict[str, Any]) -> None:
+    """Append one schedule's result as one line (several --jobs append to the same file).
+
+    O_APPEND puts each write at the end, so lines of several processes do not overwrite each
+    other; a line this size goes out in one write.
+    """
+    _write_line(os.open(path, os.O_WRONLY | os.O_APPEND), json.dumps(result, sort_keys=True))
+
+
+def report_recorded_failure(result: dict[str, Any]) -> None:
+    """A failed schedule from the record: its seed, switches and checks (replay it for more)."""
+    print(
+        f"--- recorded: seed {result['seed']} retry={result['retry']} "
+        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']} "
+        f"juju={result['juju']}",
+        *result["violations"],
+        *result["liveness"],
+        *result["uncaught"][:5],
+        sep="\n",
+        file=sys.stderr,
+    )
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -341,6 +405,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         results = [result for share, _ in outputs for result in share]
         hooks = sum(share_hooks for _, share_hooks in outputs)
     resumed = [result for index, result in recorded.items() if index < args.seeds]
+    for result in resumed:
+        if _failed(result):
+            report_recorded_failure(result)
     results += resumed
     elapsed = time.perf_counter() - started
     per_combo: dict[str, dict[str, int]] = {}
@@ -374,6 +441,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "makespan_ratio_p50": _round(_p50([f["makespan_ratio"] for f in figures])),
         "hooks_executed": hooks,
         "seconds": round(elapsed, 1),
+        "schedule_seconds": round(sum(r.get("seconds", 0) for r in results), 1),
         "hooks_per_second": round(hooks / elapsed, 1) if elapsed else None,
     }
 
