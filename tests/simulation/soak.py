@@ -17,12 +17,12 @@ The last line of output is one JSON object (figures for tests/benchmarks and rep
 schedule prints its seed, its violations and the readable script of its steps to stderr.
 
 A long soak can outlive its session: with `--record FILE` every finished schedule is appended to
-FILE (JSON lines, after one line naming the soak's options), and a later run with the same options
-and FILE runs only the schedules not yet there; the summary covers every recorded schedule. Its
-`seconds` and `hooks_executed` count this run only; `schedule_seconds` adds up the schedules' own
-times over every run; `resumed` says how many came from FILE, and a failure among them is printed
-again (seed, switches, checks). A record names the git trees of the code it ran and is resumed
-only on the same: it refuses uncommitted changes to that code.
+FILE (JSON lines, after one line naming the soak's options and code), and a later run with the
+same options and FILE runs only the schedules not yet there; the summary covers every recorded
+schedule. Its `seconds` and `hooks_executed` count this run only; `schedule_seconds` adds up the
+schedules' own times over every run; `resumed` says how many came from FILE, and a failure among
+them is printed again (seed, switches, checks). A record names the git trees of the code it ran
+and is resumed only on the same: it refuses uncommitted changes to that code.
 """
 
 from __future__ import annotations
@@ -215,11 +215,10 @@ def _combos(args: argparse.Namespace) -> list[tuple[tuple[bool, str], str]]:
 def run_seeds(args: argparse.Namespace, indices: list[int]) -> tuple[list[dict[str, Any]], int]:
     """Run the schedules `indices` (positions in --seeds); return their results and hooks run.
 
-    With --record each result is also appended to the record as soon as it is known.
-
-        Schedule i uses seed start_seed + i and the i-th combination in turn, whichever process
-        runs it, so a schedule replays alone with --start-seed and --seeds 1 and the combination's
-    --leader-sees-own/--retry/--juju.
+    Schedule i uses seed start_seed + i and the i-th combination in turn, whichever process runs
+    it, so a schedule replays alone with --start-seed and --seeds 1 and the combination's
+    --leader-sees-own/--retry/--juju. With --record each result is also appended to the record
+    as soon as it is known.
     """
     engine = ENGINES[args.engine]
     combos = _combos(args)
@@ -377,9 +376,7 @@ def _append_record(path: str, result: dict[str, Any]) -> None:
 def report_recorded_failure(result: dict[str, Any]) -> None:
     """A failed schedule from the record: its seed, switches and checks (replay it for more)."""
     print(
-        f"--- recorded: seed {result['seed']} retry={result['retry']} "
-        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']} "
-        f"juju={result['juju']}",
+        "--- recorded:" + _schedule_line(result)[3:],
         *result["violations"],
         *result["liveness"],
         *result["uncaught"][:5],
@@ -446,12 +443,19 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _schedule_line(result: dict[str, Any]) -> str:
+    """`--- seed S retry=R leader_sees_own_app_writes=B juju=V`: what replays the schedule."""
+    return (
+        f"--- seed {result['seed']} retry={result['retry']} "
+        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']} "
+        f"juju={result['juju']}"
+    )
+
+
 def report_failure(result: dict[str, Any]) -> None:
     sim: Simulator = result["sim"]
     lines = [
-        f"--- seed {result['seed']} retry={result['retry']} "
-        f"leader_sees_own_app_writes={result['leader_sees_own_app_writes']} "
-        f"juju={result['juju']}",
+        _schedule_line(result),
         f"faults: {result['faults']}",
         *result["violations"],
         *result["liveness"],
